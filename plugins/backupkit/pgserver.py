@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -51,6 +52,12 @@ class LocalPostgres:
         if self._run_as:
             pw = pwd.getpwnam(self._run_as)
             os.chown(path, pw.pw_uid, pw.pw_gid)
+            # The server user must be able to reach its data directory: let it traverse
+            # (o+x, not read) every parent, e.g. pytest's 0700 temporary directories.
+            for parent in path.parents:
+                mode = parent.stat().st_mode
+                if not mode & stat.S_IXOTH:
+                    os.chmod(parent, mode | stat.S_IXOTH)
 
     def init(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():

@@ -1,0 +1,250 @@
+"""``backupctl retention``: what the retention policy keeps and deletes, and why.
+
+``retention plan`` prints the plan for a configured source (its local backups, their
+verification state and the hold list) or for a list of timestamps, so a team can try a
+policy change on a list of dates before adopting it. It never touches a backup.
+
+Sub-commands are registered from ``SUBCOMMANDS``; the helpers here (policy options,
+candidates of a source, verification states, printing) are shared with the other
+``retention`` sub-commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+from backupkit.catalog import local_backups, s3_key_for
+from backupkit.cli import EXIT_OK, EXIT_PROBLEM, UsageError
+from backupkit.config import Config, RetentionPolicy, Source, load_config
+from backupkit.retention.plan import Candidate, Plan, plan_retention
+from backupkit.retention.policy import Duration, describe_policy, policy_is_empty, policy_zone
+
+RULE_OPTIONS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
+_PERIOD = {"keep_hourly": "hour", "keep_daily": "day", "keep_weekly": "ISO week", "keep_monthly": "month",
+           "keep_yearly": "year"}
+
+
+# --- argument types -------------------------------------------------------------------
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _duration(text: str) -> str:
+    try:
+        Duration.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
+def _zone(text: str) -> str:
+    try:
+        policy_zone(RetentionPolicy(timezone=text))
+    except Exception:
+        raise argparse.ArgumentTypeError(f"unknown time zone {text!r}") from None
+    return text
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+# --- shared helpers -------------------------------------------------------------------
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--keep-*`` rules and guard-rail overrides (restic's option names)."""
+    rules = parser.add_argument_group("rules (given any, they replace the source's configured rules)")
+    for option in RULE_OPTIONS:
+        what = "the N newest backups" if option == "keep_last" else (
+            f"the newest backup of each of the last N {_PERIOD[option]}s that have one")
+        rules.add_argument(f"--{option.replace('_', '-')}", dest=option, type=_count, metavar="N", help=what)
+    rules.add_argument("--keep-within", dest="keep_within", type=_duration, metavar="DURATION",
+                       help="keep everything within this duration of the newest verified backup, e.g. 1y6m2d3h")
+    rules.add_argument("--timezone", type=_zone, metavar="TZ", help="time zone of the periods (default: UTC or the source's)")
+    guards = parser.add_argument_group("guard rails (default: the source's, else 0.5 and 1)")
+    guards.add_argument("--max-delete-fraction", type=_fraction, metavar="F",
+                        help="refuse when more than this share of the backups would be deleted")
+    guards.add_argument("--min-keep", type=_count, metavar="N", help="refuse when fewer than N backups would remain")
+
+
+def policy_from_args(args: argparse.Namespace, base: RetentionPolicy) -> RetentionPolicy:
+    """``base`` with the command-line rules (all of them, if any is given) and overrides."""
+    given = {name: getattr(args, name) for name in (*RULE_OPTIONS, "keep_within") if getattr(args, name) is not None}
+    policy = base
+    if given:
+        cleared = {name: 0 for name in RULE_OPTIONS} | {"keep_within": None}
+        policy = replace(base, **(cleared | given))
+    for name in ("timezone", "max_delete_fraction", "min_keep"):
+        if getattr(args, name) is not None:
+            policy = replace(policy, **{name: getattr(args, name)})
+    return policy
+
+
+def verification_states(config: Config, source: Source, names: Iterable[str]) -> dict[str, str]:
+    """``passed`` / ``failed`` / ``unverified`` per backup name, from the verification state store.
+
+    Backups never read in full, and all of them when there is no state store yet, are
+    ``unverified``: the plan then keeps them (see :mod:`backupkit.retention.plan`).
+    The store is only read, never created, so planning stays side-effect free.
+    """
+    names = list(names)
+    states = dict.fromkeys(names, "unverified")
+    try:
+        from backupkit.state import DB_NAME, VerificationState
+    except ImportError:
+        return states
+    if not (Path(config.state_dir) / DB_NAME).is_file():
+        return states
+    prefix = f"{source.name}/"
+    with VerificationState(config.state_dir) as store:
+        records = store.records(prefix)
+    for name in names:
+        record = records.get(prefix + name)
+        if record is not None:
+            states[name] = record.verdict
+    return states
+
+
+def held_reason(config: Config, source: Source, name: str) -> str | None:
+    """Why a backup is on hold per the configured hold list (file name or S3 key), if it is."""
+    if name in config.hold_list or s3_key_for(source, name) in config.hold_list:
+        return "on the configured hold list"
+    return None
+
+
+def local_candidates(config: Config, source: Source) -> list[Candidate]:
+    """The source's local backups as plan candidates (timestamps from their names)."""
+    found = local_backups(source)
+    states = verification_states(config, source, (b.name for b in found))
+    return [Candidate(b.name, b.timestamp, states[b.name], b.size, held_reason(config, source, b.name))
+            for b in found]
+
+
+def read_timestamps(path: str) -> list[Candidate]:
+    """One ISO-8601 timestamp per line (naive means UTC); blank lines and ``#`` comments skipped."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"--timestamps: cannot read {path}: {exc.strerror or exc}") from None
+    where = "stdin" if path == "-" else path
+    seen: dict[str, int] = {}
+    candidates = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        value = line.strip()
+        if not value or value.startswith("#"):
+            continue
+        try:
+            ts = datetime.fromisoformat(value)
+        except ValueError:
+            raise UsageError(f"{where}: line {lineno}: not an ISO-8601 timestamp: {value!r}") from None
+        if value in seen:
+            raise UsageError(f"{where}: line {lineno}: {value!r} repeats line {seen[value]}")
+        seen[value] = lineno
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=timezone.utc)
+        candidates.append(Candidate(value, ts, "passed"))
+    return candidates
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def print_plan(plan: Plan, *, as_json: bool, show_names: bool, out=None) -> None:
+    """The plan as a table (oldest first) or as a JSON list; timestamps in the policy's zone."""
+    out = out or sys.stdout
+    zone = policy_zone(plan.policy)
+    if as_json:
+        rows = [{"timestamp": d.timestamp.astimezone(zone).isoformat(), "name": d.name, "action": d.action,
+                 "reasons": list(d.reasons), "verified": d.verified} for d in plan.decisions]
+        json.dump(rows, out, indent=2)
+        out.write("\n")
+        return
+    out.write(f"policy: {describe_policy(plan.policy)}\n")
+    width = max((len(d.name) for d in plan.decisions), default=0)
+    for d in plan.decisions:
+        name = f"  {d.name:<{width}}" if show_names else ""
+        out.write(f"{d.timestamp.astimezone(zone).isoformat()}  {d.action:<6}{name}  {', '.join(d.reasons)}\n")
+    s = plan.summary
+    out.write(f"{s.total} backups: keep {s.keep}, delete {s.delete}, held {s.held}"
+              + (f", {_size(s.bytes_to_free)} to free" if s.bytes_to_free else "")
+              + (f"; {s.not_verified} not verified" if s.not_verified else "") + "\n")
+
+
+def report_violations(plan: Plan) -> int:
+    """Print guard-rail violations to stderr; the exit code for the plan."""
+    for v in plan.violations:
+        print(f"refused: {v}", file=sys.stderr)
+    return EXIT_PROBLEM if plan.refused else EXIT_OK
+
+
+# --- retention plan -------------------------------------------------------------------
+
+
+def register_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="print keep/delete/held and the reasons for every backup; touches nothing",
+                       description=run_plan.__doc__)
+    add_policy_arguments(p)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--source", metavar="NAME", help="a configured source: its local backups and policy")
+    what.add_argument("--timestamps", metavar="FILE",
+                      help="one ISO-8601 timestamp per line ('-' for stdin); each counts as verified")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {timestamp, name, action, reasons}")
+    p.set_defaults(run=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """Print the retention plan. Exit 0 when printed, 1 when guard rails refuse it, 2 on usage errors."""
+    if args.source:
+        config = load_config(args.config)
+        source = config.source(args.source)
+        policy = policy_from_args(args, source.retention)
+        candidates = local_candidates(config, source)
+    elif args.timestamps:
+        policy = policy_from_args(args, RetentionPolicy())
+        if policy_is_empty(policy):
+            raise UsageError("retention plan: give at least one --keep-* rule")
+        candidates = read_timestamps(args.timestamps)
+    else:
+        raise UsageError("retention plan: give --source NAME, or --timestamps FILE with at least one --keep-* rule")
+    plan = plan_retention(candidates, policy)
+    print_plan(plan, as_json=args.json, show_names=bool(args.source))
+    return report_violations(plan)
+
+
+# --- registration ---------------------------------------------------------------------
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_plan]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("retention", help="retention plans (what the policy keeps and why)",
+                                   description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="retention_command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
