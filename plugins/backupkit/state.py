@@ -1,0 +1,205 @@
+"""What has been verified, remembered between runs (one SQLite file).
+
+The daily run reads new backups in full and only a rolling share of the older ones
+(restic's ``check --read-data-subset`` idea): each run re-reads the ``ceil(fraction *
+total)`` backups whose last full read is the oldest, so with ``fraction = 1/30`` every
+backup is re-read for bit rot within about a month while the daily cost stays flat as
+the history grows. The same file keeps the byte offsets of the backup logs (so only new
+lines are reported) and the composite S3 checksums already matched (so multipart copies
+are not recomputed from the local file every day).
+
+SQLite in WAL mode with a busy timeout: the per-source tasks of one DAG run may write
+concurrently from separate processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+DB_NAME = "verification.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS verifications (
+    key TEXT PRIMARY KEY,
+    sha256 TEXT,
+    size INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    verified_at TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS log_offsets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checksum_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _iso(dt: datetime) -> str:
+    if dt.tzinfo is None:
+        raise ValueError(f"naive datetime {dt!r}: pass an aware (UTC) time")
+    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class Record:
+    """The last full read of one backup."""
+
+    key: str
+    sha256: str | None
+    size: int
+    ok: bool
+    verified_at: datetime
+    detail: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return "passed" if self.ok else "failed"
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "sha256": self.sha256, "size": self.size, "ok": self.ok,
+                "verified_at": self.verified_at.isoformat(), "detail": self.detail}
+
+
+class VerificationState:
+    """The verification memory in ``state_dir/verification.sqlite`` (created on first use)."""
+
+    def __init__(self, state_dir: Path | str):
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.state_dir / DB_NAME
+        self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "VerificationState":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, sql: str, params: Iterable = ()) -> None:
+        with self._conn:  # BEGIN ... COMMIT (or ROLLBACK on error)
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(sql, tuple(params))
+
+    # -- verification records --------------------------------------------------------
+    def record(self, key: str, sha256: str | None, size: int, ok: bool, verified_at: datetime,
+               detail: str = "") -> None:
+        """Remember the outcome of a full read of ``key``."""
+        self._write(
+            "INSERT INTO verifications(key, sha256, size, ok, verified_at, detail) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(key) DO UPDATE SET sha256=excluded.sha256, size=excluded.size, ok=excluded.ok, "
+            "verified_at=excluded.verified_at, detail=excluded.detail",
+            (key, sha256, int(size), int(bool(ok)), _iso(verified_at), detail))
+
+    @staticmethod
+    def _row(row: tuple) -> Record:
+        key, sha, size, ok, at, detail = row
+        return Record(key, sha, int(size), bool(ok), datetime.fromisoformat(at), detail)
+
+    def get(self, key: str) -> Record | None:
+        row = self._conn.execute("SELECT key, sha256, size, ok, verified_at, detail FROM verifications "
+                                 "WHERE key = ?", (key,)).fetchone()
+        return self._row(row) if row else None
+
+    def verdict(self, key: str) -> str | None:
+        """``"passed"``, ``"failed"``, or None when ``key`` was never read in full."""
+        rec = self.get(key)
+        return rec.verdict if rec else None
+
+    def records(self, prefix: str = "") -> dict[str, Record]:
+        """Every record whose key starts with ``prefix``."""
+        rows = self._conn.execute(
+            "SELECT key, sha256, size, ok, verified_at, detail FROM verifications "
+            "WHERE substr(key, 1, ?) = ? ORDER BY key", (len(prefix), prefix))
+        return {r[0]: self._row(r) for r in rows}
+
+    def forget(self, keys: Iterable[str]) -> int:
+        """Drop records of backups that no longer exist (retention deleted them)."""
+        keys = list(keys)
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("DELETE FROM verifications WHERE key = ?", [(k,) for k in keys])
+        return len(keys)
+
+    def select_full_reads(self, keys_with_sizes: Mapping[str, int] | Iterable[tuple[str, int]], *,
+                          fraction: float, now: datetime) -> list[str]:
+        """Which backups to read in full this run.
+
+        Always: backups never read, whose size changed since, or whose last read failed
+        (a damaged backup keeps failing the run until it is replaced or removed). Plus the
+        rolling share: of the backups that passed, the ``ceil(fraction * total)`` with the
+        oldest last full read (ties by key, so the choice is deterministic). A read
+        stamped after ``now`` (clock skew) counts as a read at ``now``.
+        """
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+        items = dict(keys_with_sizes.items() if isinstance(keys_with_sizes, Mapping) else keys_with_sizes)
+        known = self.records()
+        must, rolling = [], []
+        for key in sorted(items):
+            rec = known.get(key)
+            if rec is None or rec.size != items[key] or not rec.ok:
+                must.append(key)
+            else:
+                rolling.append((min(rec.verified_at, now), key))
+        # The epsilon keeps 0.1 * 30 from rounding up to 4.
+        quota = math.ceil(fraction * len(items) - 1e-9) if fraction > 0 else 0
+        rolling.sort()
+        return must + [key for _, key in rolling[:quota]]
+
+    # -- log offsets -----------------------------------------------------------------
+    def load_log_offsets(self) -> dict[str, dict]:
+        return {name: json.loads(value) for name, value in
+                self._conn.execute("SELECT name, value FROM log_offsets ORDER BY name")}
+
+    def save_log_offsets(self, offsets: Mapping[str, Mapping]) -> None:
+        """Replace the stored offsets with ``offsets`` (name -> {path, inode, offset, ...})."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("DELETE FROM log_offsets")
+            self._conn.executemany("INSERT INTO log_offsets(name, value) VALUES (?, ?)",
+                                   [(k, json.dumps(dict(v), sort_keys=True)) for k, v in offsets.items()])
+
+    # -- checksum cache --------------------------------------------------------------
+    @property
+    def checksum_cache(self) -> MutableMapping[str, str]:
+        """Composite S3 checksums already matched, keyed by local SHA-256 and part layout."""
+        return _SqliteMap(self)
+
+
+class _SqliteMap(MutableMapping):
+    def __init__(self, state: VerificationState):
+        self._state = state
+        self._conn = state._conn
+
+    def __getitem__(self, key: str) -> str:
+        row = self._conn.execute("SELECT value FROM checksum_cache WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return row[0]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self._state._write("INSERT OR REPLACE INTO checksum_cache(key, value) VALUES (?, ?)", (key, value))
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._state._write("DELETE FROM checksum_cache WHERE key = ?", (key,))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([r[0] for r in self._conn.execute("SELECT key FROM checksum_cache ORDER BY key")])
+
+    def __len__(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM checksum_cache").fetchone()[0]
+
+
+__all__ = ["VerificationState", "Record", "DB_NAME"]
