@@ -57,6 +57,10 @@ class RetentionPolicy:
     # backups, or leave fewer than min_keep.
     max_delete_fraction: float = 0.5
     min_keep: int = 1
+    # A failed or unverified backup is kept until its period has a verified
+    # representative; with expire_unverified it also goes once the policy would have
+    # dropped it had it passed (else a failed night under keep_daily stays forever).
+    expire_unverified: bool = False
 
     def is_empty(self) -> bool:
         return not any((self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly,
@@ -242,6 +246,7 @@ def _retention(r: _Reader) -> RetentionPolicy:
         timezone=tz,
         max_delete_fraction=fraction,
         min_keep=r.non_negative("min_keep", int, 1),
+        expire_unverified=r.get("expire_unverified", bool, False),
     )
     r.reject_unknown()
     return p

@@ -48,6 +48,17 @@ class LocalPostgres:
         self._run_as = _server_user()
 
     # -- lifecycle -------------------------------------------------------------------
+    def _server_identity(self) -> dict:
+        """subprocess kwargs that run a server program as the unprivileged user.
+
+        The group must change too: a process that keeps root's groups is judged by the
+        (closed) group bits of root's directories instead of their "other" bits.
+        """
+        if not self._run_as:
+            return {}
+        pw = pwd.getpwnam(self._run_as)
+        return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
     def _chown(self, path: Path) -> None:
         if self._run_as:
             pw = pwd.getpwnam(self._run_as)
@@ -65,11 +76,13 @@ class LocalPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._chown(self.data_dir)
         os.chmod(self.data_dir, 0o700)
-        subprocess.run(
+        proc = subprocess.run(
             [pg_bin("initdb"), "-D", str(self.data_dir), "-U", self.user, "--auth=trust",
              "-E", "UTF8", "--locale=C", "--no-sync"],
-            check=True, capture_output=True, user=self._run_as,
+            capture_output=True, text=True, **self._server_identity(),
         )
+        if proc.returncode != 0:
+            raise RuntimeError(f"initdb of {self.data_dir} failed: {proc.stderr.strip()}")
 
     def start(self, timeout: float = 30) -> "LocalPostgres":
         self.init()
@@ -81,7 +94,7 @@ class LocalPostgres:
         proc = subprocess.run(
             [pg_bin("pg_ctl"), "-D", str(self.data_dir), "-o", opts, "-l", str(log), "-w",
              "-t", str(int(timeout)), "start"],
-            capture_output=True, text=True, user=self._run_as,
+            capture_output=True, text=True, **self._server_identity(),
         )
         if proc.returncode != 0:
             tail = log.read_text()[-2000:] if log.exists() else ""
@@ -92,13 +105,13 @@ class LocalPostgres:
         if not (self.data_dir / "postmaster.pid").exists():
             return False
         proc = subprocess.run([pg_bin("pg_ctl"), "-D", str(self.data_dir), "status"],
-                              capture_output=True, user=self._run_as)
+                              capture_output=True, **self._server_identity())
         return proc.returncode == 0
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():
             subprocess.run([pg_bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
-                           capture_output=True, user=self._run_as)
+                           capture_output=True, **self._server_identity())
 
     def destroy(self) -> None:
         self.stop()

@@ -160,7 +160,7 @@ def plan_retention(
     held: Collection[str] = (),
     now: datetime | None = None,
     listing_complete: bool = True,
-    expire_unverified: bool = False,
+    expire_unverified: bool | None = None,
 ) -> Plan:
     """Decide keep / delete / held for every backup of one source.
 
@@ -195,6 +195,8 @@ def plan_retention(
         rules[passed[-1].name].append("newest-verified")
         reasons[passed[-1].name].append("newest verified backup")
 
+    if expire_unverified is None:
+        expire_unverified = policy.expire_unverified
     _judge_unverified(ordered, outcome, policy, rules, reasons, expire_unverified)
 
     decisions = []
