@@ -1,0 +1,572 @@
+"""The embedded sandbox's processes: PostgreSQL, the loopback S3 endpoint and Airflow.
+
+``make up`` / ``make down`` / ``make status`` call :func:`up`, :func:`down` and
+:func:`status`. Everything lives in the repository's ``.sandbox/`` folder (ignored by
+git)::
+
+    .sandbox/pg/data      PostgreSQL cluster (persistent; the booking database "trixtech")
+    .sandbox/backups      the generated backup history (BACKUP_ROOT)
+    .sandbox/logs         backup logs (BACKUP_LOG_DIR) plus moto.log and airflow.log
+    .sandbox/state        verification state (BACKUP_STATE_DIR)
+    .sandbox/airflow      AIRFLOW_HOME (SQLite metadata DB, airflow.cfg, task logs)
+    .sandbox/run          pid files of the detached moto and Airflow processes
+    .sandbox/tmp          moto's spooled object bodies (moto keeps S3 state in memory)
+    .sandbox/ports.json   ports in use; .sandbox/env.sh  `source` it to use backupctl by hand
+
+Every ``up`` is idempotent: a process whose pid file names a live process of the
+expected program is reused, never started twice. moto forgets its objects when it
+stops, so ``up`` re-creates the bucket and uploads whatever the bucket lacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from backupkit.config import REPO_ROOT
+from backupkit.pgserver import LocalPostgres, _server_user, free_port
+from backupkit.sandbox import s3server
+
+PREFERRED_PORTS = {"postgres": 5433, "s3": 5055, "airflow": 8080}
+DATABASE = "trixtech"
+DATABASE_SCALE = 20000  # users at creation; the history's monthly growth adds ~3% of that each month
+HISTORY_DAYS = 400
+HEALTH_TIMEOUT = 180.0
+CONFIG_FILE = REPO_ROOT / "include" / "config" / "backups.yaml"
+MOTO_BUFFER = 256 * 1024  # objects above this spool to .sandbox/tmp instead of moto's memory
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one sandbox (the repository's ``.sandbox`` by default)."""
+
+    root: Path = REPO_ROOT / ".sandbox"
+
+    @property
+    def pg_data(self) -> Path:
+        return self.root / "pg" / "data"
+
+    @property
+    def backups(self) -> Path:
+        return self.root / "backups"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.root / "airflow"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.root / "ports.json"
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "env.sh"
+
+    def pid_file(self, name: str) -> Path:
+        return self.run / f"{name}.pid"
+
+    def create(self) -> None:
+        for d in (self.root, self.pg_data.parent, self.backups, self.logs, self.state, self.airflow_home,
+                  self.run, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o755)
+
+
+# -- environment ----------------------------------------------------------------------
+def sandbox_env(root: Path, pg_port: int, s3_endpoint: str) -> dict[str, str]:
+    """Every environment variable the sandbox's code needs: backup paths, S3, Airflow connections."""
+    root = Path(root).resolve()
+    env = {
+        "BACKUP_ROOT": str(root / "backups"),
+        "BACKUP_LOG_DIR": str(root / "logs"),
+        "BACKUP_STATE_DIR": str(root / "state"),
+        "BACKUPKIT_CONFIG": str(CONFIG_FILE),
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": s3server.SANDBOX_KEY,
+        "AWS_SECRET_ACCESS_KEY": s3server.SANDBOX_SECRET,
+        "AIRFLOW_CONN_TRIXTECH_APP_DB": f"postgresql://postgres@127.0.0.1:{int(pg_port)}/{DATABASE}",
+    }
+    env.update(s3server.env_for_airflow(s3_endpoint))  # AIRFLOW_CONN_AWS_DEFAULT, AWS_DEFAULT_REGION
+    return env
+
+
+def venv_bin() -> Path:
+    """The bin directory of the running virtualenv (``airflow standalone`` spawns ``airflow`` via PATH)."""
+    return Path(sys.prefix) / "bin"
+
+
+def airflow_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
+    """:func:`sandbox_env` plus what Airflow and a hand-run shell need (written to env.sh)."""
+    env = sandbox_env(layout.root, ports["postgres"], f"http://127.0.0.1:{ports['s3']}")
+    env.update({
+        "AIRFLOW_HOME": str(layout.airflow_home.resolve()),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__API__PORT": str(ports["airflow"]),
+        # New DAG files show up within 30 s instead of the default 5 minutes.
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(ports["postgres"]),
+        "PGUSER": "postgres",
+    })
+    if ports["airflow"] != 8080:  # workers find the execution API through the base URL
+        env["AIRFLOW__API__BASE_URL"] = f"http://localhost:{ports['airflow']}"
+    return env
+
+
+def render_env_sh(env: dict[str, str], path_first: Path) -> str:
+    lines = ["# Generated by `make up`: source it to use backupctl, psql and airflow against the sandbox.\n"]
+    lines += [f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())]
+    lines.append(f'export PATH={shlex.quote(str(path_first))}:"$PATH"\n')
+    return "".join(lines)
+
+
+# -- processes ------------------------------------------------------------------------
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(Path(pid_file).read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def _proc_info(pid: int) -> tuple[str, str] | None:
+    """(state letter, command line) of ``pid``, or None when there is no such process."""
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        return stat.rsplit(")", 1)[1].split()[0], cmd
+    out = subprocess.run(["ps", "-o", "stat=,args=", "-p", str(pid)], capture_output=True, text=True)
+    if out.returncode != 0 or not out.stdout.strip():
+        return None
+    state, _, cmd = out.stdout.strip().partition(" ")
+    return state[:1], cmd
+
+
+def pid_alive(pid: int, expect: str | None = None) -> bool:
+    """True when ``pid`` runs (not a zombie) and, if given, its command line contains ``expect``.
+
+    ``expect`` guards against a recycled pid: a stale pid file may name some other program.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    info = _proc_info(pid)
+    if info is None or info[0] in ("Z", "X"):
+        return False
+    return expect is None or expect in info[1]
+
+
+def running_pid(pid_file: Path, expect: str | None = None) -> int | None:
+    """The live process recorded in ``pid_file``; a stale file is removed."""
+    pid = read_pid(pid_file)
+    if pid is not None and pid_alive(pid, expect):
+        return pid
+    with contextlib.suppress(FileNotFoundError):
+        Path(pid_file).unlink()
+    return None
+
+
+def write_pid(pid_file: Path, pid: int) -> None:
+    Path(pid_file).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{pid_file}.tmp")
+    tmp.write_text(f"{pid}\n")
+    tmp.replace(pid_file)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Some member of process group ``pgid`` still runs (zombies awaiting their reaper do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not Path("/proc").is_dir():
+        return True
+    return any((info := _proc_info(p)) is not None and info[0] not in ("Z", "X") for p in _group_members(pgid))
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if int(fields[2]) == pgid:
+                members.append(int(d.name))
+    return members
+
+
+def stop_group(pgid: int, *, first: int = signal.SIGTERM, timeout: float = 20.0) -> bool:
+    """Stop the process group ``pgid``: ``first`` signal, then SIGTERM, then SIGKILL. True when it is gone."""
+    for sig, wait in ((first, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        if not _group_alive(pgid):
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(-pgid, os.WNOHANG)  # reap our own children (tests)
+            if not _group_alive(pgid):
+                return True
+            time.sleep(0.2)
+    return not _group_alive(pgid)
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on ``port`` (any interface)."""
+    with socket.socket() as s:
+        # As servers bind (SO_REUSEADDR): connections in TIME_WAIT do not make a port busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(preferred: int) -> int:
+    return preferred if port_free(preferred) else free_port()
+
+
+def make_traversable(path: Path, user: str | None, *, within: Path = Path("/"),
+                     groups: set[int] | None = None) -> list[Path]:
+    """Add the search (x) bit ``user`` needs on ``path`` and its ancestors under ``within``.
+
+    As root, PostgreSQL runs as an unprivileged user (with that user's own groups,
+    ``groups``) that must reach its data directory; a clone under /root (mode 0700) would
+    otherwise stop it. The kernel judges a directory by its group bits when the group is
+    one of the user's, else by its "other" bits, so exactly that bit is added: nothing
+    becomes listable or readable. Returns the directories changed (LocalPostgres does the
+    same for a new cluster; this also covers an existing one and says what it changed).
+    """
+    if not user:
+        return []
+    pw = pwd.getpwnam(user)
+    groups = {pw.pw_gid} if groups is None else groups
+    path, within = Path(path).resolve(), Path(within).resolve()
+    changed = []
+    for d in (*reversed(path.parents), path):
+        if d != within and within not in d.parents or not d.is_dir():
+            continue
+        st = d.stat()
+        if st.st_uid == pw.pw_uid:
+            continue
+        need = 0o010 if st.st_gid in groups else 0o001
+        if not st.st_mode & need:
+            d.chmod(st.st_mode & 0o7777 | need)
+            changed.append(d)
+    return changed
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def load_ports(layout: Layout) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in json.loads(layout.ports_file.read_text()).items()}
+    except (FileNotFoundError, ValueError, AttributeError):
+        return {}
+
+
+def save_ports(layout: Layout, ports: dict[str, int]) -> None:
+    layout.ports_file.write_text(json.dumps(ports, indent=2, sort_keys=True) + "\n")
+
+
+def _pg_port_of_running(data: Path) -> int | None:
+    """The port of the server whose postmaster.pid is in ``data`` (line 4 of that file)."""
+    try:
+        return int((data / "postmaster.pid").read_text().splitlines()[3])
+    except (FileNotFoundError, IndexError, ValueError, PermissionError):
+        return None
+
+
+# -- components -----------------------------------------------------------------------
+def ensure_postgres(layout: Layout, ports: dict[str, int], say=print) -> LocalPostgres:
+    changed = make_traversable(layout.pg_data, _server_user())
+    for d in changed:
+        say(f"  made {d} searchable by others (o+x) so PostgreSQL's user can reach its data")
+    # A fresh start takes the fixed port when free, so env.sh and ports stay the same across restarts.
+    pg = LocalPostgres(layout.pg_data, port=ports.get("postgres") or PREFERRED_PORTS["postgres"])
+    if (layout.pg_data / "postmaster.pid").exists() and pg.running():
+        pg.port = _pg_port_of_running(layout.pg_data) or pg.port
+        say(f"PostgreSQL already running on port {pg.port}")
+    else:
+        pg.port = pick_port(PREFERRED_PORTS["postgres"])
+        pg.start()
+        say(f"PostgreSQL started on port {pg.port} ({layout.pg_data})")
+    ports["postgres"] = pg.port
+    has_db = pg.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'").strip() == "1"
+    if not has_db or not pg.psql("SELECT to_regclass('public.bookings') IS NOT NULL", DATABASE).strip() == "t":
+        from backupkit.sandbox.bookingdb import create_booking_db
+
+        say(f"creating the booking database {DATABASE!r} ({DATABASE_SCALE} users) ...")
+        create_booking_db(pg, DATABASE, scale=DATABASE_SCALE)
+    return pg
+
+
+def ensure_moto(layout: Layout, ports: dict[str, int], say=print, *, preferred: int | None = None) -> tuple[str, bool]:
+    """(endpoint, started_now): the running loopback S3 endpoint, started detached if needed.
+
+    A fresh server takes ``preferred`` (the fixed sandbox port) when free. If another
+    process grabs the port at the same moment our server dies at bind time, the
+    readiness probe may have been answered by the other one, hence the liveness check
+    and one retry on a random free port.
+    """
+    pid = running_pid(layout.pid_file("moto"), expect="moto_server")
+    if pid is not None and ports.get("s3"):
+        endpoint = f"http://127.0.0.1:{ports['s3']}"
+        say(f"S3 endpoint (moto) already running: {endpoint} (pid {pid})")
+        return endpoint, False
+    if pid is not None:  # running but its port is unknown: restart it
+        stop_group(pid)
+    candidates = (pick_port(preferred or PREFERRED_PORTS["s3"]), None)
+    for attempt, port in enumerate(candidates):
+        port = port or free_port()
+        try:
+            with _environ(MOTO_S3_DEFAULT_KEY_BUFFER_SIZE=str(MOTO_BUFFER), TMPDIR=str(layout.tmp.resolve())):
+                server = s3server.MotoServer(port=port, log_path=layout.logs / "moto.log").start()
+            time.sleep(0.5)
+            if server.proc.poll() is None:
+                break
+            error: Exception = RuntimeError(f"moto_server exited with {server.proc.returncode} (port {port} taken?)")
+        except (RuntimeError, TimeoutError) as exc:
+            error = exc
+        if attempt == len(candidates) - 1:
+            raise RuntimeError(f"could not start the S3 endpoint: {error}; see {layout.logs / 'moto.log'}")
+    write_pid(layout.pid_file("moto"), server.proc.pid)
+    ports["s3"] = port
+    say(f"S3 endpoint (moto) started: {server.endpoint_url} (pid {server.proc.pid})")
+    return server.endpoint_url, True
+
+
+def stop_moto(layout: Layout, say=print) -> bool:
+    pid = running_pid(layout.pid_file("moto"), expect="moto_server")
+    if pid is None:
+        return False
+    stop_group(pid)
+    with contextlib.suppress(FileNotFoundError):
+        layout.pid_file("moto").unlink()
+    say(f"S3 endpoint (moto) stopped (pid {pid})")
+    return True
+
+
+def _has_history(layout: Layout) -> bool:
+    return layout.backups.is_dir() and any(p.is_file() for p in layout.backups.rglob("*"))
+
+
+def ensure_history(layout: Layout, pg: LocalPostgres, endpoint: str, *, days: int = HISTORY_DAYS,
+                   say=print) -> None:
+    """Generate the history when there is none (else add the nights missed since), then sync S3."""
+    from backupkit.config import load_config
+    from backupkit.sandbox import history
+
+    config = load_config(CONFIG_FILE)
+    client = s3server.s3_client(endpoint)
+    now = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    if not _has_history(layout):
+        say(f"generating {days} nights of backup history (real pg_dump per month; takes a minute or two) ...")
+        h = history.generate_history(config, pg, now=now, days=days, database=DATABASE)
+        say(f"  {sum(map(len, h.sources.values()))} backups written in {time.monotonic() - t0:.0f}s")
+    else:
+        h = history.extend_history(config, pg, now=now, database=DATABASE)
+        if h is not None:
+            say(f"history extended by {len(h.nights)} night(s) up to {h.nights[-1]:%Y-%m-%d %H:%M} UTC")
+    try:
+        client.head_bucket(Bucket=config.bucket)
+    except Exception:
+        s3server.create_production_bucket(client, config.bucket)
+        say(f"bucket {config.bucket} created (versioning, default encryption, object lock)")
+    t1 = time.monotonic()
+    sent = history.sync_to_s3(config, client)
+    if sent:
+        say(f"uploaded {sent} objects to s3://{config.bucket} in {time.monotonic() - t1:.0f}s")
+
+
+def health(port: int, timeout: float = 3.0) -> dict | None:
+    """Airflow's /api/v2/monitor/health as JSON, or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://localhost:{port}/api/v2/monitor/health", timeout=timeout) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def ensure_airflow(layout: Layout, ports: dict[str, int], say=print) -> tuple[int, bool]:
+    """(pid, started_now) of ``airflow standalone``, started detached in its own process group."""
+    pid = running_pid(layout.pid_file("airflow"), expect="airflow")
+    if pid is not None:
+        ports.setdefault("airflow", PREFERRED_PORTS["airflow"])
+        say(f"Airflow already running (pid {pid}) on port {ports['airflow']}")
+        return pid, False
+    ports["airflow"] = pick_port(PREFERRED_PORTS["airflow"])
+    full = {**os.environ, **airflow_env(layout, ports), "PATH": f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = open(layout.logs / "airflow.log", "ab")
+    proc = subprocess.Popen([str(venv_bin() / "airflow"), "standalone"], env=full, cwd=str(REPO_ROOT),
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, close_fds=True)
+    log.close()
+    write_pid(layout.pid_file("airflow"), proc.pid)
+    say(f"Airflow standalone started (pid {proc.pid}), log: {layout.logs / 'airflow.log'}")
+    return proc.pid, True
+
+
+def _log_tail(log: Path, lines: int = 30) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
+def wait_healthy(port: int, pid: int, log: Path, *, timeout: float = HEALTH_TIMEOUT, say=print) -> dict:
+    """Poll Airflow's health endpoint until it answers; fail early when Airflow or all its components died."""
+    start = time.monotonic()
+    next_note = 10.0
+    while True:
+        h = health(port)
+        if h is not None:
+            return h
+        elapsed = time.monotonic() - start
+        if not pid_alive(pid):
+            raise RuntimeError("Airflow exited while starting; last lines of its log:\n" + _log_tail(log))
+        if elapsed > 30 and Path("/proc").is_dir() and not any(
+                p != pid and (info := _proc_info(p)) is not None and info[0] not in ("Z", "X")
+                for p in _group_members(pid)):
+            raise RuntimeError("Airflow's components (scheduler, API server, ...) exited; `make down` and "
+                               "look at the log. Last lines:\n" + _log_tail(log))
+        if elapsed > timeout:
+            raise TimeoutError(f"Airflow did not answer on http://localhost:{port} within {timeout:.0f}s "
+                               f"(still running as pid {pid}; see {log})")
+        if elapsed >= next_note:
+            say(f"  waiting for the Airflow API server ... {elapsed:.0f}s")
+            next_note += 10.0
+        time.sleep(2)
+
+
+def stop_airflow(layout: Layout, say=print) -> bool:
+    pid = running_pid(layout.pid_file("airflow"), expect="airflow")
+    if pid is None:
+        return False
+    # SIGTERM to the whole group: scheduler, API server, dag processor, triggerer and task
+    # workers each shut down on it (~5 s). SIGINT (standalone's Ctrl-C) took ~40 s.
+    ok = stop_group(pid, first=signal.SIGTERM, timeout=30)
+    with contextlib.suppress(FileNotFoundError):
+        layout.pid_file("airflow").unlink()
+    say(f"Airflow stopped (pid {pid})" + ("" if ok else " - some processes did not exit"))
+    return True
+
+
+# -- commands -------------------------------------------------------------------------
+def up(layout: Layout = Layout(), *, days: int = HISTORY_DAYS, timeout: float = HEALTH_TIMEOUT, say=print) -> int:
+    t0 = time.monotonic()
+    layout.create()
+    ports = load_ports(layout)
+    pg = ensure_postgres(layout, ports, say)
+    endpoint, _ = ensure_moto(layout, ports, say)
+    save_ports(layout, ports)
+    os.environ.update(sandbox_env(layout.root, ports["postgres"], endpoint))
+    ensure_history(layout, pg, endpoint, days=days, say=say)
+    pid, _ = ensure_airflow(layout, ports, say)
+    save_ports(layout, ports)
+    layout.env_file.write_text(render_env_sh(airflow_env(layout, ports), venv_bin()))
+    h = wait_healthy(ports["airflow"], pid, layout.logs / "airflow.log", timeout=timeout, say=say)
+    states = ", ".join(f"{k}: {v.get('status')}" for k, v in h.items() if isinstance(v, dict))
+    rel_env = os.path.relpath(layout.env_file, Path.cwd())
+    say(f"""
+Sandbox ready in {time.monotonic() - t0:.0f}s ({states}).
+
+  Airflow UI:  http://localhost:{ports['airflow']}
+  Login:       none needed. [core] simple_auth_manager_all_admins=True makes every visitor an admin
+               (the API server adds an admin token to each request; no password is generated).
+  PostgreSQL:  postgresql://postgres@127.0.0.1:{ports['postgres']}/{DATABASE}
+  S3 endpoint: {endpoint}  (bucket trixtech-backups)
+  By hand:     source {rel_env}   then e.g.  backupctl inventory
+  Stop:        make down   (keeps the data; `make clean` deletes .sandbox)
+""")
+    return 0
+
+
+def down(layout: Layout = Layout(), say=print) -> int:
+    stopped = [stop_airflow(layout, say), stop_moto(layout, say)]
+    if (layout.pg_data / "postmaster.pid").exists():
+        LocalPostgres(layout.pg_data).stop()
+        say("PostgreSQL stopped")
+        stopped.append(True)
+    if not any(stopped):
+        say("nothing was running")
+    return 0
+
+
+def status(layout: Layout = Layout(), say=print) -> int:
+    ports = load_ports(layout)
+    pg_running = (layout.pg_data / "postmaster.pid").exists() and LocalPostgres(layout.pg_data).running()
+    say(f"PostgreSQL: {'running on port ' + str(_pg_port_of_running(layout.pg_data)) if pg_running else 'stopped'}")
+    moto = running_pid(layout.pid_file("moto"), expect="moto_server")
+    say("S3 (moto):  " + (f"running, pid {moto}, http://127.0.0.1:{ports.get('s3')}" if moto else "stopped"))
+    af = running_pid(layout.pid_file("airflow"), expect="airflow")
+    if af:
+        h = health(ports.get("airflow", 8080))
+        state = ", ".join(f"{k}: {v.get('status')}" for k, v in (h or {}).items() if isinstance(v, dict))
+        say(f"Airflow:    running, pid {af}, http://localhost:{ports.get('airflow')} "
+            f"({state or 'API not answering yet'})")
+    else:
+        say("Airflow:    stopped")
+    if _has_history(layout):
+        n = sum(1 for p in layout.backups.rglob("*") if p.is_file() and not p.name.endswith((".sha256", ".json")))
+        say(f"History:    {n} backups under {layout.backups}")
+    if layout.env_file.exists():
+        say(f"Shell:      source {layout.env_file}")
+    return 0

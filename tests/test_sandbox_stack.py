@@ -1,0 +1,235 @@
+"""The sandbox's process management: environment, env.sh, pid files, process groups, ports.
+
+Airflow itself is not started here (``make up`` does that); the loopback S3 endpoint is,
+to prove that a second ``up`` reuses the running process instead of starting another."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from backupkit.config import load_config
+from backupkit.pgserver import free_port
+from backupkit.sandbox import stack
+from backupkit.sandbox.stack import (Layout, airflow_env, ensure_moto, make_traversable, pick_port, pid_alive,
+                                     port_free, read_pid, render_env_sh, running_pid, sandbox_env, stop_group,
+                                     stop_moto, write_pid)
+
+ENDPOINT = "http://127.0.0.1:5055"
+
+
+def test_sandbox_env_gives_every_variable_the_configuration_and_airflow_need(tmp_path, monkeypatch):
+    env = sandbox_env(tmp_path, 5433, ENDPOINT)
+    assert env["BACKUP_ROOT"] == str(tmp_path.resolve() / "backups")
+    assert env["BACKUP_LOG_DIR"] == str(tmp_path.resolve() / "logs")
+    assert env["BACKUP_STATE_DIR"] == str(tmp_path.resolve() / "state")
+    assert env["AWS_ENDPOINT_URL"] == ENDPOINT
+    assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"] and env["AWS_DEFAULT_REGION"]
+    aws = json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])
+    assert aws["conn_type"] == "aws" and aws["extra"]["endpoint_url"] == ENDPOINT
+    assert aws["login"] == env["AWS_ACCESS_KEY_ID"] and aws["password"] == env["AWS_SECRET_ACCESS_KEY"]
+    assert env["AIRFLOW_CONN_TRIXTECH_APP_DB"] == "postgresql://postgres@127.0.0.1:5433/trixtech"
+    assert Path(env["BACKUPKIT_CONFIG"]).is_file()
+
+    # With exactly these variables the configuration resolves into the sandbox, and every
+    # connection it names is defined.
+    for k in list(os.environ):
+        if k.startswith(("BACKUP", "AIRFLOW_CONN_")):
+            monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    config = load_config()
+    for src in config.sources:
+        assert tmp_path.resolve() / "backups" in src.local_dir.parents
+    for log in config.logs:
+        assert log.path.parent == tmp_path.resolve() / "logs"
+    assert config.state_dir == tmp_path.resolve() / "state"
+    conn_ids = {config.aws_conn_id} | {s.conn_id for s in config.databases}
+    for conn_id in conn_ids:
+        assert f"AIRFLOW_CONN_{conn_id.upper()}" in env, conn_id
+    db_uri = env["AIRFLOW_CONN_TRIXTECH_APP_DB"]
+    assert {s.database for s in config.databases} == {db_uri.rsplit("/", 1)[1]}
+
+
+def test_airflow_env_points_airflow_at_the_repo_and_skips_login(tmp_path):
+    layout = Layout(tmp_path)
+    env = airflow_env(layout, {"postgres": 5433, "s3": 5055, "airflow": 8080})
+    assert env["AIRFLOW_HOME"] == str(tmp_path.resolve() / "airflow")
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("/dags")
+    assert env["AIRFLOW__CORE__PLUGINS_FOLDER"].endswith("/plugins")
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "True"
+    assert env["AIRFLOW__API__PORT"] == "8080" and "AIRFLOW__API__BASE_URL" not in env
+    moved = airflow_env(layout, {"postgres": 5433, "s3": 5055, "airflow": 18080})
+    assert moved["AIRFLOW__API__BASE_URL"] == "http://localhost:18080"
+
+
+def test_env_sh_round_trips_through_bash(tmp_path):
+    env = airflow_env(Layout(tmp_path), {"postgres": 5433, "s3": 5055, "airflow": 8080})
+    env["WEIRD"] = "it's \"quoted\" $HOME `x`"
+    f = tmp_path / "env.sh"
+    f.write_text(render_env_sh(env, Path("/opt/venv/bin")))
+    out = subprocess.run(["bash", "-c", f"source {f} && {sys.executable} -c 'import json,os; print(json.dumps(dict(os.environ)))'"],
+                         capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]}).stdout
+    seen = json.loads(out)
+    for k, v in env.items():
+        assert seen[k] == v, k
+    assert seen["PATH"].startswith("/opt/venv/bin:") and seen["PATH"].endswith(os.environ["PATH"])
+
+
+def test_pid_alive_tells_live_dead_zombie_and_recycled_pids(tmp_path):
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        deadline = time.monotonic() + 5  # between fork and exec the child is still "python"
+        while not pid_alive(sleeper.pid, expect="sleep"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert pid_alive(sleeper.pid)
+        assert pid_alive(sleeper.pid, expect="sleep")
+        assert not pid_alive(sleeper.pid, expect="moto_server")  # a recycled pid is not ours
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not pid_alive(sleeper.pid)
+    zombie = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not pid_alive(zombie.pid)  # exited, not yet reaped: not running
+    zombie.wait()
+    assert not pid_alive(0) and not pid_alive(-1)
+
+
+def test_running_pid_reuses_a_live_process_and_drops_stale_files(tmp_path):
+    pid_file = tmp_path / "run" / "x.pid"
+    assert running_pid(pid_file) is None
+    write_pid(pid_file, os.getpid())
+    assert read_pid(pid_file) == os.getpid()
+    assert running_pid(pid_file, expect="python") == os.getpid()
+    assert pid_file.exists()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    write_pid(pid_file, dead.pid)
+    assert running_pid(pid_file) is None and not pid_file.exists()
+    pid_file.write_text("not a pid\n")
+    assert running_pid(pid_file) is None and not pid_file.exists()
+
+
+def test_stop_group_escalates_until_the_whole_group_is_gone():
+    # A leader that ignores SIGINT (Ctrl-C) with a child in the background: the first signal
+    # is not enough, so SIGTERM must follow, and the child must go too.
+    proc = subprocess.Popen(["sh", "-c", 'trap "" INT; sleep 60 & wait'], start_new_session=True)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    assert stop_group(proc.pid, first=signal.SIGINT, timeout=1.0)
+    assert time.monotonic() - t0 < 10
+    proc.wait(5)
+    assert not stack._group_alive(proc.pid)
+    deadline = time.monotonic() + 5  # the orphaned child's zombie is reaped by init
+    while True:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a member of the group survived"
+        time.sleep(0.05)
+
+
+def test_ports_taken_are_not_picked():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        assert not port_free(taken)
+        other = pick_port(taken)
+        assert other != taken and port_free(other)
+    assert pick_port(other) == other
+
+
+def test_make_traversable_adds_only_the_search_bit_the_user_is_judged_by(tmp_path):
+    a = tmp_path / "a"
+    b = a / "b"
+    data = b / "data"
+    data.mkdir(parents=True)
+    a.chmod(0o700)
+    b.chmod(0o750)
+    data.chmod(0o700)
+    # The server user is not in the directories' group: their "other" x bit decides.
+    changed = make_traversable(data, "nobody", within=tmp_path, groups=set())
+    assert a in changed and b in changed and data in changed
+    for d in (a, b, data):
+        mode = stat.S_IMODE(d.stat().st_mode)
+        assert mode & 0o001 and not mode & 0o004  # searchable, not listable
+    assert stat.S_IMODE(a.stat().st_mode) == 0o701
+    assert make_traversable(data, "nobody", within=tmp_path, groups=set()) == []
+    # In the directory's group: the group x bit decides, "other" stays closed.
+    c = tmp_path / "c"
+    c.mkdir(mode=0o700)
+    c.chmod(0o700)
+    assert make_traversable(c, "nobody", within=c, groups={c.stat().st_gid}) == [c]
+    assert stat.S_IMODE(c.stat().st_mode) == 0o710
+    assert make_traversable(data, None) == []  # not root: the server runs as ourselves
+
+
+def test_ensure_moto_twice_starts_one_server_and_stop_ends_it(tmp_path):
+    layout = Layout(tmp_path / "sbx")
+    layout.create()
+    ports: dict[str, int] = {}
+    endpoint, started = ensure_moto(layout, ports, say=lambda *_: None, preferred=free_port())
+    try:
+        pid = read_pid(layout.pid_file("moto"))
+        assert started and pid_alive(pid, expect="moto_server")
+        assert endpoint == f"http://127.0.0.1:{ports['s3']}"
+        again, started_again = ensure_moto(layout, ports, say=lambda *_: None)
+        assert (again, started_again) == (endpoint, False)
+        assert read_pid(layout.pid_file("moto")) == pid
+        # It is detached (own session), so it outlives the process that started it.
+        assert os.getsid(pid) == pid != os.getsid(0)
+        assert (layout.logs / "moto.log").exists()
+    finally:
+        assert stop_moto(layout, say=lambda *_: None)
+    assert not pid_alive(pid) and not layout.pid_file("moto").exists()
+    assert stop_moto(layout, say=lambda *_: None) is False
+
+
+def test_layout_keeps_everything_under_its_root(tmp_path):
+    layout = Layout(tmp_path / "sbx")
+    layout.create()
+    for p in (layout.pg_data, layout.backups, layout.logs, layout.state, layout.airflow_home, layout.run,
+              layout.tmp, layout.ports_file, layout.env_file, layout.pid_file("airflow")):
+        assert layout.root in p.parents
+    stack.save_ports(layout, {"postgres": 5433, "s3": 5055, "airflow": 8080})
+    assert stack.load_ports(layout) == {"postgres": 5433, "s3": 5055, "airflow": 8080}
+    layout.ports_file.write_text("garbage")
+    assert stack.load_ports(layout) == {}
+    assert stat.S_IMODE(layout.root.stat().st_mode) & 0o005 == 0o005  # others may enter (postgres user)
+
+
+def test_main_module_does_nothing_when_airflow_loads_it_as_a_plugin(monkeypatch):
+    """Airflow's plugin loader executes every plugins/*.py as a module named after the file
+    (here ``__main__``) with Airflow's own argv; the sandbox command must not run there."""
+    import importlib.machinery
+    import importlib.util
+
+    import backupkit.sandbox
+
+    path = Path(backupkit.sandbox.__file__).with_name("__main__.py")
+    monkeypatch.setattr(sys, "argv", ["airflow", "scheduler"])
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])  # restored afterwards
+    loader = importlib.machinery.SourceFileLoader("__main__", str(path))  # as plugins_manager does
+    spec = importlib.util.spec_from_loader("__main__", loader)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["__main__"] = mod
+    loader.exec_module(mod)  # a SystemExit here would kill the Airflow component
+    assert callable(mod.main)
+    # Run as ``python -m backupkit.sandbox`` it is the command line.
+    proc = subprocess.run([sys.executable, "-m", "backupkit.sandbox", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "up" in proc.stdout and "down" in proc.stdout
