@@ -12,9 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))  # as Airflow does for plugins/
 
-# Airflow must never touch a real home or load examples while the tests run.
-os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+# Airflow must never touch a real home or load examples while the tests run: point it at a
+# throwaway AIRFLOW_HOME before any test module imports airflow.
+import airflow_env  # noqa: E402,F401
 
 from backupkit.pgserver import LocalPostgres  # noqa: E402
 from backupkit.sandbox.bookingdb import create_booking_db, pg_dump  # noqa: E402

@@ -1,0 +1,62 @@
+"""What every backup DAG shares: default_args, tags, the failure exception, the verification asset.
+
+Keeping these in one place is what lets tests/test_dag_integrity.py hold every DAG (present and
+future) to the same rules: owner, tags, retries and a failure callback on every task.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Iterable, Mapping
+
+from airflow.sdk import Asset
+from airflow.sdk.exceptions import AirflowFailException
+
+from backup_airflow.notifiers import failure_callbacks
+from backupkit.config import Config
+
+OWNER = "devops"
+BASE_TAGS = ("backups", "trixtech")
+
+# Emitted when a daily verification run finds no problem; the retention DAG is scheduled on it,
+# so nothing is ever deleted on a day whose backups did not verify.
+DAILY_VERIFIED = Asset(name="backup_daily_verified", uri="backupkit://verification/daily")
+
+
+class VerificationFailed(AirflowFailException):
+    """Checks found problems: fail now (retrying cannot fix a damaged backup) and let callbacks alert.
+
+    ``problems`` (result dicts) travels with the exception so notifiers can list every failed
+    check in the alert, not only the message.
+    """
+
+    def __init__(self, message: str, problems: Iterable[Mapping[str, Any]] = ()):
+        super().__init__(message)
+        self.problems = [dict(p) for p in problems]
+
+
+def dag_tags(*extra: str) -> list[str]:
+    return [*BASE_TAGS, *extra]
+
+
+def default_args(config: Config, *, retries: int = 2, retry_delay: timedelta = timedelta(minutes=5),
+                 execution_timeout: timedelta | None = timedelta(hours=2), **overrides: Any) -> dict[str, Any]:
+    """Task defaults for a backup DAG.
+
+    Checks are idempotent, so transient trouble (S3 throttling, a busy disk) is retried;
+    problems found in the backups themselves raise :class:`VerificationFailed`, which is not
+    retried. ``execution_timeout`` stops a hung ``pg_restore`` from holding a worker slot forever.
+    """
+    args: dict[str, Any] = {
+        "owner": OWNER,
+        "depends_on_past": False,
+        "retries": retries,
+        "retry_delay": retry_delay,
+        "execution_timeout": execution_timeout,
+        "on_failure_callback": failure_callbacks(config),
+    }
+    args.update(overrides)
+    return args
+
+
+__all__ = ["OWNER", "BASE_TAGS", "DAILY_VERIFIED", "VerificationFailed", "dag_tags", "default_args"]
