@@ -11,14 +11,11 @@ import argparse
 import importlib
 import sys
 
+from backupkit.commands import EXIT_USAGE, UsageError
 from backupkit.config import ConfigError
+from backupkit.pgbin import PgBinaryNotFound
 
 COMMANDS = ("verify", "inventory", "retention")
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad arguments; printed and turned into exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return int(args.run(args) or 0)
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, PgBinaryNotFound) as exc:
         print(f"backupctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backupkit.catalog import local_backups, read_sidecar, s3_key_for
-from backupkit.cli import EXIT_OK, EXIT_PROBLEM
+from backupkit.commands import EXIT_OK, EXIT_PROBLEM
 from backupkit.config import Config, load_config
 from backupkit.daily import backup_key, latest_backup
 
