@@ -11,10 +11,19 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import CronTriggerTimetable, TriggerRule, dag, task
+from airflow.sdk import (
+    AsyncCallback,
+    CronTriggerTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    TriggerRule,
+    dag,
+    task,
+)
 from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import DAILY_VERIFIED, VerificationFailed, dag_tags, default_args
+from backup_airflow.deadline import deadline_kwargs, deadline_missed
 from backup_airflow.hooks import backup_config
 from backup_airflow.operators import (
     BackupFreshnessOperator,
@@ -33,6 +42,17 @@ CONFIG = backup_config()  # parse time: the YAML only (alerting channels, defaul
 MAPPED_CHECKS = ("check_freshness", "check_integrity", "check_cloud_copies")
 LOG_CHECK = "check_backup_logs"
 METRICS_JOB = "backup_daily_verification"
+
+# The on-call reads the verdict at 08:30 UTC: alert (same channels as failures) when the run has
+# not finished by then. Scheduled runs are queued at 08:00, so queued + 30 min is 08:30; a run
+# triggered by hand gets the same 30 minutes from when it was queued (a logical-date reference
+# would make a back-dated manual run miss its deadline the moment it is created).
+DEADLINE = DeadlineAlert(
+    reference=DeadlineReference.DAGRUN_QUEUED_AT,
+    interval=timedelta(minutes=30),
+    callback=AsyncCallback(deadline_missed, kwargs=deadline_kwargs(CONFIG)),
+    name="daily verification not finished by 08:30 UTC",
+)
 
 DOC_MD = """
 # Daily backup verification (runbook: *Morning Backup Status Check*, 08:00 UTC)
@@ -80,6 +100,9 @@ Open the `summarize` log: each row is `SOURCE/FILE  CHECK  FAIL  detail`. Then, 
 * **a check task itself failed** (`task did not finish`): it was retried twice; open that task's
   log (S3 endpoint unreachable, state directory not writable, configuration error).
 
+A run still unfinished 30 minutes after it was queued (08:30 UTC for the scheduled run) sends
+a *missed its deadline* alert on the same channels (Deadline Alert, run by the triggerer).
+
 Re-run after fixing: *Clear* the failed tasks (checks are idempotent) or trigger the DAG.
 """
 
@@ -96,6 +119,7 @@ def run_results(ti, source_names: Sequence[str]) -> list[dict]:
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=20),
+    deadline=DEADLINE,
     default_args=default_args(CONFIG),
     tags=dag_tags("verification", "daily"),
     doc_md=DOC_MD,

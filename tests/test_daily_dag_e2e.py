@@ -70,7 +70,11 @@ def run_daily(airflow_db, pg, e2e_db, moto_server, receiver, tmp_path, monkeypat
 
         bag = DagBag(dag_folder=str(airflow_env.DAGS))  # parsed now, with this case's environment
         assert bag.import_errors == {}
-        dr = bag.dags[DAG_ID].test()
+        dag = bag.dags[DAG_ID]
+        # dag.test() crashes on a DAG with a deadline once the run succeeds in Airflow 3.3.2
+        # (apache/airflow#73428); the deadline itself is covered by tests/test_deadline.py.
+        dag.deadline = None
+        dr = dag.test()
         return {"dr": dr, "history": history, "config": config, "states": task_states(dr),
                 "report": xcom(dr, "summarize", "report"), "summary": xcom(dr, "summarize", "return_value"),
                 "alerts": [json.loads(r.body) for r in receiver.requests if r.path.startswith("/hooks/")],
