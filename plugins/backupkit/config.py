@@ -61,6 +61,9 @@ class RetentionPolicy:
     # representative; with expire_unverified it also goes once the policy would have
     # dropped it had it passed (else a failed night under keep_daily stays forever).
     expire_unverified: bool = False
+    # Sweeps on a versioned bucket: delete the noncurrent versions of deleted backups
+    # once noncurrent this many days (None: never; an S3 lifecycle rule may do it).
+    purge_noncurrent_after_days: int | None = None
 
     def is_empty(self) -> bool:
         return not any((self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly,
@@ -110,6 +113,97 @@ class Alerting:
     webhook_conn_id: str | None = None
 
 
+RESTORE_BACKENDS = ("local", "kubernetes")
+APP_SETTING_KINDS = ("env", "secret")
+
+
+@dataclass(frozen=True)
+class AppSwitch:
+    """``restore.app``: what the ``replace`` mode of backup_restore switches to a restored database.
+
+    ``setting: env`` patches the environment variable ``env_var`` of each deployment's
+    container (``container``, default: the one that has the variable); ``setting: secret``
+    rewrites key ``secret_key`` of Secret ``secret_name`` that the deployments read at start.
+    """
+
+    namespace: str = "default"
+    deployments: tuple[str, ...] = ()
+    setting: str = "env"
+    env_var: str = "DATABASE_URL"
+    container: str | None = None
+    secret_name: str | None = None
+    secret_key: str = "DATABASE_URL"
+    health_url: str | None = None  # optional HTTP check after scale-up (2xx = healthy)
+    rollout_timeout_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    """``restore``: where scratch databases run and what restores may touch."""
+
+    backend: str = "local"  # local | kubernetes
+    kubernetes_conn_id: str = "kubernetes_default"
+    namespace: str = "default"  # scratch pods
+    image: str = "postgres:18"
+    resources: dict = field(default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                                     "limits": {"cpu": "2", "memory": "4Gi"}})
+    active_deadline_seconds: int = 7200
+    ready_timeout_seconds: int = 300
+    scratch_dir: Path | None = None  # local back end; default <state_dir>/scratch
+    allowed_file_roots: tuple[str, ...] = ()  # file restores may only write below these
+    random_older_window_days: float = 30.0
+    orphan_max_age_hours: float = 6.0
+    max_extract_bytes: int = 50 << 30
+    max_extract_files: int = 1_000_000
+    app: AppSwitch = field(default_factory=AppSwitch)
+
+
+# S3 list prices, USD per GB-month (GB = 2^30 bytes, as AWS bills storage), us-east-1, 2025.
+# A `reports.prices_usd_per_gb_month` entry overrides one class; classes missing from the
+# table are listed in the weekly report as "no price configured" instead of guessed.
+DEFAULT_S3_PRICES = {
+    "STANDARD": 0.023,
+    "INTELLIGENT_TIERING": 0.023,
+    "STANDARD_IA": 0.0125,
+    "ONEZONE_IA": 0.01,
+    "GLACIER_IR": 0.004,
+    "GLACIER": 0.0036,
+    "DEEP_ARCHIVE": 0.00099,
+    "REDUCED_REDUNDANCY": 0.024,
+}
+SSE_ALGORITHMS = ("AES256", "aws:kms", "aws:kms:dsse")
+
+
+@dataclass(frozen=True)
+class Reports:
+    """``reports``: the weekly maintenance report and the quarterly audit (backupkit.reports)."""
+
+    prefix: str = "reports/"  # bucket key prefix; reports go to <prefix>weekly/<date>/, <prefix>audit/<date>/
+    trend_weeks: int = 8
+    # A backup whose size or duration is >= factor x (or <= 1/factor x) the median of the
+    # previous size_window backups of its source is flagged as an anomaly.
+    anomaly_factor: float = 2.0
+    sse_algorithm: str = "AES256"  # the bucket default encryption and every backup object must use it
+    prices_usd_per_gb_month: dict = field(default_factory=lambda: dict(DEFAULT_S3_PRICES))
+    cost_explorer: bool = True  # ask AWS Cost Explorer for last month's S3 cost when reachable
+    # Conn ids of the PostgreSQL servers whose pg_database the audit lists for coverage
+    # (empty: the conn ids of the configured database sources).
+    database_servers: tuple[str, ...] = ()
+    coverage_max_age_hours: float = 48.0  # "recent verified backup" for the coverage control
+    retention_grace_days: float = 2.0  # a backup the policy dropped longer ago than this is overdue
+    restore_test_max_age_days: float = 35.0  # the newest monthly restore test must be younger
+    dr_drill_max_age_days: float = 400.0  # the latest (annual) DR drill must be younger
+    require_cross_region_copy: bool = False  # fail the audit when the bucket has no replication rule
+    # Fail the audit when the bucket policy does not deny plain-HTTP requests. Only an endpoint
+    # without TLS (a loopback or private-network S3 such as the sandbox's) has a reason to say false.
+    require_secure_transport: bool = True
+
+    def servers(self, databases: tuple[Source, ...]) -> tuple[str, ...]:
+        if self.database_servers:
+            return self.database_servers
+        return tuple(dict.fromkeys(s.conn_id for s in databases if s.conn_id))
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -124,6 +218,8 @@ class Config:
     alerting: Alerting = field(default_factory=Alerting)
     pushgateway_url: str | None = None
     hold_list: tuple[str, ...] = ()
+    restore: RestoreSettings = field(default_factory=RestoreSettings)
+    reports: Reports = field(default_factory=Reports)
 
     def source(self, name: str) -> Source:
         for s in self.sources:
@@ -235,6 +331,9 @@ def _retention(r: _Reader) -> RetentionPolicy:
     fraction = r.non_negative("max_delete_fraction", float, 0.5)
     if fraction > 1:
         raise ConfigError(r.file, r._k("max_delete_fraction"), f"must be between 0 and 1, got {fraction}")
+    purge = r.get("purge_noncurrent_after_days", int, None)
+    if purge is not None and purge < 0:
+        raise ConfigError(r.file, r._k("purge_noncurrent_after_days"), f"must be >= 0, got {purge}")
     p = RetentionPolicy(
         keep_last=r.non_negative("keep_last", int, 0),
         keep_hourly=r.non_negative("keep_hourly", int, 0),
@@ -247,6 +346,7 @@ def _retention(r: _Reader) -> RetentionPolicy:
         max_delete_fraction=fraction,
         min_keep=r.non_negative("min_keep", int, 1),
         expire_unverified=r.get("expire_unverified", bool, False),
+        purge_noncurrent_after_days=purge,
     )
     r.reject_unknown()
     return p
@@ -307,6 +407,130 @@ def _source(r: _Reader, kind: str, defaults: Thresholds, names: set[str]) -> Sou
     return src
 
 
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _k8s_name(r: _Reader, name: str, default: str | None) -> str | None:
+    value = r.get(name, str, default)
+    if value is not None and (len(value) > 63 or not _K8S_NAME.fullmatch(value)):
+        raise ConfigError(r.file, r._k(name), f"not a valid Kubernetes name (lower-case, digits, '-'): {value!r}")
+    return value
+
+
+def _positive(r: _Reader, name: str, typ: type, default: Any) -> Any:
+    value = r.get(name, typ, default)
+    if value <= 0:
+        raise ConfigError(r.file, r._k(name), f"must be > 0, got {value}")
+    return value
+
+
+def _app_switch(r: _Reader) -> AppSwitch:
+    base = AppSwitch()
+    setting = r.get("setting", str, base.setting)
+    if setting not in APP_SETTING_KINDS:
+        raise ConfigError(r.file, r._k("setting"), f"must be one of {', '.join(APP_SETTING_KINDS)}; got {setting!r}")
+    deployments = r.strings("deployments")
+    for i, d in enumerate(deployments):
+        if len(d) > 63 or not _K8S_NAME.fullmatch(d):
+            raise ConfigError(r.file, f"{r._k('deployments')}[{i}]", f"not a valid Kubernetes name: {d!r}")
+    secret_name = _k8s_name(r, "secret_name", None)
+    if setting == "secret" and not secret_name:
+        raise ConfigError(r.file, r._k("secret_name"), "is required when setting is 'secret'")
+    health = r.get("health_url", str, None) or None
+    if health is not None and not re.match(r"https?://", health):
+        raise ConfigError(r.file, r._k("health_url"), f"must be an http(s) URL, got {health!r}")
+    app = AppSwitch(namespace=_k8s_name(r, "namespace", base.namespace), deployments=deployments, setting=setting,
+                    env_var=r.get("env_var", str, base.env_var), container=r.get("container", str, None),
+                    secret_name=secret_name, secret_key=r.get("secret_key", str, base.secret_key),
+                    health_url=health,
+                    rollout_timeout_seconds=_positive(r, "rollout_timeout_seconds", int, base.rollout_timeout_seconds))
+    r.reject_unknown()
+    return app
+
+
+def _restore_settings(r: _Reader) -> RestoreSettings:
+    base = RestoreSettings()
+    backend = r.get("backend", str, base.backend)
+    if backend not in RESTORE_BACKENDS:
+        raise ConfigError(r.file, r._k("backend"), f"must be one of {', '.join(RESTORE_BACKENDS)}; got {backend!r}")
+    resources = r.get("resources", dict, base.resources)
+    try:
+        from backupkit.restore.kubernetes import _check_resources
+
+        resources = _check_resources(resources)
+    except ValueError as exc:
+        raise ConfigError(r.file, r._k("resources"), str(exc)) from None
+    image = r.get("image", str, base.image)
+    if not image or any(c.isspace() for c in image):
+        raise ConfigError(r.file, r._k("image"), f"not an image reference: {image!r}")
+    roots = r.strings("allowed_file_roots")
+    for i, root in enumerate(roots):
+        if not root.startswith("/"):
+            raise ConfigError(r.file, f"{r._k('allowed_file_roots')}[{i}]", f"must be an absolute path, got {root!r}")
+    scratch = r.get("scratch_dir", str, None) or None
+    s = RestoreSettings(
+        backend=backend,
+        kubernetes_conn_id=r.get("kubernetes_conn_id", str, base.kubernetes_conn_id),
+        namespace=_k8s_name(r, "namespace", base.namespace),
+        image=image,
+        resources=resources,
+        active_deadline_seconds=_positive(r, "active_deadline_seconds", int, base.active_deadline_seconds),
+        ready_timeout_seconds=_positive(r, "ready_timeout_seconds", int, base.ready_timeout_seconds),
+        scratch_dir=Path(scratch) if scratch else None,
+        allowed_file_roots=roots,
+        random_older_window_days=r.non_negative("random_older_window_days", float, base.random_older_window_days),
+        orphan_max_age_hours=_positive(r, "orphan_max_age_hours", float, base.orphan_max_age_hours),
+        max_extract_bytes=_positive(r, "max_extract_bytes", int, base.max_extract_bytes),
+        max_extract_files=_positive(r, "max_extract_files", int, base.max_extract_files),
+        app=_app_switch(r.child("app")),
+    )
+    if s.orphan_max_age_hours * 3600 <= s.active_deadline_seconds:
+        # Else the sweep could delete the scratch pod of a restore that is still running.
+        raise ConfigError(r.file, r._k("orphan_max_age_hours"),
+                          f"must exceed active_deadline_seconds ({s.active_deadline_seconds}s)")
+    r.reject_unknown()
+    return s
+
+
+def _reports(r: _Reader) -> Reports:
+    base = Reports()
+    prefix = r.get("prefix", str, base.prefix)
+    if prefix.startswith("/") or ".." in prefix.split("/"):
+        raise ConfigError(r.file, r._k("prefix"), f"must be a relative key prefix, got {prefix!r}")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    sse = r.get("sse_algorithm", str, base.sse_algorithm)
+    if sse not in SSE_ALGORITHMS:
+        raise ConfigError(r.file, r._k("sse_algorithm"), f"must be one of {', '.join(SSE_ALGORITHMS)}; got {sse!r}")
+    factor = r.get("anomaly_factor", float, base.anomaly_factor)
+    if factor <= 1:
+        raise ConfigError(r.file, r._k("anomaly_factor"), f"must be > 1 (a ratio), got {factor}")
+    weeks = r.get("trend_weeks", int, base.trend_weeks)
+    if weeks < 1:
+        raise ConfigError(r.file, r._k("trend_weeks"), f"must be >= 1, got {weeks}")
+    prices = dict(DEFAULT_S3_PRICES)
+    for cls, price in r.get("prices_usd_per_gb_month", dict, {}).items():
+        key = f"{r._k('prices_usd_per_gb_month')}.{cls}"
+        if not isinstance(cls, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*", cls):
+            raise ConfigError(r.file, key, "storage class names are upper case, e.g. STANDARD_IA")
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
+            raise ConfigError(r.file, key, f"expected a price >= 0 in USD per GB-month, got {price!r}")
+        prices[cls] = float(price)
+    rep = Reports(
+        prefix=prefix, trend_weeks=weeks, anomaly_factor=factor, sse_algorithm=sse, prices_usd_per_gb_month=prices,
+        cost_explorer=r.get("cost_explorer", bool, base.cost_explorer),
+        database_servers=r.strings("database_servers"),
+        coverage_max_age_hours=r.non_negative("coverage_max_age_hours", float, base.coverage_max_age_hours),
+        retention_grace_days=r.non_negative("retention_grace_days", float, base.retention_grace_days),
+        restore_test_max_age_days=r.non_negative("restore_test_max_age_days", float, base.restore_test_max_age_days),
+        dr_drill_max_age_days=r.non_negative("dr_drill_max_age_days", float, base.dr_drill_max_age_days),
+        require_cross_region_copy=r.get("require_cross_region_copy", bool, base.require_cross_region_copy),
+        require_secure_transport=r.get("require_secure_transport", bool, base.require_secure_transport),
+    )
+    r.reject_unknown()
+    return rep
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Read and validate the configuration (``$BACKUPKIT_CONFIG`` or the repo default)."""
     file = Path(path or os.environ.get("BACKUPKIT_CONFIG") or DEFAULT_CONFIG)
@@ -357,7 +581,10 @@ def load_config(path: str | Path | None = None) -> Config:
     met.reject_unknown()
 
     hold_list = top.strings("hold_list")
+    restore = _restore_settings(top.child("restore"))
+    reports = _reports(top.child("reports"))
     top.reject_unknown()
     return Config(path=file, bucket=bucket_name, aws_conn_id=aws_conn_id, sources=tuple(sources),
                   logs=tuple(logs), state_dir=state_dir, reread_fraction=reread, alerting=alerting,
-                  pushgateway_url=pushgateway, hold_list=hold_list)
+                  pushgateway_url=pushgateway, hold_list=hold_list, restore=restore,
+                  reports=reports)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from backupkit.catalog import local_backups, s3_key_for
-from backupkit.cli import EXIT_OK, EXIT_PROBLEM, UsageError
+from backupkit.commands import EXIT_OK, EXIT_PROBLEM, UsageError
 from backupkit.config import Config, RetentionPolicy, Source, load_config
 from backupkit.retention.plan import Candidate, Plan, plan_retention
 from backupkit.retention.policy import Duration, describe_policy, policy_is_empty, policy_zone
@@ -237,9 +237,75 @@ def run_plan(args: argparse.Namespace) -> int:
     return report_violations(plan)
 
 
+# --- retention sweep ------------------------------------------------------------------
+
+
+def register_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="apply the retention policy to a source's local and S3 backups "
+                                     "(dry run unless --apply)", description=run_sweep.__doc__)
+    p.add_argument("--source", required=True, metavar="NAME", help="the configured source to sweep")
+    p.add_argument("--apply", action="store_true", help="delete; without it, a dry run that changes nothing")
+    p.add_argument("--json", action="store_true", help="print the sweep report (and every decision) as JSON")
+    p.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.set_defaults(run=run_sweep)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Sweep one source: print the plan and what was (or would be) deleted.
+
+    Exit 0 done, 1 refused by a guard rail or something could not be done, 2 usage errors.
+    """
+    import os
+    import tempfile
+    import uuid
+
+    from backupkit.commands.inventory import make_client
+    from backupkit.retention.audit import AuditLog
+    from backupkit.retention.sweep import SweepError, sweep_source
+    from backupkit.state import DB_NAME, VerificationState
+
+    config = load_config(args.config)
+    config.source(args.source)  # unknown source: usage error before touching S3
+    client = make_client(args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
+    run_id = f"cli-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="backupctl-sweep-") as scratch:
+        # A dry run must not create the state store; without one every backup is unverified.
+        have_state = args.apply or (Path(config.state_dir) / DB_NAME).is_file()
+        with VerificationState(config.state_dir if have_state else scratch) as state:
+            try:
+                report = sweep_source(config, args.source, s3_client=client, state=state, dry_run=not args.apply,
+                                      run_id=run_id, audit=AuditLog(config.state_dir))
+            except SweepError as exc:
+                report = exc.report
+    if args.json:
+        out = report.to_dict()
+        out["decisions"] = [d.to_dict() for d in report.plan.decisions] if report.plan else []
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        if report.plan is not None:
+            print_plan(report.plan, as_json=False, show_names=True)
+        for h in report.held:
+            print(f"held: {h['name']}: {h['reason']}")
+        if report.dry_run:
+            print(f"dry run: would delete {len(report.would_delete)} backups ({_size(report.bytes_to_free)}); "
+                  f"nothing was changed (use --apply to delete)")
+        elif not report.refused:
+            print(f"deleted {len(report.deleted)} backups, freed {_size(report.bytes_freed)}"
+                  + (f"; finished {len(report.finished_pending)} interrupted deletions"
+                     if report.finished_pending else "")
+                  + (f"; audit: {report.audit_mirror or report.audit_log}" if report.deleted else ""))
+    for v in report.violations:
+        print(f"refused: {v}", file=sys.stderr)
+    for e in report.errors:
+        where = e.get("key") or e.get("artifact") or args.source
+        print(f"error: {where}: {e.get('code') + ': ' if e.get('code') else ''}{e['message']}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_PROBLEM
+
+
 # --- registration ---------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_plan]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_plan, register_sweep]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,182 @@
+"""The retention audit log: every deletion, announced before it happens and confirmed after.
+
+Retention is the one place this project deletes backups, so each deletion leaves a
+trail that survives a crash at any point. Records are JSON lines, appended and fsynced
+to ``state_dir/audit/retention.jsonl`` (the log of record, never rewritten) and to a
+per-run file ``state_dir/audit/runs/<run_id>/<source>.jsonl`` that is mirrored to the
+bucket as ``audit/retention/<run_id>/<source>.jsonl`` at the end of the run (and when it
+fails). A run file that could not be mirrored stays on disk and is uploaded by the next
+run, then removed.
+
+Record (one JSON object per line, keys sorted)::
+
+    {"time": "...Z", "run_id": "...", "source": "trixtech-db", "artifact": "trixtech_..dump",
+     "action": "intent", "keys": ["database/trixtech_..dump", ...], "paths": ["/opt/..", ...],
+     "size": 123, "bytes": 370, "sha256": "..", "reasons": ["not kept by any rule"],
+     "dry_run": false, "detail": "", "bucket": "trixtech-backups"}
+
+``size`` is the backup file's, ``bytes`` everything the deletion frees (companions and
+both copies); ``sha256`` is the verified digest (state store) or the sidecar's.
+
+Actions for a backup: ``intent`` (written and fsynced *before* anything is deleted),
+then ``deleted`` or ``failed``; ``abandoned`` when a later run no longer plans to delete
+a backup whose deletion was interrupted. Noncurrent S3 versions: ``purge_intent`` then
+``purged`` / ``purge_failed``. Run level (no artifact): ``refused`` and ``run`` (the
+summary). A backup whose last record is ``intent`` or ``failed`` may be half-deleted:
+:meth:`AuditLog.pending` lists them so the next sweep finishes them.
+
+A dry run writes nothing (no record, no file, no upload): it must be safe to run from
+anywhere, and the report it returns already says what would be deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+LOG_NAME = "retention.jsonl"
+S3_PREFIX = "audit/retention/"
+PENDING_ACTIONS = ("intent", "failed")
+SETTLED_ACTIONS = ("deleted", "abandoned")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:+=@-]")
+
+
+def safe_run_id(run_id: str) -> str:
+    """A run id usable as one path segment and S3 key segment (Airflow ids contain ``:`` and ``+``)."""
+    cleaned = _UNSAFE.sub("_", run_id.strip())
+    if not cleaned or cleaned in (".", ".."):
+        raise ValueError(f"unusable run id {run_id!r}")
+    return cleaned
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make_record(*, run_id: str, source: str, action: str, artifact: str | None = None,
+                keys: Sequence[str] = (), paths: Sequence[str] = (), size: int = 0, sha256: str | None = None,
+                reasons: Sequence[str] = (), dry_run: bool = False, detail: str = "", **extra: Any) -> dict:
+    """One audit record; ``time`` is the wall clock (when it happened, not the plan's ``now``)."""
+    rec = {"time": utc_now(), "run_id": run_id, "source": source, "artifact": artifact, "action": action,
+           "keys": list(keys), "paths": list(paths), "size": int(size), "sha256": sha256,
+           "reasons": list(reasons), "dry_run": bool(dry_run), "detail": detail}
+    rec.update(extra)
+    return rec
+
+
+def _append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` with O_APPEND (whole lines, so concurrent writers do not interleave) and fsync."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:  # make the new directory entry durable too
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class AuditLog:
+    """Append-only JSON-lines audit of retention deletions under ``state_dir/audit``.
+
+    Nothing is created until the first :meth:`append`, so constructing one is free.
+    """
+
+    def __init__(self, state_dir: Path | str):
+        self.dir = Path(state_dir) / "audit"
+        self.path = self.dir / LOG_NAME
+
+    def run_path(self, run_id: str, source: str) -> Path:
+        return self.dir / "runs" / safe_run_id(run_id) / f"{source}.jsonl"
+
+    @staticmethod
+    def mirror_key(run_id: str, source: str) -> str:
+        return f"{S3_PREFIX}{safe_run_id(run_id)}/{source}.jsonl"
+
+    def append(self, records: Iterable[dict]) -> int:
+        """Append records (all of one run and source) to the log and to their run file, fsynced.
+
+        The log of record is written first: a crash in between leaves the run file (the
+        mirror) short, never the log.
+        """
+        records = list(records)
+        if not records:
+            return 0
+        data = "".join(json.dumps(r, sort_keys=True, separators=(",", ":"), default=str) + "\n"
+                       for r in records).encode()
+        _append_durably(self.path, data)
+        first = records[0]
+        _append_durably(self.run_path(first["run_id"], first["source"]), data)
+        return len(records)
+
+    def records(self, source: str | None = None) -> Iterator[dict]:
+        """Every record (of ``source``), oldest first; a torn last line (crash mid-write) is skipped."""
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and (source is None or rec.get("source") == source):
+                    yield rec
+
+    def pending(self, source: str) -> dict[str, dict]:
+        """Backups of ``source`` whose last record is ``intent`` or ``failed``: possibly half-deleted.
+
+        Streams the log; only the pending records are held in memory.
+        """
+        pending: dict[str, dict] = {}
+        for rec in self.records(source):
+            name, action = rec.get("artifact"), rec.get("action")
+            if not name:
+                continue
+            if action in PENDING_ACTIONS:
+                pending[name] = rec
+            elif action in SETTLED_ACTIONS:
+                pending.pop(name, None)
+        return pending
+
+    def mirror(self, client: Any, bucket: str, run_id: str, source: str) -> str:
+        """Upload this run's records to ``audit/retention/<run_id>/<source>.jsonl``; then drop the local run file.
+
+        Raises on failure (the caller reports it); the run file stays for the next run.
+        """
+        path = self.run_path(run_id, source)
+        if not path.exists():
+            return ""
+        key = self.mirror_key(run_id, source)
+        client.upload_file(str(path), bucket, key,
+                           ExtraArgs={"ChecksumAlgorithm": "SHA256", "ContentType": "application/x-ndjson"})
+        path.unlink()
+        try:
+            path.parent.rmdir()
+        except OSError:
+            pass  # other sources of the same run still have files there
+        return key
+
+    def unmirrored(self) -> list[tuple[str, str]]:
+        """(run_id, source) of run files left by runs whose upload failed."""
+        runs = self.dir / "runs"
+        if not runs.is_dir():
+            return []
+        return sorted((p.parent.name, p.stem) for p in runs.glob("*/*.jsonl"))
+
+
+__all__ = ["AuditLog", "make_record", "safe_run_id", "LOG_NAME", "S3_PREFIX"]

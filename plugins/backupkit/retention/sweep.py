@@ -1,0 +1,665 @@
+"""Retention sweeps: delete exactly what a plan that passed the guard rails lists, and no more.
+
+One sweep handles one source, its local directory and its S3 prefix together. A backup
+is identified by its file name: the local file ``NAME`` with its companions
+``NAME.sha256`` and ``NAME.manifest.json``, and the S3 object ``s3_prefix + NAME`` with the
+same companions. Steps:
+
+1. List both sides (S3 streamed, 1000 keys a page) and index them by name; the
+   candidates are the union. A listing that fails refuses the plan.
+2. Plan (:func:`~backupkit.retention.plan.plan_retention`) with the verification
+   state from the store (only ``passed`` counts as verified) and the configured hold
+   list.
+3. For the backups that plan would delete, and only those (cost): inspect S3 holds
+   (object-lock retention, legal hold, the hold tag; see :mod:`.s3ops`) -> **held**;
+   and protect local copies: a backup whose S3 copy is missing, or whose S3 copy does
+   not match the verified SHA-256, is **kept** whole ("S3 copy missing; local copy
+   kept"). Plan again with those: holds only ever remove deletions.
+4. A refused plan deletes nothing: the report is finished (and, applied, a ``refused``
+   audit record written and mirrored), then :class:`SweepRefused` is raised.
+5. Apply, in chunks of at most ``batch_size`` S3 keys (1000: one DeleteObjects
+   request): append and fsync an ``intent`` audit record per backup, delete the S3
+   objects (batched, per-key errors retried), then the local files (companions first,
+   the backup last, so a crash leaves it listed), then append ``deleted`` / ``failed``.
+   A backup whose S3 deletion failed keeps its local copy.
+6. Finish interrupted deletions: a backup whose last audit record is ``intent`` or
+   ``failed`` is planned again by name like any other (its missing S3 copy does not
+   protect the local one, since the sweep deleted it); if nothing but companions is
+   left, those are deleted; if the plan keeps it now, it is recorded ``abandoned``.
+7. Optionally purge noncurrent versions (``retention.purge_noncurrent_after_days``).
+   On a versioned bucket step 5 only adds delete markers: the bytes stay, as noncurrent
+   versions, until that purge or an S3 lifecycle rule removes them (:mod:`.s3ops`).
+8. Write the ``run`` record and mirror the run's audit lines to the bucket.
+
+Verification comes from the state store, keyed ``SOURCE/NAME``. A backup that exists
+only in S3 counts as verified only while its record is there (the daily integrity
+check drops records of backups without a local file), else it is unverified and kept
+until its period has a verified representative.
+
+Crash safety: every deletion is preceded by a durable ``intent``; a re-run after a
+crash at any point plans the same backups by name (a plan over the kept backups plus
+some of the deleted ones deletes exactly those), finishes them, and deletes nothing
+the first plan kept. Dry runs read (listing, holds, S3 copy checksums) but write
+nothing, not even the audit log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from backupkit.catalog import MANIFEST_SUFFIX, SIDECAR_SUFFIX, local_backups, read_sidecar, s3_key_for
+from backupkit.config import Config, Source
+from backupkit.retention import s3ops
+from backupkit.retention.audit import AuditLog, make_record, safe_run_id
+from backupkit.retention.plan import Candidate, Decision, Plan, RetentionRefused, plan_retention
+from backupkit.retention.policy import apply_policy, describe_policy
+
+COMPANIONS = (SIDECAR_SUFFIX, MANIFEST_SUFFIX)
+PROTECT_RULE = "s3-copy"
+
+
+class SweepError(RuntimeError):
+    """The sweep did not do all it should; ``report`` says what was and was not done."""
+
+    def __init__(self, message: str, report: "SweepReport | None" = None):
+        super().__init__(message)
+        self.report = report
+
+
+class SweepRefused(RetentionRefused, SweepError):
+    """A guard rail refused the plan: nothing was deleted."""
+
+    def __init__(self, report: "SweepReport"):
+        RetentionRefused.__init__(self, report.violations)
+        self.report = report
+
+
+class SweepFailed(SweepError):
+    """Some deletions, inspections or the audit mirror failed; the rest was done."""
+
+
+@dataclass
+class SweepReport:
+    """What one sweep of one source found and did; :meth:`to_dict` is JSON-serialisable."""
+
+    source: str
+    run_id: str
+    dry_run: bool
+    bucket: str
+    prefix: str
+    local_dir: str
+    policy: str = ""
+    started: str = ""
+    finished: str = ""
+    listing_complete: bool = True
+    total: int = 0
+    kept: list[str] = field(default_factory=list)
+    held: list[dict] = field(default_factory=list)  # {name, reason}
+    protected: list[dict] = field(default_factory=list)  # {name, reason}: kept for their local copy
+    deleted: list[str] = field(default_factory=list)
+    would_delete: list[str] = field(default_factory=list)  # dry run, or what a refused plan listed
+    failed: list[dict] = field(default_factory=list)  # {name, detail}
+    not_attempted: list[str] = field(default_factory=list)
+    finished_pending: list[str] = field(default_factory=list)  # interrupted deletions finished
+    abandoned: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+    bytes_to_free: int = 0
+    by_rule: dict[str, int] = field(default_factory=dict)
+    refused: bool = False
+    violations: list[str] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)  # {artifact, key, code, message}
+    requests: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase: list, plan, delete, purge, audit
+    purge: dict | None = None
+    audit_log: str = ""
+    audit_mirror: str = ""
+    plan: Plan | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused and not self.errors
+
+    def error(self, artifact: str | None, message: str, *, key: str | None = None, code: str = "") -> None:
+        self.errors.append({"artifact": artifact, "key": key, "code": code, "message": message})
+
+    def counts(self) -> dict[str, int]:
+        return {"total": self.total, "kept": len(self.kept), "held": len(self.held),
+                "protected": len(self.protected), "deleted": len(self.deleted),
+                "would_delete": len(self.would_delete), "failed": len(self.failed),
+                "not_attempted": len(self.not_attempted), "errors": len(self.errors)}
+
+    def to_dict(self, names: bool = True) -> dict:
+        """Everything but the plan; ``names=False`` leaves out the name lists (small enough for XCom)."""
+        d = {"source": self.source, "run_id": self.run_id, "dry_run": self.dry_run, "ok": self.ok,
+             "bucket": self.bucket, "prefix": self.prefix, "local_dir": self.local_dir, "policy": self.policy,
+             "started": self.started, "finished": self.finished, "listing_complete": self.listing_complete,
+             "counts": self.counts(), "bytes_freed": self.bytes_freed, "bytes_to_free": self.bytes_to_free,
+             "by_rule": dict(self.by_rule), "refused": self.refused, "violations": list(self.violations),
+             "errors": list(self.errors), "requests": dict(self.requests),
+             "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "purge": self.purge,
+             "audit_log": self.audit_log, "audit_mirror": self.audit_mirror,
+             "held": list(self.held), "protected": list(self.protected), "failed": list(self.failed)}
+        if names:
+            d.update(kept=list(self.kept), deleted=list(self.deleted), would_delete=list(self.would_delete),
+                     not_attempted=list(self.not_attempted), finished_pending=list(self.finished_pending),
+                     abandoned=list(self.abandoned))
+        return d
+
+
+class _Entry:
+    """What exists of one backup name; lean, since a source may have 100 000."""
+
+    __slots__ = ("local", "local_extra", "local_companions", "s3_size", "s3_extra", "s3_companions")
+
+    def __init__(self) -> None:
+        self.local: Any = None  # LocalBackup
+        self.local_extra = 0  # bytes of the local companions
+        self.local_companions = 0  # bit i set: NAME + COMPANIONS[i] exists locally
+        self.s3_size = -1  # size of the S3 object, -1 when there is none
+        self.s3_extra = 0  # bytes of the S3 companions
+        self.s3_companions = 0  # bit i set: NAME + COMPANIONS[i] exists in S3
+
+
+def _split_companion(name: str, source: Source) -> tuple[str, int] | None:
+    """(backup name, companion index) when ``name`` is a companion of a backup of ``source``."""
+    for i, suffix in enumerate(COMPANIONS):
+        if name.endswith(suffix) and source.pattern.timestamp(name[: -len(suffix)]) is not None:
+            return name[: -len(suffix)], i
+    return None
+
+
+def _decision(plan: Plan, name: str) -> Decision | None:
+    try:
+        return plan.decision(name)
+    except KeyError:
+        return None
+
+
+def _utc(dt: datetime | None = None) -> str:
+    return (dt or datetime.now(timezone.utc)).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _remove(path: Path) -> int:
+    """Delete a file or directory; the bytes it held (0 if already gone)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            shutil.rmtree(path)
+            return size
+        size = path.stat().st_size
+        path.unlink()
+        return size
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass
+class _Work:
+    """One backup to delete in this chunk."""
+
+    name: str
+    decision: Decision | None
+    refs: list[s3ops.ObjectRef]
+    paths: list[Path]  # companions first, the backup last
+    size: int  # of the backup file (local, else S3)
+    total: int  # bytes of everything listed above, on both sides
+    s3_bytes: int
+    sha256: str | None
+    finishing: bool = False  # only leftovers of an interrupted deletion
+
+
+class _Sweep:
+    def __init__(self, config: Config, source: Source, *, s3_client: Any, state: Any, dry_run: bool, run_id: str,
+                 now: datetime, audit: AuditLog, batch_size: int, hold_tag: str | None, workers: int,
+                 attempts: int, backoff: float, sleep: Callable[[float], None]):
+        self.config, self.source, self.s3, self.state = config, source, s3_client, state
+        self.dry_run, self.run_id, self.now, self.audit = dry_run, run_id, now, audit
+        self.batch_size, self.hold_tag, self.workers = batch_size, hold_tag, workers
+        self.attempts, self.backoff, self.sleep = attempts, backoff, sleep
+        self.bucket, self.prefix = config.bucket, source.s3_prefix
+        self.index: dict[str, _Entry] = {}
+        self.pending: dict[str, dict] = {}
+        self._lock_enabled: bool | None = None
+        self.report = SweepReport(source=source.name, run_id=run_id, dry_run=dry_run, bucket=self.bucket,
+                                  prefix=self.prefix, local_dir=str(source.local_dir),
+                                  policy=describe_policy(source.retention), started=_utc(),
+                                  audit_log="" if dry_run else str(audit.path))
+
+    # -- helpers -----------------------------------------------------------------------
+    def key(self, name: str) -> str:
+        return s3_key_for(self.source, name)
+
+    def state_key(self, name: str) -> str:
+        return f"{self.source.name}/{name}"
+
+    def entry(self, name: str) -> _Entry:
+        e = self.index.get(name)
+        if e is None:
+            e = self.index[name] = _Entry()
+        return e
+
+    def lock_enabled(self) -> bool:
+        if self._lock_enabled is None:
+            self._lock_enabled = s3ops.object_lock_enabled(self.s3, self.bucket)
+        return self._lock_enabled
+
+    def record(self, action: str, **kw: Any) -> dict:
+        return make_record(run_id=self.run_id, source=self.source.name, action=action, dry_run=self.dry_run,
+                           bucket=self.bucket, **kw)
+
+    def write(self, records: list[dict]) -> None:
+        if not self.dry_run and records:
+            self.audit.append(records)
+
+    def sha256(self, name: str, entry: _Entry) -> str | None:
+        """The backup's SHA-256 as last verified (the store), else its sidecar."""
+        rec = self.state.get(self.state_key(name))
+        if rec is not None and rec.ok and rec.sha256 and (entry.local is None or rec.size == entry.local.size):
+            return rec.sha256
+        if entry.local is not None and not entry.local.path.is_dir():
+            try:
+                return read_sidecar(entry.local.path)
+            except (ValueError, OSError):
+                return None
+        return None
+
+    # -- 1. listing --------------------------------------------------------------------
+    def list_all(self) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        complete = True
+        try:
+            for b in local_backups(self.source):
+                if _split_companion(b.name, self.source) is None:
+                    self.entry(b.name).local = b
+            if self.source.local_dir.is_dir():
+                with os.scandir(self.source.local_dir) as entries:
+                    for de in entries:
+                        comp = _split_companion(de.name, self.source)
+                        if comp is not None:
+                            e = self.entry(comp[0])
+                            e.local_companions |= 1 << comp[1]
+                            e.local_extra += de.stat().st_size
+        except OSError as exc:
+            complete = False
+            self.report.error(None, f"cannot list {self.source.local_dir}: {exc}", code="LocalListing")
+        try:
+            for key, size in s3ops.list_objects(self.s3, self.bucket, self.prefix):
+                rel = key[len(self.prefix):]
+                if "/" in rel:
+                    continue
+                comp = _split_companion(rel, self.source)
+                if comp is not None:
+                    e = self.entry(comp[0])
+                    e.s3_companions |= 1 << comp[1]
+                    e.s3_extra += size
+                elif self.source.pattern.timestamp(rel) is not None:
+                    self.entry(rel).s3_size = size
+        except (ClientError, BotoCoreError) as exc:
+            complete = False
+            code, msg = s3ops.error_code(exc)
+            self.report.error(None, f"cannot list s3://{self.bucket}/{self.prefix}: {msg}", code=code)
+        return complete
+
+    def candidates(self) -> list[Candidate]:
+        hold_list = set(self.config.hold_list)
+        out = []
+        for name, e in self.index.items():
+            if e.local is None and e.s3_size < 0:
+                continue  # companions only: not a backup (left by an interrupted deletion, see apply)
+            verdict = self.state.verdict(self.state_key(name)) or "unverified"
+            size = (e.local.size + e.local_extra if e.local is not None else 0) + max(e.s3_size, 0) + e.s3_extra
+            held = "on the configured hold list" if (name in hold_list or self.key(name) in hold_list) else None
+            out.append(Candidate(name, self.source.pattern.timestamp(name), verdict, size, held))
+        return out
+
+    # -- 3. holds and local-copy protection --------------------------------------------
+    def inspect(self, plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
+        """(holds, protections) by name for the backups ``plan`` would delete."""
+        from backupkit.checks.s3copy import s3_copy_report
+
+        planned = plan.planned_deletions()
+        remote = [d.name for d in planned if self.index[d.name].s3_size >= 0]
+        holds: dict[str, str] = {}
+        check_lock = bool(remote) and self.lock_enabled()
+        if remote and (check_lock or self.hold_tag):
+            found = s3ops.inspect_holds(self.s3, self.bucket, [self.key(n) for n in remote],
+                                        now=datetime.now(timezone.utc), check_lock=check_lock,
+                                        hold_tag=self.hold_tag, workers=self.workers)
+            for name in remote:
+                reason, err = found.get(self.key(name), (None, None))
+                if err is not None:
+                    holds[name] = f"hold status unknown ({err})"
+                    self.report.error(name, f"hold status could not be read; kept: {err}", key=self.key(name),
+                                      code="HoldInspection")
+                elif reason:
+                    holds[name] = reason
+        protections: dict[str, str] = {}
+        for d in planned:
+            e = self.index[d.name]
+            if e.local is None or d.name in holds or d.name in self.pending:
+                continue
+            if e.s3_size < 0:
+                protections[d.name] = "S3 copy missing; local copy kept until it is uploaded and verified"
+                continue
+            rep = s3_copy_report(self.s3, self.bucket, self.key(d.name), local_size=e.local.size,
+                                 local_sha256=self.sha256(d.name, e), local_path=e.local.path,
+                                 artifact=self.state_key(d.name), composite_cache=self.state.checksum_cache)
+            bad = [r for r in rep.results if not r.ok]
+            unchecked = [r for r in rep.results if r.check == "s3_checksum" and r.detail.startswith("not compared")]
+            if bad or unchecked or len(rep.results) < 3:
+                why = (bad or unchecked or list(rep.results))[0].detail
+                protections[d.name] = f"S3 copy unverified ({why}); local copy kept"
+        return holds, protections
+
+    def final_plan(self, candidates: list[Candidate], plan: Plan, complete: bool,
+                   holds: dict[str, str], protections: dict[str, str]) -> Plan:
+        if not holds and not protections:
+            return plan
+        marked = [replace(c, held_reason=holds.get(c.name) or protections.get(c.name) or c.held_reason)
+                  if (c.name in holds or c.name in protections) else c for c in candidates]
+        again = plan_retention(marked, self.source.retention, now=self.now, listing_complete=complete)
+        decisions = []
+        for d in again.decisions:
+            if d.name in protections:
+                before = plan.decision(d.name)
+                d = replace(d, action="keep", rules=(PROTECT_RULE, *before.rules),
+                            reasons=(f"{protections[d.name]} (the policy alone would delete it: "
+                                     f"{'; '.join(before.reasons)})",))
+            decisions.append(d)
+        return Plan(tuple(decisions), again.violations, again.policy, again.now, {d.name: d for d in decisions})
+
+    # -- 5. deletion -------------------------------------------------------------------
+    def work_for(self, name: str, decision: Decision | None) -> _Work:
+        e = self.index.get(name) or _Entry()
+        refs = []
+        if e.s3_size >= 0:
+            refs.append(s3ops.ObjectRef(self.key(name)))
+        refs += [s3ops.ObjectRef(self.key(name + suffix)) for i, suffix in enumerate(COMPANIONS)
+                 if e.s3_companions & (1 << i)]
+        paths = [self.source.local_dir / (name + suffix) for i, suffix in enumerate(COMPANIONS)
+                 if e.local_companions & (1 << i)]
+        if e.local is not None:
+            paths.append(e.local.path)
+        size = e.local.size if e.local is not None else max(e.s3_size, 0)
+        total = (e.local.size + e.local_extra if e.local is not None else 0) + max(e.s3_size, 0) + e.s3_extra
+        return _Work(name, decision, refs, paths, size, total, max(e.s3_size, 0) + e.s3_extra,
+                     self.sha256(name, e), finishing=decision is None)
+
+    def chunks(self, works: Iterable[_Work]) -> Iterator[list[_Work]]:
+        chunk: list[_Work] = []
+        keys = 0
+        for w in works:
+            if chunk and keys + len(w.refs) > self.batch_size:
+                yield chunk
+                chunk, keys = [], 0
+            chunk.append(w)
+            keys += len(w.refs)
+        if chunk:
+            yield chunk
+
+    def delete_chunk(self, chunk: list[_Work]) -> bool:
+        """Intent, S3, local, done for one chunk; False when S3 became unreachable."""
+        r = self.report
+        self.write([self.record("intent", artifact=w.name, keys=[x.key for x in w.refs],
+                                paths=[str(p) for p in w.paths], size=w.size, bytes=w.total, sha256=w.sha256,
+                                reasons=list(w.decision.reasons) if w.decision else ["finish an interrupted deletion"])
+                    for w in chunk])
+        refs = [x for w in chunk for x in w.refs]
+        result = s3ops.delete_batch(self.s3, self.bucket, refs, attempts=self.attempts, backoff=self.backoff,
+                                    sleep=self.sleep) if refs else s3ops.BatchResult()
+        done, forget = [], []
+        for w in chunk:
+            common = dict(artifact=w.name, keys=[x.key for x in w.refs], paths=[str(p) for p in w.paths],
+                          size=w.size, bytes=w.total, sha256=w.sha256,
+                          reasons=list(w.decision.reasons) if w.decision else [])
+            failed = [(x, result.failed[x]) for x in w.refs if x in result.failed]
+            if failed:
+                detail = "; ".join(f"s3://{self.bucket}/{x.key}: {c}: {m}" for x, (c, m) in failed)
+                detail = f"S3 deletion failed ({detail}); local copy kept"
+                for x, (c, m) in failed:
+                    r.error(w.name, m, key=x.key, code=c)
+                r.failed.append({"name": w.name, "detail": detail})
+                done.append(self.record("failed", detail=detail, **common))
+                continue
+            try:
+                local_bytes = sum(_remove(p) for p in w.paths)
+            except OSError as exc:
+                detail = f"S3 objects deleted; local deletion failed: {exc}"
+                r.error(w.name, detail, code="LocalDeletion")
+                r.failed.append({"name": w.name, "detail": detail})
+                done.append(self.record("failed", detail=detail, **common))
+                continue
+            r.bytes_freed += w.s3_bytes + local_bytes
+            if w.finishing or w.name in self.pending:
+                r.finished_pending.append(w.name)
+            if not w.finishing:
+                r.deleted.append(w.name)
+            done.append(self.record("deleted", detail="finished an interrupted deletion" if w.finishing else "",
+                                    **common))
+            forget.append(self.state_key(w.name))
+        self.write(done)
+        if forget:
+            self.state.forget(forget)
+        return not result.unreachable
+
+    def apply(self, plan: Plan) -> None:
+        r = self.report
+        # The plan's deletions, then interrupted deletions of backups no longer listed (only
+        # companions, or nothing, are left of those). Work items are built chunk by chunk.
+        todo: list[tuple[str, Decision | None]] = [(d.name, d) for d in plan.deletions()]
+        todo += [(n, None) for n in sorted(self.pending) if _decision(plan, n) is None]
+        reachable = True
+        attempted = 0
+        for chunk in self.chunks(self.work_for(n, d) for n, d in todo):
+            reachable = self.delete_chunk(chunk)
+            attempted += len(chunk)
+            if not reachable:
+                break
+        if not reachable and attempted < len(todo):
+            r.not_attempted = [n for n, _ in todo[attempted:]]
+            r.error(None, f"S3 unreachable: {len(r.not_attempted)} deletions not attempted", code="NotAttempted")
+        # Interrupted deletions that the plan now keeps: say so, do not delete.
+        abandon = []
+        for name, rec in sorted(self.pending.items()):
+            d = _decision(plan, name)
+            if d is not None and d.action != "delete":
+                abandon.append(self.record("abandoned", artifact=name, keys=rec.get("keys", []),
+                                           paths=rec.get("paths", []), size=rec.get("size", 0),
+                                           sha256=rec.get("sha256"), reasons=list(d.reasons),
+                                           detail=f"no longer planned for deletion ({d.action}); whatever the "
+                                                  f"interrupted run deleted stays deleted"))
+                r.abandoned.append(name)
+        self.write(abandon)
+
+    # -- 7. noncurrent versions --------------------------------------------------------
+    def purge(self, plan: Plan) -> None:
+        days = self.source.retention.purge_noncurrent_after_days
+        if days is None:
+            return
+        retained = {d.name for d in plan.decisions if d.action != "delete"}
+        planned = {d.name for d in plan.decisions if d.action == "delete"}
+        kept_passed = [d for d in plan.decisions if d.action != "delete" and d.verified == "passed"]
+        outcome = apply_policy(kept_passed, self.source.retention, now=self.now)
+
+        def eligible(key: str) -> bool:
+            rel = key[len(self.prefix):]
+            comp = _split_companion(rel, self.source)
+            name = comp[0] if comp else rel
+            ts = self.source.pattern.timestamp(name) if "/" not in name else None
+            if ts is None or name in retained:
+                return False
+            return name in planned or not outcome.would_keep(ts, name)
+
+        def name_of(key: str) -> str:
+            rel = key[len(self.prefix):]
+            comp = _split_companion(rel, self.source)
+            return comp[0] if comp else rel
+
+        def on_intent(batch: list[s3ops.Version]) -> None:
+            self.write([self.record("purge_intent", artifact=name_of(v.key), keys=[v.key], size=v.size,
+                                    version_id=v.version_id, delete_marker=v.is_marker) for v in batch])
+
+        def on_done(batch: list[s3ops.Version], failed: dict) -> None:
+            recs = []
+            for v in batch:
+                err = failed.get(s3ops.ObjectRef(v.key, v.version_id))
+                recs.append(self.record("purge_failed" if err else "purged", artifact=name_of(v.key), keys=[v.key],
+                                        size=v.size, version_id=v.version_id, delete_marker=v.is_marker,
+                                        detail=f"{err[0]}: {err[1]}" if err else ""))
+            self.write(recs)
+
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            res = s3ops.purge_noncurrent(
+                self.s3, self.bucket, self.prefix, older_than=timedelta(days=days), now=datetime.now(timezone.utc),
+                eligible=eligible, check_lock=self.lock_enabled(), hold_tag=self.hold_tag,
+                batch_size=self.batch_size, attempts=self.attempts, backoff=self.backoff, sleep=self.sleep,
+                dry_run=self.dry_run, on_intent=on_intent, on_done=on_done)
+        except (ClientError, BotoCoreError) as exc:
+            code, msg = s3ops.error_code(exc)
+            self.report.error(None, f"noncurrent-version purge: cannot list versions: {msg}", code=code)
+            return
+        for e in res.errors:
+            self.report.error(name_of(e["key"]), f"noncurrent version {e['version_id']}: {e['message']}",
+                              key=e["key"], code=e["code"])
+        self.report.purge = {"after_days": days, **res.to_dict()}
+        if not self.dry_run:
+            self.report.bytes_freed += res.bytes_freed
+
+    # -- 8. audit mirror ---------------------------------------------------------------
+    def finish_audit(self) -> None:
+        r = self.report
+        r.finished = _utc()
+        if self.dry_run:
+            return
+        self.write([self.record("run", detail="refused" if r.refused else ("ok" if r.ok else "errors"),
+                                counts=r.counts(), bytes_freed=r.bytes_freed, violations=list(r.violations),
+                                errors=len(r.errors))])
+        self.mirror()
+
+    def mirror(self) -> None:
+        # This run's file, then this source's files of earlier runs whose upload failed (other
+        # sources' files may belong to sweeps running right now: their own run uploads them).
+        todo = [(self.run_id, self.source.name)]
+        todo += [t for t in self.audit.unmirrored()
+                 if t[1] == self.source.name and t[0] != safe_run_id(self.run_id)]
+        for run_id, source in todo:
+            try:
+                key = self.audit.mirror(self.s3, self.bucket, run_id, source)
+            except Exception as exc:  # boto3's S3UploadFailedError is neither ClientError nor BotoCoreError
+                code, msg = s3ops.error_code(exc)
+                self.report.error(None, f"audit log not mirrored to the bucket (kept locally for the next run): "
+                                        f"{msg}", key=self.audit.mirror_key(run_id, source), code=code)
+                continue
+            if run_id == self.run_id and source == self.source.name:
+                self.report.audit_mirror = f"s3://{self.bucket}/{key}" if key else ""
+
+    # -- the whole sweep ---------------------------------------------------------------
+    def phase(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.report.seconds[name] = self.report.seconds.get(name, 0.0) + now - since
+        return now
+
+    def run(self) -> SweepReport:
+        r = self.report
+        t = time.perf_counter()
+        self.pending = self.audit.pending(self.source.name)
+        complete = self.list_all()
+        r.listing_complete = complete
+        t = self.phase("list", t)
+        candidates = self.candidates()
+        plan = plan_retention(candidates, self.source.retention, now=self.now, listing_complete=complete)
+        if complete:
+            holds, protections = self.inspect(plan)
+            plan = self.final_plan(candidates, plan, complete, holds, protections)
+        else:
+            protections = {}
+        del candidates
+        t = self.phase("plan", t)
+        r.plan = plan
+        summary = plan.summary
+        r.total, r.by_rule, r.bytes_to_free = summary.total, summary.by_rule, summary.bytes_to_free
+        for d in plan.decisions:
+            if d.action == "keep":
+                r.kept.append(d.name)
+                if d.name in protections:
+                    r.protected.append({"name": d.name, "reason": protections[d.name]})
+            elif d.action == "held":
+                r.held.append({"name": d.name, "reason": d.reasons[0].removeprefix("held: ")})
+        if plan.refused or self.dry_run:
+            r.would_delete = [d.name for d in plan.planned_deletions()]
+        if plan.refused:
+            r.refused, r.violations = True, list(plan.violations)
+            if not self.dry_run:
+                self.write([self.record("refused", reasons=list(plan.violations),
+                                        detail="guard rails refused the plan; nothing deleted")])
+            self.finish_audit()
+            self.phase("audit", t)
+            raise SweepRefused(r)
+        if not self.dry_run:
+            self.apply(plan)
+            t = self.phase("delete", t)
+        if not r.not_attempted and self.source.retention.purge_noncurrent_after_days is not None:
+            self.purge(plan)
+            t = self.phase("purge", t)
+        self.finish_audit()
+        self.phase("audit", t)
+        if r.errors:
+            raise SweepFailed(f"retention sweep of {self.source.name}: {len(r.errors)} errors "
+                              f"({len(r.failed)} backups not deleted, {len(r.not_attempted)} not attempted)", r)
+        return r
+
+
+def sweep_source(config: Config, source_name: str, *, s3_client: Any, state: Any, dry_run: bool, run_id: str,
+                 now: datetime | None = None, audit: AuditLog, batch_size: int = s3ops.MAX_BATCH,
+                 hold_tag: str | None = s3ops.HOLD_TAG, workers: int = 8, attempts: int = 4,
+                 backoff: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> SweepReport:
+    """Apply (or, ``dry_run``, show) the source's retention policy to its local and S3 backups.
+
+    ``state`` is the :class:`~backupkit.state.VerificationState`; ``now`` the time the
+    policy is evaluated at (default: now; holds and noncurrent ages always use the real
+    clock). ``batch_size``: S3 keys per DeleteObjects request (<= 1000). ``hold_tag``:
+    the object tag that marks a hold (None: tags are not inspected, one request less per
+    deleted object). ``attempts`` / ``backoff``: retries of failed keys.
+
+    Returns the report; raises :class:`SweepRefused` (nothing deleted) when a guard rail
+    refuses the plan and :class:`SweepFailed` when anything could not be done, both
+    carrying the finished report as ``.report``.
+    """
+    if not 1 <= batch_size <= s3ops.MAX_BATCH:
+        raise ValueError(f"batch_size must be between 1 and {s3ops.MAX_BATCH}, got {batch_size}")
+    now = now or datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    source = config.source(source_name)
+    sweep = _Sweep(config, source, s3_client=s3_client, state=state, dry_run=dry_run, run_id=run_id, now=now,
+                   audit=audit, batch_size=batch_size, hold_tag=hold_tag, workers=workers, attempts=attempts,
+                   backoff=backoff, sleep=sleep)
+    counter = s3ops.RequestCounter()
+    try:
+        with s3ops.counting(s3_client, counter):
+            try:
+                return sweep.run()
+            except SweepError:
+                raise
+            except Exception as exc:  # a bug or an unexpected error: still leave the audit trail in the bucket
+                sweep.report.error(None, f"sweep aborted: {type(exc).__name__}: {exc}", code="Aborted")
+                if not dry_run:
+                    try:
+                        sweep.mirror()
+                    except Exception:
+                        pass
+                raise
+    finally:
+        sweep.report.requests = counter.as_dict()
+
+
+__all__ = ["sweep_source", "SweepReport", "SweepError", "SweepRefused", "SweepFailed", "COMPANIONS"]
