@@ -23,6 +23,8 @@ from backup_airflow.notifiers import JsonWebhookNotifier, UnalertedFailureLogger
 # dag_id -> (cron, timezone) as the runbook gives it.
 EXPECTED_SCHEDULES = {
     "backup_daily_verification": ("0 8 * * *", "UTC"),  # Morning Backup Status Check (8:00 AM UTC)
+    "backup_weekly_maintenance": ("0 10 * * 0", "UTC"),  # Sunday Backup System Review (10:00 AM UTC)
+    "backup_quarterly_audit": ("0 9 * 3,6,9,12 L5", "UTC"),  # End of Quarter Backup Audit (last Friday 09:00 UTC)
 }
 
 UNROUTABLE = "10.255.255.1"  # RFC 5737-style blackhole: a connect would hang, not fail fast

@@ -492,6 +492,16 @@ def _restore_settings(r: _Reader) -> RestoreSettings:
     return s
 
 
+def _flag(r: _Reader, name: str, default: bool) -> bool:
+    """A boolean that may also be ``${VAR:-true}`` (so one file serves production and the sandbox)."""
+    value = r.get(name, (bool, str), default)
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false"):
+            raise ConfigError(r.file, r._k(name), f"expected true or false, got {value!r}")
+        return value.strip().lower() == "true"
+    return value
+
+
 def _reports(r: _Reader) -> Reports:
     base = Reports()
     prefix = r.get("prefix", str, base.prefix)
@@ -525,7 +535,7 @@ def _reports(r: _Reader) -> Reports:
         restore_test_max_age_days=r.non_negative("restore_test_max_age_days", float, base.restore_test_max_age_days),
         dr_drill_max_age_days=r.non_negative("dr_drill_max_age_days", float, base.dr_drill_max_age_days),
         require_cross_region_copy=r.get("require_cross_region_copy", bool, base.require_cross_region_copy),
-        require_secure_transport=r.get("require_secure_transport", bool, base.require_secure_transport),
+        require_secure_transport=_flag(r, "require_secure_transport", base.require_secure_transport),
     )
     r.reject_unknown()
     return rep

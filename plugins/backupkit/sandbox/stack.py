@@ -115,6 +115,9 @@ def sandbox_env(root: Path, pg_port: int, s3_endpoint: str) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": s3server.SANDBOX_KEY,
         "AWS_SECRET_ACCESS_KEY": s3server.SANDBOX_SECRET,
         "AIRFLOW_CONN_TRIXTECH_APP_DB": f"postgresql://postgres@127.0.0.1:{int(pg_port)}/{DATABASE}",
+        # The loopback endpoint speaks plain HTTP (and moto ignores aws:SecureTransport), so
+        # the audit cannot demand a TLS-only bucket policy here.
+        "BACKUP_REQUIRE_TLS_POLICY": "false",
     }
     env.update(s3server.env_for_airflow(s3_endpoint))  # AIRFLOW_CONN_AWS_DEFAULT, AWS_DEFAULT_REGION
     return env
@@ -431,7 +434,9 @@ def ensure_history(layout: Layout, pg: LocalPostgres, endpoint: str, *, days: in
     try:
         client.head_bucket(Bucket=config.bucket)
     except Exception:
-        s3server.create_production_bucket(client, config.bucket)
+        # 1 day of GOVERNANCE retention: the audit sees a default lock rule, and retention
+        # sweeps can still delete the (re-uploaded) history a day after `make up`.
+        s3server.create_production_bucket(client, config.bucket, object_lock_days=1)
         say(f"bucket {config.bucket} created (versioning, default encryption, object lock)")
     t1 = time.monotonic()
     sent = history.sync_to_s3(config, client)
