@@ -17,14 +17,16 @@ import pytest
 
 import airflow_env
 from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import Asset
 from backup_airflow.common import DAILY_VERIFIED
 from backup_airflow.notifiers import JsonWebhookNotifier, UnalertedFailureLogger
 
-# dag_id -> (cron, timezone) as the runbook gives it.
+# dag_id -> (cron, timezone) as the runbook gives it, or (asset, None) for an asset-scheduled DAG.
 EXPECTED_SCHEDULES = {
     "backup_daily_verification": ("0 8 * * *", "UTC"),  # Morning Backup Status Check (8:00 AM UTC)
     "backup_weekly_maintenance": ("0 10 * * 0", "UTC"),  # Sunday Backup System Review (10:00 AM UTC)
     "backup_quarterly_audit": ("0 9 * 3,6,9,12 L5", "UTC"),  # End of Quarter Backup Audit (last Friday 09:00 UTC)
+    "backup_retention_cleanup": (DAILY_VERIFIED, None),  # asset: after each successful daily verification
 }
 
 UNROUTABLE = "10.255.255.1"  # RFC 5737-style blackhole: a connect would hang, not fail fast
@@ -108,6 +110,10 @@ def test_expected_dags_and_schedules(parsed):
     for dag_id, (cron, tz) in EXPECTED_SCHEDULES.items():
         assert dag_id in bag.dags, f"{dag_id} missing from dags/"
         tt = bag.dags[dag_id].timetable
+        if isinstance(cron, Asset):  # asset-scheduled: runs after each event of exactly that asset
+            objects = getattr(getattr(tt, "asset_condition", None), "objects", ())
+            assert [getattr(o, "uri", None) for o in objects] == [cron.uri], f"{dag_id}: schedule {tt!r}"
+            continue
         assert getattr(tt, "expression", None) == cron, f"{dag_id}: schedule {tt!r}, runbook says {cron}"
         assert str(getattr(tt, "timezone", "")) in (tz, f"Timezone('{tz}')"), f"{dag_id}: timezone {tt.timezone}"
 
