@@ -26,7 +26,9 @@ EXPECTED_SCHEDULES = {
     "backup_daily_verification": ("0 8 * * *", "UTC"),  # Morning Backup Status Check (8:00 AM UTC)
     "backup_weekly_maintenance": ("0 10 * * 0", "UTC"),  # Sunday Backup System Review (10:00 AM UTC)
     "backup_quarterly_audit": ("0 9 * 3,6,9,12 L5", "UTC"),  # End of Quarter Backup Audit (last Friday 09:00 UTC)
+    "backup_monthly_restore_test": ("0 9 * * 1#1", "UTC"),  # First Monday Backup Restoration Test (9:00 AM UTC)
     "backup_retention_cleanup": (DAILY_VERIFIED, None),  # asset: after each successful daily verification
+    "backup_annual_dr_drill": ("0 9 15 11 *", "UTC"),  # Annual DR Test: drill.date (default 11-15) 09:00 UTC
 }
 
 UNROUTABLE = "10.255.255.1"  # RFC 5737-style blackhole: a connect would hang, not fail fast

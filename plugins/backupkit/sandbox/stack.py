@@ -118,6 +118,10 @@ def sandbox_env(root: Path, pg_port: int, s3_endpoint: str) -> dict[str, str]:
         # The loopback endpoint speaks plain HTTP (and moto ignores aws:SecureTransport), so
         # the audit cannot demand a TLS-only bucket policy here.
         "BACKUP_REQUIRE_TLS_POLICY": "false",
+        # No cluster here: scratch databases are local PostgreSQL servers, file restores go
+        # under the sandbox.
+        "BACKUP_RESTORE_BACKEND": "local",
+        "BACKUP_RESTORE_ROOT": str(root / "restore"),
     }
     env.update(s3server.env_for_airflow(s3_endpoint))  # AIRFLOW_CONN_AWS_DEFAULT, AWS_DEFAULT_REGION
     return env

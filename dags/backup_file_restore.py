@@ -1,0 +1,162 @@
+"""On-demand restore of files from a file-set archive, from the Airflow UI.
+
+Parse time reads only the configuration file (the form's choices).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from backup_airflow.common import VerificationFailed, dag_tags, default_args
+from backup_airflow.hooks import backup_config, s3_client
+from backup_airflow.restore_operators import triggered_by
+from backupkit.config import ConfigError
+from backupkit.restore.files import ExtractRefused
+from backupkit.restore.selection import WHICH, SelectionError
+from backupkit.restore.service import audit, check_file_request, resolve_request, restore_files, run_scratch_dir
+
+log = logging.getLogger(__name__)
+
+CONFIG = backup_config()  # parse time: the YAML only
+MIN_REASON = 10
+VALIDATE = "validate_request"
+_FILE_SETS = [s.name for s in CONFIG.file_sets] or ["(no file set configured)"]
+
+DOC_MD = """
+# Restore files from a file-set archive (on demand)
+
+The runbook's `tar -xzf latest.tar.gz -C /` trusts the archive and writes anywhere. This DAG
+restores the chosen archive (newest, newest before a time, or an exact S3 key), all of it or
+the listed paths, into a **target directory that must lie under `restore.allowed_file_roots`**:
+
+* the whole archive is read and judged before anything is written: an absolute path, a `..`,
+  a link leading outside the target, a damaged archive or one over the size limits refuses
+  everything (nothing is written);
+* each file is written beside its destination under a temporary name, checked against the
+  archive's `SHA256SUMS` when it has one, and only then renamed into place (a file that does not
+  match is never installed and fails the run);
+* files already present: `skip` leaves them alone; `overwrite` replaces them, first moving each
+  replaced file to `<target>/.restore-backup-<UTC time>/` (same relative path), so the restore
+  can be undone.
+
+| Task | What it does |
+|---|---|
+| `validate_request` | unknown file set, no archive before the time, malformed key or one outside the prefix, target outside the allowed roots, bad paths: fails here, nothing changed |
+| `restore_files` | downloads (or reads) the archive, extracts safely, verifies checksums; result and audit record |
+
+Every request (refused ones too) is recorded in the audit log (`<state_dir>/audit/retention.jsonl`,
+`"kind": "restore"`): who, why, which archive, what was written, skipped and replaced.
+
+## When it fails
+
+* `validate_request`: the message says which input is wrong; nothing was written.
+* `restore_files` *refused, nothing extracted*: the archive holds an unsafe member (named) or the
+  target holds a link leading outside it; inspect the archive (`tar -tvzf`) before trusting it.
+* `restore_files` *checksums*: the listed files did not match `SHA256SUMS` and were not installed;
+  try an older archive.
+"""
+
+PARAMS = {
+    "file_set": Param(_FILE_SETS[0], type="string", enum=_FILE_SETS, title="File set",
+                      description="The configured file set whose archive is restored.", section="Archive"),
+    "which": Param("latest", type="string", enum=list(WHICH), title="Which archive",
+                   values_display={"latest": "The newest archive", "latest_before": "The newest before a time",
+                                   "key": "An exact S3 key"},
+                   description="latest; latest_before (set 'Before'); or key (set 'S3 key').", section="Archive"),
+    "before": Param(None, type=["null", "string"], format="date-time", title="Before",
+                    description="With 'latest_before': the newest archive taken before this time (UTC when no "
+                                "zone is given).", section="Archive"),
+    "key": Param(None, type=["null", "string"], maxLength=1024, title="S3 key",
+                 description="With 'key': the archive's key, e.g. files/files_20250301_020000.tar.gz.",
+                 section="Archive"),
+    "paths": Param([], type="array", items={"type": "string", "minLength": 1}, title="Paths to restore",
+                   description="Paths inside the archive (a directory restores everything below it); empty = all.",
+                   section="What"),
+    "target_directory": Param(type="string", minLength=1, title="Target directory",
+                              description="Absolute directory to restore into; must lie under one of "
+                                          f"{list(CONFIG.restore.allowed_file_roots) or '(none configured)'}.",
+                              section="What"),
+    "existing": Param("skip", type="string", enum=["skip", "overwrite"], title="Existing files",
+                      values_display={"skip": "Skip (keep the present file)",
+                                      "overwrite": "Overwrite (keep a copy of each replaced file)"},
+                      description="What to do with files already present in the target.", section="What"),
+    "reason": Param(type="string", minLength=MIN_REASON, maxLength=2000, title="Reason",
+                    description="Why these files are restored; recorded in the audit log.", section="What"),
+}
+
+
+@dag(
+    dag_id="backup_file_restore",
+    schedule=None,
+    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(CONFIG, execution_timeout=timedelta(hours=6)),
+    params=PARAMS,
+    tags=dag_tags("restore", "files", "on-demand"),
+    doc_md=DOC_MD,
+)
+def backup_file_restore():
+    @task(task_id=VALIDATE, retries=0)
+    def validate_request(**context) -> dict:
+        params = context["params"]
+        config = backup_config()
+        request = {k: params.get(k) for k in ("file_set", "which", "before", "key", "target_directory", "existing")}
+        request["paths"] = list(params.get("paths") or [])
+        request["reason"] = (params.get("reason") or "").strip()
+        request["triggered_by"] = triggered_by(context)
+        try:
+            if len(request["reason"]) < MIN_REASON:
+                raise SelectionError(f"give a reason of at least {MIN_REASON} characters")
+            target = check_file_request(config, target=request["target_directory"], paths=request["paths"],
+                                        existing=request["existing"])
+            ref = resolve_request(config, request["file_set"], which=request["which"], before=request["before"],
+                                  key=request["key"], s3_client=s3_client(config.aws_conn_id), kind="files")
+        except (SelectionError, ExtractRefused, ConfigError, ValueError) as exc:
+            audit(config, run_id=context["run_id"], source=str(request["file_set"]), action="files_restore_refused",
+                  triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc))
+            raise AirflowFailException(f"invalid file restore request (nothing was changed): {exc}") from exc
+        request.update(backup=ref.name, target=str(target), locations=ref.where(config.bucket))
+        audit(config, run_id=context["run_id"], source=ref.source, action="files_restore_requested",
+              triggered_by=request["triggered_by"], reason=request["reason"], backup=ref.name, target=str(target),
+              paths=request["paths"] or "all", existing=request["existing"])
+        return request
+
+    @task(retries=0)
+    def restore(request: dict, **context) -> dict:
+        """Safe extraction into the target; checksum mismatches fail the task (those files are not installed)."""
+        config = backup_config()
+        base = dict(run_id=context["run_id"], source=request["file_set"], triggered_by=request["triggered_by"],
+                    reason=request["reason"], backup=request["backup"], target=request["target"])
+        try:
+            result = restore_files(config, request["file_set"], request["backup"], target=request["target"],
+                                   paths=request["paths"] or None, existing=request["existing"],
+                                   s3_client=s3_client(config.aws_conn_id), now=datetime.now(timezone.utc),
+                                   work_dir=run_scratch_dir(config, context["run_id"]))
+        except (ExtractRefused, SelectionError, ValueError) as exc:
+            # The message says whether anything was written ("nothing extracted" / "stopped after N").
+            audit(config, action="files_restore_failed", detail=str(exc)[:2000], **base)
+            raise AirflowFailException(str(exc)) from exc
+        changes = [f"wrote {result['written']} files into {request['target']}"]
+        if result["replaced"]:
+            changes.append(f"replaced {len(result['replaced'])} files, originals kept in {result['backup_dir']}")
+        if result["skipped"]:
+            changes.append(f"skipped {len(result['skipped'])} existing files")
+        problems = [c for c in result["checks"] if not c["ok"]]
+        audit(config, action="files_restored" if not problems else "files_restore_failed", changes=changes,
+              detail="; ".join(f"{c['check']}: {c['detail']}" for c in problems)[:2000], **base)
+        for line in changes:
+            log.info("%s", line)
+        if problems:
+            raise VerificationFailed(f"restore of {request['backup']}: {problems[0]['check']}: "
+                                     f"{problems[0]['detail'][:500]}", problems)
+        return result
+
+    restore.override(task_id="restore_files")(validate_request())
+
+
+backup_file_restore()

@@ -1,0 +1,166 @@
+"""Monthly restore test: prove the backups restore, first Monday of the month at 09:00 UTC.
+
+Parse time reads only the configuration file; which backups are restored is decided at run
+time by ``plan_restores``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import CronTriggerTimetable, TriggerRule, dag, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from backup_airflow.common import VerificationFailed, dag_tags, default_args
+from backup_airflow.hooks import backup_config, s3_client
+from backup_airflow.restore_operators import ScratchCleanupOperator, ScratchRestoreOperator, triggered_by
+from backupkit.metrics import LastSuccessStore
+from backupkit.reports.audit import record_restore_tests
+from backupkit.restore.service import audit, monthly_targets, restore_test_metrics, summarize_restore_tests
+
+log = logging.getLogger(__name__)
+
+CONFIG = backup_config()  # parse time: the YAML only
+METRICS_JOB = "backup_monthly_restore_test"
+# First Monday of the month. Not "0 9 1-7 * 1": in cron, a day-of-month range together with
+# a weekday means EITHER (days 1-7, and every Monday), eight or more runs a month.
+SCHEDULE = "0 9 * * 1#1"
+
+DOC_MD = """
+# Monthly restore test (runbook: *Monthly Restore Test*)
+
+Runs on the **first Monday of every month at 09:00 UTC** (`0 9 * * 1#1`; a test proves the run
+dates). For every configured database and file set it restores **the newest backup** and **one
+older backup picked at random** from the last `restore.random_older_window_days` days (restoring
+what is rarely read catches latent damage, as AWS Backup's restore testing does), each into a
+throwaway target that is always torn down:
+
+* databases: a scratch PostgreSQL (`restore.backend`: `local` = embedded binaries in a temporary
+  directory; `kubernetes` = a labelled pod with limits, non-root, an active deadline and a
+  per-run password in a Secret), `pg_restore --jobs N` (plain `.sql.gz` through `psql` with stop
+  on error), then every table's row count against the manifest beside the backup
+  (docs/manifest.md; without one, against the live database within `row_count_tolerance`), the
+  key tables non-empty, and the configured SQL assertions;
+* file sets: safe extraction into a scratch directory (no absolute paths, `..` or escaping links;
+  size limits), each file against the archive's `SHA256SUMS`, the configured paths present.
+
+| Task | What it does |
+|---|---|
+| `plan_restores` | lists the backups (disk and bucket) and picks newest + random older per source |
+| `restore_test` (mapped, one per backup) | restore, verify, tear down; the result is XCom `result`; a failed verification fails the instance |
+| `teardown_scratch` (all_done) | removes whatever this run's scratch databases left (a crashed worker) |
+| `sweep_orphans` (all_done) | removes scratch databases of any run older than `orphan_max_age_hours` |
+| `summarize` (all_done) | one table, a result per source; **fails the run** when any restore test failed |
+| `export_metrics` (all_done) | `backup_restore_test_status`, `_duration_seconds`, `_verified_rows`, `_last_success_timestamp_seconds` per `source` to the Pushgateway and `<state_dir>/metrics/restore_test.prom` |
+
+## When it fails
+
+Open `summarize`: each failed test is listed with its backup and check.
+
+* **restore** (pg_restore/psql error, damaged or incomplete dump): the backup does not restore.
+  Run `backupctl verify` on it, check the previous backups the same way, and take a fresh backup
+  now. Until one restores, the newest restorable backup is your recovery point.
+* **rows TABLE: N rows missing / table missing**: the dump lacks data the manifest recorded at
+  backup time (changed `pg_dump -t`/`-n` options, a dump of the wrong database or replica).
+* **key table empty**, **assertion N**: the data restored but is not plausible; compare with
+  production.
+* **extract / checksums / path** (file sets): the archive is unsafe, damaged, or misses
+  configured paths; check the file backup script.
+* **teardown failed**, or `sweep_orphans` failed: a scratch copy of production data may still
+  run; delete the pods labelled `app.kubernetes.io/managed-by=backupkit` by hand.
+* a `restore_test` instance failed without a result (scratch could not start, S3 unreachable):
+  it was retried; read its log.
+"""
+
+
+@dag(
+    dag_id="backup_monthly_restore_test",
+    schedule=CronTriggerTimetable(SCHEDULE, timezone="UTC"),
+    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=12),
+    default_args=default_args(CONFIG, execution_timeout=timedelta(hours=4)),
+    tags=dag_tags("restore", "monthly"),
+    doc_md=DOC_MD,
+)
+def backup_monthly_restore_test():
+    @task
+    def plan_restores(**context) -> list[dict]:
+        """Newest + one random older backup per source (seeded by the run id: reruns repeat it)."""
+        config = backup_config()
+        now = datetime.now(timezone.utc)
+        targets = monthly_targets(config, s3_client(config.aws_conn_id), now=now, seed=context["run_id"])
+        for t in targets:
+            log.info("will restore %s %s (%s)", t["source_name"], t["backup"] or "(no backup!)", t["role"])
+        return targets
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def summarize(targets: list[dict] | None, **context) -> dict:
+        """A result per source; fails the run (no retry) when any restore test failed."""
+        if targets is None:
+            raise AirflowFailException("plan_restores failed: nothing was restored (see its log)")
+        results = collect(context["ti"], targets)
+        report = summarize_restore_tests(results)
+        log.info("Restore tests of %d backups:\n%s", len(results), report["table"])
+        config, who = backup_config(), triggered_by(context)
+        for r in results:  # every restore is in the audit log, tests included
+            audit(config, run_id=context["run_id"], source=r["source"], action="restore_test", triggered_by=who,
+                  reason="monthly restore test", backup=r.get("backup") or None, mode="restore_test",
+                  outcome="passed" if r.get("ok") else "failed", location=r.get("location"),
+                  changes=["nothing: restored into a scratch target that was torn down"])
+        # The quarterly audit's recoverability control reads these records.
+        record_restore_tests(config.state_dir, [{**r, "duration_seconds": r.get("restore_seconds")} for r in results],
+                             run_id=context["run_id"], now=datetime.now(timezone.utc))
+        context["ti"].xcom_push(key="report", value=report)
+        if not report["ok"]:
+            failed = sorted(n for n, s in report["sources"].items() if not s["ok"])
+            raise VerificationFailed(f"restore test failed for {', '.join(failed)}", report["problems"])
+        return report
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def export_metrics(targets: list[dict] | None, **context) -> list[str]:
+        if targets is None:
+            raise AirflowFailException("plan_restores failed: no metrics to export")
+        config = backup_config()
+        now = datetime.now(timezone.utc).timestamp()
+        metrics_dir = config.state_dir / "metrics"
+        registry = restore_test_metrics(collect(context["ti"], targets), now=now,
+                                        store=LastSuccessStore(metrics_dir / "restore_test_last_success.json"),
+                                        expected_sources=[t["source_name"] for t in targets])
+        return registry.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
+                                textfile=metrics_dir / "restore_test.prom")
+
+    targets = plan_restores()
+    tests = ScratchRestoreOperator.partial(task_id="restore_test").expand_kwargs(targets)
+    teardown = ScratchCleanupOperator(task_id="teardown_scratch", run_id="{{ run_id }}",
+                                      trigger_rule=TriggerRule.ALL_DONE)
+    sweep = ScratchCleanupOperator(task_id="sweep_orphans", trigger_rule=TriggerRule.ALL_DONE)
+    tests >> teardown >> sweep
+    # summarize and export_metrics are leaves: the run's state comes from its leaves.
+    tests >> summarize(targets)
+    tests >> export_metrics(targets)
+
+
+def collect(ti, targets: list[dict]) -> list[dict]:
+    """One result per target; an instance that left none (crashed, upstream failed) is a failure."""
+    if not targets:
+        return []
+    values = ti.xcom_pull(task_ids="restore_test", key="result", map_indexes=list(range(len(targets))), default=None)
+    if not isinstance(values, list):
+        values = [values]
+    out = []
+    for t, value in zip(targets, values, strict=True):
+        if value is None:
+            artifact = f"{t['source_name']}/{t['backup']}" if t["backup"] else t["source_name"]
+            value = {"source": t["source_name"], "backup": t["backup"], "role": t["role"], "ok": False,
+                     "kind": None, "duration_seconds": None, "problems": [
+                         {"artifact": artifact, "check": "restore_test", "ok": False,
+                          "detail": "task did not finish (scratch not provisioned, S3 unreachable, crash): "
+                                    "no result; see that task's log"}]}
+        out.append(value)
+    return out
+
+
+backup_monthly_restore_test()

@@ -1,0 +1,310 @@
+"""On-demand database restore from the Airflow UI: verify a backup, or replace the application's
+database with it -- reversibly, after a human approval.
+
+Parse time reads only the configuration file (the form's choices and defaults).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param, TriggerRule, dag, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from backup_airflow.common import dag_tags, default_args
+from backup_airflow.hooks import backup_config, s3_client
+from backup_airflow.restore_operators import (
+    ScratchRestoreOperator,
+    app_platform,
+    live_counts_for,
+    server_target,
+    triggered_by,
+)
+from backupkit.config import ConfigError
+from backupkit.restore.database import RestoreFailed
+from backupkit.restore.selection import WHICH, SelectionError
+from backupkit.restore.service import (
+    SwitchFailed,
+    audit,
+    http_health_check,
+    new_database_name,
+    plan_switch,
+    resolve_request,
+    restore_into_new_database,
+    run_scratch_dir,
+    switch_database,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG = backup_config()  # parse time: the YAML only (choices and defaults of the form)
+MODES = ("verify_only", "replace")
+MIN_REASON = 10
+K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+VALIDATE = "validate_request"
+_DATABASES = [s.name for s in CONFIG.databases] or ["(no database configured)"]
+
+DOC_MD = """
+# Restore a database backup (on demand)
+
+Trigger with the form. **verify_only** restores the chosen backup into a throwaway scratch
+database, verifies it (row counts against the backup's manifest, key tables, assertions) and
+tears it down: nothing else changes. **replace** follows the runbook's *Emergency Restore*, made
+reversible:
+
+1. `validate_request` checks the form before anything changes: unknown database, no backup
+   before the given time, a malformed key or one outside the source's S3 prefix fail here with
+   a message saying why.
+2. `restore_new_database` restores into a **new** database on the application's server
+   (`<db>_restored_<UTC time>`, through the source's connection) and verifies it while the
+   application keeps running on the old one.
+3. `plan_switch` reads the deployments' replica counts and database setting (no change), and
+   `approve_switch` waits for a person to **Approve** in *Required Actions*, showing exactly what
+   will change. Reject (or no answer in 24 h) changes nothing.
+4. `switch_database` records the replica counts, scales the deployments to 0, points the
+   setting (`DATABASE_URL` env var, or a Secret key: `restore.app`) at the new database, scales
+   back up to the recorded counts and runs the health checks (ready pods; `restore.app.health_url`).
+   **If any step after the scale-down fails, the previous setting and replica counts are put
+   back** and the task fails, which alerts. The old database is never dropped.
+5. `finish` appends the outcome to the audit log and fails the run unless the restore succeeded
+   (or was rejected by the approver).
+
+Every step is recorded in the audit log (`<state_dir>/audit/retention.jsonl`, records with
+`"kind": "restore"`): who triggered it, the reason, the backup, what changed.
+
+## When it fails
+
+* `validate_request`: the message says what is wrong with the form; nothing was changed.
+* `restore_new_database`: the backup did not restore or verify; the new database was dropped,
+  the application was never touched. Try the previous backup (`latest_before`).
+* `switch_database`: read the message. "rolled back" means the application runs on the old
+  database again with its previous replica counts; "ROLLBACK INCOMPLETE" lists what could not be
+  undone and the recorded state to put back by hand (`kubectl scale`, `kubectl set env`).
+"""
+
+PARAMS = {
+    "source": Param(_DATABASES[0], type="string", enum=_DATABASES, title="Database",
+                    description="The configured database source whose backup is restored.", section="Backup"),
+    "which": Param("latest", type="string", enum=list(WHICH), title="Which backup",
+                   values_display={"latest": "The newest backup", "latest_before": "The newest before a time",
+                                   "key": "An exact S3 key"},
+                   description="latest; latest_before (set 'Before'); or key (set 'S3 key').", section="Backup"),
+    "before": Param(None, type=["null", "string"], format="date-time", title="Before",
+                    description="With 'latest_before': restore the newest backup taken before this time "
+                                "(ISO 8601; UTC when no zone is given).", section="Backup"),
+    "key": Param(None, type=["null", "string"], maxLength=1024, title="S3 key",
+                 description="With 'key': the backup's key in the bucket, e.g. "
+                             "database/trixtech_20250301_020000.dump (must be under the source's prefix).",
+                 section="Backup"),
+    "mode": Param("verify_only", type="string", enum=list(MODES), title="Mode",
+                  values_display={"verify_only": "Verify only (scratch database, nothing changes)",
+                                  "replace": "Replace the application's database (asks for approval)"},
+                  description="verify_only restores into a throwaway database; replace restores into a new "
+                              "database and, after approval, switches the application to it.", section="What"),
+    "namespace": Param(CONFIG.restore.app.namespace, type="string", pattern=K8S_NAME, maxLength=63,
+                       title="Kubernetes namespace", description="replace only: namespace of the deployments.",
+                       section="What"),
+    "deployments": Param(list(CONFIG.restore.app.deployments), type="array", uniqueItems=True,
+                         items={"type": "string", "pattern": K8S_NAME, "maxLength": 63},
+                         title="Deployments",
+                         description="replace only: deployments to scale down, switch and scale back up.",
+                         section="What"),
+    "reason": Param(type="string", minLength=MIN_REASON, maxLength=2000, title="Reason",
+                    description="Why this restore is run (incident or ticket); recorded in the audit log.",
+                    section="What"),
+}
+
+
+def _request(ti) -> dict:
+    return ti.xcom_pull(task_ids=VALIDATE)
+
+
+def _audit(request: dict, context, action: str, **fields) -> None:
+    audit(backup_config(), run_id=context["run_id"], source=request["source"], action=action,
+          triggered_by=request["triggered_by"], reason=request["reason"], backup=request.get("backup"),
+          mode=request.get("mode"), **fields)
+
+
+@dag(
+    dag_id="backup_restore",
+    schedule=None,
+    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(CONFIG, execution_timeout=timedelta(hours=6)),
+    params=PARAMS,
+    tags=dag_tags("restore", "on-demand"),
+    doc_md=DOC_MD,
+    render_template_as_native_obj=False,
+)
+def backup_restore():
+    @task(task_id=VALIDATE, retries=0)
+    def validate_request(**context) -> dict:
+        """Every check that needs no change, before any change: fail here with a clear message."""
+        params = context["params"]
+        config = backup_config()
+        request = {k: params.get(k) for k in ("source", "which", "before", "key", "mode", "namespace")}
+        request["deployments"] = list(params.get("deployments") or [])
+        request["reason"] = (params.get("reason") or "").strip()
+        request["triggered_by"] = triggered_by(context)
+        try:
+            if len(request["reason"]) < MIN_REASON:
+                raise SelectionError(f"give a reason of at least {MIN_REASON} characters")
+            if request["mode"] not in MODES:
+                raise SelectionError(f"unknown mode {request['mode']!r}")
+            ref = resolve_request(config, request["source"], which=request["which"], before=request["before"],
+                                  key=request["key"], s3_client=s3_client(config.aws_conn_id))
+            source = config.source(request["source"])
+            if request["mode"] == "replace":
+                if not request["deployments"]:
+                    raise SelectionError("replace needs the deployments to scale (none given)")
+                if not source.database or not source.conn_id:
+                    raise SelectionError(f"source {source.name!r} has no database/conn_id: cannot restore beside it")
+                request["new_database"] = new_database_name(source, datetime.now(timezone.utc))
+        except (SelectionError, ConfigError, ValueError) as exc:
+            audit(config, run_id=context["run_id"], source=str(request["source"]), action="restore_refused",
+                  triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc), mode=request["mode"])
+            raise AirflowFailException(f"invalid restore request (nothing was changed): {exc}") from exc
+        request.update(backup=ref.name, backup_time=ref.timestamp.isoformat(), locations=ref.where(config.bucket))
+        log.info("restore of %s requested by %s (%s): %s", ref.name, request["triggered_by"], request["mode"],
+                 request["reason"])
+        _audit(request, context, "restore_requested", locations=request["locations"],
+               new_database=request.get("new_database"))
+        return request
+
+    @task.branch
+    def choose_mode(request: dict) -> str:
+        return "restore_verify" if request["mode"] == "verify_only" else "restore_new_database"
+
+    restore_verify = ScratchRestoreOperator(
+        task_id="restore_verify", role="verify_only", map_index_template=None,
+        source_name="{{ ti.xcom_pull(task_ids='validate_request')['source'] }}",
+        backup="{{ ti.xcom_pull(task_ids='validate_request')['backup'] }}",
+    )
+
+    @task(retries=0)
+    def restore_new_database(request: dict, **context) -> dict:
+        """Restore into a new database beside the live one and verify it; the app keeps running."""
+        config = backup_config()
+        source = config.source(request["source"])
+        server = server_target(source.conn_id)
+        try:
+            result = restore_into_new_database(config, source.name, request["backup"], server=server,
+                                               new_database=request["new_database"],
+                                               s3_client=s3_client(config.aws_conn_id),
+                                               live_counts=live_counts_for(source),
+                                               work_dir=run_scratch_dir(config, context["run_id"]))
+        except (RestoreFailed, SelectionError) as exc:
+            _audit(request, context, "restore_failed", detail=str(exc)[:2000],
+                   changes=[f"nothing: database {request['new_database']} was not kept"])
+            raise AirflowFailException(str(exc)) from exc
+        _audit(request, context, "restore_verified", new_database=result["new_database"],
+               changes=[f"created database {result['new_database']} on {result['server']} from {result['location']}"],
+               verified_rows=result["verified_rows"], tables=result["tables"])
+        return result
+
+    @task(task_id="plan_switch")
+    def plan_switch_task(request: dict, restored: dict) -> dict:
+        """What the switch will change, read now (changes nothing); shown to the approver."""
+        config = backup_config()
+        source = config.source(request["source"])
+        plan = plan_switch(app_platform(config), namespace=request["namespace"], deployments=request["deployments"],
+                           old_database=source.database, new_database=restored["new_database"])
+        body = "\n".join([
+            f"**Backup** `{request['backup']}` of `{request['source']}` was restored into the new database "
+            f"`{restored['new_database']}` and verified ({restored['verified_rows']} rows in {restored['tables']} "
+            f"tables, compared with {restored['compared_with']}).",
+            "",
+            f"**Requested by** {request['triggered_by']}: {request['reason']}",
+            "",
+            "**Approve to:**",
+            *[f"1. {line}" for line in plan.describe()],
+            "",
+            "If any step after the scale-down fails, the previous setting and replica counts are put back.",
+        ])
+        return {"plan": plan.to_dict(), "changes": plan.describe(), "body": body}
+
+    approve = ApprovalOperator(
+        task_id="approve_switch",
+        subject="Switch {{ ti.xcom_pull(task_ids='validate_request')['source'] }} to backup "
+                "{{ ti.xcom_pull(task_ids='validate_request')['backup'] }}?",
+        body="{{ ti.xcom_pull(task_ids='plan_switch')['body'] }}",
+        defaults="Reject",  # no answer within the timeout changes nothing
+        response_timeout=timedelta(hours=24),
+        execution_timeout=None,
+        retries=0,
+    )
+
+    @task(retries=0)
+    def switch(request: dict, restored: dict, **context) -> dict:
+        """Record, scale down, switch, scale up, check health; roll back on any failure."""
+        config = backup_config()
+        source = config.source(request["source"])
+        approval = context["ti"].xcom_pull(task_ids="approve_switch") or {}
+        approver = (approval.get("responded_by_user") or {}).get("name")
+        platform = app_platform(config)
+        plan = plan_switch(platform, namespace=request["namespace"], deployments=request["deployments"],
+                           old_database=source.database, new_database=restored["new_database"])
+        app = config.restore.app
+        checks = [http_health_check(app.health_url, timeout=app.rollout_timeout_seconds)] if app.health_url else []
+
+        def journal(action: str, details: dict) -> None:
+            _audit(request, context, action, approved_by=approver,
+                   changes=plan.describe() if action in ("switch_started", "switch_done") else [], **details)
+
+        try:
+            return switch_database(platform, plan, timeout=app.rollout_timeout_seconds, health_checks=checks,
+                                   journal=journal)
+        except SwitchFailed as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def finish(**context) -> dict:
+        """The outcome in the audit log; the run fails unless the restore did what was asked."""
+        ti = context["ti"]
+        request = _request(ti)
+        if request is None:
+            raise AirflowFailException("the request was invalid or could not be checked: nothing was changed "
+                                       "(see validate_request)")
+        if request["mode"] == "verify_only":
+            result = ti.xcom_pull(task_ids="restore_verify", key="result")
+            outcome = "verified" if result and result.get("ok") else "failed"
+            summary = {"outcome": outcome, "result": result}
+        else:
+            restored = ti.xcom_pull(task_ids="restore_new_database")
+            approval = ti.xcom_pull(task_ids="approve_switch")  # absent when rejected (it skips, then stops)
+            switched = ti.xcom_pull(task_ids="switch")
+            states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[context["run_id"]]).get(context["run_id"], {})
+            if restored is None:
+                outcome = "failed"
+            elif switched is not None:
+                outcome = "switched"
+            elif states.get("approve_switch") == "success" and states.get("switch") == "skipped":
+                outcome = "rejected"  # by the approver, or no answer before the timeout (default Reject)
+            else:
+                outcome = "failed"
+            summary = {"outcome": outcome, "new_database": (restored or {}).get("new_database"),
+                       "approved_by": ((approval or {}).get("responded_by_user") or {}).get("name"),
+                       "changes": (switched or {}).get("changes", [])}
+        _audit(request, context, "restore_finished", outcome=outcome, changes=summary.get("changes", []))
+        log.info("restore of %s (%s): %s", request["backup"], request["mode"], outcome)
+        if outcome == "failed":
+            raise AirflowFailException(f"restore of {request['backup']} ({request['mode']}) failed; "
+                                       "see the failed task above")
+        return summary
+
+    request = validate_request()
+    restored = restore_new_database(request)
+    branch = choose_mode(request)
+    branch >> [restore_verify, restored]
+    plan = plan_switch_task(request, restored)
+    switched = switch(request, restored)
+    plan >> approve >> switched
+    # finish is the only leaf: the run's state is its verdict. It must not be a direct
+    # downstream of approve_switch (a rejection skips those).
+    [restore_verify, switched] >> finish()
+
+
+backup_restore()

@@ -1,0 +1,96 @@
+"""The monthly restore test runs on the first Monday of every month at 09:00 UTC, and only then.
+
+The run dates come from the DAG's own timetable as the scheduler uses it (after a
+serialization round trip); the expected dates from the calendar module. The classic cron
+mistake is shown to differ.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime, timezone
+
+import pytest
+
+import airflow_env
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import CronTriggerTimetable
+from airflow.serialization.encoders import coerce_to_core_timetable
+from airflow.timetables.base import DataInterval, TimeRestriction
+
+DAG_ID = "backup_monthly_restore_test"
+YEARS = 3
+
+
+@pytest.fixture(scope="module")
+def dag():
+    airflow_env.configure()
+    bag = DagBag(dag_folder=str(airflow_env.DAGS))
+    assert bag.import_errors == {}
+    return bag.dags[DAG_ID]
+
+
+def run_dates(timetable, start: datetime, end: datetime) -> list[datetime]:
+    """Every scheduled run between start and end, asking the timetable as the scheduler does."""
+    tt = coerce_to_core_timetable(timetable)
+    restriction = TimeRestriction(earliest=start, latest=end, catchup=True)
+    dates, last = [], None
+    while True:
+        info = tt.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
+        if info is None:
+            return dates
+        dates.append(info.run_after)
+        last = DataInterval(info.data_interval.start, info.data_interval.end)
+        assert len(dates) < 2000, "runaway schedule"
+
+
+def first_mondays(start: datetime, end: datetime) -> list[datetime]:
+    """09:00 UTC of each month's first Monday, from the calendar (not from cron)."""
+    out = []
+    year, month = start.year, start.month
+    while True:
+        day = next(d for d in range(1, 8) if calendar.weekday(year, month, d) == calendar.MONDAY)
+        when = datetime(year, month, day, 9, 0, tzinfo=timezone.utc)
+        if when > end:
+            return out
+        if when >= start:
+            out.append(when)
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+def window() -> tuple[datetime, datetime]:
+    start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, start.replace(year=start.year + YEARS)
+
+
+def test_run_dates_for_the_next_three_years_are_the_first_mondays(dag):
+    start, end = window()
+    got = run_dates(dag.timetable, start, end)
+    expected = first_mondays(start, end)
+    assert len(expected) in (35, 36, 37)
+    assert [d.isoformat() for d in got] == [d.isoformat() for d in expected]
+    assert all(d.weekday() == 0 and d.day <= 7 and (d.hour, d.minute) == (9, 0) for d in got)
+
+
+def test_the_scheduler_sees_the_same_schedule_after_serialization(dag):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    start, end = window()
+    assert run_dates(scheduler_dag.timetable, start, end) == run_dates(dag.timetable, start, end)
+    assert scheduler_dag.timetable.summary == "0 9 * * 1#1"
+    assert dag.catchup is False and dag.max_active_runs == 1
+
+
+def test_the_classic_cron_mistake_would_run_on_other_days():
+    """``0 9 1-7 * 1``: day-of-month and weekday together mean EITHER, not both."""
+    start, end = window()
+    wrong = run_dates(CronTriggerTimetable("0 9 1-7 * 1", timezone="UTC"), start, end)
+    right = first_mondays(start, end)
+    assert set(right) < set(wrong)  # every first Monday, but also...
+    extra = sorted(set(wrong) - set(right))
+    assert any(d.weekday() != 0 for d in extra)  # ...days 1-7 that are not Mondays
+    assert any(d.day > 7 for d in extra)  # ...and every other Monday of the month
+    months = {(d.year, d.month) for d in wrong}
+    assert min(sum(1 for d in wrong if (d.year, d.month) == m) for m in months if
+               datetime(*m, 1, tzinfo=timezone.utc) >= start and datetime(*m, 28, tzinfo=timezone.utc) < end) >= 8
