@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,37 @@ class Reports:
         return tuple(dict.fromkeys(s.conn_id for s in databases if s.conn_id))
 
 
+DRILL_HOUR_UTC = 9  # the annual DR drill starts at 09:00 UTC on drill.date
+
+
+@dataclass(frozen=True)
+class Drill:
+    """``drill``: the annual disaster-recovery drill (backupkit.drill, DAG backup_annual_dr_drill).
+
+    ``date`` is ``MM-DD``; the drill runs every year on that day at 09:00 UTC, whatever the
+    weekday (the automated part needs nobody; the team's evaluation follows). The default,
+    15 November, leaves time to fix findings before the year-end change freeze and gives the
+    December quarterly audit a fresh drill. 29 February is refused (it would run one year in four).
+    """
+
+    date: str = "11-15"
+    rto_target_minutes: float = 240.0  # half the runbook's 8-hour drill window
+    rpo_target_hours: float = 25.0  # nightly backups plus the runbook's 25-hour freshness threshold
+    compromise_time: datetime | None = None  # ransomware scenario; None: the scenario's start
+    smoke_check_url: str | None = None  # failed-deployment scenario: GET must answer 2xx
+    smoke_check_timeout_seconds: float = 60.0
+
+    @property
+    def month_day(self) -> tuple[int, int]:
+        month, day = self.date.split("-")
+        return int(month), int(day)
+
+    @property
+    def cron(self) -> str:
+        month, day = self.month_day
+        return f"0 {DRILL_HOUR_UTC} {day} {month} *"
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -220,6 +252,7 @@ class Config:
     hold_list: tuple[str, ...] = ()
     restore: RestoreSettings = field(default_factory=RestoreSettings)
     reports: Reports = field(default_factory=Reports)
+    drill: Drill = field(default_factory=Drill)
 
     def source(self, name: str) -> Source:
         for s in self.sources:
@@ -541,6 +574,37 @@ def _reports(r: _Reader) -> Reports:
     return rep
 
 
+def _drill(r: _Reader) -> Drill:
+    base = Drill()
+    when = r.get("date", str, base.date)
+    m = re.fullmatch(r"(\d{2})-(\d{2})", when)
+    # Days that exist in every year (a leap year's 29 February would run one year in four).
+    days_in = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+    if not m or not 1 <= int(m.group(1)) <= 12 or not 1 <= int(m.group(2)) <= days_in[int(m.group(1)) - 1]:
+        raise ConfigError(r.file, r._k("date"), f"expected MM-DD of a day every year has (e.g. 11-15), got {when!r}")
+    compromise = r.get("compromise_time", (str, datetime), None)
+    if isinstance(compromise, str):
+        text = compromise.strip()
+        try:
+            compromise = datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+        except ValueError:
+            raise ConfigError(r.file, r._k("compromise_time"),
+                              f"expected an ISO 8601 date-time like 2025-03-01T12:00:00Z, got {text!r}") from None
+    if compromise is not None and compromise.tzinfo is None:
+        compromise = compromise.replace(tzinfo=timezone.utc)
+    url = r.get("smoke_check_url", str, None) or None
+    if url is not None and not re.match(r"https?://", url):
+        raise ConfigError(r.file, r._k("smoke_check_url"), f"must be an http(s) URL, got {url!r}")
+    d = Drill(date=when,
+              rto_target_minutes=_positive(r, "rto_target_minutes", float, base.rto_target_minutes),
+              rpo_target_hours=_positive(r, "rpo_target_hours", float, base.rpo_target_hours),
+              compromise_time=compromise, smoke_check_url=url,
+              smoke_check_timeout_seconds=_positive(r, "smoke_check_timeout_seconds", float,
+                                                    base.smoke_check_timeout_seconds))
+    r.reject_unknown()
+    return d
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Read and validate the configuration (``$BACKUPKIT_CONFIG`` or the repo default)."""
     file = Path(path or os.environ.get("BACKUPKIT_CONFIG") or DEFAULT_CONFIG)
@@ -593,8 +657,9 @@ def load_config(path: str | Path | None = None) -> Config:
     hold_list = top.strings("hold_list")
     restore = _restore_settings(top.child("restore"))
     reports = _reports(top.child("reports"))
+    drill = _drill(top.child("drill"))
     top.reject_unknown()
     return Config(path=file, bucket=bucket_name, aws_conn_id=aws_conn_id, sources=tuple(sources),
                   logs=tuple(logs), state_dir=state_dir, reread_fraction=reread, alerting=alerting,
                   pushgateway_url=pushgateway, hold_list=hold_list, restore=restore,
-                  reports=reports)
+                  reports=reports, drill=drill)
