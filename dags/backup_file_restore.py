@@ -6,24 +6,23 @@ Parse time reads only the configuration file (the form's choices).
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from backup_airflow.common import VerificationFailed, dag_tags, default_args
+from backup_airflow.common import VerificationFailed, dag_tags
 from backup_airflow.hooks import backup_config, s3_client
-from backup_airflow.restore_operators import triggered_by
+from backup_airflow.restore_params import (VALIDATE, check_reason, on_demand_dag_args, read_request,
+                                            reason_param, which_params)
 from backupkit.config import ConfigError
 from backupkit.restore.files import ExtractRefused
-from backupkit.restore.selection import WHICH, SelectionError
+from backupkit.restore.selection import SelectionError
 from backupkit.restore.service import audit, check_file_request, resolve_request, restore_files, run_scratch_dir
 
 log = logging.getLogger(__name__)
 
 CONFIG = backup_config()  # parse time: the YAML only
-MIN_REASON = 10
-VALIDATE = "validate_request"
 _FILE_SETS = [s.name for s in CONFIG.file_sets] or ["(no file set configured)"]
 
 DOC_MD = """
@@ -63,16 +62,10 @@ Every request (refused ones too) is recorded in the audit log (`<state_dir>/audi
 PARAMS = {
     "file_set": Param(_FILE_SETS[0], type="string", enum=_FILE_SETS, title="File set",
                       description="The configured file set whose archive is restored.", section="Archive"),
-    "which": Param("latest", type="string", enum=list(WHICH), title="Which archive",
-                   values_display={"latest": "The newest archive", "latest_before": "The newest before a time",
-                                   "key": "An exact S3 key"},
-                   description="latest; latest_before (set 'Before'); or key (set 'S3 key').", section="Archive"),
-    "before": Param(None, type=["null", "string"], format="date-time", title="Before",
-                    description="With 'latest_before': the newest archive taken before this time (UTC when no "
-                                "zone is given).", section="Archive"),
-    "key": Param(None, type=["null", "string"], maxLength=1024, title="S3 key",
-                 description="With 'key': the archive's key, e.g. files/files_20250301_020000.tar.gz.",
-                 section="Archive"),
+    **which_params("archive", section="Archive",
+                   before_help="With 'latest_before': the newest archive taken before this time (UTC when no "
+                               "zone is given).",
+                   key_help="With 'key': the archive's key, e.g. files/files_20250301_020000.tar.gz."),
     "paths": Param([], type="array", items={"type": "string", "minLength": 1}, title="Paths to restore",
                    description="Paths inside the archive (a directory restores everything below it); empty = all.",
                    section="What"),
@@ -84,18 +77,13 @@ PARAMS = {
                       values_display={"skip": "Skip (keep the present file)",
                                       "overwrite": "Overwrite (keep a copy of each replaced file)"},
                       description="What to do with files already present in the target.", section="What"),
-    "reason": Param(type="string", minLength=MIN_REASON, maxLength=2000, title="Reason",
-                    description="Why these files are restored; recorded in the audit log.", section="What"),
+    "reason": reason_param("Why these files are restored; recorded in the audit log."),
 }
 
 
 @dag(
     dag_id="backup_file_restore",
-    schedule=None,
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(CONFIG, execution_timeout=timedelta(hours=6)),
+    **on_demand_dag_args(CONFIG),
     params=PARAMS,
     tags=dag_tags("restore", "files", "on-demand"),
     doc_md=DOC_MD,
@@ -103,15 +91,11 @@ PARAMS = {
 def backup_file_restore():
     @task(task_id=VALIDATE, retries=0)
     def validate_request(**context) -> dict:
-        params = context["params"]
         config = backup_config()
-        request = {k: params.get(k) for k in ("file_set", "which", "before", "key", "target_directory", "existing")}
-        request["paths"] = list(params.get("paths") or [])
-        request["reason"] = (params.get("reason") or "").strip()
-        request["triggered_by"] = triggered_by(context)
+        request = read_request(context, ("file_set", "which", "before", "key", "target_directory", "existing"),
+                               "paths")
         try:
-            if len(request["reason"]) < MIN_REASON:
-                raise SelectionError(f"give a reason of at least {MIN_REASON} characters")
+            check_reason(request)
             target = check_file_request(config, target=request["target_directory"], paths=request["paths"],
                                         existing=request["existing"])
             ref = resolve_request(config, request["file_set"], which=request["which"], before=request["before"],

@@ -13,18 +13,19 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from backup_airflow.common import dag_tags, default_args
+from backup_airflow.common import dag_tags
 from backup_airflow.hooks import backup_config, s3_client
 from backup_airflow.restore_operators import (
     ScratchRestoreOperator,
     app_platform,
     live_counts_for,
     server_target,
-    triggered_by,
 )
+from backup_airflow.restore_params import (VALIDATE, check_reason, on_demand_dag_args, read_request,
+                                            reason_param, which_params)
 from backupkit.config import ConfigError
 from backupkit.restore.database import RestoreFailed
-from backupkit.restore.selection import WHICH, SelectionError
+from backupkit.restore.selection import SelectionError
 from backupkit.restore.service import (
     SwitchFailed,
     audit,
@@ -41,9 +42,7 @@ log = logging.getLogger(__name__)
 
 CONFIG = backup_config()  # parse time: the YAML only (choices and defaults of the form)
 MODES = ("verify_only", "replace")
-MIN_REASON = 10
 K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-VALIDATE = "validate_request"
 _DATABASES = [s.name for s in CONFIG.databases] or ["(no database configured)"]
 
 DOC_MD = """
@@ -87,17 +86,11 @@ Every step is recorded in the audit log (`<state_dir>/audit/retention.jsonl`, re
 PARAMS = {
     "source": Param(_DATABASES[0], type="string", enum=_DATABASES, title="Database",
                     description="The configured database source whose backup is restored.", section="Backup"),
-    "which": Param("latest", type="string", enum=list(WHICH), title="Which backup",
-                   values_display={"latest": "The newest backup", "latest_before": "The newest before a time",
-                                   "key": "An exact S3 key"},
-                   description="latest; latest_before (set 'Before'); or key (set 'S3 key').", section="Backup"),
-    "before": Param(None, type=["null", "string"], format="date-time", title="Before",
-                    description="With 'latest_before': restore the newest backup taken before this time "
-                                "(ISO 8601; UTC when no zone is given).", section="Backup"),
-    "key": Param(None, type=["null", "string"], maxLength=1024, title="S3 key",
-                 description="With 'key': the backup's key in the bucket, e.g. "
-                             "database/trixtech_20250301_020000.dump (must be under the source's prefix).",
-                 section="Backup"),
+    **which_params("backup", section="Backup",
+                   before_help="With 'latest_before': restore the newest backup taken before this time "
+                               "(ISO 8601; UTC when no zone is given).",
+                   key_help="With 'key': the backup's key in the bucket, e.g. "
+                            "database/trixtech_20250301_020000.dump (must be under the source's prefix)."),
     "mode": Param("verify_only", type="string", enum=list(MODES), title="Mode",
                   values_display={"verify_only": "Verify only (scratch database, nothing changes)",
                                   "replace": "Replace the application's database (asks for approval)"},
@@ -111,9 +104,7 @@ PARAMS = {
                          title="Deployments",
                          description="replace only: deployments to scale down, switch and scale back up.",
                          section="What"),
-    "reason": Param(type="string", minLength=MIN_REASON, maxLength=2000, title="Reason",
-                    description="Why this restore is run (incident or ticket); recorded in the audit log.",
-                    section="What"),
+    "reason": reason_param("Why this restore is run (incident or ticket); recorded in the audit log."),
 }
 
 
@@ -129,11 +120,7 @@ def _audit(request: dict, context, action: str, **fields) -> None:
 
 @dag(
     dag_id="backup_restore",
-    schedule=None,
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(CONFIG, execution_timeout=timedelta(hours=6)),
+    **on_demand_dag_args(CONFIG),
     params=PARAMS,
     tags=dag_tags("restore", "on-demand"),
     doc_md=DOC_MD,
@@ -143,15 +130,10 @@ def backup_restore():
     @task(task_id=VALIDATE, retries=0)
     def validate_request(**context) -> dict:
         """Every check that needs no change, before any change: fail here with a clear message."""
-        params = context["params"]
         config = backup_config()
-        request = {k: params.get(k) for k in ("source", "which", "before", "key", "mode", "namespace")}
-        request["deployments"] = list(params.get("deployments") or [])
-        request["reason"] = (params.get("reason") or "").strip()
-        request["triggered_by"] = triggered_by(context)
+        request = read_request(context, ("source", "which", "before", "key", "mode", "namespace"), "deployments")
         try:
-            if len(request["reason"]) < MIN_REASON:
-                raise SelectionError(f"give a reason of at least {MIN_REASON} characters")
+            check_reason(request)
             if request["mode"] not in MODES:
                 raise SelectionError(f"unknown mode {request['mode']!r}")
             ref = resolve_request(config, request["source"], which=request["which"], before=request["before"],

@@ -82,3 +82,12 @@ def http_server():
 def airflow_db():
     """A migrated Airflow metadata DB in a throwaway AIRFLOW_HOME, shared by the session."""
     return airflow_env.ensure_db()
+
+
+def task_states(dr) -> dict[str, str]:
+    """``task_id`` (``task_id[i]`` for mapped instances) -> final state."""
+    out = {}
+    for ti in dr.get_task_instances():
+        key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
+        out[key] = str(ti.state.value if hasattr(ti.state, "value") else ti.state)
+    return out

@@ -8,7 +8,6 @@ loopback S3 bucket with SHA-256 checksums, as the cloud-sync job does.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import shutil
 import tarfile
@@ -18,17 +17,10 @@ from pathlib import Path
 
 from backupkit.catalog import local_backups, s3_key_for
 from backupkit.config import Config, load_config
+from backupkit.sandbox.history import sha256_file
 
 NOW = datetime(2025, 6, 15, 8, 0, tzinfo=timezone.utc)
 NIGHTS = 8
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_sidecar(path: Path) -> None:

@@ -8,12 +8,11 @@ undo removes injected versions the way an operator would (``BypassGovernanceRete
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
+from _config_helpers import FILE_SET_AND_STATE_YAML, short_dir, trixtech_db_yaml
 from backupkit.config import Config
 from backupkit.sandbox.history import History
 
@@ -24,26 +23,13 @@ LOCK_DAYS = 7
 HISTORY_LAG = timedelta(hours=2)
 
 
-def short_dir(prefix: str = "bkd-") -> Path:
-    """A short directory for scratch servers (PostgreSQL's socket path has at most 107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-
-
 def drill_config_yaml(*, database: str, drill_extra: str = "") -> str:
     """Two database sources (custom and plain .sql.gz dumps of ``database``) and one file set;
     state, scratch, smoke URL and alerting from the environment."""
     return f"""
 bucket: {{name: trixtech-backups, aws_conn_id: aws_default}}
 databases:
-  - name: trixtech-db
-    database: {database}
-    conn_id: trixtech_app_db
-    dump_format: custom
-    local_dir: ${{BACKUP_ROOT}}/database
-    s3_prefix: database/
-    pattern: trixtech_%Y%m%d_%H%M%S.dump
-    restore: {{key_tables: [users, bookings, services], jobs: 2}}
-  - name: trixtech-db-sql
+{trixtech_db_yaml(database)}  - name: trixtech-db-sql
     database: {database}
     conn_id: trixtech_app_db
     dump_format: plain
@@ -51,16 +37,7 @@ databases:
     s3_prefix: database-sql/
     pattern: trixtech_%Y%m%d_%H%M%S.sql.gz
     restore: {{key_tables: [users, bookings]}}
-file_sets:
-  - name: trixtech-files
-    local_dir: ${{BACKUP_ROOT}}/files
-    s3_prefix: files/
-    pattern: files_%Y%m%d_%H%M%S.tar.gz
-    paths: [opt/trixtech/config, opt/trixtech/uploads]
-verification: {{state_dir: "${{BACKUP_STATE_DIR}}"}}
-metrics: {{pushgateway_url: "${{BACKUP_PUSHGATEWAY_URL:-}}"}}
-alerting: {{webhook_conn_id: "${{BACKUP_WEBHOOK_CONN_ID:-}}"}}
-restore: {{scratch_dir: "${{BACKUP_SCRATCH_DIR}}"}}
+{FILE_SET_AND_STATE_YAML}restore: {{scratch_dir: "${{BACKUP_SCRATCH_DIR}}"}}
 reports: {{require_secure_transport: false}}
 drill:
   date: "11-15"

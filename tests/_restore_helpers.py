@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,13 +40,9 @@ from kubernetes.client import (
     V1ContainerStatus,
 )
 
+from _config_helpers import FILE_SET_AND_STATE_YAML, short_dir, trixtech_db_yaml  # noqa: F401  (short_dir: re-exported)
+
 DATABASE = "trixtech_rt"  # our own copy: generate_history grows the database it dumps
-
-
-def short_dir(prefix: str = "bk-") -> Path:
-    """A short directory for local scratch servers (PostgreSQL's socket path has at most 107
-    bytes; pytest's temporary paths are too long). The caller removes it."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
 def _matches(labels: dict, selector: str | None) -> bool:
@@ -214,24 +209,7 @@ def restore_config_yaml(*, database: str = DATABASE, allowed_root: Path, app_nam
     return f"""
 bucket: {{name: trixtech-backups, aws_conn_id: aws_default}}
 databases:
-  - name: trixtech-db
-    database: {database}
-    conn_id: trixtech_app_db
-    dump_format: custom
-    local_dir: ${{BACKUP_ROOT}}/database
-    s3_prefix: database/
-    pattern: trixtech_%Y%m%d_%H%M%S.dump
-    restore: {{key_tables: [users, bookings, services], jobs: 2}}
-file_sets:
-  - name: trixtech-files
-    local_dir: ${{BACKUP_ROOT}}/files
-    s3_prefix: files/
-    pattern: files_%Y%m%d_%H%M%S.tar.gz
-    paths: [opt/trixtech/config, opt/trixtech/uploads]
-verification: {{state_dir: "${{BACKUP_STATE_DIR}}"}}
-metrics: {{pushgateway_url: "${{BACKUP_PUSHGATEWAY_URL:-}}"}}
-alerting: {{webhook_conn_id: "${{BACKUP_WEBHOOK_CONN_ID:-}}"}}
-restore:
+{trixtech_db_yaml(database)}{FILE_SET_AND_STATE_YAML}restore:
   backend: {backend}
   namespace: backup-tests
   image: postgres:18.1

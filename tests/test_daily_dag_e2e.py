@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import airflow_env
-from _daily_helpers import RecordingServer, airflow_db  # noqa: F401  (fixture)
+from _daily_helpers import RecordingServer, airflow_db, task_states  # noqa: F401  (fixture)
 from airflow.sdk.exceptions import AirflowFailException
 from backup_airflow.common import VerificationFailed
 from backup_airflow.operators import BackupFreshnessOperator, collect_results
@@ -82,15 +82,6 @@ def run_daily(airflow_db, pg, e2e_db, moto_server, receiver, tmp_path, monkeypat
                 "asset_events": asset_events(dr)}
 
     return run
-
-
-def task_states(dr) -> dict[str, str]:
-    """``task_id`` (``task_id[i]`` for mapped instances) -> final state."""
-    out = {}
-    for ti in dr.get_task_instances():
-        key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
-        out[key] = str(ti.state.value if hasattr(ti.state, "value") else ti.state)
-    return out
 
 
 def xcom(dr, task_id: str, key: str):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import airflow_env  # noqa: F401  (before anything imports airflow)
+from _config_helpers import scratch_base  # noqa: F401  (fixture)
 from _restore_helpers import Deployment, FakeCluster, restore_config_yaml, short_dir
 from airflow.sdk.exceptions import AirflowException
 from backup_airflow import restore_operators as ro
@@ -33,13 +34,6 @@ from kubernetes.client import ApiException
 
 RUN_ID = "scheduled__2025-03-03T09:00:00+00:00"
 T0 = datetime(2025, 3, 1, 2, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def scratch_base():
-    d = short_dir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

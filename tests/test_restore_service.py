@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _restore_helpers import restore_config_yaml, short_dir
+from _config_helpers import scratch_base  # noqa: F401  (fixture)
+from _restore_helpers import restore_config_yaml
 from backupkit.config import ConfigError, load_config
 from backupkit.metrics import LastSuccessStore
 from backupkit.pgserver import LocalPostgres
@@ -47,13 +48,6 @@ from backupkit.restore.verify_rows import RowManifest, exact_row_counts, manifes
 from backupkit.sandbox.history import write_archive
 
 T0 = datetime(2025, 3, 1, 2, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def scratch_base():
-    d = short_dir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

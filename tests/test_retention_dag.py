@@ -32,7 +32,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import airflow_env
-from _daily_helpers import RecordingServer, airflow_db  # noqa: F401  (fixture)
+from _daily_helpers import RecordingServer, airflow_db, task_states  # noqa: F401  (fixture)
 from airflow.sdk.api.datamodels._generated import DagRunType
 from airflow.sdk.exceptions import AirflowFailException
 from backup_airflow.common import DAILY_VERIFIED
@@ -211,14 +211,6 @@ def run_dag(run_conf: dict | None = None) -> dict:
     assert DAG_ID not in {Path(f).stem for f in bag.import_errors}, bag.import_errors
     dr = bag.dags[DAG_ID].test(run_conf=run_conf)
     return {"dr": dr, "states": task_states(dr)}
-
-
-def task_states(dr) -> dict[str, str]:
-    out = {}
-    for ti in dr.get_task_instances():
-        key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
-        out[key] = str(ti.state.value if hasattr(ti.state, "value") else ti.state)
-    return out
 
 
 def xcoms(dr, task_id: str, key: str = "return_value") -> dict[int, object]:

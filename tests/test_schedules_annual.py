@@ -12,9 +12,8 @@ from datetime import datetime, timezone
 import pytest
 
 import airflow_env
+from _schedule_helpers import run_dates, same_schedule_after_serialization, window
 from airflow.dag_processing.dagbag import DagBag
-from airflow.serialization.encoders import coerce_to_core_timetable
-from airflow.timetables.base import DataInterval, TimeRestriction
 from backupkit.config import DEFAULT_CONFIG, ConfigError, load_config
 
 DAG_ID = "backup_annual_dr_drill"
@@ -34,20 +33,6 @@ def parse(config_file=None):
     return bag.dags[DAG_ID]
 
 
-def run_dates(timetable, start: datetime, end: datetime) -> list[datetime]:
-    """Every scheduled run between start and end, asking the timetable as the scheduler does."""
-    tt = coerce_to_core_timetable(timetable)
-    restriction = TimeRestriction(earliest=start, latest=end, catchup=True)
-    dates, last = [], None
-    while True:
-        info = tt.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
-        if info is None:
-            return dates
-        dates.append(info.run_after)
-        last = DataInterval(info.data_interval.start, info.data_interval.end)
-        assert len(dates) < 100, "runaway schedule"
-
-
 def yearly(month: int, day: int, start: datetime, end: datetime) -> list[datetime]:
     """09:00 UTC of month/day in every year of the window, from the calendar."""
     out = []
@@ -58,11 +43,6 @@ def yearly(month: int, day: int, start: datetime, end: datetime) -> list[datetim
     return out
 
 
-def window() -> tuple[datetime, datetime]:
-    start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    return start, start.replace(year=start.year + YEARS)
-
-
 @pytest.fixture(scope="module")
 def dag():
     return parse()
@@ -70,7 +50,7 @@ def dag():
 
 def test_run_dates_for_the_next_three_years_are_the_configured_day(dag):
     month, day = load_config(DEFAULT_CONFIG).drill.month_day
-    start, end = window()
+    start, end = window(YEARS)
     got = run_dates(dag.timetable, start, end)
     assert len(got) == YEARS or len(got) == YEARS + 1  # the window may hold the day of its last year too
     assert [d.isoformat() for d in got] == [d.isoformat() for d in yearly(month, day, start, end)]
@@ -78,11 +58,7 @@ def test_run_dates_for_the_next_three_years_are_the_configured_day(dag):
 
 
 def test_the_scheduler_sees_the_same_schedule_after_serialization(dag):
-    from airflow.serialization.serialized_objects import DagSerialization
-
-    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
-    start, end = window()
-    assert run_dates(scheduler_dag.timetable, start, end) == run_dates(dag.timetable, start, end)
+    scheduler_dag = same_schedule_after_serialization(dag, YEARS)
     assert scheduler_dag.timetable.summary == "0 9 15 11 *"
     assert dag.catchup is False and dag.max_active_runs == 1
 
@@ -94,7 +70,7 @@ def test_the_schedule_follows_the_configured_date(tmp_path, mmdd):
     cfg.write_text(text)
     dag = parse(cfg)
     month, day = (int(x) for x in mmdd.split("-"))
-    start, end = window()
+    start, end = window(YEARS)
     got = run_dates(dag.timetable, start, end)
     assert got == yearly(month, day, start, end) and len(got) >= YEARS
     assert all((d.month, d.day, d.hour, d.minute) == (month, day, 9, 0) for d in got)

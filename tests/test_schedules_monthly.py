@@ -13,10 +13,9 @@ from datetime import datetime, timezone
 import pytest
 
 import airflow_env
+from _schedule_helpers import run_dates, same_schedule_after_serialization, window
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import CronTriggerTimetable
-from airflow.serialization.encoders import coerce_to_core_timetable
-from airflow.timetables.base import DataInterval, TimeRestriction
 
 DAG_ID = "backup_monthly_restore_test"
 YEARS = 3
@@ -28,20 +27,6 @@ def dag():
     bag = DagBag(dag_folder=str(airflow_env.DAGS))
     assert bag.import_errors == {}
     return bag.dags[DAG_ID]
-
-
-def run_dates(timetable, start: datetime, end: datetime) -> list[datetime]:
-    """Every scheduled run between start and end, asking the timetable as the scheduler does."""
-    tt = coerce_to_core_timetable(timetable)
-    restriction = TimeRestriction(earliest=start, latest=end, catchup=True)
-    dates, last = [], None
-    while True:
-        info = tt.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
-        if info is None:
-            return dates
-        dates.append(info.run_after)
-        last = DataInterval(info.data_interval.start, info.data_interval.end)
-        assert len(dates) < 2000, "runaway schedule"
 
 
 def first_mondays(start: datetime, end: datetime) -> list[datetime]:
@@ -58,13 +43,8 @@ def first_mondays(start: datetime, end: datetime) -> list[datetime]:
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
 
 
-def window() -> tuple[datetime, datetime]:
-    start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    return start, start.replace(year=start.year + YEARS)
-
-
 def test_run_dates_for_the_next_three_years_are_the_first_mondays(dag):
-    start, end = window()
+    start, end = window(YEARS)
     got = run_dates(dag.timetable, start, end)
     expected = first_mondays(start, end)
     assert len(expected) in (35, 36, 37)
@@ -73,18 +53,14 @@ def test_run_dates_for_the_next_three_years_are_the_first_mondays(dag):
 
 
 def test_the_scheduler_sees_the_same_schedule_after_serialization(dag):
-    from airflow.serialization.serialized_objects import DagSerialization
-
-    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
-    start, end = window()
-    assert run_dates(scheduler_dag.timetable, start, end) == run_dates(dag.timetable, start, end)
+    scheduler_dag = same_schedule_after_serialization(dag, YEARS)
     assert scheduler_dag.timetable.summary == "0 9 * * 1#1"
     assert dag.catchup is False and dag.max_active_runs == 1
 
 
 def test_the_classic_cron_mistake_would_run_on_other_days():
     """``0 9 1-7 * 1``: day-of-month and weekday together mean EITHER, not both."""
-    start, end = window()
+    start, end = window(YEARS)
     wrong = run_dates(CronTriggerTimetable("0 9 1-7 * 1", timezone="UTC"), start, end)
     right = first_mondays(start, end)
     assert set(right) < set(wrong)  # every first Monday, but also...

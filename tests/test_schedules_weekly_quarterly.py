@@ -13,9 +13,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import airflow_env
+from _schedule_helpers import run_dates
 from airflow.dag_processing.dagbag import DagBag
-from airflow.serialization.encoders import coerce_to_core_timetable
-from airflow.timetables.base import TimeRestriction
 
 START = datetime.now(timezone.utc).replace(microsecond=0)
 END = START.replace(year=START.year + 3)
@@ -31,16 +30,9 @@ def dags():
 
 
 def scheduled(dag, start: datetime, end: datetime) -> list[datetime]:
-    """Run times the scheduler would create in [start, end)."""
-    timetable = coerce_to_core_timetable(dag.timetable)
-    restriction = TimeRestriction(earliest=start, latest=end, catchup=True)
-    runs, last = [], None
-    while True:
-        info = timetable.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
-        if info is None or info.run_after >= end:
-            return runs
-        runs.append(datetime.fromtimestamp(info.run_after.timestamp(), timezone.utc))
-        last = info.data_interval
+    """Run times the scheduler would create in [start, end), as plain UTC datetimes."""
+    return [datetime.fromtimestamp(d.timestamp(), timezone.utc) for d in run_dates(dag.timetable, start, end)
+            if d < end]
 
 
 def expected_sundays(start: datetime, end: datetime) -> list[datetime]:

@@ -21,12 +21,23 @@ Celery workers in the cluster); a worker outside the cluster would need a port-f
 which is not implemented (and cannot be exercised without a cluster). Pod and Secret are
 deleted in a ``finally``, a per-run teardown task deletes whatever carries the run's label,
 and the orphan sweep deletes scratch objects older than ``restore.orphan_max_age_hours``.
+
+Application smoke check (``restore.smoke_check``, Kubernetes only): after a passing restore
+and verification, while the scratch pod still runs, :class:`SmokeApp` creates a Secret with
+the scratch database's URL (password included) and a Pod of the configured application image
+reading it by ``secretKeyRef`` (``backupkit.restore.kubernetes.smoke_app_pod_manifest``),
+waits until it is ready, GETs each configured path on the pod IP (``app_smoke <path>``
+results), and deletes pod and Secret in a ``finally``; both carry the run's labels with role
+``smoke-app``, so the per-run teardown and the orphan sweep find them too. The local back end
+skips it with a log line: no application image runs in the sandbox.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -36,7 +47,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from backup_airflow.common import VerificationFailed
 from backup_airflow.hooks import backup_config, s3_client
-from backupkit.config import AppSwitch, Config, ConfigError, RestoreSettings, Source
+from backupkit.config import AppSwitch, Config, ConfigError, RestoreSettings, SmokeCheck, Source
+from backupkit.drill import smoke_check as http_smoke_check
 from backupkit.restore import kubernetes as k8s
 from backupkit.restore.scratch import LocalScratch, ScratchDatabase, ScratchError
 from backupkit.restore.service import (
@@ -47,7 +59,9 @@ from backupkit.restore.service import (
     run_dir_name,
     run_scratch_dir,
 )
+from backupkit.restore.service import RESTORED_DB
 from backupkit.restore.verify_rows import exact_row_counts
+from backupkit.results import CheckResult
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -84,6 +98,44 @@ def _status(exc: BaseException) -> int | None:
     return getattr(exc, "status", None)
 
 
+def _wait_pod_ready(core: Any, name: str, namespace: str, timeout: float, *, what: str, poll_interval: float,
+                    sleep: Callable[[float], None], clock: Callable[[], float]) -> str:
+    """The pod's IP once it runs and every container is ready; ScratchError if it ends or times out."""
+    deadline = clock() + timeout
+    while True:
+        pod = core.read_namespaced_pod(name, namespace)
+        status = pod.status
+        phase = getattr(status, "phase", None)
+        if phase in ("Failed", "Succeeded"):
+            raise ScratchError(f"{what} {namespace}/{name} ended ({phase}): "
+                               f"{getattr(status, 'reason', None) or ''} {getattr(status, 'message', None) or ''}")
+        ready = [c for c in (getattr(status, "container_statuses", None) or [])]
+        if phase == "Running" and ready and all(c.ready for c in ready) and getattr(status, "pod_ip", None):
+            return status.pod_ip
+        last = f"phase {phase}, containers ready {[bool(c.ready) for c in ready]}"
+        if clock() >= deadline:
+            raise ScratchError(f"{what} {namespace}/{name} not ready after {timeout:g}s ({last})")
+        sleep(poll_interval)
+
+
+def _delete_quietly(core: Any, namespace: str, pod: str | None, secret: str | None) -> list[str]:
+    """Delete a pod and a secret (both attempted; absent is fine); the errors as text."""
+    errors = []
+    if pod:
+        try:
+            core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
+        except Exception as exc:  # noqa: BLE001
+            if _status(exc) != 404:
+                errors.append(f"pod {pod}: {exc}")
+    if secret:
+        try:
+            core.delete_namespaced_secret(secret, namespace)
+        except Exception as exc:  # noqa: BLE001
+            if _status(exc) != 404:
+                errors.append(f"secret {secret}: {exc}")
+    return errors
+
+
 # -- the Kubernetes scratch database ------------------------------------------------------------
 class KubernetesScratch(ScratchDatabase):
     """One run's scratch PostgreSQL as a Pod plus a Secret, through a CoreV1Api client."""
@@ -91,10 +143,10 @@ class KubernetesScratch(ScratchDatabase):
     backend = "kubernetes"
 
     def __init__(self, core_v1: Any, settings: RestoreSettings, *, run_id: str, source: str, backup: str = "",
-                 port: int = SCRATCH_PORT, poll_interval: float = 2.0, sleep: Callable[[float], None] = time.sleep,
+                 port: int | None = None, poll_interval: float = 2.0, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic):
         self.core, self.settings, self.run_id, self.source = core_v1, settings, run_id, source
-        self.port = int(port)
+        self.port = int(port or SCRATCH_PORT)
         self.namespace = settings.namespace
         # Unique per source, run AND backup: the monthly test restores two backups of a source.
         self.pod_name = k8s.scratch_pod_name(source, f"{run_id}\0{backup}")
@@ -103,6 +155,9 @@ class KubernetesScratch(ScratchDatabase):
         self._password: str | None = None
         self.pod_ip: str | None = None
         self._pod_requested = self._secret_requested = False
+        # Set by the operator while an application smoke check still needs the database:
+        # restore_test's teardown is then skipped and the operator tears down afterwards.
+        self.hold_teardown = False
 
     def manifests(self) -> tuple[dict, dict]:
         """(secret, pod) as they are sent to the API."""
@@ -132,41 +187,17 @@ class KubernetesScratch(ScratchDatabase):
         return self
 
     def _wait_ready(self) -> str:
-        deadline = self._clock() + self.settings.ready_timeout_seconds
-        last = "not created yet"
-        while True:
-            pod = self.core.read_namespaced_pod(self.pod_name, self.namespace)
-            status = pod.status
-            phase = getattr(status, "phase", None)
-            if phase in ("Failed", "Succeeded"):
-                raise ScratchError(f"scratch pod {self.namespace}/{self.pod_name} ended ({phase}): "
-                                   f"{getattr(status, 'reason', None) or ''} {getattr(status, 'message', None) or ''}")
-            ready = [c for c in (getattr(status, "container_statuses", None) or [])]
-            if phase == "Running" and ready and all(c.ready for c in ready) and getattr(status, "pod_ip", None):
-                return status.pod_ip
-            last = f"phase {phase}, containers ready {[bool(c.ready) for c in ready]}"
-            if self._clock() >= deadline:
-                raise ScratchError(f"scratch pod {self.namespace}/{self.pod_name} not ready after "
-                                   f"{self.settings.ready_timeout_seconds}s ({last})")
-            self._sleep(self.poll_interval)
+        return _wait_pod_ready(self.core, self.pod_name, self.namespace, self.settings.ready_timeout_seconds,
+                               what="scratch pod", poll_interval=self.poll_interval, sleep=self._sleep,
+                               clock=self._clock)
 
     def teardown(self) -> None:
         """Delete the pod and the secret (both attempted; absent is fine; other errors raise)."""
-        errors = []
-        if self._pod_requested:
-            try:
-                self.core.delete_namespaced_pod(self.pod_name, self.namespace, grace_period_seconds=0)
-            except Exception as exc:  # noqa: BLE001
-                if _status(exc) != 404:
-                    errors.append(f"pod {self.pod_name}: {exc}")
-            self._pod_requested = False
-        if self._secret_requested:
-            try:
-                self.core.delete_namespaced_secret(self.secret_name, self.namespace)
-            except Exception as exc:  # noqa: BLE001
-                if _status(exc) != 404:
-                    errors.append(f"secret {self.secret_name}: {exc}")
-            self._secret_requested = False
+        if self.hold_teardown:
+            return
+        errors = _delete_quietly(self.core, self.namespace, self.pod_name if self._pod_requested else None,
+                                 self.secret_name if self._secret_requested else None)
+        self._pod_requested = self._secret_requested = False
         self.pod_ip = None
         self._password = None
         if errors:
@@ -180,6 +211,13 @@ class KubernetesScratch(ScratchDatabase):
     def uri(self, database: str = "postgres") -> str:
         return f"postgresql://{SCRATCH_USER}@{self.pod_ip}:{self.port}/{database}"
 
+    def url_with_password(self, database: str = RESTORED_DB) -> str:
+        """The URL an application needs, password included: only ever put into a Secret."""
+        if not self.pod_ip or not self._password:
+            raise ScratchError("scratch pod is not ready")
+        return (f"postgresql://{SCRATCH_USER}:{urllib.parse.quote(self._password, safe='')}@{self.pod_ip}:"
+                f"{self.port}/{database}")
+
     def client_env(self) -> dict[str, str]:
         env = super().client_env()
         if self._password:
@@ -189,6 +227,73 @@ class KubernetesScratch(ScratchDatabase):
 
     def __repr__(self) -> str:
         return f"KubernetesScratch({self.namespace}/{self.pod_name})"
+
+
+class SmokeApp:
+    """The application image pointed at a ready Kubernetes scratch database, its paths GET-checked,
+    its pod and URL Secret always deleted. Every outcome is a list of CheckResults: by now the
+    restore itself has passed, and a smoke failure is a finding, not a reason to redo it."""
+
+    URL_KEY = "database-url"
+
+    def __init__(self, scratch: KubernetesScratch, smoke: SmokeCheck, *, poll_interval: float = 2.0,
+                 sleep: Callable[[float], None] | None = None, clock: Callable[[], float] | None = None):
+        self.scratch, self.smoke, self.core = scratch, smoke, scratch.core
+        self.settings, self.namespace = scratch.settings, scratch.namespace
+        self.pod_name = k8s.smoke_app_pod_name(scratch.pod_name)
+        self.secret_name = f"{self.pod_name}-url"
+        self.poll_interval = poll_interval
+        self._sleep, self._clock = sleep or scratch._sleep, clock or scratch._clock
+
+    def manifests(self, database: str = RESTORED_DB) -> tuple[dict, dict]:
+        """(secret, pod) as they are sent to the API; the URL is only in the Secret."""
+        labels = {"backupkit/source": k8s.label_value(self.scratch.source)}
+        secret = k8s.scratch_secret_manifest(self.secret_name, self.namespace, self.scratch.url_with_password(database),
+                                             labels, run_id=self.scratch.run_id, key=self.URL_KEY,
+                                             role=k8s.ROLE_SMOKE_APP)
+        pod = k8s.smoke_app_pod_manifest(
+            name=self.pod_name, namespace=self.namespace, image=self.smoke.image, run_id=self.scratch.run_id,
+            port=self.smoke.port, db_secret_name=self.secret_name, db_secret_key=self.URL_KEY,
+            env_var=self.smoke.env_var, resources=self.settings.resources,
+            active_deadline_seconds=self.settings.active_deadline_seconds, readiness_path=self.smoke.paths[0],
+            labels=labels)
+        return secret, pod
+
+    def run(self, artifact: str, database: str = RESTORED_DB) -> list[CheckResult]:
+        checks: list[CheckResult] = []
+        pod_requested = secret_requested = False
+        try:
+            secret, pod = self.manifests(database)
+            secret_requested = True  # before the call: a timed-out create may still have happened
+            self.core.create_namespaced_secret(self.namespace, secret)
+            pod_requested = True
+            self.core.create_namespaced_pod(self.namespace, pod)
+            ip = _wait_pod_ready(self.core, self.pod_name, self.namespace, self.settings.ready_timeout_seconds,
+                                 what="application pod", poll_interval=self.poll_interval, sleep=self._sleep,
+                                 clock=self._clock)
+            for path in self.smoke.paths:
+                c = http_smoke_check(f"http://{ip}:{self.smoke.port}{path}", timeout=self.smoke.timeout_seconds,
+                                     artifact=artifact)
+                checks.append(dataclasses.replace(c, check=f"app_smoke {path}"))
+        except Exception as exc:  # noqa: BLE001 - API errors and a pod that never gets ready are findings
+            checks.append(CheckResult(artifact, "app_smoke", False,
+                                      f"application {self.smoke.image} against the restored database: "
+                                      f"{type(exc).__name__}: {exc}"[:4000]))
+        finally:
+            errors = _delete_quietly(self.core, self.namespace, self.pod_name if pod_requested else None,
+                                     self.secret_name if secret_requested else None)
+            if errors:
+                checks.append(CheckResult(artifact, "app_smoke teardown", False,
+                                          "could not delete " + "; ".join(errors) + " (the orphan sweep must)"))
+        return checks
+
+
+def _add_checks(result: dict, checks: Sequence[CheckResult]) -> dict:
+    """``result`` with ``checks`` appended and ``ok``/``problems`` recomputed."""
+    result["checks"] = list(result["checks"]) + [c.to_dict() for c in checks]
+    result["problems"] = list(result["problems"]) + [c.to_dict() for c in checks if not c.ok]
+    result["ok"] = not result["problems"]
+    return result
 
 
 def make_scratch(config: Config, *, run_id: str, source_name: str, backup: str = "") -> ScratchDatabase:
@@ -235,10 +340,40 @@ class ScratchRestoreOperator(BaseOperator):
         client = s3_client(config.aws_conn_id)
         scratch = make_scratch(config, run_id=run_id, source_name=source.name, backup=self.backup) \
             if source.is_database else None
+        smoke = config.restore.smoke_check if source.is_database else None
+        if smoke is not None and not isinstance(scratch, KubernetesScratch):
+            self.log.info("restore.smoke_check is only supported on the Kubernetes back end (backend %r): skipped",
+                          config.restore.backend)
+            smoke = None
         self.log.info("restore test of %s %s (%s) into %r", source.name, self.backup or "-", self.role, scratch)
-        result = restore_test(config, source.name, self.backup, scratch=scratch, s3_client=client,
-                              live_counts=live_counts_for(source) if source.is_database else None, role=self.role,
-                              prefer=self.prefer, work_dir=run_scratch_dir(config, run_id), jobs=jobs)
+        if smoke is not None:
+            scratch.hold_teardown = True  # the application needs the restored database; torn down below
+        result = None
+        try:
+            result = restore_test(config, source.name, self.backup, scratch=scratch, s3_client=client,
+                                  live_counts=live_counts_for(source) if source.is_database else None,
+                                  role=self.role, prefer=self.prefer, work_dir=run_scratch_dir(config, run_id),
+                                  jobs=jobs)
+            if smoke is not None and result["ok"]:
+                artifact = f"{source.name}/{self.backup}"
+                self.log.info("application smoke check: %s on port %s, paths %s", smoke.image, smoke.port,
+                              ", ".join(smoke.paths))
+                result = _add_checks(result, SmokeApp(scratch, smoke).run(artifact))
+            elif smoke is not None:
+                self.log.info("application smoke check skipped: the restore test already failed")
+        finally:
+            if smoke is not None:
+                scratch.hold_teardown = False
+                try:
+                    scratch.teardown()
+                except Exception as exc:  # noqa: BLE001 - reported in the result when there is one
+                    problem = CheckResult(f"{source.name}/{self.backup}", "teardown", False,
+                                          f"scratch teardown failed, the orphan sweep must remove it: "
+                                          f"{type(exc).__name__}: {exc}")
+                    if result is not None:
+                        result = _add_checks(result, [problem])
+                    else:
+                        self.log.error("%s", problem.line())
         for c in result["checks"]:
             (self.log.info if c["ok"] else self.log.warning)("%s %s: %s", "OK  " if c["ok"] else "FAIL", c["check"],
                                                              c["detail"])
@@ -259,7 +394,9 @@ def sweep_kubernetes(core_v1: Any, namespace: str, *, now: datetime, run_id: str
     older than ``max_age`` (orphans of crashed runs). Every deletion is attempted."""
     if (run_id is None) == (max_age is None):
         raise ValueError("give exactly one of run_id and max_age")
-    selector = f"{k8s.MANAGED_BY_LABEL}={k8s.MANAGED_BY},{k8s.ROLE_LABEL}={k8s.ROLE_SCRATCH}"
+    # No role term: the selector cannot say "one of" in equality form (the application smoke
+    # pods and secrets have their own role); k8s.is_scratch/orphans keep only disposable roles.
+    selector = f"{k8s.MANAGED_BY_LABEL}={k8s.MANAGED_BY}"
     if run_id is not None:
         selector += f",{k8s.RUN_ID_LABEL}={k8s.label_value(run_id)}"
     report: dict[str, list[str]] = {"pods": [], "secrets": [], "failed": []}
@@ -438,5 +575,5 @@ def triggered_by(context: Mapping[str, Any]) -> str:
 
 
 __all__ = ["ScratchRestoreOperator", "ScratchCleanupOperator", "KubernetesScratchCleanupOperator",
-           "KubernetesScratch", "KubernetesAppPlatform", "make_scratch", "kube_clients", "server_target",
+           "KubernetesScratch", "SmokeApp", "KubernetesAppPlatform", "make_scratch", "kube_clients", "server_target",
            "live_counts_for", "sweep_kubernetes", "app_platform", "triggered_by"]

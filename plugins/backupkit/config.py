@@ -139,6 +139,19 @@ class AppSwitch:
 
 
 @dataclass(frozen=True)
+class SmokeCheck:
+    """``restore.smoke_check``: after a Kubernetes scratch restore, run a pod of the application's
+    ``image`` with ``env_var`` pointing at the scratch database and GET each of ``paths`` on
+    ``port`` (each must answer 2xx within ``timeout_seconds``). Absent: no smoke check."""
+
+    image: str
+    port: int = 3000
+    paths: tuple[str, ...] = ("/health",)
+    env_var: str = "DATABASE_URL"
+    timeout_seconds: int = 60
+
+
+@dataclass(frozen=True)
 class RestoreSettings:
     """``restore``: where scratch databases run and what restores may touch."""
 
@@ -157,6 +170,7 @@ class RestoreSettings:
     max_extract_bytes: int = 50 << 30
     max_extract_files: int = 1_000_000
     app: AppSwitch = field(default_factory=AppSwitch)
+    smoke_check: SmokeCheck | None = None  # Kubernetes back end only
 
 
 # S3 list prices, USD per GB-month (GB = 2^30 bytes, as AWS bills storage), us-east-1, 2025.
@@ -481,8 +495,35 @@ def _app_switch(r: _Reader) -> AppSwitch:
     return app
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _smoke_check(r: _Reader) -> SmokeCheck:
+    image = r.get("image", str)
+    if not image or any(c.isspace() for c in image):
+        raise ConfigError(r.file, r._k("image"), f"not an image reference: {image!r}")
+    port = _positive(r, "port", int, 3000)
+    if port > 65535:
+        raise ConfigError(r.file, r._k("port"), f"must be a TCP port (1-65535), got {port}")
+    paths = r.strings("paths") if r.data.get("paths") is not None else ("/health",)
+    r._used.add("paths")
+    if not paths:
+        raise ConfigError(r.file, r._k("paths"), "must list at least one path (or leave it out for /health)")
+    for i, p in enumerate(paths):
+        if not p.startswith("/") or any(c.isspace() for c in p):
+            raise ConfigError(r.file, f"{r._k('paths')}[{i}]", f"must be an absolute URL path like /health, got {p!r}")
+    env_var = r.get("env_var", str, "DATABASE_URL")
+    if not _ENV_NAME.fullmatch(env_var):
+        raise ConfigError(r.file, r._k("env_var"), f"not an environment variable name: {env_var!r}")
+    s = SmokeCheck(image=image, port=port, paths=paths, env_var=env_var,
+                   timeout_seconds=_positive(r, "timeout_seconds", int, 60))
+    r.reject_unknown()
+    return s
+
+
 def _restore_settings(r: _Reader) -> RestoreSettings:
     base = RestoreSettings()
+    r._used.add("smoke_check")  # parsed below when present; `smoke_check:` left empty means off
     backend = r.get("backend", str, base.backend)
     if backend not in RESTORE_BACKENDS:
         raise ConfigError(r.file, r._k("backend"), f"must be one of {', '.join(RESTORE_BACKENDS)}; got {backend!r}")
@@ -516,6 +557,7 @@ def _restore_settings(r: _Reader) -> RestoreSettings:
         max_extract_bytes=_positive(r, "max_extract_bytes", int, base.max_extract_bytes),
         max_extract_files=_positive(r, "max_extract_files", int, base.max_extract_files),
         app=_app_switch(r.child("app")),
+        smoke_check=_smoke_check(r.child("smoke_check")) if r.data.get("smoke_check") is not None else None,
     )
     if s.orphan_max_age_hours * 3600 <= s.active_deadline_seconds:
         # Else the sweep could delete the scratch pod of a restore that is still running.

@@ -73,6 +73,8 @@ from backupkit.reports.render import Doc, bar_chart, human_bytes, human_seconds
 from backupkit.restore.database import RestoreFailed, restore_dump
 from backupkit.restore.files import ExtractRefused, normalize_name, safe_extract
 from backupkit.restore.scratch import ScratchDatabase, ScratchError
+from backupkit.restore.selection import parse_form_time
+from backupkit.restore.service import BackupRef, available_backups
 from backupkit.restore.verify_rows import (
     ManifestError,
     RowManifest,
@@ -144,16 +146,8 @@ class Targets:
 
 def parse_time(value: Any, what: str = "time") -> datetime | None:
     """A date-time from a form or the configuration (``2025-03-01T12:00:00Z``; no zone = UTC)."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, datetime):
-        when = value
-    else:
-        try:
-            when = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise DrillError(f"{what} is not a date-time: {value!r} (use e.g. 2025-03-01T12:00:00Z)") from None
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    when = parse_form_time(value, what, DrillError)
+    return when.astimezone(timezone.utc) if when is not None else None
 
 
 def select_scenarios(requested: Iterable[str] | None) -> list[str]:
@@ -222,15 +216,8 @@ def judge(name: str, *, rto: float | None, rpo: float | None, targets: Targets,
 
 
 # -- which backups ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Candidate:
-    """A backup the drill may restore: its S3 key and/or local path, and the time in its name."""
-
-    source: str
-    name: str
-    timestamp: datetime
-    key: str | None = None
-    path: Path | None = None
+# A backup the drill may restore: its S3 key and/or local path, and the time in its name.
+Candidate = BackupRef
 
 
 def s3_candidates(config: Config, source: Source, client: Any) -> list[Candidate]:
@@ -248,8 +235,6 @@ def s3_candidates(config: Config, source: Source, client: Any) -> list[Candidate
 
 def local_first_candidates(config: Config, source: Source, client: Any) -> list[Candidate]:
     """Backups on disk and in the bucket, merged by name, oldest first (restored from disk when there)."""
-    from backupkit.restore.service import available_backups
-
     return [Candidate(source.name, r.name, r.timestamp, key=r.key, path=r.path)
             for r in available_backups(config, source, client)]
 

@@ -12,6 +12,11 @@ Why each field:
   a restore test handles production data and needs no privileges; the root file system
   stays writable because the postgres image writes outside its volumes at start-up;
 - ``activeDeadlineSeconds`` kills the pod even if nobody is left to delete it.
+
+The optional application smoke pod (``smoke_app_pod_manifest``) follows the same scheme
+with role ``smoke-app``: the scratch database's URL, password included, lives in a Secret
+of that role and reaches the application only by ``secretKeyRef``; the orphan sweep
+selects both roles (``DISPOSABLE_ROLES``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ MANAGED_BY = "backupkit"
 RUN_ID_LABEL = "backupkit/run-id"
 ROLE_LABEL = "backupkit/role"
 ROLE_SCRATCH = "scratch-db"
+ROLE_SMOKE_APP = "smoke-app"
+DISPOSABLE_ROLES = (ROLE_SCRATCH, ROLE_SMOKE_APP)  # what the teardown and orphan sweeps may delete
 RUN_ID_ANNOTATION = "backupkit/run-id"
 POSTGRES_UID = 999  # the postgres user of the official image
 PGDATA_MOUNT = "/var/lib/postgresql"
@@ -62,9 +69,17 @@ def scratch_pod_name(source: str, run_id: str) -> str:
     return f"backupkit-scratch-{stem}-{digest}" if stem else f"backupkit-scratch-{digest}"
 
 
-def scratch_labels(run_id: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def smoke_app_pod_name(scratch_pod: str) -> str:
+    """The smoke pod's name from its scratch pod's (same source/run digest; at most 57 characters,
+    so ``<name>-url`` still fits a Secret name)."""
+    return scratch_pod.replace("backupkit-scratch-", "backupkit-smoke-", 1)
+
+
+def scratch_labels(run_id: str, extra: Mapping[str, str] | None = None, *, role: str = ROLE_SCRATCH) -> dict[str, str]:
     """Ownership labels; ``extra`` may add labels but not replace these."""
-    labels = {MANAGED_BY_LABEL: MANAGED_BY, RUN_ID_LABEL: label_value(run_id), ROLE_LABEL: ROLE_SCRATCH}
+    if role not in DISPOSABLE_ROLES:
+        raise ValueError(f"role {role!r} is not one of {DISPOSABLE_ROLES}")
+    labels = {MANAGED_BY_LABEL: MANAGED_BY, RUN_ID_LABEL: label_value(run_id), ROLE_LABEL: role}
     for k, v in (extra or {}).items():
         if k in labels:
             raise ValueError(f"label {k!r} is set by backupkit and cannot be overridden")
@@ -176,8 +191,9 @@ def scratch_pod_manifest(*, name: str, namespace: str, image: str, run_id: str, 
 
 
 def scratch_secret_manifest(name: str, namespace: str, password: str, labels: Mapping[str, str] | None = None,
-                            *, run_id: str, key: str = "password") -> dict:
-    """The Secret holding one run's password (``stringData``: the API server encodes it)."""
+                            *, run_id: str, key: str = "password", role: str = ROLE_SCRATCH) -> dict:
+    """The Secret holding one run's password -- or, for the smoke pod (``role=ROLE_SMOKE_APP``),
+    the scratch database's URL (``stringData``: the API server encodes it)."""
     _check_name(name, "secret name")
     _check_name(namespace, "namespace")
     if not password:
@@ -187,9 +203,68 @@ def scratch_secret_manifest(name: str, namespace: str, password: str, labels: Ma
         "kind": "Secret",
         "type": "Opaque",
         "immutable": True,
-        "metadata": {"name": name, "namespace": namespace, "labels": scratch_labels(run_id, labels),
+        "metadata": {"name": name, "namespace": namespace, "labels": scratch_labels(run_id, labels, role=role),
                      "annotations": {RUN_ID_ANNOTATION: run_id}},
         "stringData": {key: password},
+    }
+
+
+def smoke_app_pod_manifest(*, name: str, namespace: str, image: str, run_id: str, port: int, db_secret_name: str,
+                           db_secret_key: str, env_var: str, resources: Mapping[str, Any] | None,
+                           active_deadline_seconds: int, readiness_path: str = "/health",
+                           labels: Mapping[str, str] | None = None) -> dict:
+    """The Pod of the application pointed at one run's scratch database (``env_var`` from the
+    URL Secret by ``secretKeyRef``). Its readiness probe GETs ``readiness_path``.
+
+    Non-root is enforced with ``runAsNonRoot`` but no fixed uid: the image must declare a
+    numeric non-root ``USER`` (the kubelet refuses to start it otherwise, which the smoke check
+    reports). The root file system stays writable: application images often write caches.
+    """
+    _check_name(name, "pod name")
+    _check_name(namespace, "namespace")
+    _check_name(db_secret_name, "secret name")
+    if not image or any(c.isspace() for c in image):
+        raise ValueError(f"image {image!r} is not an image reference")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port {port} is not a TCP port")
+    if active_deadline_seconds <= 0:
+        raise ValueError("active_deadline_seconds must be > 0")
+    if not readiness_path.startswith("/"):
+        raise ValueError(f"readiness path {readiness_path!r} must start with '/'")
+    container = {
+        "name": "app",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": "http", "containerPort": int(port), "protocol": "TCP"}],
+        "env": [{"name": env_var,
+                 "valueFrom": {"secretKeyRef": {"name": db_secret_name, "key": db_secret_key, "optional": False}}}],
+        "resources": _check_resources(resources or DEFAULT_RESOURCES),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "readinessProbe": {"httpGet": {"path": readiness_path, "port": int(port), "scheme": "HTTP"},
+                           "initialDelaySeconds": 2, "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": scratch_labels(run_id, labels, role=ROLE_SMOKE_APP),
+                     "annotations": {RUN_ID_ANNOTATION: run_id}},
+        "spec": {
+            "restartPolicy": "Never",
+            "activeDeadlineSeconds": int(active_deadline_seconds),
+            "automountServiceAccountToken": False,  # a smoke test needs no Kubernetes API access
+            "enableServiceLinks": False,  # nor the namespace's service addresses in its environment
+            "terminationGracePeriodSeconds": 10,
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [container],
+        },
     }
 
 
@@ -209,8 +284,9 @@ def _created(obj: Mapping[str, Any]) -> datetime | None:
 
 
 def is_scratch(obj: Mapping[str, Any]) -> bool:
+    """Whether ``obj`` is a disposable backupkit object (scratch database or smoke app, pod or secret)."""
     labels = (obj.get("metadata") or {}).get("labels") or {}
-    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(ROLE_LABEL) == ROLE_SCRATCH
+    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(ROLE_LABEL) in DISPOSABLE_ROLES
 
 
 def orphans(pods: Iterable[Mapping[str, Any]], *, now: datetime, max_age: timedelta) -> list[str]:

@@ -37,6 +37,21 @@ def _utc(when: datetime) -> datetime:
     return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
 
 
+def parse_form_time(value: object, what: str, error: type[ValueError] = SelectionError) -> datetime | None:
+    """A date-time a person typed (``2025-03-01T12:00:00Z``; no zone = UTC), None when blank.
+
+    ``error`` is the caller's own refusal type, so the message reaches the person in its terms.
+    """
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        return _utc(value)
+    try:
+        return _utc(datetime.fromisoformat(str(value).strip().replace("Z", "+00:00")))
+    except ValueError:
+        raise error(f"{what} is not a date-time: {value!r} (use e.g. 2025-03-01T12:00:00Z)") from None
+
+
 def _fmt(when: datetime) -> str:
     return _utc(when).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -43,7 +43,7 @@ from backupkit.metrics import LastSuccessStore, MetricSet, SourceStatus
 from backupkit.restore.database import RestoreFailed, S3Source, restore_dump
 from backupkit.restore.files import ExtractRefused, allowed_target, normalize_name, safe_extract
 from backupkit.restore.scratch import ScratchDatabase, check_identifier
-from backupkit.restore.selection import SelectionError, check_key, random_older, select_backup
+from backupkit.restore.selection import SelectionError, check_key, parse_form_time, random_older, select_backup
 from backupkit.restore.verify_rows import (
     ManifestError,
     RowManifest,
@@ -117,16 +117,7 @@ def find_backup(config: Config, source: Source, name: str, s3_client: Any = None
 
 def parse_before(value: Any) -> datetime | None:
     """The trigger form's date-time text (``2025-03-01T12:00:00Z``; no zone = UTC)."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, datetime):
-        when = value
-    else:
-        try:
-            when = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise SelectionError(f"'before' is not a date-time: {value!r} (use e.g. 2025-03-01T12:00:00Z)") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return parse_form_time(value, "'before'")
 
 
 def resolve_request(config: Config, source_name: str, *, which: str, before: Any = None, key: str | None = None,
