@@ -1,9 +1,10 @@
-"""Is this backup restorable? One read of the file answers, and hashes it on the way.
+"""Is this backup restorable? One pass over the file answers, and hashes it on the way.
 
 The kind of artifact is taken from its content (:mod:`backupkit.checks.detect`); the
 matching format check consumes the stream while :class:`~backupkit.checks.stream.Tap`
-hashes it, so verifying costs about as much as the slower of ``sha256sum`` and
-``pg_restore`` alone, in flat memory.
+hashes it (custom dumps: pg_restore reads the file itself, concurrently with the hash
+pass, see :func:`~backupkit.checks.pgdump.check_pg_custom`), so verifying costs about as
+much as the slower of ``sha256sum`` and ``pg_restore`` alone, in flat memory.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ class ArtifactReport:
                 "ok": self.ok, "results": [r.to_dict() for r in self.results]}
 
 
-_FORMAT_CHECKS: dict[str, Callable[[Tap, str], list[CheckResult]]] = {
+# (tap, artifact, path) -> results; every check but pg_custom consumes the tap's stream.
+_FORMAT_CHECKS: dict[str, Callable[[Tap, str, Path], list[CheckResult]]] = {
     "pg_custom": check_pg_custom,
-    "pg_tar": check_pg_tar,
-    "sql_gzip": lambda tap, a: check_sql(tap, a, gzipped=True),
-    "sql": lambda tap, a: check_sql(tap, a, gzipped=False),
-    "tar_gzip": lambda tap, a: check_tar(tap, a, gzipped=True),
-    "tar": lambda tap, a: check_tar(tap, a, gzipped=False),
+    "pg_tar": lambda tap, a, _: check_pg_tar(tap, a),
+    "sql_gzip": lambda tap, a, _: check_sql(tap, a, gzipped=True),
+    "sql": lambda tap, a, _: check_sql(tap, a, gzipped=False),
+    "tar_gzip": lambda tap, a, _: check_tar(tap, a, gzipped=True),
+    "tar": lambda tap, a, _: check_tar(tap, a, gzipped=False),
 }
 
 
@@ -109,7 +111,7 @@ def verify_artifact(path: Path, *, expected_sha256: str | None = None, use_sidec
             results = [CheckResult(artifact, "not_empty", True, f"{path.stat().st_size} bytes"),
                        _format_result(artifact, path.name, kind, why)]
             if kind in _FORMAT_CHECKS:
-                results += _FORMAT_CHECKS[kind](tap, artifact)
+                results += _FORMAT_CHECKS[kind](tap, artifact, path)
         tap.drain()
     digest = tap.hexdigest()
     results.append(_sha256_result(artifact, path, digest, expected_sha256, use_sidecar))

@@ -100,11 +100,18 @@ class PgRestore:
         self.proc.stderr.close()
 
 
-def check_pg_custom(tap: Tap, artifact: str) -> list[CheckResult]:
-    with PgRestore() as restore:
-        tap.add_sink(restore.feed)
+def check_pg_custom(tap: Tap, artifact: str, path: Path) -> list[CheckResult]:
+    """pg_restore reads the file itself while ``tap`` hashes it alongside.
+
+    Fed through a pipe, pg_restore reads a custom dump in small pieces and spends ~30% more
+    wall time in system calls (measured: 8.5 s against 6.5 s for 1 GB), which is more than
+    hashing costs. Hashing is ~7x faster than decoding, so the hash pass reads ahead and
+    pg_restore finds the file in the page cache.
+    """
+    with PgRestore(path) as restore:
         tap.drain()
-        return [restore.result(artifact)]
+        # pg_restore decodes at well over 2 MB/s; allow that plus a margin before calling it hung.
+        return [restore.result(artifact, timeout=END_OF_INPUT_GRACE + tap.bytes_read / 2e6)]
 
 
 def check_pg_tar(tap: Tap, artifact: str) -> list[CheckResult]:
