@@ -206,9 +206,9 @@ def test_restic_documented_grandfather_policy_over_a_century():
     assert len(kept) == 7 + 4 + 11 + 73
 
 
-def test_worked_example_in_the_docs():
-    """docs/retention.md's worked example, output and all, so the document stays true."""
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "retention.md").read_text()
+def test_worked_example_in_the_readme():
+    """The README's worked example, output and all, so the document stays true."""
+    doc = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = doc.split("## Worked example", 1)[1].split("```")[1].strip().splitlines()
     table = [line.split(None, 3) for line in block[:-1]]
     states = {"trixtech_20240505_235000.dump": "failed", "trixtech_20240508_020000.dump": "unverified"}
