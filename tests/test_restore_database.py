@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from backupkit.pgbin import bin_dir, pg_bin
+from backupkit.pgserver import port_free
 from backupkit.restore.database import RestoreFailed, S3Source, restore_dump
 from backupkit.restore.scratch import LocalScratch, ScratchError
 from backupkit.restore.verify_rows import (
@@ -37,14 +37,8 @@ FORMATS = {"custom": "custom", "tar": "tar", "directory": "directory", "plain_gz
 
 
 def port_is_free(port: int) -> bool:
-    """Nothing listens there (SO_REUSEADDR: connections in TIME_WAIT do not count)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return subprocess.run([pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+    """Nothing listens there, and no PostgreSQL answers on it."""
+    return port_free(port, "127.0.0.1") and subprocess.run([pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
                           capture_output=True).returncode != 0
 
 

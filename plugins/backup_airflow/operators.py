@@ -123,21 +123,17 @@ def collect_results(ti: Any, source_names: Sequence[str], mapped_task_ids: Itera
     for task_id in mapped_task_ids:
         values = ti.xcom_pull(task_ids=task_id, map_indexes=indexes, default=None) if indexes else []
         for name, value in zip(source_names, values, strict=True):
-            if value is None:
-                results.append({"artifact": name, "check": task_id, "ok": False,
-                                "detail": "task did not finish (failed or upstream failed): no results; "
-                                          "see that task's log"})
-            else:
-                results.extend(value)
+            results.extend(_unfinished(name, task_id) if value is None else value)
     for task_id in task_ids:
         value = ti.xcom_pull(task_ids=task_id, default=None)
-        if value is None:
-            results.append({"artifact": task_id, "check": task_id, "ok": False,
-                            "detail": "task did not finish (failed or upstream failed): no results; "
-                                      "see that task's log"})
-        else:
-            results.extend(value)
+        results.extend(_unfinished(task_id, task_id) if value is None else value)
     return results
+
+
+def _unfinished(artifact: str, task_id: str) -> list[dict]:
+    """The problem that stands in for the results of a check task that left none."""
+    return [{"artifact": artifact, "check": task_id, "ok": False,
+             "detail": "task did not finish (failed or upstream failed): no results; see that task's log"}]
 
 
 __all__ = ["BackupFreshnessOperator", "BackupIntegrityOperator", "S3BackupCopyCheckOperator", "collect_results"]

@@ -27,6 +27,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int, host: str = "0.0.0.0") -> bool:
+    """Nothing listens on ``port``. Binds as servers do (SO_REUSEADDR), so connections in
+    TIME_WAIT do not make a port busy."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _server_user() -> str | None:
     if os.geteuid() != 0:
         return None

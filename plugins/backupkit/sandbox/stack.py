@@ -26,7 +26,6 @@ import os
 import pwd
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Iterator
 
 from backupkit.config import REPO_ROOT
-from backupkit.pgserver import LocalPostgres, _server_user, free_port
+from backupkit.pgserver import LocalPostgres, _server_user, free_port, port_free
 from backupkit.sandbox import s3server
 
 PREFERRED_PORTS = {"postgres": 5433, "s3": 5055, "airflow": 8080}
@@ -262,18 +261,6 @@ def stop_group(pgid: int, *, first: int = signal.SIGTERM, timeout: float = 20.0)
                 return True
             time.sleep(0.2)
     return not _group_alive(pgid)
-
-
-def port_free(port: int) -> bool:
-    """Nothing listens on ``port`` (any interface)."""
-    with socket.socket() as s:
-        # As servers bind (SO_REUSEADDR): connections in TIME_WAIT do not make a port busy.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def pick_port(preferred: int) -> int:
