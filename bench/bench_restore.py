@@ -35,12 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
+from backupkit import clock  # noqa: E402
 from backupkit.config import load_config  # noqa: E402
 from backupkit.pgbin import pg_bin  # noqa: E402
 from backupkit.pgserver import LocalPostgres  # noqa: E402
@@ -99,7 +99,7 @@ def _fill_and_dump(size_gb: float, d: Path, dump: Path, src_dir: Path, t0: float
             per_row = per_row * size / (size_gb * GB) * 0.97  # undershot: estimate again and add rows
         counts = exact_row_counts(pg, "bench")
     partial.rename(dump)
-    manifest_path(dump).write_text(RowManifest("bench", datetime.now(timezone.utc), counts).to_json())
+    manifest_path(dump).write_text(RowManifest("bench", clock.now(), counts).to_json())
     print(f"made {dump}: {dump.stat().st_size / GB:.3f} GB, {sum(counts.values())} rows "
           f"in {time.monotonic() - t0:.0f}s")
     return dump

@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO / "plugins"))
 
 import yaml  # noqa: E402
 
+from backupkit import clock  # noqa: E402
 from backupkit.retention import s3ops  # noqa: E402
 from backupkit.sandbox.s3server import REGION, SANDBOX_KEY, SANDBOX_SECRET, MotoServer  # noqa: E402
 
@@ -123,7 +124,7 @@ def tag_inspection(s3, sample: int, workers: int) -> dict:
     """What hold-tag inspection costs per object (thread pool, as the sweep does it)."""
     keys = [PREFIX + n for n in names(sample)]
     t0 = time.perf_counter()
-    found = s3ops.inspect_holds(s3, BUCKET, keys, now=datetime.now(timezone.utc), check_lock=False,
+    found = s3ops.inspect_holds(s3, BUCKET, keys, now=clock.now(), check_lock=False,
                                 hold_tag=s3ops.HOLD_TAG, workers=workers)
     elapsed = time.perf_counter() - t0
     assert found == {}  # nothing is held

@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
 from backup_airflow.hooks import backup_config, s3_client
 from backup_airflow.restore_operators import ScratchCleanupOperator, make_scratch
+from backupkit import clock
 from backupkit import drill
 from backupkit.metrics import LastSuccessStore
 from backupkit.reports.audit import record_dr_drill
@@ -96,7 +97,7 @@ without a result (scratch database could not start, S3 unreachable) was retried;
 
 def _report_date(context) -> date:
     dr = context.get("dag_run")
-    when = getattr(dr, "run_after", None) or context.get("logical_date") or datetime.now(timezone.utc)
+    when = getattr(dr, "run_after", None) or context.get("logical_date") or clock.now()
     return when.date()
 
 
@@ -169,7 +170,7 @@ def backup_annual_dr_drill():
         """Scenarios and targets for this run; a compromise time in the future stops the run here."""
         config, p = backup_config(), context["params"]
         try:
-            plan = drill.plan_drill(config, now=datetime.now(timezone.utc), scenarios=p.get("scenarios"),
+            plan = drill.plan_drill(config, now=clock.now(), scenarios=p.get("scenarios"),
                                     compromise_time=p.get("compromise_time"),
                                     rto_target_minutes=p.get("rto_target_minutes"),
                                     rpo_target_hours=p.get("rpo_target_hours"))
@@ -201,7 +202,7 @@ def backup_annual_dr_drill():
             if plan.get("targets_overridden"):
                 detail = f"targets overridden {plan['targets_overridden']}; {detail}".rstrip("; ")
             record_dr_drill(config.state_dir, ok=summary["ok"], scenarios=drill.audit_scenarios(results),
-                            run_id=context["run_id"], now=datetime.now(timezone.utc), detail=detail)
+                            run_id=context["run_id"], now=clock.now(), detail=detail)
         else:
             log.info("partial drill (%s): reported, not recorded as the annual drill", ", ".join(plan["scenarios"]))
         log.info("DR drill report written to %s (HTML: %s, local copy: %s)\n\n%s\n\n%s", where["uri"], where["html"],
@@ -217,7 +218,7 @@ def backup_annual_dr_drill():
             raise AirflowFailException("plan_drill failed: no metrics to export")
         config = backup_config()
         metrics_dir = config.state_dir / "metrics"
-        m = drill.drill_metrics(collect(context["ti"], plan), now=datetime.now(timezone.utc).timestamp(),
+        m = drill.drill_metrics(collect(context["ti"], plan), now=clock.now().timestamp(),
                                 store=LastSuccessStore(metrics_dir / "dr_drill_last_success.json"),
                                 complete=plan["complete"])
         targets = m.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,

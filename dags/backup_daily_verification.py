@@ -31,6 +31,7 @@ from backup_airflow.operators import (
     S3BackupCopyCheckOperator,
     collect_results,
 )
+from backupkit import clock
 from backupkit import daily
 from backupkit.metrics import LastSuccessStore, SourceStatus, verification_metrics
 
@@ -155,7 +156,7 @@ def backup_daily_verification():
         if source_names is None:
             raise AirflowFailException("the sources task failed: no metrics to export")
         config = backup_config()
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         results = run_results(context["ti"], source_names)
         statuses = []
         for name in source_names:

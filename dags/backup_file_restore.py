@@ -6,7 +6,6 @@ Parse time reads only the configuration file (the form's choices).
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
@@ -15,6 +14,7 @@ from backup_airflow.common import VerificationFailed, dag_tags
 from backup_airflow.hooks import backup_config, s3_client
 from backup_airflow.restore_params import (VALIDATE, check_reason, on_demand_dag_args, read_request,
                                             reason_param, which_params)
+from backupkit import clock
 from backupkit.config import ConfigError
 from backupkit.restore.files import ExtractRefused
 from backupkit.restore.selection import SelectionError
@@ -119,7 +119,7 @@ def backup_file_restore():
         try:
             result = restore_files(config, request["file_set"], request["backup"], target=request["target"],
                                    paths=request["paths"] or None, existing=request["existing"],
-                                   s3_client=s3_client(config.aws_conn_id), now=datetime.now(timezone.utc),
+                                   s3_client=s3_client(config.aws_conn_id), now=clock.now(),
                                    work_dir=run_scratch_dir(config, context["run_id"]))
         except (ExtractRefused, SelectionError, ValueError) as exc:
             # The message says whether anything was written ("nothing extracted" / "stopped after N").

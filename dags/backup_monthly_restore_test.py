@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
 from backup_airflow.hooks import backup_config, s3_client
 from backup_airflow.restore_operators import ScratchCleanupOperator, ScratchRestoreOperator, triggered_by
+from backupkit import clock
 from backupkit.metrics import LastSuccessStore
 from backupkit.reports.audit import record_restore_tests
 from backupkit.restore.service import audit, monthly_targets, restore_test_metrics, summarize_restore_tests
@@ -90,7 +91,7 @@ def backup_monthly_restore_test():
     def plan_restores(**context) -> list[dict]:
         """Newest + one random older backup per source (seeded by the run id: reruns repeat it)."""
         config = backup_config()
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         targets = monthly_targets(config, s3_client(config.aws_conn_id), now=now, seed=context["run_id"])
         for t in targets:
             log.info("will restore %s %s (%s)", t["source_name"], t["backup"] or "(no backup!)", t["role"])
@@ -112,7 +113,7 @@ def backup_monthly_restore_test():
                   changes=["nothing: restored into a scratch target that was torn down"])
         # The quarterly audit's recoverability control reads these records.
         record_restore_tests(config.state_dir, [{**r, "duration_seconds": r.get("restore_seconds")} for r in results],
-                             run_id=context["run_id"], now=datetime.now(timezone.utc))
+                             run_id=context["run_id"], now=clock.now())
         context["ti"].xcom_push(key="report", value=report)
         if not report["ok"]:
             failed = sorted(n for n, s in report["sources"].items() if not s["ok"])
@@ -124,7 +125,7 @@ def backup_monthly_restore_test():
         if targets is None:
             raise AirflowFailException("plan_restores failed: no metrics to export")
         config = backup_config()
-        now = datetime.now(timezone.utc).timestamp()
+        now = clock.now().timestamp()
         metrics_dir = config.state_dir / "metrics"
         registry = restore_test_metrics(collect(context["ti"], targets), now=now,
                                         store=LastSuccessStore(metrics_dir / "restore_test_last_success.json"),

@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
 from backup_airflow.hooks import backup_config, s3_client
+from backupkit import clock
 from backupkit.metrics import MetricSet
 from backupkit.reports import audit
 from backupkit.reports.render import publish_files, report_prefix
@@ -57,7 +58,7 @@ parameter `fail_on_findings=false` writes the report without failing the run (a 
 
 def _report_date(context) -> date:
     dr = context.get("dag_run")
-    when = getattr(dr, "run_after", None) or context.get("logical_date") or datetime.now(timezone.utc)
+    when = getattr(dr, "run_after", None) or context.get("logical_date") or clock.now()
     return when.date()
 
 
@@ -99,7 +100,7 @@ def backup_quarterly_audit():
     @task
     def audit_coverage(servers: dict) -> list[dict]:
         config = backup_config()
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         index, notes = audit.backup_index(config, s3_client(config.aws_conn_id))
         with VerificationState(config.state_dir) as state:
             controls = [audit.coverage_databases(config, servers, now=now, state=state),
@@ -113,7 +114,7 @@ def backup_quarterly_audit():
         client = s3_client(config.aws_conn_id)
         index, notes = audit.backup_index(config, client)
         with VerificationState(config.state_dir) as state:
-            controls = audit.retention_controls(config, index, now=datetime.now(timezone.utc), state=state,
+            controls = audit.retention_controls(config, index, now=clock.now(), state=state,
                                                 s3_client=client, notes=notes)
         return [c.to_dict() for c in controls]
 
@@ -125,7 +126,7 @@ def backup_quarterly_audit():
     @task
     def audit_recoverability() -> list[dict]:
         config = backup_config()
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         return [audit.restore_tests_control(config, now=now).to_dict(),
                 audit.dr_drill_control(config, now=now).to_dict()]
 
@@ -174,7 +175,7 @@ def backup_quarterly_audit():
         summary = audit.audit_summary(controls)
         missing = sum(1 for t in CONTROL_TASKS if ti.xcom_pull(task_ids=t, default=None) is None)
         m = MetricSet()
-        m.set("backup_audit_last_run_timestamp_seconds", datetime.now(timezone.utc).timestamp(),
+        m.set("backup_audit_last_run_timestamp_seconds", clock.now().timestamp(),
               "Unix time of the last quarterly audit run")
         m.set("backup_audit_controls_total", summary["total"], "Audit controls evaluated in the last audit")
         m.set("backup_audit_controls_failed", len(summary["failed"]) + missing,

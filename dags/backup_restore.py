@@ -7,7 +7,7 @@ Parse time reads only the configuration file (the form's choices and defaults).
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, TriggerRule, dag, task
@@ -23,6 +23,7 @@ from backup_airflow.restore_operators import (
 )
 from backup_airflow.restore_params import (VALIDATE, check_reason, on_demand_dag_args, read_request,
                                             reason_param, which_params)
+from backupkit import clock
 from backupkit.config import ConfigError
 from backupkit.restore.database import RestoreFailed
 from backupkit.restore.selection import SelectionError
@@ -144,7 +145,7 @@ def backup_restore():
                     raise SelectionError("replace needs the deployments to scale (none given)")
                 if not source.database or not source.conn_id:
                     raise SelectionError(f"source {source.name!r} has no database/conn_id: cannot restore beside it")
-                request["new_database"] = new_database_name(source, datetime.now(timezone.utc))
+                request["new_database"] = new_database_name(source, clock.now())
         except (SelectionError, ConfigError, ValueError) as exc:
             audit(config, run_id=context["run_id"], source=str(request["source"]), action="restore_refused",
                   triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc), mode=request["mode"])

@@ -26,6 +26,7 @@ from backup_airflow.retention_operators import (
     select_sources,
     summarize_sweeps,
 )
+from backupkit import clock
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def backup_retention_cleanup():
         metrics_dir = config.state_dir / "metrics"
         store = MetricValuesStore(metrics_dir / "retention_values.json")
         values = merge_metric_values(store.load(), source_names, pull_reports(ti, SWEEP_TASK, source_names),
-                                     now=datetime.now(timezone.utc).timestamp(),
+                                     now=clock.now().timestamp(),
                                      configured=[s.name for s in config.sources])
         store.save(values)
         targets = retention_metrics(values).publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,

@@ -14,6 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
 from backup_airflow.hooks import backup_config, s3_client
+from backupkit import clock
 from backupkit.config import Config
 from backupkit.metrics import MetricSet
 from backupkit.reports import weekly
@@ -68,7 +69,7 @@ def _params(context) -> dict:
 
 def _report_date(context) -> date:
     dr = context.get("dag_run")
-    when = getattr(dr, "run_after", None) or context.get("logical_date") or datetime.now(timezone.utc)
+    when = getattr(dr, "run_after", None) or context.get("logical_date") or clock.now()
     return when.date()
 
 
@@ -87,7 +88,7 @@ def _cost_explorer(config: Config):
                 config=BotoConfig(connect_timeout=5, read_timeout=20, retries={"max_attempts": 2}))
         except Exception as exc:  # optional figure: say why, never fail the report over it
             return {"reachable": False, "reason": f"cannot create a Cost Explorer client: {exc}"}
-        return weekly.cost_explorer_figure(client, today=datetime.now(timezone.utc).date())
+        return weekly.cost_explorer_figure(client, today=clock.now().date())
 
     return query
 
@@ -116,7 +117,7 @@ def backup_weekly_maintenance():
     @task
     def collect_trends(**context) -> dict:
         config, p = backup_config(), _params(context)
-        out = weekly.collect_trends(config, now=datetime.now(timezone.utc), s3_client=s3_client(config.aws_conn_id),
+        out = weekly.collect_trends(config, now=clock.now(), s3_client=s3_client(config.aws_conn_id),
                                     weeks=p.get("trend_weeks"), factor=p.get("anomaly_factor"))
         for src, t in out["sources"].items():
             for a in t["anomalies"]:
@@ -127,7 +128,7 @@ def backup_weekly_maintenance():
     @task
     def failure_pattern(**context) -> dict:
         config = backup_config()
-        out = weekly.failure_pattern(config, now=datetime.now(timezone.utc), s3_client=s3_client(config.aws_conn_id),
+        out = weekly.failure_pattern(config, now=clock.now(), s3_client=s3_client(config.aws_conn_id),
                                      weeks=_params(context).get("trend_weeks"))
         log.info("%d failure events since %s", len(out["events"]), out["since"][:10])
         return out
@@ -135,7 +136,7 @@ def backup_weekly_maintenance():
     @task
     def storage_usage(**context) -> dict:
         config = backup_config()
-        out = weekly.storage_usage(config, s3_client(config.aws_conn_id), now=datetime.now(timezone.utc),
+        out = weekly.storage_usage(config, s3_client(config.aws_conn_id), now=clock.now(),
                                    weeks=_params(context).get("trend_weeks"), cost_explorer=_cost_explorer(config))
         ce = out["cost_explorer"]
         log.info("s3://%s holds %d bytes; estimate %.2f USD/month; Cost Explorer: %s", config.bucket,
@@ -185,7 +186,7 @@ def backup_weekly_maintenance():
         if trends is None and storage is None and encryption is None:
             raise AirflowFailException("no collection task left results: no metrics to export")
         m = MetricSet()
-        m.set("backup_weekly_report_last_run_timestamp_seconds", datetime.now(timezone.utc).timestamp(),
+        m.set("backup_weekly_report_last_run_timestamp_seconds", clock.now().timestamp(),
               "Unix time of the last weekly maintenance run")
         bucket_loc = f"s3://{config.bucket}"
         if storage is not None:

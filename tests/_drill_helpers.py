@@ -9,9 +9,10 @@ undo removes injected versions the way an operator would (``BypassGovernanceRete
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
+from _clock import SESSION_NOW
 from _config_helpers import FILE_SET_AND_STATE_YAML, short_dir, trixtech_db_yaml
 from backupkit.config import Config
 from backupkit.sandbox.history import History
@@ -49,7 +50,7 @@ drill:
 
 
 def history_now() -> datetime:
-    return datetime.now(timezone.utc) - HISTORY_LAG
+    return SESSION_NOW - HISTORY_LAG
 
 
 @dataclass

@@ -15,7 +15,7 @@ import copy
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from kubernetes.client import (
     V1ContainerStatus,
 )
 
+from backupkit import clock
 from _config_helpers import FILE_SET_AND_STATE_YAML, short_dir, trixtech_db_yaml  # noqa: F401  (short_dir: re-exported)
 
 DATABASE = "trixtech_rt"  # our own copy: generate_history grows the database it dumps
@@ -99,12 +100,12 @@ class FakeCluster:
         self.record("create_namespaced_secret", namespace, copy.deepcopy(body))
         name = body["metadata"]["name"]
         data = {k: base64.b64encode(v.encode()).decode() for k, v in (body.get("stringData") or {}).items()}
-        self.secrets[name] = {"data": data, "body": body, "created": datetime.now(timezone.utc)}
+        self.secrets[name] = {"data": data, "body": body, "created": clock.now()}
         return V1Secret(metadata=_meta(body, self.secrets[name]["created"]), data=data)
 
     def create_namespaced_pod(self, namespace, body, **kw):
         self.record("create_namespaced_pod", namespace, copy.deepcopy(body))
-        self.pods[body["metadata"]["name"]] = {"body": body, "created": datetime.now(timezone.utc), "polls": 0}
+        self.pods[body["metadata"]["name"]] = {"body": body, "created": clock.now(), "polls": 0}
         return self._pod(body["metadata"]["name"])
 
     def _pod(self, name: str) -> V1Pod:

@@ -5,8 +5,9 @@ of whole years starting today, and the serialization round trip the scheduler se
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
+from _clock import SESSION_NOW, add_years
 from airflow.serialization.encoders import coerce_to_core_timetable
 from airflow.timetables.base import DataInterval, TimeRestriction
 
@@ -29,8 +30,8 @@ def run_dates(timetable, start: datetime, end: datetime) -> list[datetime]:
 
 def window(years: int) -> tuple[datetime, datetime]:
     """From today's midnight UTC to the same day ``years`` later."""
-    start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    return start, start.replace(year=start.year + years)
+    start = SESSION_NOW.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, add_years(start, years)
 
 
 def same_schedule_after_serialization(dag, years: int):

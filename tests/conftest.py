@@ -3,7 +3,6 @@ artifacts, and a real S3 API (moto server) on loopback. Nothing here is a mock."
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -65,3 +64,11 @@ def bucket(s3):
     """A production-like bucket: versioning, default encryption, object lock enabled."""
     create_production_bucket(s3, BUCKET)
     return BUCKET
+
+
+@pytest.fixture(scope="session")
+def now():
+    """The session's one "now" (aware UTC): build histories and expectations from it."""
+    from _clock import SESSION_NOW
+
+    return SESSION_NOW

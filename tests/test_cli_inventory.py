@@ -6,10 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from _clock import SESSION_NOW
 
 from _daily_service_helpers import NIGHTS, make_history, upload_history
 from backupkit.catalog import local_backups, s3_key_for
@@ -20,7 +20,7 @@ SOURCES = ["trixtech-db", "trixtech-db-sql", "trixtech-files"]
 
 @pytest.fixture
 def history(tmp_path, dumps):
-    return make_history(tmp_path / "h", dumps["custom"], dumps["plain_gz"], now=datetime.now(timezone.utc))
+    return make_history(tmp_path / "h", dumps["custom"], dumps["plain_gz"], now=SESSION_NOW)
 
 
 def _run(capsys, history, endpoint, *extra):

@@ -10,9 +10,9 @@ expects the run to fail naming the artifact -- or to pass, and emit the asset, w
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 
 import pytest
+from _clock import SESSION_NOW
 from prometheus_client.parser import text_string_to_metric_families
 
 import airflow_env
@@ -61,7 +61,7 @@ def run_daily(airflow_db, pg, e2e_db, moto_server, receiver, tmp_path, monkeypat
         monkeypatch.setenv("BACKUP_PUSHGATEWAY_URL", receiver.url)
         config = load_config()
         create_production_bucket(s3, config.bucket)
-        now = datetime.now(timezone.utc)
+        now = SESSION_NOW
         history = generate_history(config, pg, now=now, days=DAYS, s3_client=s3, defects=defects or Defects(),
                                    database=e2e_db)
         receiver.requests.clear()

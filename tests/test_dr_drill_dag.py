@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
+from backupkit import clock
 from prometheus_client.parser import text_string_to_metric_families
 
 import airflow_env
@@ -155,12 +156,12 @@ def test_the_annual_drill_passes_and_reports_rto_and_rpo_for_every_scenario(sand
     records = drills(sandbox)
     assert len(records) == before + 1 and records[-1]["ok"] is True
     assert [s["name"] for s in records[-1]["scenarios"]] == list(drill.SCENARIOS)
-    assert dr_drill_control(sandbox.config, now=datetime.now(timezone.utc)).status == "pass"
+    assert dr_drill_control(sandbox.config, now=clock.now()).status == "pass"
 
     # Metrics: exported to the textfile and pushed; the last success is this run's.
     values = metrics(sandbox)
     last = values[("backup_dr_drill_last_success_timestamp_seconds", ())]
-    assert abs(last - datetime.now(timezone.utc).timestamp()) < 600
+    assert abs(last - clock.now().timestamp()) < 600
     for name, r in out.results.items():
         assert values[("backup_dr_drill_rto_seconds", (("scenario", name),))] == r["rto_seconds"]
         assert values[("backup_dr_drill_rpo_seconds", (("scenario", name),))] == r["rpo_seconds"]
@@ -233,7 +234,7 @@ def test_invalid_requests_stop_before_anything_is_restored(sandbox):
     dag = DagBag(dag_folder=str(airflow_env.DAGS / f"{DAG_ID}.py")).dags[DAG_ID]
     with pytest.raises(ParamValidationError):
         dag.test(run_conf={"scenarios": ["meteor_strike"]})
-    future = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    future = (clock.now() + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     out = run(sandbox, compromise_time=future)
     assert out.state == "failed" and out.states["plan_drill"] == "failed"
     assert all(out.states[t] == "upstream_failed" for t in SCENARIO_TASKS)

@@ -20,6 +20,8 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
+from _clock import SESSION_NOW
+from backupkit import clock
 from prometheus_client.parser import text_string_to_metric_families
 
 from _daily_helpers import RecordingServer
@@ -42,7 +44,7 @@ T = datetime(2026, 11, 15, 9, 0, tzinfo=UTC)
 
 
 def plan_for(config, **kw) -> dict:
-    return drill.plan_drill(config, now=datetime.now(UTC), **kw)
+    return drill.plan_drill(config, now=SESSION_NOW, **kw)
 
 
 # -- pure: targets, plan, RTO/RPO, verdicts ---------------------------------------------------------
@@ -387,7 +389,7 @@ def test_ransomware_restores_original_versions_and_object_lock_holds(sandbox):
     """Every backup object was overwritten after the compromise: the original versions restore, a
     locked probe refuses deletion and survives an overwrite, and the probe is cleaned up."""
     time.sleep(1.05)
-    compromise = datetime.now(UTC).replace(microsecond=0)
+    compromise = SESSION_NOW.replace(microsecond=0)
     time.sleep(1.05)
     attack = encrypt_all(sandbox.config, sandbox.s3)
     try:
@@ -419,7 +421,7 @@ def test_the_lock_proof_fails_on_a_bucket_without_object_lock(sandbox, tmp_path)
     body = tmp_path / "probe.dump"
     body.write_bytes(b"backup bytes")
     checks, evidence, _ = drill.object_lock_proof(s3, config, probe_body=body, probe_key="p/probe.dump",
-                                                  now=datetime.now(UTC))
+                                                  now=clock.now())
     assert [(c.check, c.ok) for c in checks] == [("bucket object lock", False)]
     assert "has no object lock configuration" in evidence[0]
 
@@ -432,7 +434,7 @@ def test_the_lock_proof_sets_its_own_retention_where_the_bucket_has_no_default(s
     config = dataclasses.replace(sandbox.config, bucket=bucket)
     body = tmp_path / "trixtech_20260101_020000.dump"
     shutil.copyfile(sandbox.history.newest("trixtech-db"), body)
-    now = datetime.now(UTC)
+    now = SESSION_NOW
     checks, evidence, notes = drill.object_lock_proof(s3, config, probe_body=body, probe_key="p/probe.dump", now=now)
     by = {c.check: c for c in checks}
     assert [c.check for c in checks] == ["bucket object lock", "retention set", "delete refused",

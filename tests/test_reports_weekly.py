@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import gzip
 import xml.etree.ElementTree as ET
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pytest
+from backupkit import clock
 
 from _reports_helpers import utc, write_config
 from backupkit.reports import weekly
@@ -197,7 +198,7 @@ def test_bucket_usage_by_prefix_and_class_over_every_page_and_version(unit_bucke
     s3.delete_object(Bucket="unit-backups", Key="db/app_20261101_020000.dump")  # delete marker
     s3.put_object(Bucket="unit-backups", Key="README", Body=b"r" * 10)
 
-    usage = weekly.bucket_usage(s3, "unit-backups", now=datetime.now(timezone.utc), weeks=2, page_size=2)
+    usage = weekly.bucket_usage(s3, "unit-backups", now=clock.now(), weeks=2, page_size=2)
     db = usage["by_prefix"]["db/"]
     assert db == {"current_bytes": 500 + 1002 + 1003 + 1004, "current_objects": 4,
                   "noncurrent_bytes": 1000 + 1001, "noncurrent_objects": 2, "delete_markers": 1}

@@ -17,10 +17,10 @@ import io
 import shutil
 import tarfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from _clock import SESSION_NOW
 from prometheus_client.parser import text_string_to_metric_families
 
 import airflow_env
@@ -83,7 +83,7 @@ def sandbox(airflow_db, pg, moto_server, tmp_path_factory):  # noqa: F811
         s3 = moto_server.client()
         config = load_config()
         create_production_bucket(s3, config.bucket)
-        history = generate_history(config, pg, now=datetime.now(timezone.utc), days=DAYS, s3_client=s3,
+        history = generate_history(config, pg, now=SESSION_NOW, days=DAYS, s3_client=s3,
                                    database=DATABASE)
         yield Sandbox(config, history, s3, tmp, pg)
     finally:
@@ -275,7 +275,7 @@ def test_file_restore_dag(sandbox):
     target = sandbox.tmp / "restore-root" / "app"
     good = sandbox.newest("trixtech-files")
     # An archive with a traversal member, uploaded under a newer name than every real one.
-    evil_name = src.pattern.name_for(datetime.now(timezone.utc).replace(microsecond=0))
+    evil_name = src.pattern.name_for(SESSION_NOW.replace(microsecond=0))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, data in (("opt/trixtech/config/app.yml", b"x"), ("../../../../escaped.txt", b"pwned")):

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from backupkit import clock
 
 from backupkit.pgbin import bin_dir, pg_bin
 from backupkit.pgserver import port_free
@@ -225,7 +226,7 @@ def test_manifest_with_more_rows_than_restored_fails_and_names_the_table(dumps, 
     shutil.copy(dumps["custom"], backup)
     expected = dict(live_counts)
     expected["public.bookings"] += 7  # the dump lacks 7 rows the manifest says it should have
-    manifest_path(backup).write_text(RowManifest("trixtech", datetime.now(timezone.utc), expected).to_json())
+    manifest_path(backup).write_text(RowManifest("trixtech", clock.now(), expected).to_json())
 
     db = fresh_db("mf")
     restore_dump(backup, scratch, fmt="custom", jobs=2, database=db)

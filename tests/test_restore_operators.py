@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from backupkit import clock
 
 import airflow_env  # noqa: F401  (before anything imports airflow)
 from _config_helpers import scratch_base  # noqa: F401  (fixture)
@@ -212,7 +213,7 @@ def _scratch_objects(kube, cfg, run_id, age: timedelta, source="trixtech-db"):
     secret, pod = s.manifests()
     kube.create_namespaced_secret(s.namespace, secret)
     kube.create_namespaced_pod(s.namespace, pod)
-    created = datetime.now(timezone.utc) - age
+    created = clock.now() - age
     kube.pods[s.pod_name]["created"] = kube.secrets[s.secret_name]["created"] = created
     return s.pod_name, s.secret_name
 
@@ -222,7 +223,7 @@ def test_orphan_sweep_deletes_only_old_scratch_objects_and_reports_failures(cfg,
     young = _scratch_objects(kube, cfg, "running-run", timedelta(minutes=10))
     foreign = {"metadata": {"name": "app-db", "labels": {"app": "trixtech"}}, "spec": {}}
     kube.create_namespaced_pod("backup-tests", foreign)
-    kube.pods["app-db"]["created"] = datetime.now(timezone.utc) - timedelta(days=90)
+    kube.pods["app-db"]["created"] = clock.now() - timedelta(days=90)
     report = ro.KubernetesScratchCleanupOperator(task_id="sweep").execute({})
     assert report == {"pods": [old[0]], "secrets": [old[1]], "failed": []}
     assert set(kube.pods) == {young[0], "app-db"} and set(kube.secrets) == {young[1]}
@@ -320,7 +321,7 @@ def test_kubernetes_switch_through_a_secret(cfg):
     old = "postgresql://app:pw@db:5432/trixtech"
     cluster = FakeCluster(namespace="trixtech", deployments={"trixtech-api": Deployment(2, {})},
                           secrets={"trixtech-db": {"data": {"url": base64.b64encode(old.encode()).decode()},
-                                                   "created": datetime.now(timezone.utc)}})
+                                                   "created": clock.now()}})
     p = platform(cluster, cfg, app)
     plan = plan_switch(p, namespace="trixtech", deployments=["trixtech-api"], old_database="trixtech",
                        new_database="trixtech_restored_2")

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from backupkit import clock
 
 import airflow_env  # noqa: F401  (before anything imports airflow)
 from _restore_helpers import FakeCluster, short_dir
@@ -290,7 +291,7 @@ def test_the_sweep_deletes_this_runs_smoke_objects(cfg, kube):
     scratch.hold_teardown = True
     scratch.teardown()  # held: nothing deleted
     assert len(kube.pods) == 2
-    report = ro.sweep_kubernetes(kube, scratch.namespace, now=datetime.now(timezone.utc), run_id=RUN_ID)
+    report = ro.sweep_kubernetes(kube, scratch.namespace, now=clock.now(), run_id=RUN_ID)
     assert report == {"pods": sorted([scratch.pod_name, smoke.pod_name]),
                       "secrets": sorted([scratch.secret_name, smoke.secret_name]), "failed": []}
     assert kube.pods == {} and kube.secrets == {}

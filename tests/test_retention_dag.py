@@ -11,8 +11,9 @@ its sidecar and its size -- exactly what ``backupkit.daily.check_integrity`` sto
 backup that verified (tests/test_state.py and the daily tests cover that path).
 
 What the sweeps should delete is computed here independently of backupkit's policy engine:
-restic's ``forget`` rules (newest backup of each of the N most recent days / ISO weeks /
-months / years that have a backup) over the backups' own timestamps.
+restic's ``forget`` rules as docs/retention.md states them (newest backup of each of the N most
+recent days / ISO weeks / months / years that have a backup, and the oldest backup while a rule
+has count left) over the backups' own timestamps.
 
 ``dag.test()`` always creates a MANUAL run (Airflow 3.3: ``get_or_create_dagrun`` hard-codes
 the run type), so the asset-triggered branch of the dry-run decision is tested on the function
@@ -28,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from _clock import SESSION_NOW
+from backupkit import clock
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -81,16 +84,23 @@ def _period(ts: datetime, rule: str) -> tuple:
 
 
 def expected_keep(timestamps: dict[str, datetime], policy: dict) -> set[str]:
-    """Names kept: per rule, the newest backup of each of the N most recent periods with a backup."""
-    newest_first = sorted(timestamps, key=lambda n: timestamps[n], reverse=True)
+    """Names kept, by the engine's documented rules (docs/retention.md, "Semantics"), all verified:
+
+    - walking newest first, each rule keeps a backup whose period differs from the period it
+      kept last, while it has count left (gaps use no count);
+    - a rule that still has count left when it reaches the oldest backup keeps the oldest too
+      ("oldest daily snapshot"), whatever its period;
+    - the newest backup is always kept (guard rail).
+    """
+    newest_first = sorted(timestamps, key=lambda n: (timestamps[n], n), reverse=True)
     keep = {newest_first[0]} if newest_first else set()
     for rule in ("keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"):
         left, last = int(policy.get(rule) or 0), None
-        for name in newest_first:
+        for position, name in enumerate(newest_first):
             if left <= 0:
                 break
             period = _period(timestamps[name].astimezone(timezone.utc), rule)
-            if period != last:
+            if period != last or position == len(newest_first) - 1:
                 keep.add(name)
                 left -= 1
                 last = period
@@ -178,7 +188,7 @@ def sandbox(airflow_db, pg, moto_server, receiver, tmp_path_factory):  # noqa: F
         s3 = moto_server.client()
         config = load_config(config_path)
         create_production_bucket(s3, config.bucket)
-        now = datetime.now(timezone.utc)
+        now = SESSION_NOW
         generate_history(config, pg, now=now, days=DAYS, s3_client=s3, database=DATABASE)
         with VerificationState(config.state_dir) as state:  # see the module docstring
             for src in config.sources:
@@ -487,6 +497,6 @@ def test_dry_run_without_a_state_store_creates_none(tmp_path, monkeypatch):
         assert state.records() == {}
     assert not (tmp_path / "state").exists()
     with _verification_state(config, dry_run=False) as state:  # an applied sweep uses (and creates) it
-        state.record("x/y", None, 1, True, datetime.now(timezone.utc))
+        state.record("x/y", None, 1, True, clock.now())
     with _verification_state(config, dry_run=True) as state:  # ... and a later dry run reads it
         assert set(state.records()) == {"x/y"}

@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
+from backupkit import clock
 
 from _retention_sweep_helpers import (
     PREFIX, SOURCE, FaultyS3, SimulatedCrash, all_files_of, audit_records, backups_left, local_files,
@@ -97,7 +98,7 @@ def test_holds_lock_legal_hold_tag_and_hold_list_are_never_deleted(tmp_path, s3,
     names = make_history(write_config(tmp_path), s3)
     locked, legal, tagged, listed = names[0], names[1], names[2], names[3]
     config = write_config(tmp_path, hold_list=[PREFIX + listed])
-    until = datetime.now(timezone.utc) + timedelta(days=1)
+    until = clock.now() + timedelta(days=1)
     s3.put_object_retention(Bucket=bucket, Key=PREFIX + locked,
                             Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until})
     s3.put_object_legal_hold(Bucket=bucket, Key=PREFIX + legal, LegalHold={"Status": "ON"})
@@ -254,7 +255,7 @@ def test_noncurrent_purge_respects_locks_tags_and_accidental_deletions(tmp_path,
     vid = {v["Key"]: v["VersionId"] for v in versions if not v["IsLatest"]}
     s3.put_object_retention(Bucket=bucket, Key=PREFIX + locked, VersionId=vid[PREFIX + locked],
                             Retention={"Mode": "COMPLIANCE",
-                                       "RetainUntilDate": datetime.now(timezone.utc) + timedelta(days=1)})
+                                       "RetainUntilDate": clock.now() + timedelta(days=1)})
     s3.put_object_tagging(Bucket=bucket, Key=PREFIX + tagged, VersionId=vid[PREFIX + tagged],
                           Tagging={"TagSet": [{"Key": "backupkit-hold", "Value": "audit 2024"}]})
     # Somebody deletes the S3 copy of a backup the policy keeps: it must stay recoverable.

@@ -15,10 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from backupkit.config import load_config
-from backupkit.pgserver import free_port
+from backupkit.pgserver import ServerUnreachable, free_port, make_traversable
 from backupkit.sandbox import stack
-from backupkit.sandbox.stack import (Layout, airflow_env, ensure_moto, make_traversable, pick_port, pid_alive,
+from backupkit.sandbox.stack import (Layout, airflow_env, ensure_moto, pick_port, pid_alive,
                                      port_free, read_pid, render_env_sh, running_pid, sandbox_env, stop_group,
                                      stop_moto, write_pid)
 
@@ -177,6 +179,21 @@ def test_make_traversable_adds_only_the_search_bit_the_user_is_judged_by(tmp_pat
     assert make_traversable(c, "nobody", within=c, groups={c.stat().st_gid}) == [c]
     assert stat.S_IMODE(c.stat().st_mode) == 0o710
     assert make_traversable(data, None) == []  # not root: the server runs as ourselves
+
+
+def test_make_traversable_names_the_directory_it_cannot_open(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    locked.chmod(0o700)
+
+    def refuse(self, mode):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(Path, "chmod", refuse)
+    with pytest.raises(ServerUnreachable) as err:
+        make_traversable(locked, "nobody", within=locked, groups=set())
+    message = str(err.value)
+    assert str(locked) in message and "'nobody'" in message and "BACKUPKIT_PG_USER" in message
 
 
 def test_ensure_moto_twice_starts_one_server_and_stop_ends_it(tmp_path):

@@ -13,11 +13,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import airflow_env
+from _clock import SESSION_NOW, add_years
 from _schedule_helpers import run_dates
 from airflow.dag_processing.dagbag import DagBag
 
-START = datetime.now(timezone.utc).replace(microsecond=0)
-END = START.replace(year=START.year + 3)
+START = SESSION_NOW
+END = add_years(START, 3)
 
 
 @pytest.fixture(scope="module")

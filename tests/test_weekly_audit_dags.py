@@ -11,10 +11,10 @@ and the Pushgateway as a real HTTP server. Each case injects one realistic defec
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import pytest
+from _clock import SESSION_NOW
 from prometheus_client.parser import text_string_to_metric_families
 
 import airflow_env
@@ -65,7 +65,7 @@ def sandbox(app_pg, moto_server, airflow_db, tmp_path_factory):  # noqa: F811
         config = load_config()
         s3 = moto_server.client()
         create_audited_bucket(s3, config.bucket, tls_policy=False)
-        now = datetime.now(timezone.utc)
+        now = SESSION_NOW
         history = generate_history(config, app_pg, now=now, days=HISTORY_DAYS, s3_client=s3)
         verify_newest(config, now)
         write_recoverability(config, now)

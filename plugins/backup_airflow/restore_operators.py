@@ -39,7 +39,7 @@ import dataclasses
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook, BaseOperator
@@ -47,6 +47,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from backup_airflow.common import VerificationFailed
 from backup_airflow.hooks import backup_config, s3_client
+from backupkit import clock
 from backupkit.config import AppSwitch, Config, ConfigError, RestoreSettings, SmokeCheck, Source
 from backupkit.drill import smoke_check as http_smoke_check
 from backupkit.restore import kubernetes as k8s
@@ -440,7 +441,7 @@ class ScratchCleanupOperator(BaseOperator):
         backend = self.force_backend or config.restore.backend
         run_id = self.run_id or None
         hours = self.max_age_hours if self.max_age_hours is not None else config.restore.orphan_max_age_hours
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         if backend == "kubernetes":
             core, _ = kube_clients(config.restore.kubernetes_conn_id)
             report = sweep_kubernetes(core, config.restore.namespace, now=now, run_id=run_id,

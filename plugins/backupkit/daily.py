@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterator
 
+from backupkit import clock
 from backupkit.catalog import LocalBackup, iter_s3_objects, local_backups, read_sidecar, s3_key_for
 from backupkit.checks.freshness import check_freshness
 from backupkit.checks.logs import scan_logs
@@ -25,7 +26,7 @@ from backupkit.state import VerificationState
 
 
 def _now(now: datetime | None) -> datetime:
-    return now if now is not None else datetime.now(timezone.utc)
+    return now if now is not None else clock.now()
 
 
 def backup_key(source: Source | str, backup: LocalBackup | str) -> str:

@@ -67,6 +67,7 @@ from typing import Any
 
 from backupkit.catalog import MANIFEST_SUFFIX, SIDECAR_SUFFIX, iter_s3_objects, read_sidecar
 from backupkit.checks.s3copy import composite_sha256, stored_checksums
+from backupkit.clock import now as utc_now
 from backupkit.config import Config, Drill, Source
 from backupkit.metrics import LastSuccessStore, MetricSet, SourceStatus
 from backupkit.reports.render import Doc, bar_chart, human_bytes, human_seconds
@@ -788,7 +789,7 @@ def smoke_check(url: str | None, *, timeout: float, artifact: str = "application
 def run_scenario(name: str, config: Config, *, plan: Mapping[str, Any], s3_client: Any,
                  scratch_factory: Callable[[], ScratchDatabase], work_dir: str | Path | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> dict:
+                 now: Callable[[], datetime] = utc_now) -> dict:
     """Run one scenario and return its result (see the module doc). Findings are results; only a
     scratch database that cannot start raises (a retry may fix that)."""
     if name not in SCENARIOS:

@@ -4,10 +4,17 @@ Used by the sandbox (the application database), by the tests, and as the "local"
 back end of restore tests. PostgreSQL refuses to run as root, so when we are root (as in
 CI) the server runs as an unprivileged system user (``nobody`` unless
 ``$BACKUPKIT_PG_USER`` says otherwise); clients (pg_dump, psql) run as the caller.
+
+That user must reach both its data directory and the server binaries, wherever the checkout
+lies (a ``mktemp -d`` directory or ``/root`` is 0700): :func:`make_traversable` is the one
+place that adds exactly the search bit it needs, and says so; every entry point that starts
+a server (tests, ``backupctl``, the DAGs' local scratch servers, the sandbox, the benchmarks)
+goes through :class:`LocalPostgres`, which calls it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
@@ -18,7 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backupkit.pgbin import pg_bin
+from backupkit.pgbin import bin_dir, pg_bin
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -39,10 +48,53 @@ def port_free(port: int, host: str = "0.0.0.0") -> bool:
     return True
 
 
-def _server_user() -> str | None:
+def server_user() -> str | None:
+    """The user PostgreSQL's server programs run as: None (ourselves) unless we are root."""
     if os.geteuid() != 0:
         return None
     return os.environ.get("BACKUPKIT_PG_USER", "nobody")
+
+
+class ServerUnreachable(RuntimeError):
+    """The server's user cannot reach a directory it needs and we could not let it."""
+
+
+def make_traversable(path: Path, user: str | None, *, within: Path = Path("/"),
+                     groups: set[int] | None = None) -> list[Path]:
+    """Add the search (x) bit ``user`` needs on ``path`` and its ancestors under ``within``.
+
+    As root, PostgreSQL runs as an unprivileged user (with that user's own groups,
+    ``groups``) that must reach its data directory and its binaries; a clone under /root
+    (mode 0700) would otherwise stop it. The kernel judges a directory by its group bits
+    when the group is one of the user's, else by its "other" bits, so exactly that bit is
+    added: nothing becomes listable or readable. Returns the directories changed; raises
+    :class:`ServerUnreachable` naming the directory when it cannot be changed.
+    """
+    if not user:
+        return []
+    pw = pwd.getpwnam(user)
+    groups = {pw.pw_gid} if groups is None else groups
+    path, within = Path(path).resolve(), Path(within).resolve()
+    changed = []
+    for d in (*reversed(path.parents), path):
+        if d != within and within not in d.parents or not d.is_dir():
+            continue
+        st = d.stat()
+        if st.st_uid == pw.pw_uid:
+            continue
+        need = 0o010 if st.st_gid in groups else 0o001
+        if not st.st_mode & need:
+            try:
+                d.chmod(st.st_mode & 0o7777 | need)
+            except OSError as exc:
+                raise ServerUnreachable(
+                    f"PostgreSQL runs as {user!r} (we are root) and cannot enter {d} (mode "
+                    f"{st.st_mode & 0o777:o}); adding the search bit failed: {exc.strerror or exc}. "
+                    f"Move the checkout or data below a directory {user!r} can enter, or set "
+                    f"BACKUPKIT_PG_USER to a user that can") from None
+            log.info("made %s searchable (x bit only) so PostgreSQL's user %s can reach it", d, user)
+            changed.append(d)
+    return changed
 
 
 @dataclass
@@ -57,7 +109,7 @@ class LocalPostgres:
         self.data_dir = Path(self.data_dir).resolve()
         if not self.port:
             self.port = free_port()
-        self._run_as = _server_user()
+        self._run_as = server_user()
 
     # -- lifecycle -------------------------------------------------------------------
     def _server_identity(self) -> dict:
@@ -75,12 +127,16 @@ class LocalPostgres:
         if self._run_as:
             pw = pwd.getpwnam(self._run_as)
             os.chown(path, pw.pw_uid, pw.pw_gid)
-            # The server user must be able to reach its data directory: let it traverse
-            # (o+x, not read) every parent, e.g. pytest's 0700 temporary directories.
-            for parent in path.parents:
-                mode = parent.stat().st_mode
-                if not mode & stat.S_IXOTH:
-                    os.chmod(parent, mode | stat.S_IXOTH)
+            self._reach(path)
+
+    def _reach(self, path: Path) -> None:
+        """Let the server user reach ``path`` and the binaries (see :func:`make_traversable`)."""
+        if not self._run_as:
+            return
+        make_traversable(path, self._run_as)
+        binaries = bin_dir()
+        if binaries is not None:
+            make_traversable(binaries.parent, self._run_as)
 
     def init(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
@@ -98,6 +154,7 @@ class LocalPostgres:
 
     def start(self, timeout: float = 30) -> "LocalPostgres":
         self.init()
+        self._reach(self.data_dir)  # also for a cluster made earlier, or moved since
         if self.running():
             return self
         opts = (f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 "

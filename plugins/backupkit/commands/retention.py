@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
+from backupkit import clock
 from backupkit.catalog import local_backups, s3_key_for
 from backupkit.commands import EXIT_OK, EXIT_PROBLEM, UsageError
 from backupkit.config import Config, RetentionPolicy, Source, load_config
@@ -267,7 +268,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     config.source(args.source)  # unknown source: usage error before touching S3
     client = make_client(args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
-    run_id = f"cli-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    run_id = f"cli-{clock.now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="backupctl-sweep-") as scratch:
         # A dry run must not create the state store; without one every backup is unverified.
         have_state = args.apply or (Path(config.state_dir) / DB_NAME).is_file()

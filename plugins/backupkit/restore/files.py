@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from backupkit import clock
 from backupkit.checks.archive import check_tar, unsafe_reason
 from backupkit.checks.detect import HEAD, detect_head
 from backupkit.checks.stream import GZIP_ERRORS
@@ -271,7 +272,7 @@ def safe_extract(archive_path: str | Path, target_dir: str | Path, *, members: S
         actions = _check_target(target, real_target, infos, selected, existing, label)
         replacing = any(a == "replace" for a in actions.values())
         if replacing:
-            stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            stamp = (now or clock.now()).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             backup_dir = Path(backup_dir) if backup_dir else target / f".restore-backup-{stamp}"
             rel_backup = os.path.relpath(os.path.abspath(backup_dir), target)
             if not rel_backup.startswith(".."):

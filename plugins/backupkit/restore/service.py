@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from backupkit import clock
 from backupkit.catalog import iter_s3_objects, local_backups, s3_key_for
 from backupkit.config import Config, Source
 from backupkit.metrics import LastSuccessStore, MetricSet, SourceStatus
@@ -303,7 +304,7 @@ def restore_test(config: Config, source_name: str, backup: str, *, scratch: Scra
     target that cannot be provisioned raises (a retry may fix that).
     """
     source = config.source(source_name)
-    started = datetime.now(timezone.utc)
+    started = clock.now()
     base = {"source": source.name, "kind": source.kind, "backup": backup, "role": role,
             "backend": getattr(scratch, "backend", "?"), "started_at": started.isoformat(),
             "restore_seconds": None, "duration_seconds": None, "verified_rows": 0, "tables": 0}
@@ -329,7 +330,7 @@ def restore_test(config: Config, source_name: str, backup: str, *, scratch: Scra
     checks = result.pop("_checks")
     out = {**base, **result, "checks": _check_dicts(checks), "problems": _problems(checks)}
     out["ok"] = not out["problems"]
-    out["finished_at"] = datetime.now(timezone.utc).isoformat()
+    out["finished_at"] = clock.now().isoformat()
     return out
 
 
@@ -863,7 +864,7 @@ def cleanup_local_scratch(root: Path, *, names: Sequence[str] | None = None, old
     removed: list[str] = []
     if not root.is_dir():
         return removed
-    now = time.time() if now is None else now
+    now = clock.timestamp() if now is None else now
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         if names is not None and d.name not in names:
             continue

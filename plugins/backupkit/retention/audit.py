@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+from backupkit import clock
 
 LOG_NAME = "retention.jsonl"
 S3_PREFIX = "audit/retention/"
@@ -54,7 +55,7 @@ def safe_run_id(run_id: str) -> str:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return clock.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def make_record(*, run_id: str, source: str, action: str, artifact: str | None = None,

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Collection, Sequence
 
+from backupkit import clock
 from backupkit.config import RetentionPolicy
 from backupkit.retention.policy import (
     PolicyOutcome,
@@ -170,7 +171,7 @@ def plan_retention(
     listing failed or was cut short) refuses the plan: a partial listing makes "the
     newest" and "the fraction deleted" meaningless.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     ordered = sorted(backups, key=order_key)

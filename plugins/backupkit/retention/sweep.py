@@ -49,10 +49,11 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from backupkit import clock
 from backupkit.catalog import MANIFEST_SUFFIX, SIDECAR_SUFFIX, local_backups, read_sidecar, s3_key_for
 from backupkit.config import Config, Source
 from backupkit.retention import s3ops
@@ -182,7 +183,7 @@ def _decision(plan: Plan, name: str) -> Decision | None:
 
 
 def _utc(dt: datetime | None = None) -> str:
-    return (dt or datetime.now(timezone.utc)).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return (dt or clock.now()).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _remove(path: Path) -> int:
@@ -330,7 +331,7 @@ class _Sweep:
         check_lock = bool(remote) and self.lock_enabled()
         if remote and (check_lock or self.hold_tag):
             found = s3ops.inspect_holds(self.s3, self.bucket, [self.key(n) for n in remote],
-                                        now=datetime.now(timezone.utc), check_lock=check_lock,
+                                        now=clock.now(), check_lock=check_lock,
                                         hold_tag=self.hold_tag, workers=self.workers)
             for name in remote:
                 reason, err = found.get(self.key(name), (None, None))
@@ -519,7 +520,7 @@ class _Sweep:
 
         try:
             res = s3ops.purge_noncurrent(
-                self.s3, self.bucket, self.prefix, older_than=timedelta(days=days), now=datetime.now(timezone.utc),
+                self.s3, self.bucket, self.prefix, older_than=timedelta(days=days), now=clock.now(),
                 eligible=eligible, check_lock=self.lock_enabled(), hold_tag=self.hold_tag,
                 batch_size=self.batch_size, attempts=self.attempts, backoff=self.backoff, sleep=self.sleep,
                 dry_run=self.dry_run, on_intent=on_intent, on_done=on_done)
@@ -636,7 +637,7 @@ def sweep_source(config: Config, source_name: str, *, s3_client: Any, state: Any
     """
     if not 1 <= batch_size <= s3ops.MAX_BATCH:
         raise ValueError(f"batch_size must be between 1 and {s3ops.MAX_BATCH}, got {batch_size}")
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     source = config.source(source_name)

@@ -32,12 +32,12 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from backupkit import clock
 from backupkit.config import REPO_ROOT
-from backupkit.pgserver import LocalPostgres, _server_user, free_port, port_free
+from backupkit.pgserver import LocalPostgres, free_port, make_traversable, port_free, server_user
 from backupkit.sandbox import s3server
 
 PREFERRED_PORTS = {"postgres": 5433, "s3": 5055, "airflow": 8080}
@@ -267,36 +267,6 @@ def pick_port(preferred: int) -> int:
     return preferred if port_free(preferred) else free_port()
 
 
-def make_traversable(path: Path, user: str | None, *, within: Path = Path("/"),
-                     groups: set[int] | None = None) -> list[Path]:
-    """Add the search (x) bit ``user`` needs on ``path`` and its ancestors under ``within``.
-
-    As root, PostgreSQL runs as an unprivileged user (with that user's own groups,
-    ``groups``) that must reach its data directory; a clone under /root (mode 0700) would
-    otherwise stop it. The kernel judges a directory by its group bits when the group is
-    one of the user's, else by its "other" bits, so exactly that bit is added: nothing
-    becomes listable or readable. Returns the directories changed (LocalPostgres does the
-    same for a new cluster; this also covers an existing one and says what it changed).
-    """
-    if not user:
-        return []
-    pw = pwd.getpwnam(user)
-    groups = {pw.pw_gid} if groups is None else groups
-    path, within = Path(path).resolve(), Path(within).resolve()
-    changed = []
-    for d in (*reversed(path.parents), path):
-        if d != within and within not in d.parents or not d.is_dir():
-            continue
-        st = d.stat()
-        if st.st_uid == pw.pw_uid:
-            continue
-        need = 0o010 if st.st_gid in groups else 0o001
-        if not st.st_mode & need:
-            d.chmod(st.st_mode & 0o7777 | need)
-            changed.append(d)
-    return changed
-
-
 @contextlib.contextmanager
 def _environ(**values: str) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in values}
@@ -332,9 +302,8 @@ def _pg_port_of_running(data: Path) -> int | None:
 
 # -- components -----------------------------------------------------------------------
 def ensure_postgres(layout: Layout, ports: dict[str, int], say=print) -> LocalPostgres:
-    changed = make_traversable(layout.pg_data, _server_user())
-    for d in changed:
-        say(f"  made {d} searchable by others (o+x) so PostgreSQL's user can reach its data")
+    for d in make_traversable(layout.pg_data, server_user()):
+        say(f"  made {d} searchable (x bit only) so PostgreSQL's user can reach its data")
     # A fresh start takes the fixed port when free, so env.sh and ports stay the same across restarts.
     pg = LocalPostgres(layout.pg_data, port=ports.get("postgres") or PREFERRED_PORTS["postgres"])
     if (layout.pg_data / "postmaster.pid").exists() and pg.running():
@@ -412,7 +381,7 @@ def ensure_history(layout: Layout, pg: LocalPostgres, endpoint: str, *, days: in
 
     config = load_config(CONFIG_FILE)
     client = s3server.s3_client(endpoint)
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     t0 = time.monotonic()
     if not _has_history(layout):
         say(f"generating {days} nights of backup history (real pg_dump per month; takes a minute or two) ...")
