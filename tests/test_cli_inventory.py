@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _clock import SESSION_NOW
 
+from _clock import SESSION_NOW
 from _daily_service_helpers import NIGHTS, make_history, upload_history
 from backupkit.catalog import local_backups, s3_key_for
 from backupkit.cli import main

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from _clock import SESSION_NOW
 from prometheus_client.parser import text_string_to_metric_families
 
 import airflow_env
+from _clock import SESSION_NOW
 from _daily_helpers import RecordingServer, airflow_db, task_states  # noqa: F401  (fixture)
 from airflow.sdk.exceptions import AirflowFailException
 from backup_airflow.common import VerificationFailed

@@ -14,13 +14,13 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-from backupkit import clock
 from prometheus_client.parser import text_string_to_metric_families
 
 import airflow_env
 from _daily_helpers import RecordingServer, airflow_db  # noqa: F401  (fixture)
 from _drill_helpers import damage_newest_in_s3, drill_config_yaml, history_now, short_dir
 from airflow.sdk.exceptions import ParamValidationError
+from backupkit import clock
 from backupkit import drill
 from backupkit.config import load_config
 from backupkit.reports.audit import DR_DRILLS_FILE, dr_drill_control, read_jsonl

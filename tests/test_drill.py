@@ -20,12 +20,12 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
-from _clock import SESSION_NOW
-from backupkit import clock
 from prometheus_client.parser import text_string_to_metric_families
 
+from _clock import SESSION_NOW
 from _daily_helpers import RecordingServer
 from _drill_helpers import damage_newest_in_s3, drill_config_yaml, encrypt_all, history_now, short_dir
+from backupkit import clock
 from backupkit import drill
 from backupkit.config import DEFAULT_CONFIG, ConfigError, load_config
 from backupkit.metrics import LastSuccessStore
@@ -44,7 +44,7 @@ T = datetime(2026, 11, 15, 9, 0, tzinfo=UTC)
 
 
 def plan_for(config, **kw) -> dict:
-    return drill.plan_drill(config, now=SESSION_NOW, **kw)
+    return drill.plan_drill(config, now=clock.now(), **kw)
 
 
 # -- pure: targets, plan, RTO/RPO, verdicts ---------------------------------------------------------
@@ -389,7 +389,7 @@ def test_ransomware_restores_original_versions_and_object_lock_holds(sandbox):
     """Every backup object was overwritten after the compromise: the original versions restore, a
     locked probe refuses deletion and survives an overwrite, and the probe is cleaned up."""
     time.sleep(1.05)
-    compromise = SESSION_NOW.replace(microsecond=0)
+    compromise = clock.now().replace(microsecond=0)
     time.sleep(1.05)
     attack = encrypt_all(sandbox.config, sandbox.s3)
     try:

@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta
 
 import pytest
-from backupkit import clock
 
 from _reports_helpers import utc, write_config
+from backupkit import clock
 from backupkit.reports import weekly
 from backupkit.reports.render import Doc, bar_chart, human_bytes, line_chart
 from backupkit.reports.weekly import GIB, BackupPoint, find_anomalies

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _clock import SESSION_NOW
 from prometheus_client.parser import text_string_to_metric_families
 
 import airflow_env
+from _clock import SESSION_NOW
 from _daily_helpers import airflow_db  # noqa: F401  (fixture)
 from _restore_helpers import DATABASE, Approver, Deployment, FakeCluster, hitl_detail, restore_config_yaml, short_dir
 from airflow.sdk.exceptions import ParamValidationError

@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from backupkit import clock
 
+from backupkit import clock
 from backupkit.pgbin import bin_dir, pg_bin
 from backupkit.pgserver import port_free
 from backupkit.restore.database import RestoreFailed, S3Source, restore_dump

@@ -16,7 +16,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from backupkit import clock
 
 import airflow_env  # noqa: F401  (before anything imports airflow)
 from _config_helpers import scratch_base  # noqa: F401  (fixture)
@@ -24,6 +23,7 @@ from _restore_helpers import Deployment, FakeCluster, restore_config_yaml, short
 from airflow.sdk.exceptions import AirflowException
 from backup_airflow import restore_operators as ro
 from backup_airflow.common import VerificationFailed
+from backupkit import clock
 from backupkit.config import load_config
 from backupkit.pgserver import LocalPostgres
 from backupkit.restore import kubernetes as k8s

@@ -19,12 +19,12 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from backupkit import clock
 
 import airflow_env  # noqa: F401  (before anything imports airflow)
 from _restore_helpers import FakeCluster, short_dir
 from backup_airflow import restore_operators as ro
 from backup_airflow.common import VerificationFailed
+from backupkit import clock
 from backupkit.config import ConfigError, SmokeCheck, load_config
 from backupkit.pgbin import pg_bin
 from backupkit.pgserver import LocalPostgres

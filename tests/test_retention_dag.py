@@ -29,12 +29,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from _clock import SESSION_NOW
-from backupkit import clock
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import airflow_env
+from _clock import SESSION_NOW
 from _daily_helpers import RecordingServer, airflow_db, task_states  # noqa: F401  (fixture)
 from airflow.sdk.api.datamodels._generated import DagRunType
 from airflow.sdk.exceptions import AirflowFailException
@@ -48,6 +47,7 @@ from backup_airflow.retention_operators import (
     select_sources,
     summarize_sweeps,
 )
+from backupkit import clock
 from backupkit.catalog import iter_s3_objects, local_backups, read_sidecar, s3_key_for
 from backupkit.config import load_config
 from backupkit.retention.audit import AuditLog

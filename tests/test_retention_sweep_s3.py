@@ -11,12 +11,12 @@ import math
 from datetime import timedelta
 
 import pytest
-from backupkit import clock
 
 from _retention_sweep_helpers import (
     PREFIX, SOURCE, FaultyS3, SimulatedCrash, all_files_of, audit_records, backups_left, local_files,
     make_history, s3_keys, sweep, write_config,
 )
+from backupkit import clock
 from backupkit.retention import sweep as sweep_module
 from backupkit.retention.audit import AuditLog
 from backupkit.retention.sweep import SweepFailed

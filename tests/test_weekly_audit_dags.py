@@ -14,10 +14,10 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from _clock import SESSION_NOW
 from prometheus_client.parser import text_string_to_metric_families
 
 import airflow_env
+from _clock import SESSION_NOW
 from _daily_helpers import RecordingServer, airflow_db  # noqa: F401  (fixture)
 from _reports_helpers import (
     create_audited_bucket,
