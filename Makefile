@@ -1,19 +1,22 @@
 # Two commands: `make up` (sandbox + Airflow UI) and `make test` (the whole suite).
+# Every path is taken from this file's directory, so `make -C DIR` / `make -f DIR/Makefile` work from anywhere.
+ROOT   := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 PYTHON ?= python3
-VENV   := .venv
+VENV   := $(ROOT)/.venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROMTOOL := $(BIN)/promtool
+SANDBOX := cd $(ROOT) && $(BIN)/python -m sandbox
 
 .PHONY: up down test venv bench clean status
 
 venv: $(STAMP) $(PROMTOOL)
 
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): $(ROOT)/requirements.txt $(ROOT)/constraints.txt $(ROOT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet -r $(ROOT)/requirements.txt -c $(ROOT)/constraints.txt
+	$(BIN)/pip install --quiet --no-deps -e $(ROOT)
 	touch $(STAMP)
 
 # promtool (checks and unit-tests include/prometheus rules) is a Go binary that PyPI does not
@@ -32,19 +35,19 @@ $(PROMTOOL): | $(STAMP)
 	$@ --version | head -n 1
 
 up: venv
-	$(BIN)/python -m backupkit.sandbox up
+	$(SANDBOX) up
 
 down:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m backupkit.sandbox down; fi
+	@if [ -x $(BIN)/python ]; then $(SANDBOX) down; fi
 
 status: venv
-	$(BIN)/python -m backupkit.sandbox status
+	$(SANDBOX) status
 
 test: venv
-	$(BIN)/python -m pytest
+	cd $(ROOT) && $(BIN)/python -m pytest
 
 bench: venv
-	$(BIN)/python bench/run_all.py
+	cd $(ROOT) && $(BIN)/python bench/run_all.py
 
 clean: down
-	rm -rf .sandbox
+	rm -rf $(ROOT)/.sandbox

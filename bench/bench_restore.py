@@ -39,6 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
+sys.path.insert(1, str(REPO))
 
 from backupkit import clock  # noqa: E402
 from backupkit.config import load_config  # noqa: E402

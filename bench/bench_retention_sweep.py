@@ -40,12 +40,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
+sys.path.insert(1, str(REPO))
 
 import yaml  # noqa: E402
 
 from backupkit import clock  # noqa: E402
 from backupkit.retention import s3ops  # noqa: E402
-from backupkit.sandbox.s3server import REGION, SANDBOX_KEY, SANDBOX_SECRET, MotoServer  # noqa: E402
+from sandbox.s3server import REGION, SANDBOX_KEY, SANDBOX_SECRET, MotoServer  # noqa: E402
 
 BUCKET = "bench-retention"
 SOURCE = "trixtech-db"

@@ -27,11 +27,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
+sys.path.insert(1, str(REPO))
 
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 
 from backupkit.checks.s3copy import s3_copy_report  # noqa: E402
-from backupkit.sandbox.s3server import MotoServer, create_production_bucket  # noqa: E402
+from sandbox.s3server import MotoServer, create_production_bucket  # noqa: E402
 from backupkit.state import VerificationState  # noqa: E402
 
 MiB = 1024 * 1024

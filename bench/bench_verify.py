@@ -29,10 +29,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
+sys.path.insert(1, str(REPO))
 
 from backupkit.pgbin import pg_bin  # noqa: E402
 from backupkit.pgserver import LocalPostgres  # noqa: E402
-from backupkit.sandbox.bookingdb import pg_dump  # noqa: E402
+from sandbox.bookingdb import pg_dump  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 GB = 1_000_000_000

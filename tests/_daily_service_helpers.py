@@ -17,7 +17,7 @@ from pathlib import Path
 
 from backupkit.catalog import local_backups, s3_key_for
 from backupkit.config import Config, load_config
-from backupkit.sandbox.history import sha256_file
+from sandbox.history import sha256_file
 
 NOW = datetime(2025, 6, 15, 8, 0, tzinfo=timezone.utc)
 NIGHTS = 8

@@ -15,7 +15,7 @@ from typing import Any
 from _clock import SESSION_NOW
 from _config_helpers import FILE_SET_AND_STATE_YAML, short_dir, trixtech_db_yaml
 from backupkit.config import Config
-from backupkit.sandbox.history import History
+from sandbox.history import History
 
 LOCK_DAYS = 7
 # The history is generated as of two hours ago, so the newest backup is at least 2 h old whenever

@@ -16,7 +16,7 @@ from pathlib import Path
 from backupkit.catalog import local_backups
 from backupkit.config import Config, load_config
 from backupkit.reports.audit import DR_DRILLS_FILE, RESTORE_TESTS_FILE
-from backupkit.sandbox.s3server import create_production_bucket
+from sandbox.s3server import create_production_bucket
 from backupkit.state import VerificationState
 from backupkit.verify import verify_artifact
 
@@ -49,7 +49,7 @@ def sandbox_config_file(root: Path) -> Path:
     S3 endpoint is plain HTTP on loopback, where a TLS-only bucket policy cannot be met."""
     import yaml
 
-    from backupkit.sandbox.stack import CONFIG_FILE
+    from sandbox.stack import CONFIG_FILE
 
     data = yaml.safe_load(CONFIG_FILE.read_text())
     data.setdefault("reports", {})["require_secure_transport"] = False

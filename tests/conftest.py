@@ -10,14 +10,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))  # as Airflow does for plugins/
+sys.path.insert(1, str(REPO))  # the development sandbox (top-level package `sandbox`)
 
 # Airflow must never touch a real home or load examples while the tests run: point it at a
 # throwaway AIRFLOW_HOME before any test module imports airflow.
 import airflow_env  # noqa: E402,F401
 
 from backupkit.pgserver import LocalPostgres  # noqa: E402
-from backupkit.sandbox.bookingdb import create_booking_db, pg_dump  # noqa: E402
-from backupkit.sandbox.s3server import MotoServer, create_production_bucket, reset  # noqa: E402
+from sandbox.bookingdb import create_booking_db, pg_dump  # noqa: E402
+from sandbox.s3server import MotoServer, create_production_bucket, reset  # noqa: E402
 
 BUCKET = "trixtech-backups"
 

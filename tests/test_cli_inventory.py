@@ -14,6 +14,7 @@ from _clock import SESSION_NOW
 from _daily_service_helpers import NIGHTS, make_history, upload_history
 from backupkit.catalog import local_backups, s3_key_for
 from backupkit.cli import main
+from sandbox.s3server import SANDBOX_KEY, SANDBOX_SECRET
 
 SOURCES = ["trixtech-db", "trixtech-db-sql", "trixtech-files"]
 
@@ -80,9 +81,9 @@ def test_missing_or_different_copy_and_empty_source_exit_1(history, s3, bucket, 
 def test_installed_command_uses_aws_endpoint_url(history, s3, bucket, moto_server):
     upload_history(s3, history.config())
     exe = Path(sys.executable).parent / "backupctl"
-    env = {**os.environ, "AWS_ENDPOINT_URL": moto_server.endpoint_url}
-    env.pop("AWS_ACCESS_KEY_ID", None)
-    env.pop("AWS_SECRET_ACCESS_KEY", None)
+    # What `source .sandbox/env.sh` sets: the endpoint and keys, read by AWS's default chain.
+    env = {**os.environ, "AWS_ENDPOINT_URL": moto_server.endpoint_url,
+           "AWS_ACCESS_KEY_ID": SANDBOX_KEY, "AWS_SECRET_ACCESS_KEY": SANDBOX_SECRET}
     proc = subprocess.run([str(exe), "--config", str(history.config_path), "inventory"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

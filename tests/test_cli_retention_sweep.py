@@ -11,7 +11,7 @@ import sys
 from _retention_sweep_helpers import SOURCE, all_files_of, backups_left, local_files, make_history, write_config
 from backupkit.cli import main
 from backupkit.retention.audit import AuditLog
-from backupkit.sandbox.s3server import SANDBOX_KEY, SANDBOX_SECRET
+from sandbox.s3server import SANDBOX_KEY, SANDBOX_SECRET
 from backupkit.state import DB_NAME
 
 

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from backupkit.cli import main
+from sandbox.s3server import SANDBOX_KEY, SANDBOX_SECRET
 from backupkit.commands.verify import s3_expected_sha256, verify_s3
 
 
@@ -60,6 +61,8 @@ def test_json_output(dumps, tmp_path, capsys):
 @pytest.fixture
 def s3_env(moto_server, bucket, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", SANDBOX_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SANDBOX_SECRET)
     monkeypatch.setenv("BACKUP_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("BACKUPKIT_CONFIG", raising=False)
     return tmp_path / "state" / "tmp"

@@ -190,7 +190,7 @@ def test_invalid_config_is_an_import_error_naming_file_and_key(tmp_path):
 
 def test_airflow_does_not_exec_our_packages_as_plugin_files():
     """Airflow's plugin manager execs every ``.py`` under plugins/ as a top-level module named by its
-    stem (``config``, ``daily``, ... and ``__main__``: backupkit/sandbox/__main__.py would run the
+    stem (``config``, ``daily``, ... and ``__main__``: a __main__.py would run its
     sandbox CLI inside every Airflow process) unless ``plugins/.airflowignore`` excludes it. Our
     packages are imported as packages (plugins/ is on sys.path); none of them is an AirflowPlugin."""
     from airflow._shared.module_loading import find_path_from_directory

@@ -21,10 +21,10 @@ from airflow.sdk.exceptions import AirflowFailException
 from backup_airflow.common import VerificationFailed
 from backup_airflow.operators import BackupFreshnessOperator, collect_results
 from backupkit.config import load_config
-from backupkit.sandbox.bookingdb import create_booking_db
-from backupkit.sandbox.history import Defects, generate_history
-from backupkit.sandbox.s3server import create_production_bucket, reset
-from backupkit.sandbox.stack import sandbox_env
+from sandbox.bookingdb import create_booking_db
+from sandbox.history import Defects, generate_history
+from sandbox.s3server import create_production_bucket, reset
+from sandbox.stack import sandbox_env
 
 DAG_ID = "backup_daily_verification"
 DAYS = 35

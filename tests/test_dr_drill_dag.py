@@ -25,10 +25,10 @@ from backupkit import drill
 from backupkit.config import load_config
 from backupkit.reports.audit import DR_DRILLS_FILE, dr_drill_control, read_jsonl
 from backupkit.reports.render import human_seconds
-from backupkit.sandbox.bookingdb import create_booking_db
-from backupkit.sandbox.history import generate_history
-from backupkit.sandbox.s3server import create_production_bucket, reset
-from backupkit.sandbox.stack import sandbox_env
+from sandbox.bookingdb import create_booking_db
+from sandbox.history import generate_history
+from sandbox.s3server import create_production_bucket, reset
+from sandbox.stack import sandbox_env
 from test_daily_dag_e2e import task_states, xcom
 
 pytestmark = pytest.mark.airflow

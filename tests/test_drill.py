@@ -33,9 +33,9 @@ from backupkit.reports.audit import dr_drill_control, record_dr_drill
 from backupkit.restore.scratch import LocalScratch
 from backupkit.restore.verify_rows import read_manifest
 from backupkit.results import CheckResult
-from backupkit.sandbox.bookingdb import create_booking_db
-from backupkit.sandbox.history import generate_history
-from backupkit.sandbox.s3server import create_production_bucket, reset
+from sandbox.bookingdb import create_booking_db
+from sandbox.history import generate_history
+from sandbox.s3server import create_production_bucket, reset
 
 DATABASE = "trixtech_drill"
 DAYS = 3

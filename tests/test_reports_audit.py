@@ -14,7 +14,7 @@ from backupkit.config import RetentionPolicy
 from backupkit.reports import audit
 from backupkit.reports.audit import Control, denies_insecure_transport, overdue_backups, policy_gaps
 from backupkit.retention.plan import Candidate
-from backupkit.sandbox.history import write_archive
+from sandbox.history import write_archive
 from backupkit.state import VerificationState
 
 NOW = utc(2026, 12, 25, 9)  # the last Friday of 2026, 09:00 UTC
@@ -261,7 +261,7 @@ def test_security_controls_name_what_is_missing(s3, config):
 def test_lock_without_default_retention_and_optional_controls(s3, tmp_path):
     config = write_config(tmp_path, CONFIG + "reports: {require_cross_region_copy: true, "
                                              "require_secure_transport: false}\n")
-    from backupkit.sandbox.s3server import create_production_bucket
+    from sandbox.s3server import create_production_bucket
 
     create_production_bucket(s3, config.bucket)  # object lock enabled, but no default retention
     controls = {c.id: c for c in audit.security_controls(config, s3)}

@@ -14,7 +14,7 @@ from backupkit import clock
 from backupkit.reports import weekly
 from backupkit.reports.render import Doc, bar_chart, human_bytes, line_chart
 from backupkit.reports.weekly import GIB, BackupPoint, find_anomalies
-from backupkit.sandbox.s3server import s3_client
+from sandbox.s3server import s3_client
 from backupkit.state import VerificationState
 
 NOW = utc(2026, 11, 29, 10)  # a Sunday, 10:00 UTC

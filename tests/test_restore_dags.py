@@ -31,10 +31,10 @@ from backup_airflow import restore_operators as ro
 from backupkit.config import load_config
 from backupkit.restore.service import restore_records, run_dir_name
 from backupkit.restore.verify_rows import exact_row_counts, read_manifest
-from backupkit.sandbox.bookingdb import create_booking_db
-from backupkit.sandbox.history import generate_history
-from backupkit.sandbox.s3server import create_production_bucket, reset
-from backupkit.sandbox.stack import sandbox_env
+from sandbox.bookingdb import create_booking_db
+from sandbox.history import generate_history
+from sandbox.s3server import create_production_bucket, reset
+from sandbox.stack import sandbox_env
 from test_daily_dag_e2e import task_states, xcom
 
 DAYS = 8

@@ -31,7 +31,7 @@ from backupkit.restore.verify_rows import (
     read_s3_manifest,
     run_assertions,
 )
-from backupkit.sandbox.bookingdb import create_booking_db
+from sandbox.bookingdb import create_booking_db
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "manifest.md"
 FORMATS = {"custom": "custom", "tar": "tar", "directory": "directory", "plain_gz": "plain", "plain": "plain"}

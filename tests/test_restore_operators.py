@@ -30,7 +30,7 @@ from backupkit.restore import kubernetes as k8s
 from backupkit.restore.scratch import ScratchError
 from backupkit.restore.service import SwitchFailed, plan_switch, restore_test, run_dir_name, switch_database
 from backupkit.restore.verify_rows import RowManifest, exact_row_counts, manifest_path
-from backupkit.sandbox.s3server import env_for_airflow
+from sandbox.s3server import env_for_airflow
 from kubernetes.client import ApiException
 
 RUN_ID = "scheduled__2025-03-03T09:00:00+00:00"

@@ -45,7 +45,7 @@ from backupkit.restore.service import (
     switch_database,
 )
 from backupkit.restore.verify_rows import RowManifest, exact_row_counts, manifest_path
-from backupkit.sandbox.history import write_archive
+from sandbox.history import write_archive
 
 T0 = datetime(2025, 3, 1, 2, 0, tzinfo=timezone.utc)
 

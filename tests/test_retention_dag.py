@@ -51,10 +51,10 @@ from backupkit import clock
 from backupkit.catalog import iter_s3_objects, local_backups, read_sidecar, s3_key_for
 from backupkit.config import load_config
 from backupkit.retention.audit import AuditLog
-from backupkit.sandbox.bookingdb import create_booking_db
-from backupkit.sandbox.history import generate_history, sync_to_s3
-from backupkit.sandbox.s3server import create_production_bucket, reset
-from backupkit.sandbox.stack import CONFIG_FILE, sandbox_env
+from sandbox.bookingdb import create_booking_db
+from sandbox.history import generate_history, sync_to_s3
+from sandbox.s3server import create_production_bucket, reset
+from sandbox.stack import CONFIG_FILE, sandbox_env
 from backupkit.state import VerificationState
 
 DAG_ID = "backup_retention_cleanup"

@@ -19,11 +19,11 @@ from backupkit.catalog import local_backups, read_sidecar, s3_key_for, sidecar_p
 from backupkit.config import ConfigError, load_config
 from backupkit.pgbin import pg_bin
 from backupkit.restore.verify_rows import read_manifest
-from backupkit.sandbox.bookingdb import create_booking_db
-from backupkit.sandbox.history import (Defects, backup_nights, extend_history, generate_history, sha256_file,
+from sandbox.bookingdb import create_booking_db
+from sandbox.history import (Defects, backup_nights, extend_history, generate_history, sha256_file,
                                        sync_to_s3, table_counts)
-from backupkit.sandbox.s3server import create_production_bucket
-from backupkit.sandbox.stack import CONFIG_FILE, sandbox_env
+from sandbox.s3server import create_production_bucket
+from sandbox.stack import CONFIG_FILE, sandbox_env
 
 NOW = datetime(2025, 3, 10, 7, 30, tzinfo=timezone.utc)
 DAYS = 40

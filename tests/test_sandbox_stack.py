@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+
 from backupkit.config import load_config
 from backupkit.pgserver import ServerUnreachable, free_port, make_traversable
-from backupkit.sandbox import stack
-from backupkit.sandbox.stack import (Layout, airflow_env, ensure_moto, pick_port, pid_alive,
+from sandbox import stack
+from sandbox.stack import (Layout, airflow_env, ensure_moto, pick_port, pid_alive,
                                      port_free, read_pid, render_env_sh, running_pid, sandbox_env, stop_group,
                                      stop_moto, write_pid)
 
@@ -230,23 +232,21 @@ def test_layout_keeps_everything_under_its_root(tmp_path):
     assert stat.S_IMODE(layout.root.stat().st_mode) & 0o005 == 0o005  # others may enter (postgres user)
 
 
-def test_main_module_does_nothing_when_airflow_loads_it_as_a_plugin(monkeypatch):
-    """Airflow's plugin loader executes every plugins/*.py as a module named after the file
-    (here ``__main__``) with Airflow's own argv; the sandbox command must not run there."""
-    import importlib.machinery
-    import importlib.util
+def test_the_product_never_imports_the_sandbox():
+    """The sandbox is a development tool beside the product: nothing under plugins/ or dags/
+    (what production Airflow loads) imports it, so it is never deployed by accident."""
+    import ast
 
-    import backupkit.sandbox
+    offenders = []
+    for root in (REPO / "plugins", REPO / "dags"):
+        for path in root.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] == "sandbox"]
+    assert offenders == []
 
-    path = Path(backupkit.sandbox.__file__).with_name("__main__.py")
-    monkeypatch.setattr(sys, "argv", ["airflow", "scheduler"])
-    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])  # restored afterwards
-    loader = importlib.machinery.SourceFileLoader("__main__", str(path))  # as plugins_manager does
-    spec = importlib.util.spec_from_loader("__main__", loader)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["__main__"] = mod
-    loader.exec_module(mod)  # a SystemExit here would kill the Airflow component
-    assert callable(mod.main)
-    # Run as ``python -m backupkit.sandbox`` it is the command line.
-    proc = subprocess.run([sys.executable, "-m", "backupkit.sandbox", "--help"], capture_output=True, text=True)
+
+def test_python_m_sandbox_is_the_command_line():
+    proc = subprocess.run([sys.executable, "-m", "sandbox", "--help"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0 and "up" in proc.stdout and "down" in proc.stdout

@@ -28,10 +28,10 @@ from _reports_helpers import (
 )
 from backupkit.config import load_config
 from backupkit.pgserver import LocalPostgres
-from backupkit.sandbox.bookingdb import create_booking_db
-from backupkit.sandbox.history import generate_history
-from backupkit.sandbox.s3server import reset
-from backupkit.sandbox.stack import sandbox_env
+from sandbox.bookingdb import create_booking_db
+from sandbox.history import generate_history
+from sandbox.s3server import reset
+from sandbox.stack import sandbox_env
 from test_daily_dag_e2e import task_states, xcom
 
 pytestmark = pytest.mark.airflow

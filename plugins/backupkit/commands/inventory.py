@@ -32,13 +32,10 @@ def _human(n: int) -> str:
 
 
 def make_client(endpoint_url: str | None) -> Any:
-    """An S3 client: the given endpoint (sandbox keys unless AWS_* keys are set), else AWS's default chain."""
-    from backupkit.sandbox.s3server import s3_client
+    """An S3 client for ``endpoint_url`` (else AWS), credentials from AWS's default chain."""
+    from backupkit.storage.objectstore import s3_client
 
-    kwargs = {}
-    if endpoint_url and os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        kwargs = {"key": os.environ["AWS_ACCESS_KEY_ID"], "secret": os.environ["AWS_SECRET_ACCESS_KEY"]}
-    return s3_client(endpoint_url=endpoint_url, **kwargs)
+    return s3_client(endpoint_url=endpoint_url)
 
 
 def _open_state(config: Config):

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     client = tmp_dir = None
     if s3_uris:
-        from backupkit.sandbox.s3server import s3_client
+        from backupkit.storage.objectstore import s3_client
 
         client = s3_client(endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
         tmp_dir = load_config(args.config).state_dir / "tmp"

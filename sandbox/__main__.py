@@ -1,11 +1,4 @@
-"""``python -m backupkit.sandbox up|down|status`` (what ``make up``, ``make down`` and ``make status`` run).
-
-Airflow's plugin loader executes every ``.py`` file under ``plugins/`` as a top-level
-module named after the file, so this file also runs there under the name ``__main__``,
-with Airflow's own command line in ``sys.argv``. The command therefore runs only when
-started as ``python -m backupkit.sandbox`` (package ``backupkit.sandbox``), never on a
-plain ``__name__ == "__main__"``, which would parse ``airflow scheduler`` and exit.
-"""
+"""``python -m sandbox up|down|status`` (what ``make up``, ``make down`` and ``make status`` run)."""
 
 from __future__ import annotations
 
@@ -15,9 +8,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from backupkit.config import ConfigError
-    from backupkit.sandbox import stack
+    from sandbox import stack
 
-    parser = argparse.ArgumentParser(prog="python -m backupkit.sandbox",
+    parser = argparse.ArgumentParser(prog="python -m sandbox",
                                      description="The embedded sandbox: PostgreSQL, loopback S3, backup history, Airflow.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start everything (idempotent) and serve the Airflow UI")
@@ -40,5 +33,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__" and __package__ == "backupkit.sandbox":
+if __name__ == "__main__":
     sys.exit(main())

@@ -38,7 +38,7 @@ from typing import Iterator
 from backupkit import clock
 from backupkit.config import REPO_ROOT
 from backupkit.pgserver import LocalPostgres, free_port, make_traversable, port_free, server_user
-from backupkit.sandbox import s3server
+from sandbox import s3server
 
 PREFERRED_PORTS = {"postgres": 5433, "s3": 5055, "airflow": 8080}
 DATABASE = "trixtech"
@@ -316,7 +316,7 @@ def ensure_postgres(layout: Layout, ports: dict[str, int], say=print) -> LocalPo
     ports["postgres"] = pg.port
     has_db = pg.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'").strip() == "1"
     if not has_db or not pg.psql("SELECT to_regclass('public.bookings') IS NOT NULL", DATABASE).strip() == "t":
-        from backupkit.sandbox.bookingdb import create_booking_db
+        from sandbox.bookingdb import create_booking_db
 
         say(f"creating the booking database {DATABASE!r} ({DATABASE_SCALE} users) ...")
         create_booking_db(pg, DATABASE, scale=DATABASE_SCALE)
@@ -377,7 +377,7 @@ def ensure_history(layout: Layout, pg: LocalPostgres, endpoint: str, *, days: in
                    say=print) -> None:
     """Generate the history when there is none (else add the nights missed since), then sync S3."""
     from backupkit.config import load_config
-    from backupkit.sandbox import history
+    from sandbox import history
 
     config = load_config(CONFIG_FILE)
     client = s3server.s3_client(endpoint)

@@ -67,7 +67,7 @@ from backupkit.catalog import MANIFEST_SUFFIX, iter_s3_objects, local_backups, s
 from backupkit.config import REPO_ROOT, Config, Source
 from backupkit.pgbin import pg_bin
 from backupkit.pgserver import LocalPostgres
-from backupkit.sandbox.bookingdb import pg_dump
+from sandbox.bookingdb import pg_dump
 
 BACKUP_HOUR = 2  # UTC, the nightly cron of the runbook's backup scripts
 EPOCH_DAYS = 30  # nights that share one real dump (the database grows between epochs)

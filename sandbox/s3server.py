@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from backupkit.pgserver import free_port
+from backupkit.storage import objectstore
 
 SANDBOX_KEY = "sandbox-access-key"
 SANDBOX_SECRET = "sandbox-secret-key"
@@ -18,20 +19,11 @@ REGION = "us-east-1"
 
 
 def s3_client(endpoint_url: str | None = None, **kwargs: Any) -> Any:
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        aws_access_key_id=kwargs.pop("key", SANDBOX_KEY) if endpoint_url else None,
-        aws_secret_access_key=kwargs.pop("secret", SANDBOX_SECRET) if endpoint_url else None,
-        region_name=REGION,
-        config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"},
-                          request_checksum_calculation="when_required",
-                          response_checksum_validation="when_required"),
-        **kwargs,
-    )
+    """The product's S3 client with the sandbox's keys when an endpoint is given."""
+    if endpoint_url:
+        kwargs.setdefault("key", SANDBOX_KEY)
+        kwargs.setdefault("secret", SANDBOX_SECRET)
+    return objectstore.s3_client(endpoint_url, region=REGION, **kwargs)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Where bytes live: the object store (S3), local files and the state directory."""
