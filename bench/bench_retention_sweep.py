@@ -45,7 +45,7 @@ sys.path.insert(1, str(REPO))
 import yaml  # noqa: E402
 
 from backupkit import clock  # noqa: E402
-from backupkit.retention import s3ops  # noqa: E402
+from backupkit.storage.objectstore import HOLD_TAG, Bucket, RequestCounter  # noqa: E402
 from sandbox.s3server import REGION, SANDBOX_KEY, SANDBOX_SECRET, MotoServer  # noqa: E402
 
 BUCKET = "bench-retention"
@@ -108,10 +108,10 @@ def record_verified(state_dir: Path, all_names: list[str]) -> float:
 
 def baseline(s3, sample: int) -> dict:
     """The runbook's loop on the sample: list the prefix, then one DeleteObject per key."""
-    counter = s3ops.RequestCounter()
-    with s3ops.counting(s3, counter):
+    counter = RequestCounter()
+    with Bucket(s3, BUCKET).counting(counter):
         t0 = time.perf_counter()
-        keys = [k for k, _ in s3ops.list_objects(s3, BUCKET, BASELINE_PREFIX)]
+        keys = [o.key for o in Bucket(s3, BUCKET).objects(BASELINE_PREFIX)]
         t_list = time.perf_counter() - t0
         for key in keys:
             s3.delete_object(Bucket=BUCKET, Key=key)
@@ -125,18 +125,18 @@ def tag_inspection(s3, sample: int, workers: int) -> dict:
     """What hold-tag inspection costs per object (thread pool, as the sweep does it)."""
     keys = [PREFIX + n for n in names(sample)]
     t0 = time.perf_counter()
-    found = s3ops.inspect_holds(s3, BUCKET, keys, now=clock.now(), check_lock=False,
-                                hold_tag=s3ops.HOLD_TAG, workers=workers)
+    found = Bucket(s3, BUCKET).inspect_holds(keys, now=clock.now(), check_lock=False, hold_tag=HOLD_TAG,
+                                             workers=workers)
     elapsed = time.perf_counter() - t0
     assert found == {}  # nothing is held
     return {"keys": len(keys), "seconds": elapsed, "per_object": elapsed / len(keys)}
 
 
 def list_only(s3) -> dict:
-    counter = s3ops.RequestCounter()
-    with s3ops.counting(s3, counter):
+    counter = RequestCounter()
+    with Bucket(s3, BUCKET).counting(counter):
         t0 = time.perf_counter()
-        n = sum(1 for _ in s3ops.list_objects(s3, BUCKET, PREFIX))
+        n = sum(1 for _ in Bucket(s3, BUCKET).objects(PREFIX))
         elapsed = time.perf_counter() - t0
     return {"objects": n, "seconds": elapsed, "requests": counter.as_dict()}
 
@@ -165,13 +165,13 @@ def child(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     s3 = client(args.endpoint, pool=args.workers)
-    counter = s3ops.RequestCounter()
+    counter = RequestCounter()
     rss_before = peak_rss_mb()
     if args.tracemalloc:
         tracemalloc.start()
-    with VerificationState(config.state_dir) as state, s3ops.counting(s3, counter):
+    with VerificationState(config.state_dir) as state, Bucket(s3, BUCKET).counting(counter):
         t0 = time.perf_counter()
-        report = sweep_source(config, SOURCE, s3_client=s3, state=state, dry_run=False, run_id="bench",
+        report = sweep_source(config, SOURCE, bucket=Bucket(s3, BUCKET), state=state, dry_run=False, run_id="bench",
                               now=NOW, audit=AuditLog(config.state_dir), hold_tag=None, workers=args.workers)
         elapsed = time.perf_counter() - t0
     traced = tracemalloc.get_traced_memory()[1] if args.tracemalloc else None
@@ -235,7 +235,7 @@ def main() -> int:
         print("sweep (child process) ...", flush=True)
         sweep = run_child(server.endpoint_url, config, args.workers, args.tracemalloc)
         d = sweep["counts"]["deleted"]
-        left = {k[len(PREFIX):] for k, _ in s3ops.list_objects(s3, BUCKET, PREFIX)}
+        left = {o.key[len(PREFIX):] for o in Bucket(s3, BUCKET).objects(PREFIX)}
         assert left == set(sweep["kept"]), "the bucket does not hold exactly the kept backups"
         assert d == n - len(left)
 

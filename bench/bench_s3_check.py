@@ -32,6 +32,7 @@ sys.path.insert(1, str(REPO))
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 
 from backupkit.checks.s3copy import s3_copy_report  # noqa: E402
+from backupkit.storage.objectstore import Bucket  # noqa: E402
 from sandbox.s3server import MotoServer, create_production_bucket  # noqa: E402
 from backupkit.state import VerificationState  # noqa: E402
 
@@ -105,7 +106,7 @@ def main() -> int:
             for run in ("cold", "warm"):
                 counter.reset()
                 t = time.perf_counter()
-                rep = s3_copy_report(client, BUCKET, key, local_size=size, local_sha256=sha, local_path=path,
+                rep = s3_copy_report(Bucket(client, BUCKET), key, local_size=size, local_sha256=sha, local_path=path,
                                      artifact=f"trixtech-db/{path.name}", composite_cache=state.checksum_cache)
                 wall = time.perf_counter() - t
                 if not rep.ok:

@@ -14,7 +14,7 @@ from airflow.sdk import CronTriggerTimetable, Param, TaskGroup, TriggerRule, dag
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
-from backup_airflow.hooks import backup_config, s3_client
+from backup_airflow.hooks import backup_config, bucket, s3_client
 from backup_airflow.restore_operators import ScratchCleanupOperator, make_scratch
 from backupkit import clock
 from backupkit import drill
@@ -193,8 +193,8 @@ def backup_annual_dr_drill():
         doc = drill.drill_doc(results, plan, report_date=report_date, location=location)
         files = {**doc.files(), "drill.json": json.dumps({"plan": plan, "summary": summary, "results": results},
                                                          indent=1, default=str) + "\n"}
-        where = publish_files(files, s3_client=s3_client(config.aws_conn_id), bucket=config.bucket, prefix=prefix,
-                              local_dir=config.state_dir / "reports" / "dr-drill" / report_date.isoformat(),
+        where = publish_files(files, bucket=bucket(config), prefix=prefix,
+                              local_dir=config.state.report_dir("dr-drill", report_date.isoformat()),
                               sse=config.reports.sse_algorithm)
         ti.xcom_push(key="report_location", value=where["uri"])
         if plan["complete"]:
@@ -217,12 +217,11 @@ def backup_annual_dr_drill():
         if plan is None:
             raise AirflowFailException("plan_drill failed: no metrics to export")
         config = backup_config()
-        metrics_dir = config.state_dir / "metrics"
         m = drill.drill_metrics(collect(context["ti"], plan), now=clock.now().timestamp(),
-                                store=LastSuccessStore(metrics_dir / "dr_drill_last_success.json"),
+                                store=LastSuccessStore(config.state.metrics_values("dr_drill")),
                                 complete=plan["complete"])
         targets = m.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
-                            textfile=metrics_dir / "dr_drill.prom")
+                            textfile=config.state.metrics_textfile("dr_drill"))
         log.info("drill metrics published to %s", ", ".join(targets))
         return targets
 

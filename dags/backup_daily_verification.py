@@ -32,7 +32,7 @@ from backup_airflow.operators import (
     collect_results,
 )
 from backupkit import clock
-from backupkit import daily
+from backupkit.jobs import daily
 from backupkit.metrics import LastSuccessStore, SourceStatus, verification_metrics
 
 log = logging.getLogger(__name__)
@@ -170,12 +170,11 @@ def backup_daily_verification():
             if not r["ok"] and r["artifact"].startswith("logs/"):
                 name = r["artifact"].split("/", 1)[1]
                 log_problems[name] = log_problems.get(name, 0) + 1
-        metrics_dir = config.state_dir / "metrics"
-        last_success = LastSuccessStore(metrics_dir / "last_success.json").update(statuses, now.timestamp())
+        last_success = LastSuccessStore(config.state.metrics_values("daily")).update(statuses, now.timestamp())
         registry = verification_metrics(statuses, now=now.timestamp(), last_success=last_success,
                                         log_problems=log_problems)
         targets = registry.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
-                                   textfile=metrics_dir / "daily.prom")
+                                   textfile=config.state.metrics_textfile("daily"))
         log.info("metrics for %d sources published to %s", len(statuses), ", ".join(targets))
         return targets
 

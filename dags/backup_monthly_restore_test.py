@@ -126,12 +126,11 @@ def backup_monthly_restore_test():
             raise AirflowFailException("plan_restores failed: no metrics to export")
         config = backup_config()
         now = clock.now().timestamp()
-        metrics_dir = config.state_dir / "metrics"
         registry = restore_test_metrics(collect(context["ti"], targets), now=now,
-                                        store=LastSuccessStore(metrics_dir / "restore_test_last_success.json"),
+                                        store=LastSuccessStore(config.state.metrics_values("restore_test")),
                                         expected_sources=[t["source_name"] for t in targets])
         return registry.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
-                                textfile=metrics_dir / "restore_test.prom")
+                                textfile=config.state.metrics_textfile("restore_test"))
 
     targets = plan_restores()
     tests = ScratchRestoreOperator.partial(task_id="restore_test").expand_kwargs(targets)

@@ -14,7 +14,7 @@ from airflow.sdk import BaseHook, CronTriggerTimetable, Param, TriggerRule, dag,
 from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
-from backup_airflow.hooks import backup_config, s3_client
+from backup_airflow.hooks import backup_config, bucket
 from backupkit import clock
 from backupkit.metrics import MetricSet
 from backupkit.reports import audit
@@ -101,7 +101,7 @@ def backup_quarterly_audit():
     def audit_coverage(servers: dict) -> list[dict]:
         config = backup_config()
         now = clock.now()
-        index, notes = audit.backup_index(config, s3_client(config.aws_conn_id))
+        index, notes = audit.backup_index(config, bucket(config))
         with VerificationState(config.state_dir) as state:
             controls = [audit.coverage_databases(config, servers, now=now, state=state),
                         audit.coverage_file_paths(config, now=now),
@@ -111,17 +111,17 @@ def backup_quarterly_audit():
     @task
     def audit_retention() -> list[dict]:
         config = backup_config()
-        client = s3_client(config.aws_conn_id)
-        index, notes = audit.backup_index(config, client)
+        store = bucket(config)
+        index, notes = audit.backup_index(config, store)
         with VerificationState(config.state_dir) as state:
             controls = audit.retention_controls(config, index, now=clock.now(), state=state,
-                                                s3_client=client, notes=notes)
+                                                bucket=store, notes=notes)
         return [c.to_dict() for c in controls]
 
     @task
     def audit_security() -> list[dict]:
         config = backup_config()
-        return [c.to_dict() for c in audit.security_controls(config, s3_client(config.aws_conn_id))]
+        return [c.to_dict() for c in audit.security_controls(config, bucket(config))]
 
     @task
     def audit_recoverability() -> list[dict]:
@@ -150,8 +150,8 @@ def backup_quarterly_audit():
         files = {**doc.files(), "controls.json": json.dumps({"date": report_date.isoformat(), "summary": summary,
                                                              "missing": missing, "controls": controls},
                                                             indent=1, default=str) + "\n"}
-        where = publish_files(files, s3_client=s3_client(config.aws_conn_id), bucket=config.bucket, prefix=prefix,
-                              local_dir=config.state_dir / "reports" / "audit" / report_date.isoformat(),
+        where = publish_files(files, bucket=bucket(config), prefix=prefix,
+                              local_dir=config.state.report_dir("audit", report_date.isoformat()),
                               sse=config.reports.sse_algorithm)
         ti.xcom_push(key="report_location", value=where["uri"])
         log.info("Audit report written to %s (HTML: %s, local copy: %s)\n\n%s", where["uri"], where["html"],
@@ -184,7 +184,7 @@ def backup_quarterly_audit():
             m.set("backup_audit_control_status", 0 if c["status"] == "fail" else 1,
                   "1 if the audit control passed (or is informational) in the last audit, else 0", control=c["id"])
         targets = m.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
-                            textfile=config.state_dir / "metrics" / "audit.prom")
+                            textfile=config.state.metrics_textfile("audit"))
         log.info("audit metrics published to %s", ", ".join(targets))
         return targets
 

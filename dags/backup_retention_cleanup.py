@@ -184,14 +184,13 @@ def backup_retention_cleanup():
             log.info("dry run: no metrics exported (they describe what retention did)")
             return []
         config = backup_config()
-        metrics_dir = config.state_dir / "metrics"
-        store = MetricValuesStore(metrics_dir / "retention_values.json")
+        store = MetricValuesStore(config.state.metrics_values("retention"))
         values = merge_metric_values(store.load(), source_names, pull_reports(ti, SWEEP_TASK, source_names),
                                      now=clock.now().timestamp(),
                                      configured=[s.name for s in config.sources])
         store.save(values)
         targets = retention_metrics(values).publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
-                                                    textfile=metrics_dir / "retention.prom")
+                                                    textfile=config.state.metrics_textfile("retention"))
         log.info("retention metrics for %d sources published to %s", len(values), ", ".join(targets))
         return targets
 

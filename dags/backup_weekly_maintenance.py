@@ -13,7 +13,7 @@ from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
-from backup_airflow.hooks import backup_config, s3_client
+from backup_airflow.hooks import backup_config, bucket
 from backupkit import clock
 from backupkit.config import Config
 from backupkit.metrics import MetricSet
@@ -117,7 +117,7 @@ def backup_weekly_maintenance():
     @task
     def collect_trends(**context) -> dict:
         config, p = backup_config(), _params(context)
-        out = weekly.collect_trends(config, now=clock.now(), s3_client=s3_client(config.aws_conn_id),
+        out = weekly.collect_trends(config, now=clock.now(), bucket=bucket(config),
                                     weeks=p.get("trend_weeks"), factor=p.get("anomaly_factor"))
         for src, t in out["sources"].items():
             for a in t["anomalies"]:
@@ -128,7 +128,7 @@ def backup_weekly_maintenance():
     @task
     def failure_pattern(**context) -> dict:
         config = backup_config()
-        out = weekly.failure_pattern(config, now=clock.now(), s3_client=s3_client(config.aws_conn_id),
+        out = weekly.failure_pattern(config, now=clock.now(), bucket=bucket(config),
                                      weeks=_params(context).get("trend_weeks"))
         log.info("%d failure events since %s", len(out["events"]), out["since"][:10])
         return out
@@ -136,7 +136,7 @@ def backup_weekly_maintenance():
     @task
     def storage_usage(**context) -> dict:
         config = backup_config()
-        out = weekly.storage_usage(config, s3_client(config.aws_conn_id), now=clock.now(),
+        out = weekly.storage_usage(config, bucket(config), now=clock.now(),
                                    weeks=_params(context).get("trend_weeks"), cost_explorer=_cost_explorer(config))
         ce = out["cost_explorer"]
         log.info("s3://%s holds %d bytes; estimate %.2f USD/month; Cost Explorer: %s", config.bucket,
@@ -147,7 +147,7 @@ def backup_weekly_maintenance():
     @task
     def encryption_check(**context) -> dict:
         config = backup_config()
-        out = weekly.encryption_report(config, s3_client(config.aws_conn_id),
+        out = weekly.encryption_report(config, bucket(config),
                                        scan=bool(_params(context).get("scan_objects", True)))
         for problem in out["problems"]:
             log.warning("ENCRYPTION %s", problem)
@@ -163,9 +163,9 @@ def backup_weekly_maintenance():
         location = f"s3://{config.bucket}/{prefix}report.md"
         doc = weekly.weekly_doc(report_date=report_date, location=location, **sections)
         problems, warnings = weekly.findings(sections)
-        where = publish_files(doc.files(), s3_client=s3_client(config.aws_conn_id), bucket=config.bucket,
+        where = publish_files(doc.files(), bucket=bucket(config),
                               prefix=prefix, sse=config.reports.sse_algorithm,
-                              local_dir=config.state_dir / "reports" / "weekly" / report_date.isoformat())
+                              local_dir=config.state.report_dir("weekly", report_date.isoformat()))
         result = {**where, "problems": problems, "flagged": warnings}
         ti.xcom_push(key="report_location", value=where["uri"])
         log.info("Weekly report written to %s (HTML: %s, local copy: %s)\n\n%s", where["uri"], where["html"],
@@ -214,7 +214,7 @@ def backup_weekly_maintenance():
             m.set("backup_storage_unencrypted_objects", o["counts"]["unencrypted"] + o["counts"]["wrong_kind"],
                   "Backup objects without the configured server-side encryption", location=bucket_loc)
         targets = m.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
-                            textfile=config.state_dir / "metrics" / "weekly.prom")
+                            textfile=config.state.metrics_textfile("weekly"))
         log.info("weekly metrics published to %s", ", ".join(targets))
         return targets
 

@@ -63,7 +63,9 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from backupkit.catalog import MANIFEST_SUFFIX, iter_s3_objects, local_backups, s3_key_for, sidecar_path
+from backupkit.catalog import local_backups, s3_key_for
+from backupkit.storage.localfs import MANIFEST_SUFFIX, sidecar_path
+from backupkit.storage.objectstore import Bucket
 from backupkit.config import REPO_ROOT, Config, Source
 from backupkit.pgbin import pg_bin
 from backupkit.pgserver import LocalPostgres
@@ -337,7 +339,7 @@ def sync_to_s3(config: Config, client: Any, *, multipart_threshold: int = DEFAUL
     for src in config.sources:
         if src.dump_format == "directory":
             continue
-        have = {o.key for o in iter_s3_objects(client, config.bucket, src.s3_prefix)} if only_missing else set()
+        have = {o.key for o in Bucket(client, config.bucket).objects(src.s3_prefix)} if only_missing else set()
         for b in local_backups(src):
             for p in (b.path, *_companions(b.path)):
                 key = s3_key_for(src, p.name)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import shlex
 import signal
 import subprocess

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from backupkit.catalog import local_backups
 from backupkit.config import Config, load_config
-from backupkit.reports.audit import DR_DRILLS_FILE, RESTORE_TESTS_FILE
 from sandbox.s3server import create_production_bucket
 from backupkit.state import VerificationState
 from backupkit.verify import verify_artifact
@@ -88,13 +87,15 @@ def write_recoverability(config: Config, now: datetime, *, restore_ok: tuple[boo
             lines.append({"time": when.isoformat(), "source": src.name, "ok": ok if src.is_database else True,
                           "run_id": run_id, "duration_seconds": 12.5, "detail": "" if ok else "row counts differ"})
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    (config.state_dir / RESTORE_TESTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    config.state.restore_tests.parent.mkdir(parents=True, exist_ok=True)
+    config.state.restore_tests.write_text("".join(json.dumps(r) + "\n" for r in lines))
     drill = {"time": (now - timedelta(days=40)).isoformat(), "ok": drill_ok, "run_id": "manual__drill",
              "scenarios": [{"name": "database_corruption", "ok": True, "rto_seconds": 300, "rto_target_seconds": 3600,
                             "rpo_seconds": 25200, "rpo_target_seconds": 86400},
                            {"name": "datacenter_loss", "ok": True, "rto_seconds": 900, "rto_target_seconds": 14400,
                             "rpo_seconds": 25200, "rpo_target_seconds": 86400}]}
-    (config.state_dir / DR_DRILLS_FILE).write_text(json.dumps(drill) + "\n")
+    config.state.dr_drills.parent.mkdir(parents=True, exist_ok=True)
+    config.state.dr_drills.write_text(json.dumps(drill) + "\n")
 
 
 def write_config(tmp: Path, body: str) -> Config:

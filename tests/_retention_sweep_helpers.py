@@ -15,8 +15,10 @@ import yaml
 
 from backupkit.config import Config, load_config
 from backupkit.retention.audit import AuditLog
-from backupkit.retention.sweep import COMPANIONS, sweep_source
+from backupkit.retention.sweep import sweep_source
+from backupkit.storage.localfs import COMPANIONS
 from backupkit.state import VerificationState
+from backupkit.storage.objectstore import Bucket
 
 SOURCE = "trixtech-db"
 PREFIX = "database/"
@@ -99,7 +101,7 @@ def sweep(config: Config, s3: Any, *, dry_run: bool = False, run_id: str = "run-
     kw.setdefault("now", NOW)
     kw.setdefault("backoff", 0)
     with VerificationState(config.state_dir) as state:
-        return sweep_source(config, SOURCE, s3_client=s3, state=state, dry_run=dry_run, run_id=run_id,
+        return sweep_source(config, SOURCE, bucket=Bucket(s3, config.bucket), state=state, dry_run=dry_run, run_id=run_id,
                             audit=AuditLog(config.state_dir), **kw)
 
 

@@ -23,6 +23,28 @@ from sandbox.s3server import MotoServer, create_production_bucket, reset  # noqa
 BUCKET = "trixtech-backups"
 
 
+def pytest_configure(config):
+    """A temporary directory of this session's own (unless ``--basetemp`` is given).
+
+    pytest's default keeps the newest three ``/tmp/pytest-of-USER/pytest-N`` and deletes the
+    rest when a session starts: a second session running at the same time (another checkout,
+    a benchmark) would delete this one's PostgreSQL data directories under it.
+    """
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        import tempfile
+
+        config.option.basetemp = tempfile.mkdtemp(prefix="backupkit-tests-")
+        config._backupkit_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    base = getattr(config, "_backupkit_basetemp", None)
+    if base:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg(tmp_path_factory):
     """A running PostgreSQL 18 with the sample database ``trixtech`` (2000 users, 8000 bookings)."""
@@ -48,8 +70,17 @@ def dumps(pg, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def moto_server():
+    """The loopback S3 endpoint; its keys are the environment's AWS keys, as `.sandbox/env.sh` sets them,
+    so code that builds its own client (backupctl) finds them through AWS's default chain."""
+    from sandbox.s3server import REGION, SANDBOX_KEY, SANDBOX_SECRET
+
     server = MotoServer().start()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AWS_ACCESS_KEY_ID", SANDBOX_KEY)
+    mp.setenv("AWS_SECRET_ACCESS_KEY", SANDBOX_SECRET)
+    mp.setenv("AWS_DEFAULT_REGION", REGION)
     yield server
+    mp.undo()
     server.stop()
 
 

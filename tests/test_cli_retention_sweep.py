@@ -12,7 +12,6 @@ from _retention_sweep_helpers import SOURCE, all_files_of, backups_left, local_f
 from backupkit.cli import main
 from backupkit.retention.audit import AuditLog
 from sandbox.s3server import SANDBOX_KEY, SANDBOX_SECRET
-from backupkit.state import DB_NAME
 
 
 def run(capsys, config, *argv: str) -> tuple[int, str, str]:
@@ -84,12 +83,12 @@ def test_unreachable_endpoint_exits_1_with_the_error(capsys, tmp_path, s3, bucke
 def test_dry_run_does_not_create_the_state_store(capsys, tmp_path, s3, bucket, moto_server):
     config = write_config(tmp_path)
     make_history(config, s3)
-    (config.state_dir / DB_NAME).unlink()
+    config.state.verification_db.unlink()
     for suffix in ("-wal", "-shm"):
-        (config.state_dir / (DB_NAME + suffix)).unlink(missing_ok=True)
+        config.state.verification_db.with_name("verification.sqlite" + suffix).unlink(missing_ok=True)
     code, out, _ = run(capsys, config, "--endpoint-url", moto_server.endpoint_url)
     assert code == 0 and "dry run: would delete 0 backups" in out  # nothing verified: nothing goes
-    assert not (config.state_dir / DB_NAME).exists()
+    assert not config.state.verification_db.exists()
 
 
 def test_unknown_source_is_a_usage_error(capsys, tmp_path):

@@ -23,7 +23,7 @@ from airflow.sdk.exceptions import ParamValidationError
 from backupkit import clock
 from backupkit import drill
 from backupkit.config import load_config
-from backupkit.reports.audit import DR_DRILLS_FILE, dr_drill_control, read_jsonl
+from backupkit.reports.audit import dr_drill_control, read_jsonl
 from backupkit.reports.render import human_seconds
 from sandbox.bookingdb import create_booking_db
 from sandbox.history import generate_history
@@ -94,7 +94,7 @@ def run(sb, **conf) -> SimpleNamespace:
 
 
 def drills(sb) -> list[dict]:
-    path = sb.config.state_dir / DR_DRILLS_FILE
+    path = sb.config.state.dr_drills
     return read_jsonl(path)[0] if path.exists() else []
 
 
@@ -196,7 +196,7 @@ def test_the_s3_scenarios_recover_with_the_local_site_gone(sandbox, tmp_path):
 
 def test_a_missed_rpo_target_fails_the_run_and_alerts(sandbox):
     """The newest backup is at least two hours old: a one-hour RPO target cannot be met."""
-    store = sandbox.config.state_dir / "metrics" / "dr_drill_last_success.json"
+    store = sandbox.config.state.metrics_values("dr_drill")
     last_before = store.read_text() if store.exists() else None
     out = run(sandbox, scenarios=["database_corruption"], rpo_target_hours=1)
     assert out.state == "failed"

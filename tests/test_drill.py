@@ -32,7 +32,7 @@ from backupkit.metrics import LastSuccessStore
 from backupkit.reports.audit import dr_drill_control, record_dr_drill
 from backupkit.restore.scratch import LocalScratch
 from backupkit.restore.verify_rows import read_manifest
-from backupkit.results import CheckResult
+from backupkit.model import CheckResult
 from sandbox.bookingdb import create_booking_db
 from sandbox.history import generate_history
 from sandbox.s3server import create_production_bucket, reset

@@ -10,6 +10,7 @@ from backupkit.catalog import local_backups
 from backupkit.checks.freshness import check_freshness
 from backupkit.checks.logs import MAX_LINES_PER_FILE, scan_logs
 from backupkit.config import LogSource, Source, Thresholds
+from backupkit.kinds.postgres import DatabaseSpec
 from backupkit.naming import NamePattern
 
 NOW = datetime(2025, 6, 15, 8, 0, tzinfo=timezone.utc)
@@ -18,7 +19,7 @@ PATTERN = NamePattern("trixtech_%Y%m%d_%H%M%S.dump")
 
 def _source(tmp_path: Path, **thresholds) -> Source:
     return Source(name="trixtech-db", kind="database", local_dir=tmp_path, s3_prefix="database/",
-                  pattern=PATTERN, dump_format="custom", thresholds=Thresholds(**thresholds))
+                  pattern=PATTERN, spec=DatabaseSpec(dump_format="custom"), thresholds=Thresholds(**thresholds))
 
 
 def _history(tmp_path: Path, nights: int, *, size=1000, skip=(), last_hours_ago=6.0, sizes=None) -> None:

@@ -12,6 +12,7 @@ import pytest
 from _reports_helpers import create_audited_bucket, tls_only_policy, utc, write_config
 from backupkit.config import RetentionPolicy
 from backupkit.reports import audit
+from backupkit.storage.objectstore import Bucket
 from backupkit.reports.audit import Control, denies_insecure_transport, overdue_backups, policy_gaps
 from backupkit.retention.plan import Candidate
 from sandbox.history import write_archive
@@ -229,7 +230,7 @@ def statuses(controls) -> dict[str, str]:
 
 def test_security_controls_pass_on_a_bucket_set_up_like_production(s3, config):
     create_audited_bucket(s3, config.bucket)
-    controls = audit.security_controls(config, s3)
+    controls = audit.security_controls(config, Bucket(s3, config.bucket))
     assert statuses(controls) == {"security.recovery_points_encrypted": "pass",
                                   "security.manual_deletion_prevented": "pass",
                                   "security.public_access_blocked": "pass",
@@ -244,7 +245,7 @@ def test_security_controls_name_what_is_missing(s3, config):
     s3.put_object(Bucket=config.bucket, Key="db/app_20261224_020000.dump", Body=b"x", ACL="public-read")
     s3.put_object(Bucket=config.bucket, Key="files/files_20261224_020000.tar.gz", Body=b"x",
                   ServerSideEncryption="AES256")
-    controls = {c.id: c for c in audit.security_controls(config, s3)}
+    controls = {c.id: c for c in audit.security_controls(config, Bucket(s3, config.bucket))}
     assert {k: c.status for k, c in controls.items()} == {
         "security.recovery_points_encrypted": "fail", "security.manual_deletion_prevented": "fail",
         "security.public_access_blocked": "fail", "security.secure_transport_required": "fail",
@@ -264,7 +265,7 @@ def test_lock_without_default_retention_and_optional_controls(s3, tmp_path):
     from sandbox.s3server import create_production_bucket
 
     create_production_bucket(s3, config.bucket)  # object lock enabled, but no default retention
-    controls = {c.id: c for c in audit.security_controls(config, s3)}
+    controls = {c.id: c for c in audit.security_controls(config, Bucket(s3, config.bucket))}
     assert controls["security.manual_deletion_prevented"].summary == \
         "object lock has no default retention: new backups are not locked"
     assert controls["security.cross_region_copy"].status == "fail"
@@ -286,7 +287,7 @@ def restore_run(days_ago: float, ok: bool = True, run_id: str | None = "auto", s
 
 
 def test_restore_tests_control(config):
-    path = config.state_dir / audit.RESTORE_TESTS_FILE
+    path = config.state.restore_tests
     c = audit.restore_tests_control(config, now=NOW)
     assert c.status == "fail" and c.summary.startswith("no restore test recorded")
     write_lines(path, restore_run(80) + restore_run(50) + restore_run(20))
@@ -326,7 +327,7 @@ def test_recorded_restore_tests_and_drills_are_what_the_controls_read(config):
 
 
 def test_dr_drill_control(config):
-    path = config.state_dir / audit.DR_DRILLS_FILE
+    path = config.state.dr_drills
     assert audit.dr_drill_control(config, now=NOW).summary.startswith("no DR drill recorded")
     scenario = {"name": "ransomware", "ok": True, "rto_seconds": 1200, "rto_target_seconds": 3600,
                 "rpo_seconds": 3600, "rpo_target_seconds": 86400}

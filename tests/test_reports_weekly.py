@@ -12,6 +12,7 @@ import pytest
 from _reports_helpers import utc, write_config
 from backupkit import clock
 from backupkit.reports import weekly
+from backupkit.storage.objectstore import Bucket
 from backupkit.reports.render import Doc, bar_chart, human_bytes, line_chart
 from backupkit.reports.weekly import GIB, BackupPoint, find_anomalies
 from sandbox.s3server import s3_client
@@ -198,7 +199,7 @@ def test_bucket_usage_by_prefix_and_class_over_every_page_and_version(unit_bucke
     s3.delete_object(Bucket="unit-backups", Key="db/app_20261101_020000.dump")  # delete marker
     s3.put_object(Bucket="unit-backups", Key="README", Body=b"r" * 10)
 
-    usage = weekly.bucket_usage(s3, "unit-backups", now=clock.now(), weeks=2, page_size=2)
+    usage = weekly.bucket_usage(Bucket(s3, "unit-backups"), now=clock.now(), weeks=2, page_size=2)
     db = usage["by_prefix"]["db/"]
     assert db == {"current_bytes": 500 + 1002 + 1003 + 1004, "current_objects": 4,
                   "noncurrent_bytes": 1000 + 1001, "noncurrent_objects": 2, "delete_markers": 1}
@@ -219,14 +220,14 @@ def test_storage_usage_records_growth_between_runs(unit_bucket, config):
     s3 = unit_bucket
     write_backups(config.source("db"), nights(3))
     s3.put_object(Bucket="unit-backups", Key="db/a", Body=b"x" * 100)
-    first = weekly.storage_usage(config, s3, now=NOW - timedelta(days=7), weeks=2)
+    first = weekly.storage_usage(config, Bucket(s3, config.bucket), now=NOW - timedelta(days=7), weeks=2)
     assert first["growth"] == [] and first["history_points"] == 1
     assert first["cost_explorer"] == {"reachable": False, "reason": "disabled (reports.cost_explorer: false)"}
     s3.put_object(Bucket="unit-backups", Key="db/b", Body=b"x" * 250)
     write_backups(config.source("db"), nights(1, end=NOW + timedelta(days=1)))
-    second = weekly.storage_usage(config, s3, now=NOW, weeks=2, cost_explorer=lambda: {"reachable": False,
+    second = weekly.storage_usage(config, Bucket(s3, config.bucket), now=NOW, weeks=2, cost_explorer=lambda: {"reachable": False,
                                                                                       "reason": "test"})
-    again = weekly.storage_usage(config, s3, now=NOW, weeks=2)  # a re-run replaces the day's entry
+    again = weekly.storage_usage(config, Bucket(s3, config.bucket), now=NOW, weeks=2)  # a re-run replaces the day's entry
     assert second["growth"] == again["growth"] == [{
         "date": NOW.date().isoformat(), "s3_bytes": 350, "local_bytes": 4000, "s3_change": 250,
         "local_change": 1000}]
@@ -258,7 +259,7 @@ def test_encryption_report_lists_objects_without_the_configured_encryption(s3, c
     s3.put_object(Bucket="unit-backups", Key="db/aes.dump", Body=b"x", ServerSideEncryption="AES256")
     s3.put_object(Bucket="unit-backups", Key="files/kms.tar.gz", Body=b"x", ServerSideEncryption="aws:kms")
     s3.put_object(Bucket="unit-backups", Key="reports/plain.md", Body=b"x")  # not a backup prefix
-    out = weekly.encryption_report(config, s3)
+    out = weekly.encryption_report(config, Bucket(s3, config.bucket))
     assert out["default"]["ok"] is False and out["default"]["algorithm"] is None
     assert out["objects"]["unencrypted"] == ["db/plain.dump"]
     assert out["objects"]["wrong_kind"] == [["files/kms.tar.gz", "aws:kms"]]
@@ -268,10 +269,10 @@ def test_encryption_report_lists_objects_without_the_configured_encryption(s3, c
                                "1 backup object(s) encrypted with another kind than AES256: files/kms.tar.gz (aws:kms)"]
     s3.put_bucket_encryption(Bucket="unit-backups", ServerSideEncryptionConfiguration={
         "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]})
-    assert weekly.bucket_encryption(s3, "unit-backups", "AES256")["ok"] is False
-    assert weekly.bucket_encryption(s3, "unit-backups", "aws:kms")["ok"] is True
+    assert weekly.bucket_encryption(Bucket(s3, "unit-backups"), "AES256")["ok"] is False
+    assert weekly.bucket_encryption(Bucket(s3, "unit-backups"), "aws:kms")["ok"] is True
     assert weekly.sse_matches("aws:kms:dsse", "aws:kms") and not weekly.sse_matches("AES256", "aws:kms")
-    assert weekly.encryption_report(config, s3, scan=False)["objects"] is None
+    assert weekly.encryption_report(config, Bucket(s3, config.bucket), scan=False)["objects"] is None
 
 
 def test_encryption_scan_reads_every_page(s3, config):
@@ -280,7 +281,7 @@ def test_encryption_scan_reads_every_page(s3, config):
     for k in keys:
         s3.put_object(Bucket="unit-backups", Key=k, Body=b"x", ServerSideEncryption="AES256")
     s3.put_object(Bucket="unit-backups", Key="db/zz-last.dump", Body=b"x")
-    out = weekly.scan_objects(s3_client(s3.meta.endpoint_url), "unit-backups", ["db/"], "AES256", workers=3)
+    out = weekly.scan_objects(Bucket(s3_client(s3.meta.endpoint_url), "unit-backups"), ["db/"], "AES256", workers=3)
     assert out["objects"] == 16 and out["by_algorithm"] == {"AES256": 15, "none": 1}
     assert out["unencrypted"] == ["db/zz-last.dump"]
 
@@ -336,7 +337,7 @@ def test_scan_counts_everything_but_keeps_a_bounded_list(s3, config, monkeypatch
     for i in range(7):
         s3.put_object(Bucket="unit-backups", Key=f"db/plain-{i}.dump", Body=b"x")
     monkeypatch.setattr(weekly, "MAX_KEPT", 3)
-    out = weekly.encryption_report(config, s3)
+    out = weekly.encryption_report(config, Bucket(s3, config.bucket))
     assert out["objects"]["counts"]["unencrypted"] == 7 and len(out["objects"]["unencrypted"]) == 3
     assert out["problems"][1].startswith("7 backup object(s) without server-side encryption: db/plain-0.dump")
     assert out["problems"][1].endswith("(+4 more)")

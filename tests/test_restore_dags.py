@@ -359,7 +359,7 @@ def test_monthly_restore_test_end_to_end(sandbox):
     assert audited == [(t["source_name"], t["backup"], "failed" if i == 0 else "passed")
                        for i, t in enumerate(targets)]
     # what the quarterly audit's recoverability control reads
-    recorded = [json.loads(line) for line in (config.state_dir / "restore_tests.jsonl").read_text().splitlines()]
+    recorded = [json.loads(line) for line in config.state.restore_tests.read_text().splitlines()]
     assert [(r["source"], r["backup"], r["ok"]) for r in recorded if r["run_id"] == dr.run_id] == [
         (t["source_name"], t["backup"], i != 0) for i, t in enumerate(targets)]
     assert not (config.restore.scratch_dir / "runs" / run_dir_name(dr.run_id)).exists()  # teardown_scratch

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backupkit.catalog import LocalBackup
+from backupkit.model import Backup, LocalCopy
 from backupkit.naming import NamePattern
 from backupkit.restore.selection import SelectionError, check_key, random_older, select_backup
 
@@ -21,7 +21,7 @@ PREFIXES = ("database/",)
 def backup(y, mo, d, h=2):
     ts = datetime(y, mo, d, h, tzinfo=timezone.utc)
     name = PATTERN.name_for(ts)
-    return LocalBackup("trixtech-db", name, ts, Path("/opt/backups/database") / name, 1000)
+    return Backup("trixtech-db", name, ts, LocalCopy(Path("/opt/backups/database") / name, 1000))
 
 
 # Deliberately unsorted: selection must not rely on the order it is given.
@@ -84,7 +84,7 @@ def test_prefix_without_slash_and_no_prefixes_configured():
 
 
 NOW = datetime(2025, 3, 3, 9, tzinfo=timezone.utc)
-DAILY = [LocalBackup("s", f"b{i}", NOW - timedelta(days=i, hours=7), Path(f"/b{i}"), 1) for i in range(60)]
+DAILY = [Backup("s", f"b{i}", NOW - timedelta(days=i, hours=7), LocalCopy(Path(f"/b{i}"), 1)) for i in range(60)]
 
 
 def test_random_older_stays_in_the_window_and_skips_the_newest():

@@ -7,7 +7,7 @@ metadata DB, the alert webhook and the Pushgateway as a real HTTP server.
 
 Verification state: instead of running the daily integrity check (a pg_restore of every one
 of ~180 backups, minutes), each backup's record is written as ``passed`` with the SHA-256 of
-its sidecar and its size -- exactly what ``backupkit.daily.check_integrity`` stores for a
+its sidecar and its size -- exactly what ``backupkit.jobs.daily.check_integrity`` stores for a
 backup that verified (tests/test_state.py and the daily tests cover that path).
 
 What the sweeps should delete is computed here independently of backupkit's policy engine:
@@ -48,7 +48,9 @@ from backup_airflow.retention_operators import (
     summarize_sweeps,
 )
 from backupkit import clock
-from backupkit.catalog import iter_s3_objects, local_backups, read_sidecar, s3_key_for
+from backupkit.catalog import local_backups, s3_key_for
+from backupkit.storage.localfs import read_sidecar
+from backupkit.storage.objectstore import Bucket
 from backupkit.config import load_config
 from backupkit.retention.audit import AuditLog
 from sandbox.bookingdb import create_booking_db
@@ -140,7 +142,7 @@ class Sandbox:
         return {s.name: {p.name for p in s.local_dir.iterdir()} for s in self.config.sources}
 
     def s3_keys(self) -> dict[str, set[str]]:
-        return {s.name: {o.key for o in iter_s3_objects(self.s3, self.bucket, s.s3_prefix)}
+        return {s.name: {o.key for o in Bucket(self.s3, self.bucket).objects(s.s3_prefix)}
                 for s in self.config.sources}
 
     def file_bytes(self, source: str, name: str) -> int:

@@ -15,13 +15,8 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from backupkit.checks.s3copy import (
-    CHUNK,
-    check_s3_copy,
-    composite_sha256,
-    s3_copy_report,
-    stored_checksums,
-)
+from backupkit.checks.s3copy import check_s3_copy, composite_sha256, s3_copy_report
+from backupkit.storage.objectstore import CHUNK, Bucket, stored_checksums
 
 MiB = 1024 * 1024
 
@@ -46,7 +41,7 @@ def _by_check(results) -> dict:
 
 
 def _report(s3, bucket, key, path: Path, sha: str | None = None, **kw):
-    return s3_copy_report(s3, bucket, key, local_size=path.stat().st_size, local_sha256=sha,
+    return s3_copy_report(Bucket(s3, bucket), key, local_size=path.stat().st_size, local_sha256=sha,
                           local_path=path, artifact=f"db/{path.name}", **kw)
 
 
@@ -84,7 +79,7 @@ def test_one_byte_difference_is_a_checksum_problem(s3, bucket, tmp_path):
     path = _write(tmp_path / "a.dump", 300_000, seed=2)
     s3.put_object(Bucket=bucket, Key="database/a.dump", Body=path.read_bytes(), ChecksumAlgorithm="SHA256")
     _flip(path, 150_000)
-    res = _by_check(check_s3_copy(s3, bucket, "database/a.dump", local_size=300_000, local_sha256=_sha(path),
+    res = _by_check(check_s3_copy(Bucket(s3, bucket), "database/a.dump", local_size=300_000, local_sha256=_sha(path),
                                   local_path=path, artifact="db/a.dump"))
     assert res["s3_present"].ok and res["s3_size"].ok
     assert not res["s3_checksum"].ok
@@ -95,7 +90,7 @@ def test_one_byte_difference_is_a_checksum_problem(s3, bucket, tmp_path):
 
 def test_missing_copy_names_the_s3_uri(s3, bucket, tmp_path):
     path = _write(tmp_path / "a.dump", 1000, seed=3)
-    results = check_s3_copy(s3, bucket, "database/a.dump", local_size=1000, local_sha256=_sha(path),
+    results = check_s3_copy(Bucket(s3, bucket), "database/a.dump", local_size=1000, local_sha256=_sha(path),
                             local_path=path, artifact="db/a.dump")
     assert len(results) == 1
     (r,) = results
@@ -106,7 +101,7 @@ def test_missing_copy_names_the_s3_uri(s3, bucket, tmp_path):
 def test_size_mismatch(s3, bucket, tmp_path):
     path = _write(tmp_path / "a.dump", 10_000, seed=4)
     s3.put_object(Bucket=bucket, Key="database/a.dump", Body=path.read_bytes()[:6_000], ChecksumAlgorithm="SHA256")
-    res = _by_check(check_s3_copy(s3, bucket, "database/a.dump", local_size=10_000, local_sha256=_sha(path),
+    res = _by_check(check_s3_copy(Bucket(s3, bucket), "database/a.dump", local_size=10_000, local_sha256=_sha(path),
                                   local_path=path, artifact="db/a.dump"))
     assert res["s3_present"].ok
     assert not res["s3_size"].ok
@@ -166,25 +161,85 @@ def test_multipart_copy_with_uneven_parts(s3, bucket, tmp_path):
     assert rep.body_bytes_read == 0
 
 
-def test_copy_without_stored_checksum_is_streamed(s3, bucket, tmp_path):
+def test_copy_with_only_an_md5_etag_is_compared_locally_and_remembered(s3, bucket, tmp_path):
+    """A plain `aws s3 cp` (no checksum): the single-part ETag is the MD5, recomputed from the
+    local file once; the next run remembers the pairing and reads nothing."""
     path = _write(tmp_path / "old.sql.gz", 3 * MiB + 17, seed=5)
-    # The sandbox client only sends checksums when required, so S3 stores none here.
-    s3.put_object(Bucket=bucket, Key="database/old.sql.gz", Body=path.read_bytes())
+    s3.put_object(Bucket=bucket, Key="database/old.sql.gz", Body=path.read_bytes())  # no checksum stored
     assert not any(k.startswith("ChecksumSHA") for k in
                    s3.head_object(Bucket=bucket, Key="database/old.sql.gz", ChecksumMode="ENABLED"))
-    rep = _report(s3, bucket, "database/old.sql.gz", path, _sha(path))
+    cache: dict[str, str] = {}
+    rep = _report(s3, bucket, "database/old.sql.gz", path, _sha(path), composite_cache=cache)
     assert rep.ok, rep.results
-    assert rep.method == "stream"
-    assert rep.body_bytes_read == path.stat().st_size
+    assert rep.method == "md5-etag" and rep.body_bytes_read == 0 and rep.local_bytes_read == path.stat().st_size
+    assert "evidence: md5-etag" in _by_check(rep.results)["s3_checksum"].detail
+    again = _report(s3, bucket, "database/old.sql.gz", path, _sha(path), composite_cache=cache)
+    assert again.ok and again.method == "remembered" and again.local_bytes_read == 0 and again.body_bytes_read == 0
 
     _flip(path, 10)
-    bad = _report(s3, bucket, "database/old.sql.gz", path, _sha(path))
-    assert not _by_check(bad.results)["s3_checksum"].ok
+    bad = _report(s3, bucket, "database/old.sql.gz", path, _sha(path), composite_cache=cache)
+    assert not bad.ok and "MD5 ETag differs" in _by_check(bad.results)["s3_checksum"].detail
+    # An overwrite in S3 changes the ETag: the remembered pairing no longer applies.
+    s3.put_object(Bucket=bucket, Key="database/old.sql.gz", Body=path.read_bytes())
+    fresh = _report(s3, bucket, "database/old.sql.gz", path, _sha(path), composite_cache=cache)
+    assert fresh.ok and fresh.method == "md5-etag"
+
+
+def test_kms_encrypted_copy_without_checksum_is_streamed(s3, bucket, tmp_path):
+    """SSE-KMS ETags are not MD5s: with nothing usable stored, the object is downloaded and hashed."""
+    path = _write(tmp_path / "old.sql.gz", 3 * MiB + 17, seed=5)
+    s3.put_object(Bucket=bucket, Key="database/kms.sql.gz", Body=path.read_bytes(), ServerSideEncryption="aws:kms")
+    rep = _report(s3, bucket, "database/kms.sql.gz", path, _sha(path))
+    assert rep.ok, rep.results
+    assert rep.method == "stream" and rep.body_bytes_read == path.stat().st_size
+
+    _flip(path, 10)
+    bad = _report(s3, bucket, "database/kms.sql.gz", path, _sha(path))
     assert "streamed object differs" in _by_check(bad.results)["s3_checksum"].detail
 
-    cheap = _report(s3, bucket, "database/old.sql.gz", path, _sha(path), allow_download=False)
-    assert cheap.body_bytes_read == 0
+    cheap = _report(s3, bucket, "database/kms.sql.gz", path, _sha(path), allow_download=False)
+    assert cheap.body_bytes_read == 0 and not cheap.compared
     assert _by_check(cheap.results)["s3_checksum"].detail.startswith("not compared")
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "CRC64NVME"])
+def test_single_part_crc_checksums_are_recomputed_locally(s3, bucket, tmp_path, algorithm):
+    path = _write(tmp_path / "c.dump", 2 * MiB + 3, seed=11)
+    key = f"database/{algorithm}.dump"
+    s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), ChecksumAlgorithm=algorithm)
+    rep = _report(s3, bucket, key, path, _sha(path))
+    assert rep.ok and rep.method == algorithm.lower() and rep.body_bytes_read == 0, rep.results
+    assert f"full-object {algorithm} matches" in _by_check(rep.results)["s3_checksum"].detail
+    _flip(path, 2 * MiB)
+    bad = _report(s3, bucket, key, path, _sha(path))
+    assert not bad.ok and f"full-object {algorithm} differs" in _by_check(bad.results)["s3_checksum"].detail
+
+
+@pytest.mark.parametrize("extra, method, shape", [
+    ({"ChecksumAlgorithm": "CRC32"}, "crc32", "composite CRC32 of 4 parts"),
+    ({}, "md5-etag", "composite MD5 ETag of 4 parts"),
+])
+def test_multipart_copies_without_sha256_use_their_part_layout(s3, bucket, multipart_file, tmp_path,
+                                                              extra, method, shape):
+    key = f"database/mp-{method}.dump"
+    s3.upload_file(str(multipart_file), bucket, key, ExtraArgs=extra,
+                   Config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB))
+    rep = _report(s3, bucket, key, multipart_file, _sha(multipart_file))
+    assert rep.ok and rep.method == method and rep.body_bytes_read == 0, rep.results
+    assert f"{shape} matches" in _by_check(rep.results)["s3_checksum"].detail
+    local = tmp_path / "big.dump"
+    local.write_bytes(multipart_file.read_bytes())
+    _flip(local, 3 * 5 * MiB + 5)  # in the short last part
+    bad = _report(s3, bucket, key, local, _sha(local))
+    assert not bad.ok and f"{shape} differs" in _by_check(bad.results)["s3_checksum"].detail
+
+
+def test_missing_bucket_is_not_a_missing_object(s3, bucket, tmp_path):
+    path = _write(tmp_path / "a.dump", 1000, seed=3)
+    (r,) = check_s3_copy(Bucket(s3, "no-such-bucket-here"), "database/a.dump", local_size=1000, local_sha256=_sha(path),
+                         local_path=path, artifact="db/a.dump")
+    assert (r.check, r.ok) == ("s3_present", False)
+    assert "no such bucket" in r.detail and "missing in S3" not in r.detail
 
 
 def test_composite_matches_an_independent_computation(tmp_path):

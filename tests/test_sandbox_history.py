@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from backupkit.catalog import local_backups, read_sidecar, s3_key_for, sidecar_path
+from backupkit.catalog import local_backups, s3_key_for
+from backupkit.storage.localfs import read_sidecar, sidecar_path
 from backupkit.config import ConfigError, load_config
 from backupkit.pgbin import pg_bin
 from backupkit.restore.verify_rows import read_manifest

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backupkit.state import DB_NAME, VerificationState
+from backupkit.state import VerificationState
 
 T0 = datetime(2025, 1, 1, 8, 0, tzinfo=timezone.utc)
 
@@ -29,7 +29,7 @@ def test_record_get_verdict_roundtrip(tmp_path):
         assert set(s.records("db/")) == {"db/a.dump", "db/b.dump"} and s.records("files/") == {}
         s.forget(["db/a.dump"])
         assert s.get("db/a.dump") is None
-    assert (tmp_path / "state" / DB_NAME).is_file()
+    assert (tmp_path / "state" / "verification.sqlite").is_file()
     # Persisted: a new instance (a later run) sees the same.
     with VerificationState(tmp_path / "state") as s2:
         assert s2.verdict("db/b.dump") == "passed"

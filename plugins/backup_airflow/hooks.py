@@ -12,6 +12,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from backupkit.config import Config, ConfigError, load_config
+from backupkit.storage.objectstore import Bucket
 
 
 def backup_config(path: str | Path | None = None) -> Config:
@@ -37,4 +38,9 @@ def s3_client(aws_conn_id: str | None) -> Any:
     return S3Hook(aws_conn_id=aws_conn_id).get_conn()
 
 
-__all__ = ["backup_config", "s3_client"]
+def bucket(config: Config, aws_conn_id: str | None = None) -> Bucket:
+    """The configured bucket through the Airflow AWS connection (``bucket.aws_conn_id`` unless given)."""
+    return Bucket(s3_client(aws_conn_id or config.aws_conn_id), config.bucket)
+
+
+__all__ = ["backup_config", "s3_client", "bucket"]

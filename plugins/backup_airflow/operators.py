@@ -1,6 +1,6 @@
 """Reusable operators for the runbook's verification checklist, one backup source each.
 
-Each operator is a thin shell over a function of :mod:`backupkit.daily`: load the configuration
+Each operator is a thin shell over a function of :mod:`backupkit.jobs.daily`: load the configuration
 at run time, run the check, log the problems, return the result dicts (``artifact``, ``check``,
 ``ok``, ``detail``) as XCom. They are meant for dynamic task mapping::
 
@@ -22,8 +22,8 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import VerificationFailed
-from backup_airflow.hooks import backup_config, s3_client
-from backupkit import daily
+from backup_airflow.hooks import backup_config, bucket
+from backupkit.jobs import daily
 from backupkit.config import Config, ConfigError
 
 if TYPE_CHECKING:
@@ -105,8 +105,7 @@ class S3BackupCopyCheckOperator(_BackupCheckOperator):
         self.aws_conn_id = aws_conn_id  # None: the bucket's aws_conn_id from the configuration
 
     def run_check(self, config: Config, context: Context) -> list[dict]:
-        client = s3_client(self.aws_conn_id or config.aws_conn_id)
-        return daily.check_cloud_copies(config, self.source_name, client)
+        return daily.check_cloud_copies(config, self.source_name, bucket(config, self.aws_conn_id))
 
 
 def collect_results(ti: Any, source_names: Sequence[str], mapped_task_ids: Iterable[str],

@@ -62,7 +62,7 @@ from backupkit.restore.service import (
 )
 from backupkit.restore.service import RESTORED_DB
 from backupkit.restore.verify_rows import exact_row_counts
-from backupkit.results import CheckResult
+from backupkit.model import CheckResult
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

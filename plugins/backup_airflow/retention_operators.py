@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from backup_airflow.hooks import backup_config, s3_client
+from backup_airflow.hooks import backup_config, bucket
 from backupkit.config import Config, ConfigError
 from backupkit.metrics import MetricSet
 
@@ -142,12 +142,12 @@ class RetentionSweepOperator(BaseOperator):
             config.source(self.source_name)
         except ConfigError as exc:  # fail now, naming the configured sources; no retry
             raise AirflowFailException(str(exc)) from exc
-        client = s3_client(self.aws_conn_id or config.aws_conn_id)
+        store = bucket(config, self.aws_conn_id)
         self.log.info("%s retention sweep of %s (run %s)", "DRY RUN:" if dry_run else "APPLYING:",
                       self.source_name, context["run_id"])
         with _verification_state(config, dry_run) as state:
             try:
-                report = sweep_source(config, self.source_name, s3_client=client, state=state, dry_run=dry_run,
+                report = sweep_source(config, self.source_name, bucket=store, state=state, dry_run=dry_run,
                                       run_id=context["run_id"], audit=AuditLog(config.state_dir))
             except SweepError as exc:
                 if exc.report is None:
@@ -201,9 +201,9 @@ def _verification_state(config: Config, dry_run: bool) -> Iterator[Any]:
     """
     import tempfile
 
-    from backupkit.state import DB_NAME, VerificationState
+    from backupkit.state import VerificationState
 
-    if dry_run and not (Path(config.state_dir) / DB_NAME).is_file():
+    if dry_run and not config.state.verification_db.is_file():
         with tempfile.TemporaryDirectory(prefix="retention-dry-run-") as scratch, VerificationState(scratch) as st:
             yield st
         return

@@ -65,8 +65,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from backupkit.catalog import MANIFEST_SUFFIX, SIDECAR_SUFFIX, iter_s3_objects, read_sidecar
-from backupkit.checks.s3copy import composite_sha256, stored_checksums
+from backupkit.catalog import Catalog
+from backupkit.checks.s3copy import composite_sha256
 from backupkit.clock import now as utc_now
 from backupkit.config import Config, Drill, Source
 from backupkit.metrics import LastSuccessStore, MetricSet, SourceStatus
@@ -75,6 +75,8 @@ from backupkit.restore.database import RestoreFailed, restore_dump
 from backupkit.restore.files import ExtractRefused, normalize_name, safe_extract
 from backupkit.restore.scratch import ScratchDatabase, ScratchError
 from backupkit.restore.selection import parse_form_time
+from backupkit.storage.localfs import MANIFEST_SUFFIX, SIDECAR_SUFFIX, read_sidecar
+from backupkit.storage.objectstore import Bucket, stored_checksums
 from backupkit.restore.service import BackupRef, available_backups
 from backupkit.restore.verify_rows import (
     ManifestError,
@@ -86,7 +88,7 @@ from backupkit.restore.verify_rows import (
     read_manifest,
     run_assertions,
 )
-from backupkit.results import CheckResult
+from backupkit.model import CheckResult
 
 SCENARIOS = ("database_corruption", "datacenter_loss", "ransomware", "failed_deployment")
 TITLES = {
@@ -224,14 +226,8 @@ Candidate = BackupRef
 def s3_candidates(config: Config, source: Source, client: Any) -> list[Candidate]:
     """Backups of ``source`` in the bucket only, oldest first (sidecars, manifests and the members
     of directory-format dumps do not match the name pattern and are not candidates)."""
-    found = []
-    for obj in iter_s3_objects(client, config.bucket, source.s3_prefix):
-        name = obj.key[len(source.s3_prefix):]
-        ts = source.pattern.timestamp(name) if "/" not in name else None
-        if ts is not None:
-            found.append(Candidate(source.name, name, ts, key=obj.key))
-    found.sort(key=lambda c: (c.timestamp, c.name))
-    return found
+    return [Candidate(source.name, b.name, b.timestamp, key=b.key)
+            for b in Catalog(source, Bucket(client, config.bucket)).remote()]
 
 
 def local_first_candidates(config: Config, source: Source, client: Any) -> list[Candidate]:

@@ -19,7 +19,6 @@ import os
 import pwd
 import shutil
 import socket
-import stat
 import subprocess
 import time
 from dataclasses import dataclass

@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-DB_NAME = "verification.sqlite"
+from backupkit.storage.statedir import StateDir
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS verifications (
     key TEXT PRIMARY KEY,
@@ -35,6 +37,20 @@ CREATE TABLE IF NOT EXISTS verifications (
 CREATE TABLE IF NOT EXISTS log_offsets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checksum_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+def _retry_locked(fn, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    delay = 0.01
+    while True:
+        try:
+            fn()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 def _iso(dt: datetime) -> str:
@@ -68,12 +84,19 @@ class VerificationState:
 
     def __init__(self, state_dir: Path | str):
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.state_dir / DB_NAME
+        self.path = StateDir(self.state_dir).verification_db
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        # Switching to WAL and creating the schema take locks the busy timeout does not always
+        # cover (SQLite answers "database is locked" at once when writers race on a new file).
+        _retry_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
+        _retry_locked(lambda: self._conn.executescript(_SCHEMA))
+
+    @classmethod
+    def existing(cls, state_dir: Path | str) -> "VerificationState | None":
+        """The store if one was created already, else None (read-only callers create nothing)."""
+        return cls(state_dir) if StateDir(state_dir).verification_db.is_file() else None
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self) -> None:
@@ -202,4 +225,4 @@ class _SqliteMap(MutableMapping):
         return self._conn.execute("SELECT count(*) FROM checksum_cache").fetchone()[0]
 
 
-__all__ = ["VerificationState", "Record", "DB_NAME"]
+__all__ = ["VerificationState", "Record"]

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from backupkit.catalog import read_sidecar, sidecar_path
+from backupkit.storage.localfs import read_sidecar, sidecar_path
 from backupkit.checks.archive import check_tar
 from backupkit.checks.detect import HEAD, detect_dir, detect_head, name_hint
 from backupkit.checks.pgdump import check_pg_custom, check_pg_directory, check_pg_tar, check_sql
 from backupkit.checks.stream import Tap
-from backupkit.results import CheckResult
-from backupkit.results import problems as _problems
+from backupkit.model import CheckResult
+from backupkit.model import problems as _problems
 
 
 @dataclass(frozen=True)

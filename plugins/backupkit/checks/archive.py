@@ -14,7 +14,7 @@ import tarfile
 from typing import BinaryIO
 
 from backupkit.checks.stream import GZIP_ERRORS, gzip_problem, read_to_end
-from backupkit.results import CheckResult
+from backupkit.model import CheckResult
 
 MAX_LISTED = 20  # unsafe members named one by one; the rest are counted
 

@@ -10,9 +10,9 @@ import statistics
 from datetime import datetime, timedelta
 from typing import Sequence
 
-from backupkit.catalog import LocalBackup
+from backupkit.model import Backup
 from backupkit.config import Source
-from backupkit.results import CheckResult
+from backupkit.model import CheckResult
 
 GAP_WINDOW = timedelta(days=35)  # how far back missing nights are looked for
 GAP_FACTOR = 1.5  # a gap longer than this many usual intervals is a missing backup
@@ -24,7 +24,7 @@ def _hours(td: timedelta) -> float:
     return td.total_seconds() / 3600
 
 
-def check_freshness(source: Source, backups: Sequence[LocalBackup], now: datetime) -> list[CheckResult]:
+def check_freshness(source: Source, backups: Sequence[Backup], now: datetime) -> list[CheckResult]:
     """Checks ``present``, ``fresh``, ``size`` and ``nightly_gaps`` for one source.
 
     ``backups`` need not be sorted; ``now`` must be timezone-aware.
@@ -54,7 +54,7 @@ def check_freshness(source: Source, backups: Sequence[LocalBackup], now: datetim
     return results
 
 
-def _size_check(art: str, newest: LocalBackup, earlier: Sequence[LocalBackup], window: int,
+def _size_check(art: str, newest: Backup, earlier: Sequence[Backup], window: int,
                 deviation: float) -> CheckResult:
     if newest.size == 0:
         return CheckResult(art, "size", False, "newest backup is empty (0 bytes)")
@@ -72,7 +72,7 @@ def _size_check(art: str, newest: LocalBackup, earlier: Sequence[LocalBackup], w
     return CheckResult(art, "size", True, detail)
 
 
-def _gap_checks(name: str, backups: Sequence[LocalBackup], now: datetime) -> list[CheckResult]:
+def _gap_checks(name: str, backups: Sequence[Backup], now: datetime) -> list[CheckResult]:
     """Missing backups between consecutive ones in the last :data:`GAP_WINDOW`.
 
     The usual interval is the median of the intervals in the window (so the check works

@@ -19,7 +19,7 @@ import re
 from typing import Sequence
 
 from backupkit.config import LogSource
-from backupkit.results import CheckResult
+from backupkit.model import CheckResult
 
 MAX_LINES_PER_FILE = 20
 MAX_LINE = 64 * 1024

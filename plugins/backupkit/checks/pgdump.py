@@ -20,7 +20,7 @@ from typing import BinaryIO
 from backupkit.checks.archive import scan_tar
 from backupkit.checks.stream import CHUNK, GZIP_ERRORS, Tap, gzip_problem
 from backupkit.pgbin import pg_bin
-from backupkit.results import CheckResult
+from backupkit.model import CheckResult
 
 STDERR_KEEP = 64 * 1024  # pg_restore stderr kept (the last bytes)
 # After its input ends pg_restore has at most a pipe buffer left to decode.

@@ -1,50 +1,51 @@
-"""Is the S3 copy of a backup there, the same size, and the same bytes?
+"""Is the S3 copy of a backup there, the same size, and the same bytes? And which evidence says so?
 
-The bytes are compared through the checksum S3 stored at upload time (HeadObject /
-GetObjectAttributes with checksum mode), so checking a 1 GB copy costs a few small
-requests instead of a 1 GB download. Which comparison applies depends on how the
-object was uploaded:
+The bytes are compared through what S3 stored at upload time, so checking a 1 GB copy
+costs a few small requests instead of a 1 GB download. The evidence, strongest and
+cheapest first (the result's detail and :attr:`S3CopyReport.method` name the one used):
 
-* single-part upload with SHA-256: S3's value is the SHA-256 of the object, compared
-  with the local SHA-256 (sidecar or state store) without reading either side;
-* multipart upload with SHA-256: S3's value is a *composite*, the SHA-256 of the
-  concatenated raw SHA-256 digests of the parts, shown with a ``-N`` part-count suffix.
-  The same composite is computed from the local file (one streamed read) using the part
-  layout S3 reports (GetObjectAttributes ``ObjectParts``; or, where an S3 implementation
-  omits it, the size of part 1 and the part count from ``HeadObject(PartNumber=1)``);
-* CRC64NVME (a full-object checksum, whatever the part layout): computed locally when
-  ``awscrt`` (botocore's CRT extra) is installed; otherwise the next option applies;
-* no usable stored checksum: the object is streamed (1 MiB chunks) and hashed.
+1. ``remembered``: this copy (same ETag/version and size) was already proved equal to a
+   local file with this SHA-256 by one of the methods below: no read at all;
+2. ``sha256``: a single-part SHA-256 checksum, compared with the known local SHA-256
+   (sidecar or verification memory) without reading either side;
+3. ``composite-sha256``: a multipart upload's composite SHA-256 (the SHA-256 of the part
+   SHA-256s, ``-N`` suffix), recomputed from the local file with S3's part layout;
+4. ``crc64nvme`` / ``crc32c`` / ``crc32``: S3's CRC checksums (full-object, or composite
+   over parts), recomputed locally (CRC32C and CRC64NVME need ``awscrt``);
+5. ``md5-etag``: an ETag that is an MD5 -- single part, not SSE-KMS/SSE-C -- or a multipart
+   ETag (MD5 of the part MD5s, ``-N``), recomputed locally;
+6. ``stream``: nothing usable is stored: the object is downloaded (1 MiB chunks) and hashed.
 
-:class:`S3CopyReport` counts the object bytes downloaded, so callers (and the
-benchmark) can show that a stored-checksum check read 0 bytes of the object.
+Methods 3-5 read the local file once (every digest they need in that one pass) and, when
+they match, remember the pairing (3-6 likewise), so an unchanged copy is not read again;
+a copy whose ETag or size changes is compared afresh. :class:`S3CopyReport` counts the
+object and local bytes read, so callers and the benchmark show what a check cost.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import re
+import zlib
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
-from backupkit.results import CheckResult
+from backupkit import clock
+from backupkit.model import CheckResult
+from backupkit.storage.objectstore import (
+    CHUNK,
+    Bucket,
+    StoredChecksum,
+    client_errors,
+    describe_error,
+    etag_parts,
+    stored_checksums,
+)
 
-CHUNK = 1 << 20  # streamed reads, local and remote: memory stays at about this much
-_SUFFIX = re.compile(r"^(?P<value>[A-Za-z0-9+/=]+)-(?P<parts>\d+)$")
-_ETAG_PARTS = re.compile(r"-(\d+)\"?$")
-
-
-@dataclass(frozen=True)
-class StoredChecksum:
-    """One checksum S3 reports for an object, normalised (part-count suffix split off)."""
-
-    algorithm: str  # "SHA256", "CRC64NVME", "CRC32", ...
-    value: str  # base64, without the "-N" suffix
-    composite: bool  # True: a checksum of the part checksums
-    parts: int | None  # part count when known (suffix, ETag, GetObjectAttributes)
+CRC_ALGORITHMS = ("CRC64NVME", "CRC32C", "CRC32")
+KMS_ENCRYPTIONS = ("aws:kms", "aws:kms:dsse")
 
 
 @dataclass(frozen=True)
@@ -52,22 +53,16 @@ class S3CopyReport:
     results: tuple[CheckResult, ...]
     body_bytes_read: int = 0  # bytes of the object body downloaded from S3
     local_bytes_read: int = 0  # bytes of the local file read to compute a checksum
-    method: str = "none"  # how the bytes were compared (see module doc)
+    method: str = "none"  # the evidence used (see the module doc)
 
     @property
     def ok(self) -> bool:
         return all(r.ok for r in self.results)
 
-
-def _is_not_found(exc: Exception) -> bool:
-    resp = getattr(exc, "response", None) or {}
-    code = str(resp.get("Error", {}).get("Code", ""))
-    status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in ("404", "NoSuchKey", "NotFound") or status == 404
-
-
-def _b64_of_hex(hex_digest: str) -> str:
-    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+    @property
+    def compared(self) -> bool:
+        """The bytes were compared (by whatever evidence), not skipped."""
+        return self.method not in ("none", "")
 
 
 def _human(n: int) -> str:
@@ -79,87 +74,106 @@ def _human(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def stored_checksums(head: dict, attrs: dict | None = None) -> dict[str, StoredChecksum]:
-    """The checksums S3 reports in a HeadObject (checksum mode) and GetObjectAttributes answer.
+def _b64_of_hex(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
-    AWS returns a multipart SHA-256 as ``VALUE-N`` with ``ChecksumType: COMPOSITE``; some
-    S3 implementations (moto) drop the suffix and the type from HeadObject, so the part
-    count is also taken from a multipart ETag (``"...-N"``) and from GetObjectAttributes.
+
+# --- local digests, all in one read ---------------------------------------------------------
+
+
+def _crc_functions() -> dict[str, Callable[[bytes, int], int]]:
+    fns: dict[str, Callable[[bytes, int], int]] = {"CRC32": lambda data, crc: zlib.crc32(data, crc)}
+    try:
+        from awscrt import checksums
+    except ImportError:
+        return fns
+    fns["CRC32C"] = checksums.crc32c
+    fns["CRC64NVME"] = checksums.crc64nvme
+    return fns
+
+
+_CRC_BYTES = {"CRC32": 4, "CRC32C": 4, "CRC64NVME": 8}
+
+
+def local_digests(path: Path, *, algorithms: Sequence[str], part_sizes: Sequence[int] | None = None
+                  ) -> tuple[dict[str, str], dict[str, list[str]], int]:
+    """Digests of ``path`` in one streamed read: whole-file and, with ``part_sizes``, per part.
+
+    ``algorithms`` among SHA256, MD5, CRC32, CRC32C, CRC64NVME. Returns (whole-file values,
+    per-part values, bytes read); SHA256 whole is hex, the rest base64 (MD5 hex, as ETags).
+    Composites are the caller's business (:func:`composite`). Raises ValueError when the
+    file does not have the parts' total length.
     """
-    attrs = attrs or {}
-    sources = [head, attrs.get("Checksum") or {}]
-    ctype = next((s.get("ChecksumType") for s in sources if s.get("ChecksumType")), None)
-    parts = None
-    m = _ETAG_PARTS.search(str(head.get("ETag") or attrs.get("ETag") or ""))
-    if m:
-        parts = int(m.group(1))
-    total = (attrs.get("ObjectParts") or {}).get("TotalPartsCount")
-    if total:
-        parts = int(total)
-    found: dict[str, StoredChecksum] = {}
-    for src in sources:
-        for field, raw in src.items():
-            if not field.startswith("Checksum") or field == "ChecksumType" or not isinstance(raw, str):
-                continue
-            algo = field[len("Checksum"):]
-            value, n = raw, parts
-            sm = _SUFFIX.match(raw)
-            if sm:
-                value, n = sm.group("value"), int(sm.group("parts"))
-            if algo == "CRC64NVME":
-                composite = False  # always a full-object checksum
-            elif ctype:
-                composite = ctype == "COMPOSITE"
-            else:
-                composite = n is not None
-            # HeadObject's answer comes first; a later one only adds an explicit part count.
-            if algo not in found or (sm and found[algo].parts is None):
-                found[algo] = StoredChecksum(algo, value, composite, n)
-    return found
+    crcs = _crc_functions()
+    wanted = list(dict.fromkeys(a for a in algorithms if a in ("SHA256", "MD5") or a in crcs))
+    whole = {a: _new(a) for a in wanted}
+    sizes = list(part_sizes) if part_sizes else None
+    per_part: dict[str, list[str]] = {a: [] for a in wanted} if sizes else {}
+    read = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        for size in (sizes or [None]):
+            part = {a: _new(a) for a in wanted} if sizes else None
+            left = size
+            while left is None or left:
+                n = f.readinto(view[:CHUNK if left is None else min(CHUNK, left)])
+                if not n:
+                    if left is None:
+                        break
+                    raise ValueError(f"{path} is shorter than the S3 part layout ({sum(sizes)} bytes)")
+                chunk = view[:n]
+                for a in wanted:
+                    whole[a] = _update(a, whole[a], chunk, crcs)
+                    if part is not None:
+                        part[a] = _update(a, part[a], chunk, crcs)
+                read += n
+                if left is not None:
+                    left -= n
+            if part is not None:
+                for a in wanted:
+                    per_part[a].append(_final(a, part[a]))
+        if sizes and f.read(1):
+            raise ValueError(f"{path} is longer than the S3 part layout ({sum(sizes)} bytes)")
+    return {a: _final(a, whole[a]) for a in wanted}, per_part, read
 
 
-def part_layout(client: Any, bucket: str, key: str, object_size: int,
-                parts_hint: int | None = None) -> tuple[list[int], list[str | None], str]:
-    """Part sizes (and per-part SHA-256 checksums where S3 lists them) of a multipart object.
+def _new(algorithm: str):
+    if algorithm == "SHA256":
+        return hashlib.sha256()
+    if algorithm == "MD5":
+        return hashlib.md5(usedforsecurity=False)
+    return 0
 
-    Prefers GetObjectAttributes ``ObjectParts`` (paginated); falls back to the size of part 1
-    and ``PartsCount`` from ``HeadObject(PartNumber=1)``, taking parts as uniform except the
-    last (how boto3, the AWS CLI and most uploaders split). Returns (sizes, checksums, how).
+
+def _update(algorithm: str, state, chunk, crcs):
+    if algorithm in ("SHA256", "MD5"):
+        state.update(chunk)
+        return state
+    return crcs[algorithm](chunk, state)
+
+
+def _final(algorithm: str, state) -> str:
+    if algorithm == "SHA256":
+        return state.hexdigest()
+    if algorithm == "MD5":
+        return state.hexdigest()
+    return base64.b64encode(int(state).to_bytes(_CRC_BYTES[algorithm], "big")).decode()
+
+
+def composite(algorithm: str, part_values: Sequence[str]) -> str:
+    """S3's composite checksum: the algorithm over the concatenated raw part checksums.
+
+    SHA-256 and CRC parts are base64 (SHA-256 whole digests come as hex and are converted
+    by the caller); MD5 parts are hex and the result is hex (a multipart ETag).
     """
-    sizes: list[int] = []
-    sums: list[str | None] = []
-    marker = 0
-    while True:
-        kwargs = dict(Bucket=bucket, Key=key, ObjectAttributes=["ObjectParts"], MaxParts=1000)
-        if marker:
-            kwargs["PartNumberMarker"] = marker
-        resp = client.get_object_attributes(**kwargs)
-        obj_parts = resp.get("ObjectParts") or {}
-        for p in obj_parts.get("Parts") or ():
-            sizes.append(int(p["Size"]))
-            sums.append(p.get("ChecksumSHA256"))
-        if not obj_parts.get("IsTruncated"):
-            break
-        marker = int(obj_parts["NextPartNumberMarker"])
-    if sizes and sum(sizes) == object_size:
-        return sizes, sums, "listed by GetObjectAttributes"
-    head1 = client.head_object(Bucket=bucket, Key=key, PartNumber=1)
-    count = int(head1.get("PartsCount") or parts_hint or 1)
-    first = int(head1["ContentLength"])
-    last = object_size - first * (count - 1)
-    if first > 0 and 0 < last <= first:
-        return [first] * (count - 1) + [last], [None] * count, "uniform parts from HeadObject(PartNumber=1)"
-    sizes = exact_part_sizes(client, bucket, key, count)
-    if sum(sizes) != object_size:
-        raise ValueError(f"cannot derive the part layout: {count} parts of {sum(sizes)} bytes, "
-                         f"object is {object_size} bytes")
-    return sizes, [None] * count, "HeadObject of every part"
-
-
-def exact_part_sizes(client: Any, bucket: str, key: str, count: int) -> list[int]:
-    """Every part's size, one ``HeadObject(PartNumber=n)`` each (no body is sent)."""
-    return [int(client.head_object(Bucket=bucket, Key=key, PartNumber=n)["ContentLength"])
-            for n in range(1, count + 1)]
+    if algorithm == "MD5":
+        return hashlib.md5(b"".join(bytes.fromhex(v) for v in part_values), usedforsecurity=False).hexdigest()
+    raw = b"".join(base64.b64decode(v) for v in part_values)
+    if algorithm == "SHA256":
+        return base64.b64encode(hashlib.sha256(raw).digest()).decode()
+    crcs = _crc_functions()
+    return base64.b64encode(int(crcs[algorithm](raw, 0)).to_bytes(_CRC_BYTES[algorithm], "big")).decode()
 
 
 def composite_sha256(path: Path, part_sizes: Sequence[int]) -> tuple[str, list[str], int]:
@@ -167,90 +181,58 @@ def composite_sha256(path: Path, part_sizes: Sequence[int]) -> tuple[str, list[s
 
     Returns (base64 composite without suffix, base64 per-part digests, bytes read).
     """
-    outer = hashlib.sha256()
-    part_b64: list[str] = []
-    read = 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        for size in part_sizes:
-            h = hashlib.sha256()
-            left = size
-            while left:
-                n = f.readinto(view[:min(CHUNK, left)])
-                if not n:
-                    raise ValueError(f"{path} is shorter than the S3 part layout ({sum(part_sizes)} bytes)")
-                h.update(view[:n])
-                left -= n
-                read += n
-            digest = h.digest()
-            outer.update(digest)
-            part_b64.append(base64.b64encode(digest).decode())
-        if f.read(1):
-            raise ValueError(f"{path} is longer than the S3 part layout ({sum(part_sizes)} bytes)")
-    return base64.b64encode(outer.digest()).decode(), part_b64, read
+    _, parts, read = local_digests(path, algorithms=["SHA256"], part_sizes=part_sizes)
+    b64 = [_b64_of_hex(h) for h in parts["SHA256"]]
+    return composite("SHA256", b64), b64, read
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    h, read = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            read += len(chunk)
-    return h.hexdigest(), read
-
-
-def _crc64nvme_file(path: Path) -> tuple[str, int] | None:
-    """Base64 CRC64NVME of ``path`` via awscrt, or None when awscrt is not installed."""
-    try:
-        from awscrt.checksums import crc64nvme
-    except ImportError:
-        return None
-    crc, read = 0, 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            crc = crc64nvme(chunk, crc)
-            read += len(chunk)
-    return base64.b64encode(crc.to_bytes(8, "big")).decode(), read
-
-
-def _layout_key(local_sha256: str, sizes: Sequence[int]) -> str:
-    sig = hashlib.sha256(",".join(map(str, sizes)).encode()).hexdigest()[:16]
-    return f"composite-sha256:{local_sha256}:{sig}"
+# --- the check ---------------------------------------------------------------------------------
 
 
 class _Comparison:
-    """Accumulates how one checksum comparison went (bytes read, method)."""
+    """How one comparison went: bytes read, method, and what to remember."""
 
     def __init__(self) -> None:
         self.body = 0
         self.local = 0
         self.method = "none"
+        self.local_sha256: str | None = None
+
+    def note(self) -> str:
+        note = f"read {self.body} bytes of the object"
+        if self.local:
+            note += f", {_human(self.local)} of the local file"
+        return note
 
 
-def s3_copy_report(client: Any, bucket: str, key: str, *, local_size: int, local_sha256: str | None,
+def _pair_key(bucket: Bucket, key: str, head: dict, size: int, local_sha256: str) -> str:
+    version = head.get("VersionId") or ""
+    etag = str(head.get("ETag") or "").strip('"')
+    return f"s3pair:{bucket.name}/{key}:{version}:{etag}:{size}:{local_sha256}"
+
+
+def s3_copy_report(bucket: Bucket, key: str, *, local_size: int, local_sha256: str | None,
                    local_path: Path | None, artifact: str,
                    composite_cache: MutableMapping[str, str] | None = None,
                    allow_download: bool = True) -> S3CopyReport:
-    """Check the S3 copy ``s3://bucket/key`` of a local backup; see the module doc.
+    """Check the S3 copy ``key`` in ``bucket`` of a local backup; see the module doc.
 
-    ``local_sha256`` (hex) avoids reading the local file for single-part copies;
-    ``local_path`` is read only when S3's checksum is a composite or CRC64NVME, or when
-    no SHA-256 is known. ``composite_cache`` remembers composites that matched S3 (keyed
-    by local SHA-256 and part layout), so a daily run does not re-read old files.
-    ``allow_download=False`` never downloads the object (a cheap inventory).
+    :param local_sha256: the local backup's SHA-256 (hex) when known; saves reading it
+    :param local_path: the local file, read only when the evidence needs it
+    :param composite_cache: remembered pairings (the verification memory's ``checksum_cache``)
+    :param allow_download: False never downloads the object (a cheap inventory)
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    uri = f"s3://{bucket}/{key}"
+    uri = bucket.uri(key)
     try:
-        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-    except ClientError as exc:
-        if _is_not_found(exc):
-            return S3CopyReport((CheckResult(artifact, "s3_present", False, f"{uri} missing in S3"),))
-        return S3CopyReport((CheckResult(artifact, "s3_present", False, f"{uri}: cannot read: {exc}"),))
-    except BotoCoreError as exc:
-        return S3CopyReport((CheckResult(artifact, "s3_present", False, f"{uri}: cannot reach S3: {exc}"),))
+        head = bucket.head(key, checksums=True)
+    except client_errors() as exc:
+        return S3CopyReport((CheckResult(artifact, "s3_present", False, describe_error(exc, uri)),))
+    if head is None:
+        try:
+            why = bucket.missing(key)
+        except client_errors() as exc:
+            why = describe_error(exc, uri)
+        return S3CopyReport((CheckResult(artifact, "s3_present", False, why),))
 
     results = [CheckResult(artifact, "s3_present", True, uri)]
     remote_size = int(head.get("ContentLength", -1))
@@ -264,99 +246,91 @@ def s3_copy_report(client: Any, bucket: str, key: str, *, local_size: int, local
 
     cmp = _Comparison()
     try:
-        result = _compare(client, bucket, key, head, remote_size, local_sha256, local_path, artifact,
-                          composite_cache, allow_download, cmp)
-    except (ClientError, BotoCoreError, OSError, ValueError) as exc:
+        result = _compare(bucket, key, head, remote_size, local_sha256.lower() if local_sha256 else None,
+                          local_path if local_path is not None and local_path.is_file() else None,
+                          artifact, composite_cache, allow_download, cmp)
+    except client_errors() as exc:
+        result = CheckResult(artifact, "s3_checksum", False, f"checksum not compared: {describe_error(exc, uri)}")
+    except (OSError, ValueError) as exc:
         result = CheckResult(artifact, "s3_checksum", False, f"{uri}: checksum not compared: {exc}")
     results.append(result)
     return S3CopyReport(tuple(results), cmp.body, cmp.local, cmp.method)
 
 
-def check_s3_copy(client: Any, bucket: str, key: str, *, local_size: int, local_sha256: str | None,
-                  local_path: Path | None, artifact: str,
-                  composite_cache: MutableMapping[str, str] | None = None,
-                  allow_download: bool = True) -> list[CheckResult]:
+def check_s3_copy(bucket: Bucket, key: str, **kwargs) -> list[CheckResult]:
     """Results ``s3_present``, ``s3_size``, ``s3_checksum`` for one copy (see :func:`s3_copy_report`)."""
-    return list(s3_copy_report(client, bucket, key, local_size=local_size, local_sha256=local_sha256,
-                               local_path=local_path, artifact=artifact, composite_cache=composite_cache,
-                               allow_download=allow_download).results)
+    return list(s3_copy_report(bucket, key, **kwargs).results)
 
 
-def _read_note(cmp: _Comparison) -> str:
-    note = f"read {cmp.body} bytes of the object"
-    if cmp.local:
-        note += f", {_human(cmp.local)} of the local file"
-    return note
+def _compare(bucket: Bucket, key: str, head: dict, size: int, local_sha256: str | None, local_file: Path | None,
+             artifact: str, cache: MutableMapping[str, str] | None, allow_download: bool,
+             cmp: _Comparison) -> CheckResult:
+    uri = bucket.uri(key)
 
+    def done(ok: bool, detail: str) -> CheckResult:
+        text = f"{detail} (evidence: {cmp.method}; {cmp.note()})"
+        if ok and cache is not None and cmp.method not in ("sha256", "remembered"):
+            sha = local_sha256 or cmp.local_sha256
+            if sha:
+                cache[_pair_key(bucket, key, head, size, sha)] = f"{cmp.method} {clock.now():%Y-%m-%d}"
+        return CheckResult(artifact, "s3_checksum", ok, text)
 
-def _compare(client: Any, bucket: str, key: str, head: dict, size: int, local_sha256: str | None,
-             local_path: Path | None, artifact: str, cache: MutableMapping[str, str] | None,
-             allow_download: bool, cmp: _Comparison) -> CheckResult:
-    uri = f"s3://{bucket}/{key}"
-    local_sha256 = local_sha256.lower() if local_sha256 else None
+    def skipped(detail: str) -> CheckResult:
+        return CheckResult(artifact, "s3_checksum", True, f"not compared: {detail} ({cmp.note()})")
+
+    # 1. A pairing proved before: nothing to read.
+    if cache is not None and local_sha256:
+        seen = cache.get(_pair_key(bucket, key, head, size, local_sha256))
+        if seen:
+            cmp.method = "remembered"
+            return CheckResult(artifact, "s3_checksum", True,
+                               f"matches, as proved by {seen} for this SHA-256 and this S3 version "
+                               f"(evidence: remembered; {cmp.note()})")
+
     stored = stored_checksums(head)
-    multipart_hint = _ETAG_PARTS.search(str(head.get("ETag") or ""))
-    if not stored or multipart_hint or any(c.composite for c in stored.values()):
+    parts_hint = etag_parts(str(head.get("ETag") or ""))
+    if not stored or parts_hint or any(c.composite for c in stored.values()):
         # GetObjectAttributes tells the checksum type (and part count) HeadObject may omit.
-        attrs = client.get_object_attributes(Bucket=bucket, Key=key,
-                                             ObjectAttributes=["Checksum", "ObjectParts", "ObjectSize", "ETag"])
+        attrs = bucket.attributes(key, ["Checksum", "ObjectParts", "ObjectSize", "ETag"])
         stored = stored_checksums(head, attrs)
-    local_file = local_path if local_path is not None and local_path.is_file() else None
 
-    def fail(detail: str) -> CheckResult:
-        return CheckResult(artifact, "s3_checksum", False, f"{detail} ({_read_note(cmp)})")
-
-    def ok(detail: str) -> CheckResult:
-        return CheckResult(artifact, "s3_checksum", True, f"{detail} ({_read_note(cmp)})")
-
+    # 2. A single-part SHA-256: compare with the known digest, reading nothing.
     sha = stored.get("SHA256")
-    # 1. Single-part SHA-256: compare with the known local digest, reading nothing.
     if sha and not sha.composite:
-        cmp.method = "sha256"
-        if local_sha256 is None:
-            if local_file is None:
-                return CheckResult(artifact, "s3_checksum", True,
-                                   "not compared: no local SHA-256 or file given (read 0 bytes of the object)")
-            local_sha256, cmp.local = _sha256_file(local_file)
-        want = _b64_of_hex(local_sha256)
-        if sha.value == want:
-            return ok("SHA-256 matches S3's stored checksum")
-        parts = int(client.head_object(Bucket=bucket, Key=key, PartNumber=1).get("PartsCount") or 1)
-        if parts > 1:
+        if local_sha256 is None and local_file is not None:
+            digests, _, cmp.local = local_digests(local_file, algorithms=["SHA256"])
+            local_sha256 = cmp.local_sha256 = digests["SHA256"]
+        if local_sha256 is not None:
+            cmp.method = "sha256"
+            if sha.value == _b64_of_hex(local_sha256):
+                return done(True, "SHA-256 matches S3's stored checksum")
+            parts = bucket.parts_count(key)
+            if parts <= 1:
+                return done(False, f"{uri}: SHA-256 differs: S3 stored {sha.value}, local "
+                                   f"{_b64_of_hex(local_sha256)}")
             # A multipart object whose S3 gave no hint of it: its checksum is a composite.
             sha = StoredChecksum("SHA256", sha.value, True, parts)
-        else:
-            return fail(f"{uri}: SHA-256 differs: S3 stored {sha.value}, local {want}")
+            stored["SHA256"] = sha
 
-    # 2. CRC64NVME full-object checksum, when awscrt can compute it locally.
-    crc = stored.get("CRC64NVME")
-    if crc and local_file is not None:
-        local_crc = _crc64nvme_file(local_file)
-        if local_crc is not None:
-            cmp.method, cmp.local = "crc64nvme", local_crc[1]
-            if local_crc[0] == crc.value:
-                return ok("CRC64NVME matches S3's stored full-object checksum")
-            return fail(f"{uri}: CRC64NVME differs: S3 stored {crc.value}, local {local_crc[0]}")
+    # 3-5. Evidence that needs the local file, all read in one pass.
+    plan = _local_plan(stored, head, parts_hint)
+    if plan:
+        if local_file is None:
+            algos = ", ".join(sorted(a for a, _ in plan))
+            return skipped(f"S3 stores {algos} of this copy; comparing it needs the local file")
+        return _compare_locally(bucket, key, head, size, plan, local_file, cmp, done)
 
-    # 3. Composite SHA-256 of a multipart upload: recompute it from the local file.
-    if sha and sha.composite:
-        cmp.method = "composite-sha256"
-        return _compare_composite(client, bucket, key, size, sha, local_sha256, local_file, artifact,
-                                  cache, cmp, ok, fail)
-
-    # 4. No usable stored checksum: stream the object and hash it.
+    # 6. Nothing usable stored: stream the object and hash it.
     if not allow_download:
         algos = ", ".join(sorted(stored)) or "none"
-        return CheckResult(artifact, "s3_checksum", True,
-                           f"not compared: no stored SHA-256 (stored: {algos}) and download not allowed "
-                           f"(read 0 bytes of the object)")
+        return skipped(f"no usable stored checksum (stored: {algos}) and download not allowed")
     if local_sha256 is None:
         if local_file is None:
-            return CheckResult(artifact, "s3_checksum", True,
-                               "not compared: no local SHA-256 or file given (read 0 bytes of the object)")
-        local_sha256, cmp.local = _sha256_file(local_file)
+            return skipped("no local SHA-256 or file given")
+        digests, _, cmp.local = local_digests(local_file, algorithms=["SHA256"])
+        local_sha256 = cmp.local_sha256 = digests["SHA256"]
     cmp.method = "stream"
-    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    body = bucket.body(key, if_match=head.get("ETag"))
     h = hashlib.sha256()
     try:
         for chunk in body.iter_chunks(CHUNK):
@@ -365,45 +339,76 @@ def _compare(client: Any, bucket: str, key: str, head: dict, size: int, local_sh
     finally:
         body.close()
     if cmp.body != size:
-        return fail(f"{uri}: download ended after {cmp.body} of {size} bytes")
+        return done(False, f"{uri}: download ended after {cmp.body} of {size} bytes")
     if h.hexdigest() == local_sha256:
-        return ok("SHA-256 of the streamed object matches (no stored checksum)")
-    return fail(f"{uri}: SHA-256 of the streamed object differs: S3 {h.hexdigest()}, local {local_sha256}")
+        return done(True, "SHA-256 of the streamed object matches (no stored checksum)")
+    return done(False, f"{uri}: SHA-256 of the streamed object differs: S3 {h.hexdigest()}, local {local_sha256}")
 
 
-def _compare_composite(client: Any, bucket: str, key: str, size: int, sha: StoredChecksum,
-                       local_sha256: str | None, local_file: Path | None, artifact: str,
-                       cache: MutableMapping[str, str] | None, cmp: _Comparison, ok, fail) -> CheckResult:
-    uri = f"s3://{bucket}/{key}"
-    sizes, part_sums, how = part_layout(client, bucket, key, size, sha.parts)
-    n = len(sizes)
-    if sha.parts is not None and sha.parts != n:
-        return fail(f"{uri}: S3 says {sha.parts} parts but lists {n}")
-    cache_key = _layout_key(local_sha256, sizes) if local_sha256 else None
-    if cache is not None and cache_key and cache.get(cache_key) == sha.value:
-        return ok(f"composite SHA-256 of {n} parts matches (remembered for this SHA-256 and layout)")
-    if local_file is None:
-        return CheckResult(artifact, "s3_checksum", True,
-                           f"not compared: S3 stores a composite SHA-256 of {n} parts; it needs the local file "
-                           f"(read 0 bytes of the object)")
-    composite, local_parts, cmp.local = composite_sha256(local_file, sizes)
-    if composite != sha.value and how.startswith("uniform"):
+def _local_plan(stored: dict[str, StoredChecksum], head: dict, parts_hint: int | None
+                ) -> list[tuple[str, StoredChecksum]]:
+    """The stored checksums to recompute from the local file, strongest first (at most one CRC)."""
+    plan: list[tuple[str, StoredChecksum]] = []
+    sha = stored.get("SHA256")
+    if sha and sha.composite:
+        plan.append(("composite-sha256", sha))
+    available = _crc_functions()
+    crc = next((stored[a] for a in CRC_ALGORITHMS if a in stored and a in available), None)
+    if crc and not plan:
+        plan.append((crc.algorithm.lower(), crc))
+    etag = str(head.get("ETag") or "").strip('"')
+    md5_etag = (head.get("ServerSideEncryption") not in KMS_ENCRYPTIONS and not head.get("SSECustomerAlgorithm")
+                and len(etag.split("-")[0]) == 32 and all(c in "0123456789abcdef" for c in etag.split("-")[0]))
+    if md5_etag and not plan:
+        plan.append(("md5-etag", StoredChecksum("MD5", etag.split("-")[0], parts_hint is not None, parts_hint)))
+    return plan
+
+
+def _compare_locally(bucket: Bucket, key: str, head: dict, size: int, plan: list[tuple[str, StoredChecksum]],
+                     local_file: Path, cmp: _Comparison, done: Callable[[bool, str], CheckResult]) -> CheckResult:
+    uri = bucket.uri(key)
+    method, stored = plan[0]
+    cmp.method = method
+    sizes: list[int] | None = None
+    part_sums: list[str | None] = []
+    how = ""
+    if stored.composite:
+        sizes, part_sums, how = bucket.part_layout(key, size, stored.parts)
+        if stored.parts is not None and stored.parts != len(sizes):
+            return done(False, f"{uri}: S3 says {stored.parts} parts but lists {len(sizes)}")
+    algorithm = stored.algorithm
+    whole, parts, cmp.local = local_digests(local_file, algorithms=[algorithm, "SHA256"], part_sizes=sizes)
+    cmp.local_sha256 = whole["SHA256"]
+
+    def local_value(part_values: dict[str, list[str]]) -> str:
+        if not stored.composite:
+            return whole[algorithm]
+        values = part_values[algorithm]
+        if algorithm == "SHA256":
+            values = [_b64_of_hex(v) for v in values]
+        return composite(algorithm, values)
+
+    mine = local_value(parts)
+    if mine != stored.value and stored.composite and how.startswith("uniform"):
         # The uniform-layout guess may be wrong (an uploader with varying part sizes):
         # confirm each part's size (HEAD only) and recompute if the layout differs.
-        exact = exact_part_sizes(client, bucket, key, n)
+        exact = bucket.part_sizes(key, len(sizes))
         if exact != sizes:
             sizes, how = exact, "HeadObject of every part"
-            composite, local_parts, read = composite_sha256(local_file, sizes)
+            whole, parts, read = local_digests(local_file, algorithms=[algorithm, "SHA256"], part_sizes=sizes)
             cmp.local += read
-    if composite == sha.value:
-        if cache is not None and local_sha256:
-            cache[_layout_key(local_sha256, sizes)] = composite
-        return ok(f"composite SHA-256 of {n} parts matches ({how})")
-    first_bad = next((i + 1 for i, (a, b) in enumerate(zip(local_parts, part_sums)) if b and a != b), None)
-    where = f"; first differing part: {first_bad} of {n}" if first_bad else ""
-    return fail(f"{uri}: composite SHA-256 of {n} parts differs: S3 stored {sha.value}-{n}, "
-                f"local {composite}-{n}{where}")
+            mine = local_value(parts)
+    label = {"SHA256": "SHA-256", "MD5": "MD5 ETag"}.get(algorithm, algorithm)
+    shape = f"composite {label} of {len(sizes)} parts" if stored.composite else f"full-object {label}"
+    if mine == stored.value:
+        return done(True, f"{shape} matches" + (f" ({how})" if how else ""))
+    where = ""
+    if stored.composite and algorithm == "SHA256":
+        local_parts = [_b64_of_hex(v) for v in parts["SHA256"]]
+        first_bad = next((i + 1 for i, (a, b) in enumerate(zip(local_parts, part_sums)) if b and a != b), None)
+        where = f"; first differing part: {first_bad} of {len(sizes)}" if first_bad else ""
+    suffix = f"-{len(sizes)}" if stored.composite else ""
+    return done(False, f"{uri}: {shape} differs: S3 stored {stored.value}{suffix}, local {mine}{suffix}{where}")
 
 
-__all__ = ["check_s3_copy", "s3_copy_report", "S3CopyReport", "StoredChecksum", "stored_checksums",
-           "composite_sha256", "part_layout"]
+__all__ = ["check_s3_copy", "s3_copy_report", "S3CopyReport", "composite_sha256", "composite", "local_digests"]

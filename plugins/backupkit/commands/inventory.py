@@ -13,13 +13,12 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from backupkit.catalog import local_backups, read_sidecar, s3_key_for
+from backupkit.catalog import local_backups, s3_key_for
 from backupkit.commands import EXIT_OK, EXIT_PROBLEM
 from backupkit.config import Config, load_config
-from backupkit.daily import backup_key, latest_backup
+from backupkit.jobs.daily import backup_key, latest_backup
 
 
 def _human(n: int) -> str:
@@ -40,11 +39,9 @@ def make_client(endpoint_url: str | None) -> Any:
 
 def _open_state(config: Config):
     """The state store if it exists (never created by an inventory)."""
-    from backupkit.state import DB_NAME, VerificationState
+    from backupkit.state import VerificationState
 
-    if (Path(config.state_dir) / DB_NAME).is_file():
-        return VerificationState(config.state_dir)
-    return None
+    return VerificationState.existing(config.state_dir)
 
 
 def _s3_status(results: list[dict]) -> tuple[str, bool]:
@@ -54,6 +51,8 @@ def _s3_status(results: list[dict]) -> tuple[str, bool]:
         detail = present["detail"] if present else "not checked"
         if detail.endswith("missing in S3"):
             return "missing", False
+        if ": no such bucket" in detail:
+            return "no such bucket", False
         if detail.startswith("s3://") and ": " in detail:  # the URI is in its own column of --json
             detail = detail.split(": ", 1)[1]
         return f"error: {detail}", False
@@ -73,6 +72,8 @@ def _s3_status(results: list[dict]) -> tuple[str, bool]:
 def inventory(config: Config, client: Any) -> list[dict]:
     """One row per configured source (see the module doc); JSON-serialisable."""
     from backupkit.checks.s3copy import check_s3_copy
+    from backupkit.storage.localfs import read_sidecar
+    from backupkit.storage.objectstore import Bucket
 
     state = _open_state(config)
     rows = []
@@ -91,14 +92,14 @@ def inventory(config: Config, client: Any) -> list[dict]:
             rec = state.get(key) if state else None
             if rec is not None and rec.ok and rec.size == b.size:
                 sha = rec.sha256
-            if sha is None:
+            if sha is None and not b.is_dir:
                 try:
                     sha = read_sidecar(b.path)
                 except ValueError:
                     sha = None
             s3_key = s3_key_for(source, b.name)
             results = [r.to_dict() for r in check_s3_copy(
-                client, config.bucket, s3_key, local_size=b.size, local_sha256=sha, local_path=None,
+                Bucket(client, config.bucket), s3_key, local_size=b.size, local_sha256=sha, local_path=None,
                 artifact=key, composite_cache=state.checksum_cache if state else None, allow_download=False)]
             status, ok = _s3_status(results)
             row["s3"] = {"uri": f"s3://{config.bucket}/{s3_key}", "status": status, "ok": ok, "results": results}

@@ -111,11 +111,9 @@ def verification_states(config: Config, source: Source, names: Iterable[str]) ->
     """
     names = list(names)
     states = dict.fromkeys(names, "unverified")
-    try:
-        from backupkit.state import DB_NAME, VerificationState
-    except ImportError:
-        return states
-    if not (Path(config.state_dir) / DB_NAME).is_file():
+    from backupkit.state import VerificationState
+
+    if not config.state.verification_db.is_file():
         return states
     prefix = f"{source.name}/"
     with VerificationState(config.state_dir) as store:
@@ -263,7 +261,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     from backupkit.commands.inventory import make_client
     from backupkit.retention.audit import AuditLog
     from backupkit.retention.sweep import SweepError, sweep_source
-    from backupkit.state import DB_NAME, VerificationState
+    from backupkit.state import VerificationState
+    from backupkit.storage.objectstore import Bucket
 
     config = load_config(args.config)
     config.source(args.source)  # unknown source: usage error before touching S3
@@ -271,10 +270,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     run_id = f"cli-{clock.now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="backupctl-sweep-") as scratch:
         # A dry run must not create the state store; without one every backup is unverified.
-        have_state = args.apply or (Path(config.state_dir) / DB_NAME).is_file()
+        have_state = args.apply or config.state.verification_db.is_file()
         with VerificationState(config.state_dir if have_state else scratch) as state:
             try:
-                report = sweep_source(config, args.source, s3_client=client, state=state, dry_run=not args.apply,
+                report = sweep_source(config, args.source, bucket=Bucket(client, config.bucket), state=state,
+                                      dry_run=not args.apply,
                                       run_id=run_id, audit=AuditLog(config.state_dir))
             except SweepError as exc:
                 report = exc.report

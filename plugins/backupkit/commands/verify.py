@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from backupkit.catalog import split_s3_uri
+from backupkit.storage.objectstore import split_s3_uri
 from backupkit.checks.stream import CHUNK
 from backupkit.commands import EXIT_OK, EXIT_PROBLEM, UsageError
 from backupkit.config import load_config
-from backupkit.results import CheckResult
+from backupkit.model import CheckResult
 from backupkit.verify import ArtifactReport, verify_artifact
 
 

@@ -52,7 +52,7 @@ Recoverability
   ``recoverability.dr_drill_met_targets`` -- the latest disaster-recovery drill met its
   targets and is younger than ``reports.dr_drill_max_age_days``.
 
-Result files read by the recoverability controls (JSON lines in ``state_dir``; the
+Result files read by the recoverability controls (JSON lines in ``state_dir/history/``; the
 monthly restore-test DAG and the DR drill DAG append to them; a missing file fails the
 control with "no restore test recorded" / "no DR drill recorded"):
 
@@ -108,10 +108,10 @@ from backupkit.retention.policy import (
     rule_counts,
 )
 from backupkit.state import VerificationState
+from backupkit.storage.objectstore import Bucket
+from backupkit.storage.statedir import StateDir
 
 STATUSES = ("pass", "fail", "info")
-RESTORE_TESTS_FILE = "restore_tests.jsonl"
-DR_DRILLS_FILE = "dr_drills.jsonl"
 REQUIRED_RESTORE_TESTS = 3
 # Databases no application data lives in: the cluster's maintenance database (templates
 # are excluded by the query itself).
@@ -287,7 +287,7 @@ def coverage_file_paths(config: Config, *, now: datetime) -> Control:
                    ["File set", "Latest archive", "Path", "Members", "Status"], rows)
 
 
-def backup_index(config: Config, s3_client: Any = None) -> tuple[dict[str, dict[str, dict]], list[str]]:
+def backup_index(config: Config, bucket: Bucket | None = None) -> tuple[dict[str, dict[str, dict]], list[str]]:
     """source -> name -> {"timestamp", "local", "s3", "size"}: every backup local or in S3."""
     index: dict[str, dict[str, dict]] = {}
     notes = []
@@ -295,9 +295,9 @@ def backup_index(config: Config, s3_client: Any = None) -> tuple[dict[str, dict[
         entries: dict[str, dict] = {}
         for b in local_backups(src):
             entries[b.name] = {"timestamp": b.timestamp, "local": True, "s3": False, "size": b.size}
-        if s3_client is not None:
+        if bucket is not None:
             try:
-                for name, size in s3_backup_sizes(s3_client, config.bucket, src).items():
+                for name, size in s3_backup_sizes(bucket, src).items():
                     e = entries.setdefault(name, {"timestamp": src.pattern.timestamp(name), "local": False,
                                                   "s3": False, "size": 0})
                     e["s3"] = True
@@ -415,7 +415,7 @@ def overdue_backups(candidates: Sequence[Candidate], policy: Any, *, now: dateti
 
 
 def retention_controls(config: Config, index: Mapping[str, Mapping[str, dict]], *, now: datetime,
-                       state: VerificationState, s3_client: Any = None, notes: Sequence[str] = ()) -> list[Control]:
+                       state: VerificationState, bucket: Bucket | None = None, notes: Sequence[str] = ()) -> list[Control]:
     """``retention.minimum_frequency`` and ``retention.not_kept_past_policy`` (module docstring)."""
     now = _utc(now)
     grace = timedelta(days=config.reports.retention_grace_days)
@@ -435,14 +435,12 @@ def retention_controls(config: Config, index: Mapping[str, Mapping[str, dict]], 
             cands.append(Candidate(name, e["timestamp"], verdict, e["size"], held))
         overdue, plan = overdue_backups(cands, policy, now=now, grace=grace)
         held_by_s3: dict[str, str] = {}
-        if overdue and s3_client is not None:
-            from backupkit.retention import s3ops
-
+        if overdue and bucket is not None:
             if lock_enabled is None:
-                lock_enabled = s3ops.object_lock_enabled(s3_client, config.bucket)
+                lock_enabled = bucket.object_lock_enabled()
             keys = {s3_key_for(src, c.name): c.name for c in overdue if entries[c.name]["s3"]}
-            for key, (reason, err) in s3ops.inspect_holds(s3_client, config.bucket, keys, now=now,
-                                                         check_lock=lock_enabled, hold_tag=None).items():
+            for key, (reason, err) in bucket.inspect_holds(keys, now=now, check_lock=lock_enabled,
+                                                           hold_tag=None).items():
                 if reason:
                     held_by_s3[keys[key]] = reason
                 elif err:
@@ -492,11 +490,10 @@ def retention_controls(config: Config, index: Mapping[str, Mapping[str, dict]], 
 
 
 # -- security -----------------------------------------------------------------------------------------
-def _call(fn, **kwargs) -> tuple[dict | None, str | None]:
-    try:
-        return fn(**kwargs), None
-    except Exception as exc:
-        return None, _error(exc)
+def _setting(bucket: Bucket, name: str) -> tuple[dict | None, str | None]:
+    """A bucket setting, or the error ``CODE: message`` that S3 answered instead."""
+    answer, err = bucket.setting(name)
+    return answer, (f"{err[0]}: {err[1]}" if err else None)
 
 
 def _as_list(v: Any) -> list:
@@ -532,25 +529,25 @@ def denies_insecure_transport(policy_text: str | None, bucket: str) -> tuple[boo
     return False, "no Deny statement for aws:SecureTransport = false covering the bucket's objects"
 
 
-def security_controls(config: Config, s3_client: Any) -> list[Control]:
+def security_controls(config: Config, store: Bucket) -> list[Control]:
     """Encryption, deletion protection, public access, TLS-only policy and replication of the bucket."""
-    bucket = config.bucket
+    bucket = store.name
     expected = config.reports.sse_algorithm
     prefixes = sorted({s.s3_prefix for s in config.sources})
-    pab, pab_err = _call(s3_client.get_public_access_block, Bucket=bucket)
+    pab, pab_err = _setting(store, "public_access_block")
     flags = (pab or {}).get("PublicAccessBlockConfiguration") or {}
-    owner, _ = _call(s3_client.get_bucket_ownership_controls, Bucket=bucket)
+    owner, _ = _setting(store, "ownership_controls")
     acls_disabled = any(r.get("ObjectOwnership") == "BucketOwnerEnforced"
                         for r in ((owner or {}).get("OwnershipControls") or {}).get("Rules", []))
     # Object ACLs are read only where S3 honours them: IgnorePublicAcls or disabled ACLs (bucket owner
     # enforced) make every public grant ineffective, and skipping them halves the requests.
     check_acls = not (flags.get("IgnorePublicAcls") or acls_disabled)
-    scan = scan_objects(s3_client, bucket, prefixes, expected, acls=check_acls)
+    scan = scan_objects(store, prefixes, expected, acls=check_acls)
 
     # encryption
     enc_fail, enc_ev = [], []
     try:
-        default = bucket_encryption(s3_client, bucket, expected)
+        default = bucket_encryption(store, expected)
         if default["ok"]:
             enc_ev.append(f"bucket default: {default['detail']}")
         else:
@@ -575,7 +572,7 @@ def security_controls(config: Config, s3_client: Any) -> list[Control]:
 
     # versioning and object lock
     del_fail, del_ev = [], []
-    versioning, err = _call(s3_client.get_bucket_versioning, Bucket=bucket)
+    versioning, err = _setting(store, "versioning")
     if err:
         del_fail.append(f"cannot read versioning: {err}")
     else:
@@ -583,7 +580,7 @@ def security_controls(config: Config, s3_client: Any) -> list[Control]:
         del_ev.append(f"versioning: {status}; MFA delete: {versioning.get('MFADelete', 'Disabled')}")
         if status != "Enabled":
             del_fail.append(f"versioning is {status}: an overwrite or delete destroys the backup")
-    lock, err = _call(s3_client.get_object_lock_configuration, Bucket=bucket)
+    lock, err = _setting(store, "object_lock")
     if err and "ObjectLockConfigurationNotFound" in err:
         del_fail.append("object lock is not enabled on the bucket")
     elif err:
@@ -617,7 +614,7 @@ def security_controls(config: Config, s3_client: Any) -> list[Control]:
                if not flags.get(k)]
         if off:
             pub_fail.append(f"Block Public Access settings off: {', '.join(off)}")
-    acl, err = _call(s3_client.get_bucket_acl, Bucket=bucket)
+    acl, err = _setting(store, "acl")
     if err:
         pub_fail.append(f"cannot read the bucket ACL: {err}")
     else:
@@ -625,7 +622,7 @@ def security_controls(config: Config, s3_client: Any) -> list[Control]:
         pub_ev.append(f"bucket ACL public grants: {', '.join(grants) or 'none'}")
         if grants:
             pub_fail.append(f"the bucket ACL grants {', '.join(grants)}")
-    status, err = _call(s3_client.get_bucket_policy_status, Bucket=bucket)
+    status, err = _setting(store, "policy_status")
     if err and "NoSuchBucketPolicy" in err:
         pub_ev.append("bucket policy: none (not public)")
     elif err:
@@ -653,7 +650,7 @@ def security_controls(config: Config, s3_client: Any) -> list[Control]:
                             pub_ev + pub_fail))
 
     # TLS only
-    pol, err = _call(s3_client.get_bucket_policy, Bucket=bucket)
+    pol, err = _setting(store, "policy")
     if err and "NoSuchBucketPolicy" not in err:
         tls_ok, tls_detail = False, f"cannot read the bucket policy: {err}"
     else:
@@ -667,7 +664,7 @@ def security_controls(config: Config, s3_client: Any) -> list[Control]:
                             [tls_detail]))
 
     # copy in another region or account
-    repl, err = _call(s3_client.get_bucket_replication, Bucket=bucket)
+    repl, err = _setting(store, "replication")
     required = config.reports.require_cross_region_copy
     if err and "ReplicationConfigurationNotFound" not in err:
         rep_ok, rep_detail = False, f"cannot read the replication configuration: {err}"
@@ -714,14 +711,14 @@ def record_restore_tests(state_dir: Path, results: Iterable[Mapping[str, Any]], 
                      "ok": bool(r.get("ok")),
                      **{k: r[k] for k in ("backup", "role", "duration_seconds") if r.get(k) is not None},
                      "detail": detail[:1000]})
-    return _append_jsonl(Path(state_dir) / RESTORE_TESTS_FILE, rows)
+    return _append_jsonl(StateDir(state_dir).restore_tests, rows)
 
 
 def record_dr_drill(state_dir: Path, *, ok: bool, scenarios: Sequence[Mapping[str, Any]], run_id: str,
                     now: datetime, detail: str = "") -> int:
     """Append one DR drill (scenarios with ``name``, ``ok``, ``rto_seconds``, ``rto_target_seconds``,
     ``rpo_seconds``, ``rpo_target_seconds``) to ``dr_drills.jsonl``."""
-    return _append_jsonl(Path(state_dir) / DR_DRILLS_FILE, [{
+    return _append_jsonl(StateDir(state_dir).dr_drills, [{
         "time": _utc(now).isoformat(), "run_id": run_id, "ok": bool(ok), "detail": detail,
         "scenarios": [dict(s) for s in scenarios]}])
 
@@ -750,7 +747,7 @@ def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
 def restore_tests_control(config: Config, *, now: datetime) -> Control:
     """The last three monthly restore tests passed; the newest is recent."""
     now = _utc(now)
-    path = config.state_dir / RESTORE_TESTS_FILE
+    path = config.state.restore_tests
     cid, title, model = ("recoverability.restore_tests_passed", "The last three monthly restore tests passed",
                          "RESTORE_TIME_FOR_RESOURCES_MEET_TARGET")
     if not path.exists():
@@ -788,7 +785,7 @@ def restore_tests_control(config: Config, *, now: datetime) -> Control:
 def dr_drill_control(config: Config, *, now: datetime) -> Control:
     """The latest DR drill met its RTO/RPO targets; it is recent."""
     now = _utc(now)
-    path = config.state_dir / DR_DRILLS_FILE
+    path = config.state.dr_drills
     cid, title, model = ("recoverability.dr_drill_met_targets", "The latest disaster-recovery drill met its targets",
                          "RESTORE_TIME_FOR_RESOURCES_MEET_TARGET")
     if not path.exists():
@@ -874,5 +871,4 @@ __all__ = ["Control", "coverage_databases", "coverage_file_paths", "last_recover
            "retention_controls", "policy_gaps", "age_distribution", "overdue_backups", "security_controls",
            "denies_insecure_transport", "restore_tests_control", "dr_drill_control", "read_jsonl", "audit_summary",
            "audit_doc", "archive_members", "newest_verified", "record_restore_tests", "record_dr_drill",
-           "LIST_DATABASES_SQL", "RESTORE_TESTS_FILE",
-           "DR_DRILLS_FILE", "SYSTEM_DATABASES"]
+           "LIST_DATABASES_SQL", "SYSTEM_DATABASES"]

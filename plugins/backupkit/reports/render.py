@@ -248,7 +248,7 @@ def report_prefix(base: str, kind: str, report_date) -> str:
     return f"{base}{kind}/{report_date.isoformat()}/"
 
 
-def publish_files(files: dict[str, str | bytes], *, s3_client, bucket: str, prefix: str, local_dir,
+def publish_files(files: dict[str, str | bytes], *, bucket, prefix: str, local_dir,
                   sse: str | None = None) -> dict:
     """Write the report's files to ``local_dir`` first (the copy that survives an S3 outage),
     then upload them under ``prefix`` with server-side encryption ``sse``.
@@ -266,11 +266,10 @@ def publish_files(files: dict[str, str | bytes], *, s3_client, bucket: str, pref
     for name, body in files.items():
         data = body.encode() if isinstance(body, str) else body
         extra = {"ServerSideEncryption": sse} if sse else {}
-        # A checksum header is mandatory in a bucket with object-lock default retention.
-        s3_client.put_object(Bucket=bucket, Key=prefix + name, Body=data, ContentType=content_type(name),
-                             ChecksumAlgorithm="SHA256", **extra)
+        # A checksum header is mandatory in a bucket with object-lock default retention (put sends SHA-256).
+        bucket.put(prefix + name, data, content_type=content_type(name), **extra)
         keys.append(prefix + name)
-    return {"uri": f"s3://{bucket}/{prefix}report.md", "html": f"s3://{bucket}/{prefix}report.html",
+    return {"uri": bucket.uri(f"{prefix}report.md"), "html": bucket.uri(f"{prefix}report.html"),
             "local": str(local_dir / "report.md"), "keys": keys}
 
 

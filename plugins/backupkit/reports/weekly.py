@@ -22,7 +22,7 @@ XCom, and :func:`weekly_doc` that turns them into the report:
   configured kind, and every backup object (current versions under the sources'
   prefixes) without server-side encryption, or with another kind, listed.
 
-Nothing here imports Airflow; S3 access goes through a plain boto3 client.
+Nothing here imports Airflow; S3 access goes through a :class:`~backupkit.storage.objectstore.Bucket`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from backupkit.catalog import MANIFEST_SUFFIX, iter_s3_objects, local_backups
+from backupkit.catalog import Catalog, local_backups
+from backupkit.storage.localfs import MANIFEST_SUFFIX
+from backupkit.storage.objectstore import Bucket, error_code, is_not_found
 from backupkit.checks.logs import ERROR_RE, WARNING_RE
 from backupkit.config import Config, Source
 from backupkit.reports.render import Doc, bar_chart, human_bytes, human_seconds, line_chart
@@ -184,14 +186,9 @@ class BackupPoint:
     where: str  # "local", "s3", "local+s3" or "log"
 
 
-def s3_backup_sizes(client: Any, bucket: str, source: Source) -> dict[str, int]:
-    """name -> size of the backup objects directly under the source's prefix (companions excluded)."""
-    out = {}
-    for obj in iter_s3_objects(client, bucket, source.s3_prefix):
-        name = obj.key[len(source.s3_prefix):]
-        if "/" not in name and source.pattern.timestamp(name) is not None:
-            out[name] = obj.size
-    return out
+def s3_backup_sizes(bucket: Bucket, source: Source) -> dict[str, int]:
+    """name -> size of the source's backups in the bucket (companions excluded), as the catalog sees them."""
+    return {b.name: b.s3.size for b in Catalog(source, bucket).remote()}
 
 
 def backup_points(source: Source, *, s3_sizes: dict[str, int] | None = None,
@@ -271,7 +268,7 @@ def weekly_series(points: Sequence[BackupPoint], labels: Sequence[str]) -> list[
     return rows
 
 
-def collect_trends(config: Config, *, now: datetime, s3_client: Any = None, weeks: int | None = None,
+def collect_trends(config: Config, *, now: datetime, bucket: Bucket | None = None, weeks: int | None = None,
                    factor: float | None = None) -> dict:
     """Per source: weekly size/duration series over ``weeks`` weeks and the anomalies in them."""
     now = _utc(now)
@@ -284,9 +281,9 @@ def collect_trends(config: Config, *, now: datetime, s3_client: Any = None, week
     sources = {}
     for src in config.sources:
         s3_sizes = None
-        if s3_client is not None:
+        if bucket is not None:
             try:
-                s3_sizes = s3_backup_sizes(s3_client, config.bucket, src)
+                s3_sizes = s3_backup_sizes(bucket, src)
             except Exception as exc:  # trends still work from the local side; say what is missing
                 notes.append(f"{src.name}: cannot list s3://{config.bucket}/{src.s3_prefix}: {exc}")
         points = backup_points(src, s3_sizes=s3_sizes, logged=logged)
@@ -361,7 +358,7 @@ def missing_slots(points: Sequence[BackupPoint], *, since: datetime) -> list[dat
     return out
 
 
-def failure_pattern(config: Config, *, now: datetime, s3_client: Any = None, weeks: int | None = None,
+def failure_pattern(config: Config, *, now: datetime, bucket: Bucket | None = None, weeks: int | None = None,
                     state: VerificationState | None = None) -> dict:
     """Which days, which sources, which errors, over the trend window."""
     now = _utc(now)
@@ -371,9 +368,9 @@ def failure_pattern(config: Config, *, now: datetime, s3_client: Any = None, wee
     events: list[dict] = []
     for src in config.sources:
         s3_sizes = None
-        if s3_client is not None:
+        if bucket is not None:
             try:
-                s3_sizes = s3_backup_sizes(s3_client, config.bucket, src)
+                s3_sizes = s3_backup_sizes(bucket, src)
             except Exception as exc:
                 notes.append(f"{src.name}: cannot list S3: {exc}")
         points = backup_points(src, s3_sizes=s3_sizes, logged=logged)
@@ -435,29 +432,24 @@ def _prefix_of(key: str) -> str:
     return f"{head}/" if sep else "(top level)"
 
 
-def iter_object_versions(client: Any, bucket: str, prefix: str = "", *, page_size: int = 1000) -> Iterator[dict]:
+def iter_object_versions(bucket: Bucket, prefix: str = "", *, page_size: int = 1000) -> Iterator[dict]:
     """Every object version and delete marker (ListObjectVersions, ``page_size`` a page).
 
     Yields ``{"key", "size", "storage_class", "latest", "last_modified", "delete_marker"}``.
     """
-    paginator = client.get_paginator("list_object_versions")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}):
-        for v in page.get("Versions", ()):
-            yield {"key": v["Key"], "size": int(v.get("Size", 0)), "storage_class": v.get("StorageClass") or "STANDARD",
-                   "latest": bool(v.get("IsLatest")), "last_modified": v.get("LastModified"), "delete_marker": False}
-        for d in page.get("DeleteMarkers", ()):
-            yield {"key": d["Key"], "size": 0, "storage_class": "-", "latest": bool(d.get("IsLatest")),
-                   "last_modified": d.get("LastModified"), "delete_marker": True}
+    for v in bucket.versions(prefix, page_size=page_size):
+        yield {"key": v.key, "size": v.size, "storage_class": "-" if v.is_marker else v.storage_class,
+               "latest": v.is_latest, "last_modified": v.last_modified, "delete_marker": v.is_marker}
 
 
-def bucket_usage(client: Any, bucket: str, *, now: datetime, weeks: int, page_size: int = 1000) -> dict:
+def bucket_usage(bucket: Bucket, *, now: datetime, weeks: int, page_size: int = 1000) -> dict:
     """Bytes and objects by prefix and storage class, current and noncurrent; uploads per week."""
     labels = week_labels(now, weeks)
     by_prefix: dict[str, Counter] = defaultdict(Counter)
     by_class: dict[str, Counter] = defaultdict(Counter)
     by_prefix_class: dict[tuple[str, str], Counter] = defaultdict(Counter)
     uploads: Counter = Counter()
-    for v in iter_object_versions(client, bucket, page_size=page_size):
+    for v in iter_object_versions(bucket, page_size=page_size):
         p = _prefix_of(v["key"])
         if v["delete_marker"]:
             by_prefix[p]["delete_markers"] += 1
@@ -473,7 +465,7 @@ def bucket_usage(client: Any, bucket: str, *, now: datetime, weeks: int, page_si
             uploads[week_label(_utc(v["last_modified"]))] += v["size"]
     total = sum(c["bytes"] for c in by_class.values())
     return {
-        "bucket": bucket, "total_bytes": total,
+        "bucket": bucket.name, "total_bytes": total,
         "objects": sum(c["objects"] for c in by_class.values()),
         "by_prefix": {p: dict(c) for p, c in sorted(by_prefix.items())},
         "by_class": {k: dict(c) for k, c in sorted(by_class.items())},
@@ -571,26 +563,26 @@ class StorageHistory:
         return history
 
 
-def storage_usage(config: Config, s3_client: Any, *, now: datetime, weeks: int | None = None,
+def storage_usage(config: Config, bucket: Bucket, *, now: datetime, weeks: int | None = None,
                   cost_explorer: Callable[[], dict] | None = None, record_history: bool = True) -> dict:
     """Bucket and local usage, growth and cost (see the module docstring)."""
     now = _utc(now)
     weeks = weeks or config.reports.trend_weeks
-    bucket = bucket_usage(s3_client, config.bucket, now=now, weeks=weeks)
+    usage = bucket_usage(bucket, now=now, weeks=weeks)
     local = local_usage(config, now=now, weeks=weeks)
-    cost = cost_estimate(bucket["by_class"], config.reports.prices_usd_per_gb_month)
+    cost = cost_estimate(usage["by_class"], config.reports.prices_usd_per_gb_month)
     ce = cost_explorer() if cost_explorer is not None else {"reachable": False,
                                                             "reason": "disabled (reports.cost_explorer: false)"}
     local_total = sum(r.get("bytes", 0) for r in local)
     history = []
     if record_history:
-        history = StorageHistory(config.state_dir / "reports" / "storage_history.jsonl").record(
-            {"date": now.date().isoformat(), "s3_bytes": bucket["total_bytes"], "s3_objects": bucket["objects"],
+        history = StorageHistory(config.state.storage_history).record(
+            {"date": now.date().isoformat(), "s3_bytes": usage["total_bytes"], "s3_objects": usage["objects"],
              "local_bytes": local_total})
     growth = [{"date": b["date"], "s3_bytes": b["s3_bytes"], "local_bytes": b["local_bytes"],
                "s3_change": b["s3_bytes"] - a["s3_bytes"], "local_change": b["local_bytes"] - a["local_bytes"]}
               for a, b in zip(history, history[1:])][-weeks:]
-    return {"bucket": bucket, "local": local, "local_total_bytes": local_total, "cost": cost,
+    return {"bucket": usage, "local": local, "local_total_bytes": local_total, "cost": cost,
             "cost_explorer": ce, "growth": growth, "history_points": len(history)}
 
 
@@ -632,10 +624,6 @@ def sum_cost(resp: dict) -> dict:
 
 
 # -- encryption ----------------------------------------------------------------------------------
-def _client_error_code(exc: BaseException) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__))
-
-
 def sse_matches(actual: str | None, expected: str) -> bool:
     """DSSE-KMS is KMS encryption (with two layers), so it satisfies ``aws:kms``."""
     if actual is None:
@@ -643,16 +631,14 @@ def sse_matches(actual: str | None, expected: str) -> bool:
     return actual == expected or (expected == "aws:kms" and actual == "aws:kms:dsse")
 
 
-def bucket_encryption(client: Any, bucket: str, expected: str) -> dict:
+def bucket_encryption(bucket: Bucket, expected: str) -> dict:
     """The bucket's default encryption rule and whether it is of the ``expected`` kind."""
-    try:
-        resp = client.get_bucket_encryption(Bucket=bucket)
-    except Exception as exc:
-        code = _client_error_code(exc)
-        if code == "ServerSideEncryptionConfigurationNotFoundError":
-            return {"ok": False, "algorithm": None, "detail": f"s3://{bucket} has no default encryption "
+    resp, err = bucket.setting("encryption")
+    if err is not None:
+        if err[0] == "ServerSideEncryptionConfigurationNotFoundError":
+            return {"ok": False, "algorithm": None, "detail": f"s3://{bucket.name} has no default encryption "
                                                               f"(expected {expected})"}
-        raise
+        raise RuntimeError(f"cannot read the default encryption of s3://{bucket.name}: {err[0]}: {err[1]}")
     rules = (resp.get("ServerSideEncryptionConfiguration") or {}).get("Rules") or []
     default = (rules[0].get("ApplyServerSideEncryptionByDefault") or {}) if rules else {}
     alg = default.get("SSEAlgorithm")
@@ -677,7 +663,7 @@ def public_grants(grants: Iterable[dict]) -> list[str]:
     return out
 
 
-def scan_objects(client: Any, bucket: str, prefixes: Sequence[str], expected: str, *, acls: bool = False,
+def scan_objects(bucket: Bucket, prefixes: Sequence[str], expected: str, *, acls: bool = False,
                  workers: int = HEAD_WORKERS) -> dict:
     """HEAD (and with ``acls`` GetObjectAcl) every current object under ``prefixes``.
 
@@ -685,15 +671,19 @@ def scan_objects(client: Any, bucket: str, prefixes: Sequence[str], expected: st
     (``[key, algorithm]``), ``public`` (``[key, grants]``) and ``errors`` (``[key, error]``). One request per object
     (two with ACLs), ``workers`` at a time: a few seconds per ten thousand objects.
     """
-    keys = [o.key for p in prefixes for o in iter_s3_objects(client, bucket, p)]
+    keys = [o.key for p in prefixes for o in bucket.objects(p)]
 
     def one(key: str) -> tuple[str, str | None, list[str], str | None]:
         try:
-            alg = client.head_object(Bucket=bucket, Key=key).get("ServerSideEncryption")
-            grants = public_grants(client.get_object_acl(Bucket=bucket, Key=key).get("Grants", ())) if acls else []
-            return key, alg, grants, None
+            head = bucket.head(key)
+            if head is None:
+                return key, None, [], "NoSuchKey: deleted since the listing"
+            grants = public_grants(bucket.object_acl(key)) if acls else []
+            return key, head.get("ServerSideEncryption"), grants, None
         except Exception as exc:
-            return key, None, [], f"{_client_error_code(exc)}: {exc}"
+            if is_not_found(exc):
+                return key, None, [], "NoSuchKey: deleted since the listing"
+            return key, None, [], f"{error_code(exc)[0]}: {exc}"
 
     unencrypted, wrong, public, errors = [], [], [], []
     by_alg: Counter = Counter()
@@ -725,12 +715,12 @@ def _first(items: Iterable[str], n: int = 5, total: int | None = None) -> str:
     return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "")
 
 
-def encryption_report(config: Config, s3_client: Any, *, scan: bool = True) -> dict:
+def encryption_report(config: Config, bucket: Bucket, *, scan: bool = True) -> dict:
     """Bucket default encryption and the backup objects' server-side encryption."""
     expected = config.reports.sse_algorithm
-    default = bucket_encryption(s3_client, config.bucket, expected)
+    default = bucket_encryption(bucket, expected)
     prefixes = sorted({s.s3_prefix for s in config.sources})
-    objects = scan_objects(s3_client, config.bucket, prefixes, expected) if scan else None
+    objects = scan_objects(bucket, prefixes, expected) if scan else None
     problems = []
     if not default["ok"]:
         problems.append(default["detail"])

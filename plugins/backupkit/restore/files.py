@@ -35,7 +35,7 @@ from backupkit import clock
 from backupkit.checks.archive import check_tar, unsafe_reason
 from backupkit.checks.detect import HEAD, detect_head
 from backupkit.checks.stream import GZIP_ERRORS
-from backupkit.results import CheckResult
+from backupkit.model import CheckResult
 
 CHECKSUM_MANIFEST = "SHA256SUMS"
 EXISTING = ("skip", "overwrite", "fail")

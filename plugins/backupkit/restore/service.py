@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from backupkit import clock
-from backupkit.catalog import iter_s3_objects, local_backups, s3_key_for
+from backupkit.catalog import Catalog
 from backupkit.config import Config, Source
 from backupkit.metrics import LastSuccessStore, MetricSet, SourceStatus
 from backupkit.restore.database import RestoreFailed, S3Source, restore_dump
@@ -55,7 +55,8 @@ from backupkit.restore.verify_rows import (
     read_s3_manifest,
     run_assertions,
 )
-from backupkit.results import CheckResult
+from backupkit.model import CheckResult
+from backupkit.storage.objectstore import Bucket
 
 RESTORED_DB = "restored"  # the database name inside a scratch server
 EXISTING_CHOICES = ("skip", "overwrite")
@@ -79,33 +80,14 @@ class BackupRef:
 
 
 def available_backups(config: Config, source: Source, s3_client: Any = None) -> list[BackupRef]:
-    """Every backup of ``source`` on disk or in the bucket, oldest first, merged by name.
+    """Every backup of ``source`` on disk or in the bucket, oldest first, merged by name (the catalog).
 
     A directory-format dump is a prefix in S3 (``NAME/toc.dat``, ...), listed by its
     directory name.
     """
-    found: dict[str, dict] = {}
-    for b in local_backups(source):
-        found[b.name] = {"timestamp": b.timestamp, "path": b.path, "size": b.size}
-    if s3_client is not None:
-        for obj in iter_s3_objects(s3_client, config.bucket, source.s3_prefix):
-            rel = obj.key[len(source.s3_prefix):]
-            if "/" in rel:  # a member of a directory-format dump
-                name = rel.split("/", 1)[0]
-                if source.dump_format != "directory" or not rel.endswith("/toc.dat"):
-                    continue
-                key = s3_key_for(source, name)
-            else:
-                name, key = rel, obj.key
-            ts = source.pattern.timestamp(name)
-            if ts is None:
-                continue
-            entry = found.setdefault(name, {"timestamp": ts, "size": obj.size})
-            entry["key"] = key
-    refs = [BackupRef(source.name, name, e["timestamp"], key=e.get("key"), path=e.get("path"), size=e.get("size"))
-            for name, e in found.items()]
-    refs.sort(key=lambda r: (r.timestamp, r.name))
-    return refs
+    bucket = Bucket(s3_client, config.bucket) if s3_client is not None else None
+    return [BackupRef(source.name, b.name, b.timestamp, key=b.key, path=b.path, size=b.size)
+            for b in Catalog(source, bucket).backups()]
 
 
 def find_backup(config: Config, source: Source, name: str, s3_client: Any = None) -> BackupRef:

@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
-from backupkit.catalog import MANIFEST_SUFFIX
+from backupkit.storage.localfs import MANIFEST_SUFFIX
 from backupkit.restore.scratch import ScratchDatabase, ScratchError
-from backupkit.results import CheckResult
+from backupkit.model import CheckResult
 
 MANIFEST_FORMAT = 1
 

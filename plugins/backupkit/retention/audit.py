@@ -33,25 +33,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from backupkit import clock
+from backupkit.storage.objectstore import Bucket
+from backupkit.storage.statedir import StateDir, safe_segment
 
-LOG_NAME = "retention.jsonl"
 S3_PREFIX = "audit/retention/"
 PENDING_ACTIONS = ("intent", "failed")
 SETTLED_ACTIONS = ("deleted", "abandoned")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._:+=@-]")
 
 
 def safe_run_id(run_id: str) -> str:
     """A run id usable as one path segment and S3 key segment (Airflow ids contain ``:`` and ``+``)."""
-    cleaned = _UNSAFE.sub("_", run_id.strip())
-    if not cleaned or cleaned in (".", ".."):
-        raise ValueError(f"unusable run id {run_id!r}")
-    return cleaned
+    try:
+        return safe_segment(run_id)
+    except ValueError:
+        raise ValueError(f"unusable run id {run_id!r}") from None
 
 
 def utc_now() -> str:
@@ -96,12 +95,13 @@ class AuditLog:
     Nothing is created until the first :meth:`append`, so constructing one is free.
     """
 
-    def __init__(self, state_dir: Path | str):
-        self.dir = Path(state_dir) / "audit"
-        self.path = self.dir / LOG_NAME
+    def __init__(self, state_dir: Path | str, *, journal: str = "retention"):
+        self.state = StateDir(state_dir)
+        self.dir = self.state.journal_dir
+        self.path = self.state.retention_journal if journal == "retention" else self.state.restore_journal
 
     def run_path(self, run_id: str, source: str) -> Path:
-        return self.dir / "runs" / safe_run_id(run_id) / f"{source}.jsonl"
+        return self.state.run_journal(safe_run_id(run_id), source)
 
     @staticmethod
     def mirror_key(run_id: str, source: str) -> str:
@@ -154,7 +154,7 @@ class AuditLog:
                 pending.pop(name, None)
         return pending
 
-    def mirror(self, client: Any, bucket: str, run_id: str, source: str) -> str:
+    def mirror(self, bucket: Bucket, run_id: str, source: str) -> str:
         """Upload this run's records to ``audit/retention/<run_id>/<source>.jsonl``; then drop the local run file.
 
         Raises on failure (the caller reports it); the run file stays for the next run.
@@ -163,8 +163,7 @@ class AuditLog:
         if not path.exists():
             return ""
         key = self.mirror_key(run_id, source)
-        client.upload_file(str(path), bucket, key,
-                           ExtraArgs={"ChecksumAlgorithm": "SHA256", "ContentType": "application/x-ndjson"})
+        bucket.upload(path, key, ContentType="application/x-ndjson")
         path.unlink()
         try:
             path.parent.rmdir()
@@ -174,10 +173,10 @@ class AuditLog:
 
     def unmirrored(self) -> list[tuple[str, str]]:
         """(run_id, source) of run files left by runs whose upload failed."""
-        runs = self.dir / "runs"
+        runs = self.state.run_journals
         if not runs.is_dir():
             return []
         return sorted((p.parent.name, p.stem) for p in runs.glob("*/*.jsonl"))
 
 
-__all__ = ["AuditLog", "make_record", "safe_run_id", "LOG_NAME", "S3_PREFIX"]
+__all__ = ["AuditLog", "make_record", "safe_run_id", "S3_PREFIX"]

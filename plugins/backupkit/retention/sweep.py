@@ -11,7 +11,7 @@ same companions. Steps:
    state from the store (only ``passed`` counts as verified) and the configured hold
    list.
 3. For the backups that plan would delete, and only those (cost): inspect S3 holds
-   (object-lock retention, legal hold, the hold tag; see :mod:`.s3ops`) -> **held**;
+   (object-lock retention, legal hold, the hold tag; see :mod:`backupkit.storage.objectstore`) -> **held**;
    and protect local copies: a backup whose S3 copy is missing, or whose S3 copy does
    not match the verified SHA-256, is **kept** whole ("S3 copy missing; local copy
    kept"). Plan again with those: holds only ever remove deletions.
@@ -28,7 +28,7 @@ same companions. Steps:
    left, those are deleted; if the plan keeps it now, it is recorded ``abandoned``.
 7. Optionally purge noncurrent versions (``retention.purge_noncurrent_after_days``).
    On a versioned bucket step 5 only adds delete markers: the bytes stay, as noncurrent
-   versions, until that purge or an S3 lifecycle rule removes them (:mod:`.s3ops`).
+   versions, until that purge or an S3 lifecycle rule removes them (:mod:`.purge`).
 8. Write the ``run`` record and mirror the run's audit lines to the bucket.
 
 Verification comes from the state store, keyed ``SOURCE/NAME``. A backup that exists
@@ -45,7 +45,6 @@ nothing, not even the audit log.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -54,14 +53,25 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from backupkit import clock
-from backupkit.catalog import MANIFEST_SUFFIX, SIDECAR_SUFFIX, local_backups, read_sidecar, s3_key_for
+from backupkit.catalog import Catalog, split_companion
 from backupkit.config import Config, Source
-from backupkit.retention import s3ops
 from backupkit.retention.audit import AuditLog, make_record, safe_run_id
+from backupkit.retention.purge import purge_noncurrent
 from backupkit.retention.plan import Candidate, Decision, Plan, RetentionRefused, plan_retention
 from backupkit.retention.policy import apply_policy, describe_policy
+from backupkit.storage.localfs import COMPANIONS, read_sidecar
+from backupkit.storage.objectstore import (
+    HOLD_TAG,
+    MAX_BATCH,
+    BatchResult,
+    Bucket,
+    ObjectRef,
+    RequestCounter,
+    Version,
+    client_errors,
+    error_code,
+)
 
-COMPANIONS = (SIDECAR_SUFFIX, MANIFEST_SUFFIX)
 PROTECT_RULE = "s3-copy"
 
 
@@ -156,23 +166,16 @@ class SweepReport:
 class _Entry:
     """What exists of one backup name; lean, since a source may have 100 000."""
 
-    __slots__ = ("local", "local_extra", "local_companions", "s3_size", "s3_extra", "s3_companions")
+    __slots__ = ("local", "local_extra", "local_companions", "s3_size", "s3_dir", "s3_extra", "s3_companions")
 
     def __init__(self) -> None:
-        self.local: Any = None  # LocalBackup
+        self.local: Any = None  # a Backup with its local copy
         self.local_extra = 0  # bytes of the local companions
         self.local_companions = 0  # bit i set: NAME + COMPANIONS[i] exists locally
         self.s3_size = -1  # size of the S3 object, -1 when there is none
+        self.s3_dir = False  # the S3 copy is a directory dump (objects under NAME/)
         self.s3_extra = 0  # bytes of the S3 companions
         self.s3_companions = 0  # bit i set: NAME + COMPANIONS[i] exists in S3
-
-
-def _split_companion(name: str, source: Source) -> tuple[str, int] | None:
-    """(backup name, companion index) when ``name`` is a companion of a backup of ``source``."""
-    for i, suffix in enumerate(COMPANIONS):
-        if name.endswith(suffix) and source.pattern.timestamp(name[: -len(suffix)]) is not None:
-            return name[: -len(suffix)], i
-    return None
 
 
 def _decision(plan: Plan, name: str) -> Decision | None:
@@ -206,7 +209,7 @@ class _Work:
 
     name: str
     decision: Decision | None
-    refs: list[s3ops.ObjectRef]
+    refs: list[ObjectRef]
     paths: list[Path]  # companions first, the backup last
     size: int  # of the backup file (local, else S3)
     total: int  # bytes of everything listed above, on both sides
@@ -216,14 +219,15 @@ class _Work:
 
 
 class _Sweep:
-    def __init__(self, config: Config, source: Source, *, s3_client: Any, state: Any, dry_run: bool, run_id: str,
+    def __init__(self, config: Config, source: Source, *, bucket: Bucket, state: Any, dry_run: bool, run_id: str,
                  now: datetime, audit: AuditLog, batch_size: int, hold_tag: str | None, workers: int,
                  attempts: int, backoff: float, sleep: Callable[[float], None]):
-        self.config, self.source, self.s3, self.state = config, source, s3_client, state
+        self.config, self.source, self.s3, self.state = config, source, bucket, state
         self.dry_run, self.run_id, self.now, self.audit = dry_run, run_id, now, audit
         self.batch_size, self.hold_tag, self.workers = batch_size, hold_tag, workers
         self.attempts, self.backoff, self.sleep = attempts, backoff, sleep
-        self.bucket, self.prefix = config.bucket, source.s3_prefix
+        self.bucket, self.prefix = bucket.name, source.s3_prefix
+        self.catalog = Catalog(source, bucket)
         self.index: dict[str, _Entry] = {}
         self.pending: dict[str, dict] = {}
         self._lock_enabled: bool | None = None
@@ -234,7 +238,7 @@ class _Sweep:
 
     # -- helpers -----------------------------------------------------------------------
     def key(self, name: str) -> str:
-        return s3_key_for(self.source, name)
+        return self.catalog.s3_key(name)
 
     def state_key(self, name: str) -> str:
         return f"{self.source.name}/{name}"
@@ -247,7 +251,7 @@ class _Sweep:
 
     def lock_enabled(self) -> bool:
         if self._lock_enabled is None:
-            self._lock_enabled = s3ops.object_lock_enabled(self.s3, self.bucket)
+            self._lock_enabled = self.s3.object_lock_enabled()
         return self._lock_enabled
 
     def record(self, action: str, **kw: Any) -> dict:
@@ -263,7 +267,7 @@ class _Sweep:
         rec = self.state.get(self.state_key(name))
         if rec is not None and rec.ok and rec.sha256 and (entry.local is None or rec.size == entry.local.size):
             return rec.sha256
-        if entry.local is not None and not entry.local.path.is_dir():
+        if entry.local is not None and not entry.local.is_dir:
             try:
                 return read_sidecar(entry.local.path)
             except (ValueError, OSError):
@@ -272,40 +276,32 @@ class _Sweep:
 
     # -- 1. listing --------------------------------------------------------------------
     def list_all(self) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
+        """Index both sides by name through the catalog; False when a listing failed."""
         complete = True
+        local: dict = {}
+        remote: dict = {}
         try:
-            for b in local_backups(self.source):
-                if _split_companion(b.name, self.source) is None:
-                    self.entry(b.name).local = b
-            if self.source.local_dir.is_dir():
-                with os.scandir(self.source.local_dir) as entries:
-                    for de in entries:
-                        comp = _split_companion(de.name, self.source)
-                        if comp is not None:
-                            e = self.entry(comp[0])
-                            e.local_companions |= 1 << comp[1]
-                            e.local_extra += de.stat().st_size
+            local = self.catalog.scan_local()
         except OSError as exc:
             complete = False
             self.report.error(None, f"cannot list {self.source.local_dir}: {exc}", code="LocalListing")
         try:
-            for key, size in s3ops.list_objects(self.s3, self.bucket, self.prefix):
-                rel = key[len(self.prefix):]
-                if "/" in rel:
-                    continue
-                comp = _split_companion(rel, self.source)
-                if comp is not None:
-                    e = self.entry(comp[0])
-                    e.s3_companions |= 1 << comp[1]
-                    e.s3_extra += size
-                elif self.source.pattern.timestamp(rel) is not None:
-                    self.entry(rel).s3_size = size
-        except (ClientError, BotoCoreError) as exc:
+            remote = self.catalog.scan_s3()
+        except client_errors() as exc:
             complete = False
-            code, msg = s3ops.error_code(exc)
+            code, msg = error_code(exc)
             self.report.error(None, f"cannot list s3://{self.bucket}/{self.prefix}: {msg}", code=code)
+        for name, side in local.items():
+            e = self.entry(name)
+            e.local = next(iter(self.catalog.merged({name: side}, {})), None)
+            e.local_companions = (side.sidecar << 0) | (side.manifest << 1)
+            e.local_extra = side.companion_bytes
+        for name, side in remote.items():
+            e = self.entry(name)
+            e.s3_size = side.size
+            e.s3_dir = side.is_dir
+            e.s3_companions = (side.sidecar << 0) | (side.manifest << 1)
+            e.s3_extra = side.companion_bytes
         return complete
 
     def candidates(self) -> list[Candidate]:
@@ -330,9 +326,8 @@ class _Sweep:
         holds: dict[str, str] = {}
         check_lock = bool(remote) and self.lock_enabled()
         if remote and (check_lock or self.hold_tag):
-            found = s3ops.inspect_holds(self.s3, self.bucket, [self.key(n) for n in remote],
-                                        now=clock.now(), check_lock=check_lock,
-                                        hold_tag=self.hold_tag, workers=self.workers)
+            found = self.s3.inspect_holds([self.key(n) for n in remote], now=clock.now(), check_lock=check_lock,
+                                          hold_tag=self.hold_tag, workers=self.workers)
             for name in remote:
                 reason, err = found.get(self.key(name), (None, None))
                 if err is not None:
@@ -349,7 +344,7 @@ class _Sweep:
             if e.s3_size < 0:
                 protections[d.name] = "S3 copy missing; local copy kept until it is uploaded and verified"
                 continue
-            rep = s3_copy_report(self.s3, self.bucket, self.key(d.name), local_size=e.local.size,
+            rep = s3_copy_report(self.s3, self.key(d.name), local_size=e.local.size,
                                  local_sha256=self.sha256(d.name, e), local_path=e.local.path,
                                  artifact=self.state_key(d.name), composite_cache=self.state.checksum_cache)
             bad = [r for r in rep.results if not r.ok]
@@ -381,8 +376,11 @@ class _Sweep:
         e = self.index.get(name) or _Entry()
         refs = []
         if e.s3_size >= 0:
-            refs.append(s3ops.ObjectRef(self.key(name)))
-        refs += [s3ops.ObjectRef(self.key(name + suffix)) for i, suffix in enumerate(COMPANIONS)
+            if e.s3_dir:  # a directory dump: every object under NAME/
+                refs += [ObjectRef(o.key) for o in self.s3.objects(self.key(name) + "/")]
+            else:
+                refs.append(ObjectRef(self.key(name)))
+        refs += [ObjectRef(self.key(name + suffix)) for i, suffix in enumerate(COMPANIONS)
                  if e.s3_companions & (1 << i)]
         paths = [self.source.local_dir / (name + suffix) for i, suffix in enumerate(COMPANIONS)
                  if e.local_companions & (1 << i)]
@@ -413,8 +411,13 @@ class _Sweep:
                                 reasons=list(w.decision.reasons) if w.decision else ["finish an interrupted deletion"])
                     for w in chunk])
         refs = [x for w in chunk for x in w.refs]
-        result = s3ops.delete_batch(self.s3, self.bucket, refs, attempts=self.attempts, backoff=self.backoff,
-                                    sleep=self.sleep) if refs else s3ops.BatchResult()
+        result = BatchResult()
+        for start in range(0, len(refs), MAX_BATCH):  # a directory dump may exceed one request
+            part = self.s3.delete_batch(refs[start:start + MAX_BATCH], attempts=self.attempts,
+                                        backoff=self.backoff, sleep=self.sleep)
+            result.failed.update(part.failed)
+            result.requests += part.requests
+            result.unreachable = part.unreachable
         done, forget = [], []
         for w in chunk:
             common = dict(artifact=w.name, keys=[x.key for x in w.refs], paths=[str(p) for p in w.paths],
@@ -491,7 +494,7 @@ class _Sweep:
 
         def eligible(key: str) -> bool:
             rel = key[len(self.prefix):]
-            comp = _split_companion(rel, self.source)
+            comp = split_companion(self.source, rel)
             name = comp[0] if comp else rel
             ts = self.source.pattern.timestamp(name) if "/" not in name else None
             if ts is None or name in retained:
@@ -500,32 +503,30 @@ class _Sweep:
 
         def name_of(key: str) -> str:
             rel = key[len(self.prefix):]
-            comp = _split_companion(rel, self.source)
-            return comp[0] if comp else rel
+            comp = split_companion(self.source, rel)
+            return comp[0] if comp else rel.split("/", 1)[0]
 
-        def on_intent(batch: list[s3ops.Version]) -> None:
+        def on_intent(batch: list[Version]) -> None:
             self.write([self.record("purge_intent", artifact=name_of(v.key), keys=[v.key], size=v.size,
                                     version_id=v.version_id, delete_marker=v.is_marker) for v in batch])
 
-        def on_done(batch: list[s3ops.Version], failed: dict) -> None:
+        def on_done(batch: list[Version], failed: dict) -> None:
             recs = []
             for v in batch:
-                err = failed.get(s3ops.ObjectRef(v.key, v.version_id))
+                err = failed.get(ObjectRef(v.key, v.version_id))
                 recs.append(self.record("purge_failed" if err else "purged", artifact=name_of(v.key), keys=[v.key],
                                         size=v.size, version_id=v.version_id, delete_marker=v.is_marker,
                                         detail=f"{err[0]}: {err[1]}" if err else ""))
             self.write(recs)
 
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
-            res = s3ops.purge_noncurrent(
-                self.s3, self.bucket, self.prefix, older_than=timedelta(days=days), now=clock.now(),
+            res = purge_noncurrent(
+                self.s3, self.prefix, older_than=timedelta(days=days), now=clock.now(),
                 eligible=eligible, check_lock=self.lock_enabled(), hold_tag=self.hold_tag,
                 batch_size=self.batch_size, attempts=self.attempts, backoff=self.backoff, sleep=self.sleep,
                 dry_run=self.dry_run, on_intent=on_intent, on_done=on_done)
-        except (ClientError, BotoCoreError) as exc:
-            code, msg = s3ops.error_code(exc)
+        except client_errors() as exc:
+            code, msg = error_code(exc)
             self.report.error(None, f"noncurrent-version purge: cannot list versions: {msg}", code=code)
             return
         for e in res.errors:
@@ -554,9 +555,9 @@ class _Sweep:
                  if t[1] == self.source.name and t[0] != safe_run_id(self.run_id)]
         for run_id, source in todo:
             try:
-                key = self.audit.mirror(self.s3, self.bucket, run_id, source)
+                key = self.audit.mirror(self.s3, run_id, source)
             except Exception as exc:  # boto3's S3UploadFailedError is neither ClientError nor BotoCoreError
-                code, msg = s3ops.error_code(exc)
+                code, msg = error_code(exc)
                 self.report.error(None, f"audit log not mirrored to the bucket (kept locally for the next run): "
                                         f"{msg}", key=self.audit.mirror_key(run_id, source), code=code)
                 continue
@@ -619,9 +620,9 @@ class _Sweep:
         return r
 
 
-def sweep_source(config: Config, source_name: str, *, s3_client: Any, state: Any, dry_run: bool, run_id: str,
-                 now: datetime | None = None, audit: AuditLog, batch_size: int = s3ops.MAX_BATCH,
-                 hold_tag: str | None = s3ops.HOLD_TAG, workers: int = 8, attempts: int = 4,
+def sweep_source(config: Config, source_name: str, *, bucket: Bucket, state: Any, dry_run: bool, run_id: str,
+                 now: datetime | None = None, audit: AuditLog, batch_size: int = MAX_BATCH,
+                 hold_tag: str | None = HOLD_TAG, workers: int = 8, attempts: int = 4,
                  backoff: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> SweepReport:
     """Apply (or, ``dry_run``, show) the source's retention policy to its local and S3 backups.
 
@@ -635,18 +636,18 @@ def sweep_source(config: Config, source_name: str, *, s3_client: Any, state: Any
     refuses the plan and :class:`SweepFailed` when anything could not be done, both
     carrying the finished report as ``.report``.
     """
-    if not 1 <= batch_size <= s3ops.MAX_BATCH:
-        raise ValueError(f"batch_size must be between 1 and {s3ops.MAX_BATCH}, got {batch_size}")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}")
     now = now or clock.now()
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     source = config.source(source_name)
-    sweep = _Sweep(config, source, s3_client=s3_client, state=state, dry_run=dry_run, run_id=run_id, now=now,
+    sweep = _Sweep(config, source, bucket=bucket, state=state, dry_run=dry_run, run_id=run_id, now=now,
                    audit=audit, batch_size=batch_size, hold_tag=hold_tag, workers=workers, attempts=attempts,
                    backoff=backoff, sleep=sleep)
-    counter = s3ops.RequestCounter()
+    counter = RequestCounter()
     try:
-        with s3ops.counting(s3_client, counter):
+        with bucket.counting(counter):
             try:
                 return sweep.run()
             except SweepError:

@@ -13,27 +13,30 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Iterator
 
 from backupkit import clock
-from backupkit.catalog import LocalBackup, iter_s3_objects, local_backups, read_sidecar, s3_key_for
+from backupkit.catalog import Catalog, local_backups
 from backupkit.checks.freshness import check_freshness
 from backupkit.checks.logs import scan_logs
 from backupkit.checks.s3copy import s3_copy_report
 from backupkit.config import Config, Source
-from backupkit.results import CheckResult
+from backupkit.model import Backup, CheckResult, backup_id, source_of
 from backupkit.state import VerificationState
+from backupkit.storage.localfs import read_sidecar
+from backupkit.storage.objectstore import Bucket, client_errors, describe_error
 
 
 def _now(now: datetime | None) -> datetime:
     return now if now is not None else clock.now()
 
 
-def backup_key(source: Source | str, backup: LocalBackup | str) -> str:
-    """The artifact name and state key of a backup: ``SOURCE/FILE``."""
+def backup_key(source: Source | str, backup: Backup | str) -> str:
+    """The artifact name and state key of a backup: ``SOURCE/FILE`` (:func:`backupkit.model.backup_id`)."""
     src = source if isinstance(source, str) else source.name
     name = backup if isinstance(backup, str) else backup.name
-    return f"{src}/{name}"
+    return backup_id(src, name)
 
 
 def default_state(config: Config) -> VerificationState:
@@ -108,7 +111,7 @@ def check_integrity(config: Config, source_name: str, now: datetime | None = Non
 
 
 # -- S3 copies ---------------------------------------------------------------------------
-def _known_sha256(st: VerificationState, key: str, b: LocalBackup) -> str | None:
+def _known_sha256(st: VerificationState, key: str, b: Backup) -> str | None:
     """The backup's SHA-256 without reading it: from its last passed full read, else its sidecar."""
     rec = st.get(key)
     if rec is not None and rec.ok and rec.size == b.size and rec.sha256:
@@ -119,55 +122,79 @@ def _known_sha256(st: VerificationState, key: str, b: LocalBackup) -> str | None
         return None
 
 
-def check_cloud_copies(config: Config, source_name: str, s3_client: Any,
+def check_cloud_copies(config: Config, source_name: str, bucket: Bucket,
                        state: VerificationState | None = None) -> list[dict]:
-    """Every local backup has a copy in S3 with the same size and SHA-256.
+    """Every local backup has a copy in S3 with the same size and the same bytes.
 
     The SHA-256 comes from the state store (verified) or the sidecar; the local file is
-    read only for multipart copies (composite checksum, once: matches are remembered) or,
-    for the newest backup, when no SHA-256 is known. S3 objects are not downloaded when
-    S3 stored a checksum. Objects under the prefix with no local counterpart are counted
-    (information: S3 usually keeps backups longer than the local disk).
+    read only when S3's evidence needs it (composites, CRCs, MD5 ETags: once, since
+    matches are remembered) or, for the newest backup, when no SHA-256 is known. A
+    directory dump is compared file by file. Objects under the prefix with no local
+    counterpart are counted (information: S3 usually keeps backups longer than the disk).
     """
     source = config.source(source_name)
-    backups = local_backups(source)
+    catalog = Catalog(source, bucket)
+    backups = catalog.local()
     results: list[CheckResult] = []
     body = local = stored = skipped = 0
     with _state(config, state) as st:
         cache = st.checksum_cache
         for i, b in enumerate(backups):
             key = backup_key(source, b)
-            sha = _known_sha256(st, key, b)
             newest = i == len(backups) - 1
-            report = s3_copy_report(s3_client, config.bucket, s3_key_for(source, b.name), local_size=b.size,
-                                    local_sha256=sha, local_path=b.path if (sha or newest) else None,
-                                    artifact=key, composite_cache=cache)
-            results.extend(report.results)
-            body += report.body_bytes_read
-            local += report.local_bytes_read
-            checksum = [r for r in report.results if r.check == "s3_checksum"]
-            if checksum and checksum[0].ok and checksum[0].detail.startswith("not compared"):
+            if b.is_dir:
+                reports = [s3_copy_report(bucket, f"{catalog.s3_key(b.name)}/{rel}", local_size=f.stat().st_size,
+                                          local_sha256=None, local_path=f, artifact=key, composite_cache=cache)
+                           for rel, f in _dir_files(b.path)]
+                results.extend(_merge_dir_reports(key, reports))
+            else:
+                sha = _known_sha256(st, key, b)
+                reports = [s3_copy_report(bucket, catalog.s3_key(b.name), local_size=b.size, local_sha256=sha,
+                                          local_path=b.path if (sha or newest) else None, artifact=key,
+                                          composite_cache=cache)]
+                results.extend(reports[0].results)
+            for report in reports:
+                body += report.body_bytes_read
+                local += report.local_bytes_read
+            if not all(r.compared for r in reports) or not reports:
                 skipped += 1
-            elif report.method in ("sha256", "composite-sha256", "crc64nvme"):
+            elif any(r.method != "stream" for r in reports):
                 stored += 1
     local_names = {b.name for b in backups}
     try:
-        s3_only = 0
-        for obj in iter_s3_objects(s3_client, config.bucket, source.s3_prefix):
-            name = obj.key[len(source.s3_prefix):]
-            if "/" not in name and source.pattern.timestamp(name) and name not in local_names:
-                s3_only += 1
+        s3_only = sum(1 for b in catalog.remote() if b.name not in local_names)
         results.append(CheckResult(source.name, "s3_only", True,
-                                   f"{s3_only} backups in s3://{config.bucket}/{source.s3_prefix} "
-                                   f"have no local copy"))
-    except Exception as exc:  # listing is informational; say it failed, do not hide it
+                                   f"{s3_only} backups in {bucket.uri(source.s3_prefix)} have no local copy"))
+    except client_errors() as exc:  # listing is informational; say it failed, do not hide it
         results.append(CheckResult(source.name, "s3_only", False,
-                                   f"cannot list s3://{config.bucket}/{source.s3_prefix}: {exc}"))
+                                   f"cannot list: {describe_error(exc, bucket.uri(source.s3_prefix))}"))
     results.append(CheckResult(source.name, "s3_copies", True,
-                               f"{len(backups)} copies checked, {stored} by S3's stored checksum, "
+                               f"{len(backups)} copies checked, {stored} by what S3 stored, "
                                f"{skipped} not compared (no SHA-256 known); "
                                f"read {body} bytes from S3 and {local} bytes of local files"))
     return _dicts(results)
+
+
+def _dir_files(root: Path) -> list[tuple[str, Path]]:
+    """(path relative to ``root`` with ``/``, file) of every regular file of a directory dump."""
+    return sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _merge_dir_reports(artifact: str, reports: list) -> list[CheckResult]:
+    """One s3_present / s3_size / s3_checksum triple for a directory dump, naming the first bad file."""
+    if not reports:
+        return [CheckResult(artifact, "s3_present", False, "the directory dump has no files")]
+    out = []
+    for check in ("s3_present", "s3_size", "s3_checksum"):
+        rows = [r for rep in reports for r in rep.results if r.check == check]
+        bad = [r for r in rows if not r.ok]
+        if bad:
+            out.append(CheckResult(artifact, check, False, f"{len(bad)} of {len(reports)} files: {bad[0].detail}"))
+            if check != "s3_checksum":
+                break
+        elif rows:
+            out.append(CheckResult(artifact, check, True, f"all {len(reports)} files: {rows[0].detail}"))
+    return out
 
 
 # -- logs --------------------------------------------------------------------------------
@@ -197,10 +224,6 @@ def latest_backup(config: Config, source_name: str, now: datetime | None = None)
 # -- the verdict -------------------------------------------------------------------------
 def _as_dict(r: CheckResult | dict) -> dict:
     return r.to_dict() if isinstance(r, CheckResult) else dict(r)
-
-
-def source_of(artifact: str) -> str:
-    return artifact.split("/", 1)[0]
 
 
 def summarize(results: Iterable[CheckResult | dict]) -> dict:
