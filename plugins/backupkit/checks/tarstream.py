@@ -194,6 +194,7 @@ class TarReader:
         self._skip(self._pending)
         self._pending, self._current = 0, None
         ext: dict[bytes, bytes] = {}
+        first = self._src.pos  # a member's offset is that of its first (extended) header
         while True:
             offset = self._src.pos
             block = self._src.read_exact(BLOCK)
@@ -220,8 +221,9 @@ class TarReader:
                 if ext:
                     raise _damaged(f"damaged tar archive: a global header at offset {offset} follows an extended header")
                 self._read_global(block, offset)
+                first = self._src.pos
             else:
-                return self._member(block, kind, ext, offset)
+                return self._member(block, kind, ext, first)
 
     def _header_data(self, block: bytes, offset: int, what: str, cap: int) -> bytes:
         size = _number(block[124:136], "size", offset)

@@ -75,7 +75,7 @@ class _Walk:
 
     def __init__(self, link: Node):
         self.link, self.node, self.extra = link, link.parent, []
-        self.todo, self.hops = deque(parts(link.link)), 0
+        self.todo, self.hops = deque(parts(link.link)), 1  # opening the link follows it: one hop
 
 
 class ArchiveTree:
@@ -154,11 +154,11 @@ class ArchiveTree:
         target = m.linkname
         if reason := name_problem(target):
             return f"hard link to {target!r}: {reason}"
-        node = self.root
+        node: Node | None = self.root
         for name in parts(target):
-            node = node.child(name) if node else None
             if node is not None and node.kind == SYMLINK:
                 return f"hard link to {target!r} goes through {self.path(node)!r}, a symbolic link"
+            node = node.child(name) if node is not None else None
         if node is None or node is self.root or node.kind not in (FILE, HARDLINK):
             what = f"a {node.kind}" if node is not None and node.kind else "not an earlier file of the archive"
             return f"hard link to {target!r}, which is {what}"
@@ -184,11 +184,14 @@ class ArchiveTree:
         self.problems.sort()
 
     def _resolve(self, link: Node) -> tuple | str:
-        """Where ``link`` leads: (node, extra components, links followed), or why it is refused.
+        """Where ``link`` leads: (node, extra components, links followed including itself),
+        or why it is refused.
 
         Links met on the way are resolved first (an explicit stack, not recursion) and
         remembered, so each link's target is walked once however many links use it.
         """
+        if link in self._memo:
+            return self._memo[link]
         stack, active = [_Walk(link)], {link}
         while stack:
             w = stack[-1]
@@ -227,8 +230,10 @@ class ArchiveTree:
                 w.todo.appendleft(c)
                 return nxt
             if isinstance(done, str):
+                if done.startswith("loops"):
+                    return f"loops through {self.path(nxt)!r}"
                 return f"goes through {self.path(nxt)!r}, an unsafe symbolic link"
-            w.hops += 1 + done[2]
+            w.hops += done[2]
             if w.hops > MAX_LINK_HOPS:
                 return f"follows more than {MAX_LINK_HOPS} symbolic links"
             w.node, w.extra = done[0], list(done[1])
