@@ -24,14 +24,14 @@ _ROOT_ONLY_DIR = "the archive root can only be a directory"
 class Node:
     """One path of the tree; ``kind`` None is a directory implied by the members below it."""
 
-    __slots__ = ("parent", "name", "children", "kind", "index", "source", "size", "mode", "mtime", "link")
+    # Kept small (one per path of the archive): modes and times are read again by the restore.
+    __slots__ = ("parent", "name", "children", "kind", "index", "source", "size", "link")
 
     def __init__(self, parent: Node | None, name: str):
         self.parent, self.name = parent, name
         self.children: dict[str, Node] | None = None
         self.kind: str | None = None
-        self.index = self.source = self.size = self.mode = 0
-        self.mtime: float = 0
+        self.index = self.source = self.size = 0
         self.link = ""  # a symbolic link's target, or the member a hard link names
 
     def child(self, name: str) -> Node | None:
@@ -128,7 +128,7 @@ class ArchiveTree:
             self._warn(m, f"{bits} (mode {m.mode & 0o7777:04o}); restored without it")
         if leaf.kind is None:
             self.order.append(leaf)
-        leaf.kind, leaf.index, leaf.mode, leaf.mtime = m.kind, m.index, m.mode, m.mtime
+        leaf.kind, leaf.index = m.kind, m.index
         leaf.source, leaf.size = source
         leaf.link = m.linkname if m.kind in (SYMLINK, HARDLINK) else ""
         if m.kind == SYMLINK:

@@ -270,7 +270,10 @@ def safe_extract(archive_path: str | Path, target_dir: str | Path, *, members: S
         total = sum(n.size for _, n in selected if n.kind in (FILE, HARDLINK))
         if total > max_total_bytes:
             raise LimitExceeded(f"{label}: {total} bytes to extract exceed the limit of {max_total_bytes}")
-        actions = _check_target(target, plan.tree, selected, existing, label)
+        try:
+            actions = _check_target(target, plan.tree, selected, existing, label)
+        except OSError as exc:
+            raise ExistingFiles(f"{label}: refused, nothing extracted: cannot check the target: {exc}") from exc
         backup_dir = _backup_dir(target, backup_dir, actions, selected, now, label)
         target.mkdir(parents=True, exist_ok=True)
         f.seek(0)
@@ -422,6 +425,9 @@ class _Writer:
             if n.kind in (FILE, HARDLINK) and actions[p] != "skip":
                 self.dests.setdefault(n.source, []).append((p, n))
         self.sums_index = plan.sums[1].index if plan.sums else None
+        # (mode, time) of the directories and links to make, taken in the second reading
+        self.times: dict[int, tuple[int, float]] = {
+            n.index: (0o755, 0.0) for p, n in selected if n.kind in (DIRECTORY, SYMLINK) and actions[p] != "skip"}
         self.sums: dict[str, str] | None = None
         self.waiting: list[_Temp] = []  # written before the manifest was read
         self._backup_root: Root | None = None
@@ -458,6 +464,8 @@ class _Writer:
                 fps = self.plan.fingerprints
                 if m.index >= len(fps) or fps[m.index] != _fingerprint(m):
                     raise self._changed(f"member {m.name!r} differs")
+                if m.index in self.times:
+                    self.times[m.index] = (m.mode, m.mtime)
                 if m.index == self.sums_index or m.index in self.dests:
                     self._write_member(reader, m)
             reader.finish()
@@ -492,9 +500,9 @@ class _Writer:
                 sums_path = self.plan.sums[0]
                 self.sums = _parse_sums(capture.decode("utf-8", "replace"), posixpath.dirname(sums_path) or ".")
                 self.sums.pop(sums_path, None)  # a manifest cannot vouch for itself
-            for t, parent, fd in outs:
-                os.fchmod(fd, t.node.mode & 0o777)
-                rootfs.set_fd_times(fd, t.node.mtime)
+            for t, parent, fd in outs:  # a hard link's copy takes the mode and time of its file
+                os.fchmod(fd, m.mode & 0o777)
+                rootfs.set_fd_times(fd, m.mtime)
                 t.digest = digest.hexdigest()
             while outs:
                 t, parent, fd = outs.pop()
@@ -585,7 +593,7 @@ class _Writer:
             parent = self.root.walk(_parent(p), create=True)
             try:
                 self._put_in_place(parent, p, rootfs.create_symlink(parent, n.link))
-                rootfs.set_times(parent, posixpath.basename(p), n.mtime)
+                rootfs.set_times(parent, posixpath.basename(p), self.times[n.index][1])
             finally:
                 os.close(parent)
             self.result.links += 1
@@ -597,7 +605,8 @@ class _Writer:
                 fd = self.root.walk(components(p), create=False)
                 if fd is not None:
                     try:
-                        os.fchmod(fd, (n.mode & 0o777) | 0o700)
-                        rootfs.set_fd_times(fd, n.mtime)
+                        mode, mtime = self.times[n.index]
+                        os.fchmod(fd, (mode & 0o777) | 0o700)
+                        rootfs.set_fd_times(fd, mtime)
                     finally:
                         os.close(fd)

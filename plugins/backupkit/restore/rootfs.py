@@ -69,7 +69,7 @@ class Root:
         :class:`NotADirectory` when a component is a file.
         """
         stack: list[tuple[str, int]] = [("", os.dup(self.fd))]
-        todo, hops, made = deque(parts), 0, 0
+        todo, hops, retries = deque(parts), 0, 0
         try:
             while todo:
                 name = todo.popleft()
@@ -85,9 +85,7 @@ class Root:
                 except FileNotFoundError:
                     if not create:
                         return None
-                    made += 1
-                    if made > 2 * len(parts) + MAX_LINK_HOPS:
-                        raise OSError(errno.EAGAIN, f"directory {name!r} keeps disappearing") from None
+                    retries = self._retry(retries, stack, name)
                     try:
                         os.mkdir(name, 0o755, dir_fd=stack[-1][1])
                     except FileExistsError:
@@ -100,6 +98,10 @@ class Root:
                     target = self._readlink(stack, name)
                     if target is None:
                         raise NotADirectory(f"{self._shown(stack, name)!r} exists and is not a directory") from None
+                    if target == "":  # gone meanwhile: look again
+                        retries = self._retry(retries, stack, name)
+                        todo.appendleft(name)
+                        continue
                     hops += 1
                     if hops > MAX_LINK_HOPS:
                         raise Escape(f"{self._shown(stack, name)!r}: more than {MAX_LINK_HOPS} symbolic links") from None
@@ -113,12 +115,21 @@ class Root:
 
     @staticmethod
     def _readlink(stack: list[tuple[str, int]], name: str) -> str | None:
+        """The link's target; None when ``name`` is no link; "" when it just disappeared."""
         try:
             return os.readlink(name, dir_fd=stack[-1][1])
+        except FileNotFoundError:
+            return ""
         except OSError as exc:
-            if exc.errno == errno.EINVAL:  # not a link
+            if exc.errno == errno.EINVAL:
                 return None
             raise
+
+    def _retry(self, retries: int, stack: list[tuple[str, int]], name: str) -> int:
+        """Another look at a path that changes under the walk, a bounded number of times."""
+        if retries >= 100:
+            raise OSError(errno.EAGAIN, f"{self._shown(stack, name)!r} keeps changing; stopped")
+        return retries + 1
 
     def _follow(self, stack: list[tuple[str, int]], name: str, target: str, todo: deque) -> None:
         """Replace ``name`` in the walk by ``target``, the link it is (inside the root only)."""
