@@ -5,6 +5,7 @@ restore that cannot be led outside its target even by a race."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import tarfile
@@ -15,6 +16,7 @@ import pytest
 from _archive_helpers import extract, snapshot, spec, write_tar
 
 from backupkit.checks.tarstream import TarReader
+from backupkit.cli import main
 from backupkit.restore.files import ExtractRefused
 from backupkit.restore.rootfs import Escape, NotADirectory, Root
 from backupkit.verify import verify_artifact
@@ -48,6 +50,17 @@ def test_duplicate_names_are_warned_and_the_later_member_wins(tmp_path):
     result = extract(archive, tmp_path / "t")
     assert (tmp_path / "t/etc/app.yml").read_bytes() == b"new"
     assert result.written == ["etc/app.yml"] and len(result.warnings) == 1
+
+
+def test_backupctl_verify_says_the_warnings(tmp_path, capsys):
+    archive = write_tar(tmp_path / "a.tar", [spec("bin/tool", mode=0o4755)])
+    assert main(["verify", str(archive)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{archive}: tar_members: WARNING: member 'bin/tool': set-user-ID (mode 4755); restored without it"
+    assert out[1].startswith(f"{archive}: ok (tar, ")
+    assert main(["verify", "--json", str(archive)]) == 0
+    (report,) = json.loads(capsys.readouterr().out)
+    assert report["ok"] and [w["check"] for w in report["warnings"]] == ["tar_members"]
 
 
 def test_warnings_are_capped_and_counted(tmp_path):
