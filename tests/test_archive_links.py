@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-from pathlib import Path
 
 import pytest
 from _archive_helpers import extract, links_outside, snapshot, spec, verdicts, write_tar

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import subprocess
-import tarfile
 import threading
 from pathlib import Path
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import stat
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,9 +38,10 @@ from backupkit.checks.archive import read_archive
 from backupkit.checks.detect import HEAD, detect_head
 from backupkit.checks.tarstream import (DEFAULT_LIMITS, DIRECTORY, FILE, HARDLINK, SYMLINK, ArchiveError,
                                         ArchiveLimits, Member, TarReader)
-from backupkit.checks.tartree import ArchiveTree, Node
+from backupkit.checks.tartree import ArchiveTree, Node, parts
 from backupkit.restore import rootfs
-from backupkit.restore.rootfs import Escape, NotADirectory, Root, components
+from backupkit.restore.rootfs import Escape, NotADirectory, Root
+from backupkit.restore.target import inspect_target
 from backupkit.results import CheckResult
 
 CHECKSUM_MANIFEST = "SHA256SUMS"
@@ -270,10 +270,7 @@ def safe_extract(archive_path: str | Path, target_dir: str | Path, *, members: S
         total = sum(n.size for _, n in selected if n.kind in (FILE, HARDLINK))
         if total > max_total_bytes:
             raise LimitExceeded(f"{label}: {total} bytes to extract exceed the limit of {max_total_bytes}")
-        try:
-            actions = _check_target(target, plan.tree, selected, existing, label)
-        except OSError as exc:
-            raise ExistingFiles(f"{label}: refused, nothing extracted: cannot check the target: {exc}") from exc
+        actions = _check_target(target, plan.tree, selected, existing, label)
         backup_dir = _backup_dir(target, backup_dir, actions, selected, now, label)
         target.mkdir(parents=True, exist_ok=True)
         f.seek(0)
@@ -304,89 +301,23 @@ def _archive_kind(f: BinaryIO, label: str) -> bool:
 
 
 def _parent(path: str) -> list[str]:
-    return components(posixpath.dirname(path))
+    return parts(posixpath.dirname(path))
 
 
 def _check_target(target: Path, tree: ArchiveTree, selected: list[tuple[str, Node]], existing: str,
                   label: str) -> dict[str, str]:
-    """Per member: ``write``, ``replace``, ``skip`` or ``exists`` (a directory); raises on a
-    link in the target that would lead outside it, or on conflicts. Walks the target the way
-    the writer will (:class:`~backupkit.restore.rootfs.Root`), so both see the same."""
-    if not os.path.lexists(target):
-        return {p: "write" for p, _ in selected}
-    if not target.is_dir():
-        raise ExistingFiles(f"{label}: refused, nothing extracted: the target {target} is not a directory")
-    unsafe: list[str] = []
-    conflicts: list[str] = []
-    actions: dict[str, str] = {}
-    by_parent: dict[str, list[tuple[str, Node]]] = {}
-    for p, n in selected:
-        by_parent.setdefault(posixpath.dirname(p), []).append((p, n))
-    with Root(target) as root:
-        for parent, items in by_parent.items():
-            try:
-                fd = root.walk(components(parent), create=False)
-            except Escape as exc:
-                unsafe.append(str(exc))
-                continue
-            except NotADirectory as exc:
-                conflicts.append(str(exc))
-                continue
-            if fd is None:
-                actions.update((p, "write") for p, _ in items)
-                continue
-            try:
-                for p, n in items:
-                    actions[p] = _action(root, fd, p, n, existing, unsafe, conflicts)
-            finally:
-                os.close(fd)
-        for p, n in selected:
-            if n.kind == SYMLINK:
-                _check_link_in_target(root, tree, p, n, unsafe)
-    if unsafe:
-        raise UnsafeTarget(f"{label}: refused, nothing extracted: " + "; ".join(unsafe[:_SHOWN]))
-    if conflicts:
-        more = f" (and {len(conflicts) - _SHOWN} more)" if len(conflicts) > _SHOWN else ""
-        raise ExistingFiles(f"{label}: refused, nothing extracted: " + "; ".join(conflicts[:_SHOWN]) + more)
-    return actions
-
-
-def _action(root: Root, fd: int, path: str, node: Node, existing: str, unsafe: list[str],
-            conflicts: list[str]) -> str:
-    st = rootfs.lstat(fd, posixpath.basename(path))
-    if st is None:
-        return "write"
-    if node.kind == DIRECTORY:
-        if stat.S_ISLNK(st.st_mode):
-            try:
-                inner = root.walk(components(path), create=False)
-                if inner is not None:
-                    os.close(inner)
-            except Escape as exc:
-                unsafe.append(str(exc))
-            except NotADirectory:
-                conflicts.append(f"{path!r} exists and is not a directory")
-        elif not stat.S_ISDIR(st.st_mode):
-            conflicts.append(f"{path!r} exists and is not a directory")
-        return "exists"
-    if stat.S_ISDIR(st.st_mode):
-        conflicts.append(f"{path!r} is an existing directory; the archive has a {node.kind} there")
-    elif existing == "fail":
-        conflicts.append(f"{path!r} already exists")
-    return "replace" if existing == "overwrite" else "skip"
-
-
-def _check_link_in_target(root: Root, tree: ArchiveTree, path: str, node: Node, unsafe: list[str]) -> None:
-    """A link of the archive must not lead outside through a link already in the target."""
+    """Per member: ``write``, ``replace``, ``skip`` or ``exists``; raises on a link in the
+    target that leads outside it, or on conflicts (:func:`~backupkit.restore.target.inspect_target`)."""
     try:
-        fd = root.walk(tree.resolved(node), create=False)
-    except Escape as exc:
-        unsafe.append(f"symbolic link {path!r} of the archive would lead outside the target: {exc}")
-    except NotADirectory:
-        pass  # leads to a file: nothing beyond it
-    else:
-        if fd is not None:
-            os.close(fd)
+        found = inspect_target(target, tree, selected, existing)
+    except OSError as exc:
+        raise ExistingFiles(f"{label}: refused, nothing extracted: cannot check the target: {exc}") from exc
+    if found.unsafe:
+        raise UnsafeTarget(f"{label}: refused, nothing extracted: " + "; ".join(found.unsafe[:_SHOWN]))
+    if found.conflicts:
+        more = f" (and {len(found.conflicts) - _SHOWN} more)" if len(found.conflicts) > _SHOWN else ""
+        raise ExistingFiles(f"{label}: refused, nothing extracted: " + "; ".join(found.conflicts[:_SHOWN]) + more)
+    return found.actions
 
 
 def _backup_dir(target: Path, backup_dir: Path | None, actions: dict[str, str], selected: list[tuple[str, Node]],
@@ -561,7 +492,7 @@ class _Writer:
                 self.backup_dir.mkdir(parents=True, exist_ok=True)
                 self._backup_root = Root(self.backup_dir)
             else:  # inside the target: reached like any other path of it
-                self._backup_root = Root.opened(self.root.walk(components(rel), create=True), self.backup_dir)
+                self._backup_root = Root.opened(self.root.walk(parts(rel), create=True), self.backup_dir)
         kept = self._backup_root.walk(_parent(path), create=True)
         try:
             rootfs.move_aside(parent, posixpath.basename(path), kept, posixpath.basename(path))
@@ -583,7 +514,7 @@ class _Writer:
     def _make_directories(self) -> None:
         for p, n in self.selected:
             if n.kind == DIRECTORY:
-                os.close(self.root.walk(components(p), create=True))
+                os.close(self.root.walk(parts(p), create=True))
                 self.result.directories += 1
 
     def _make_links(self) -> None:
@@ -602,7 +533,7 @@ class _Writer:
         """Modes and times of the directories the restore made, after their contents changed them."""
         for p, n in reversed(self.selected):
             if n.kind == DIRECTORY and self.actions[p] == "write":
-                fd = self.root.walk(components(p), create=False)
+                fd = self.root.walk(parts(p), create=False)
                 if fd is not None:
                     try:
                         mode, mtime = self.times[n.index]

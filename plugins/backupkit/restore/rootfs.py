@@ -19,6 +19,8 @@ import secrets
 import stat
 from collections import deque
 
+from backupkit.checks.tartree import parts
+
 MAX_LINK_HOPS = 40
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -30,10 +32,6 @@ class Escape(Exception):
 
 class NotADirectory(Exception):
     """A component of a path exists and is not a directory."""
-
-
-def components(rel: str) -> list[str]:
-    return [p for p in rel.split("/") if p not in ("", ".")]
 
 
 class Root:
@@ -140,7 +138,7 @@ class Root:
             while len(stack) > 1:
                 os.close(stack.pop()[1])
             target = os.path.relpath(real, self.path)
-        todo.extendleft(reversed(components(target)))
+        todo.extendleft(reversed(parts(target)))
 
     @staticmethod
     def _shown(stack: list[tuple[str, int]], name: str = "") -> str:
