@@ -15,6 +15,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 QUICK_ARGS = {
     "bench_verify.py": ["--quick"],
+    "bench_archive.py": ["--quick"],
     "bench_s3_check.py": ["--size-mb", "64"],
     "bench_retention_sweep.py": ["--objects", "5000", "--sample", "500"],
     "bench_restore.py": ["--size-gb", "0.05"],

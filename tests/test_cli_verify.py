@@ -53,7 +53,8 @@ def test_json_output(dumps, tmp_path, capsys):
     assert main(["verify", "--json", str(dumps["tar"]), str(bad)]) == 1
     good, damaged = json.loads(capsys.readouterr().out)
     assert good == {"path": str(dumps["tar"]), "ok": True, "kind": "pg_tar",
-                    "sha256": hashlib.sha256(dumps["tar"].read_bytes()).hexdigest(), "problems": []}
+                    "sha256": hashlib.sha256(dumps["tar"].read_bytes()).hexdigest(), "problems": [],
+                    "warnings": []}
     assert damaged["ok"] is False and damaged["kind"] == "sql_gzip"
     assert damaged["problems"] == [{"check": "gzip", "detail": "gzip stream truncated"}]
 

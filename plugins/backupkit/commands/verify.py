@@ -71,6 +71,11 @@ def verify_s3(uri: str, client: Any, tmp_dir: Path) -> ArtifactReport:
         return _failed(uri, "s3_read", str(exc))
 
 
+def _warnings(report: ArtifactReport) -> list:
+    """Checks that passed with something to say (set-uid members, duplicate names, ...)."""
+    return [r for r in report.results if r.ok and r.detail.startswith("WARNING:")]
+
+
 def run(args: argparse.Namespace) -> int:
     s3_uris = [a for a in args.artifacts if a.startswith("s3://")]
     for uri in s3_uris:
@@ -88,11 +93,12 @@ def run(args: argparse.Namespace) -> int:
                for a in args.artifacts]
     if args.json:
         print(json.dumps([{"path": r.artifact, "ok": r.ok, "kind": r.kind, "sha256": r.sha256,
-                           "problems": [{"check": p.check, "detail": p.detail} for p in r.problems()]}
+                           "problems": [{"check": p.check, "detail": p.detail} for p in r.problems()],
+                           "warnings": [{"check": w.check, "detail": w.detail} for w in _warnings(r)]}
                           for r in reports], indent=2))
     else:
         for r in reports:
-            for p in r.problems():
+            for p in [*r.problems(), *_warnings(r)]:
                 print(f"{p.artifact}: {p.check}: {p.detail}")
             if r.ok:
                 print(f"{r.artifact}: ok ({r.kind}, {r.size} bytes, sha256 {r.sha256 or 'n/a'})")

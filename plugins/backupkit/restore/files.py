@@ -1,21 +1,24 @@
 """Extract a file-set archive safely, and only where restores are allowed to go.
 
 The runbook's ``tar -xzf latest.tar.gz -C /`` trusts the archive completely: an absolute
-path, a ``..`` or a symbolic link in it writes anywhere on the host. Here the whole
-archive (tar or tar.gz) is read and judged before anything is written: a truncated or
-corrupt archive, or a single unsafe member, refuses all of it, naming the member and the
-reason. The archive reading and per-member rules are :mod:`backupkit.checks.archive`'s;
-this module adds what needs the whole archive or the target: a member below a symbolic
-link of the same archive, links already in the target that point outside it, size
-limits, existing files.
+path, a ``..`` or a symbolic link in it writes anywhere on the host. Here the archive (tar
+or tar.gz) is first read whole by the very code ``backupctl verify`` uses
+(:func:`backupkit.checks.archive.read_archive`): a damaged archive, a limit exceeded or one
+unsafe member refuses all of it, naming the member and the reason, before anything is
+written; so verify and restore never disagree. Then the target is checked (links already in
+it that lead outside, existing files), and the archive is read a second time to write the
+tree that was judged: every path walked inside the target only
+(:mod:`backupkit.restore.rootfs`), directories first, symbolic links last. A member that
+reads differently the second time stops the restore.
 
 Each file is written to a temporary name beside its destination, checked against the
-archive's ``SHA256SUMS`` member when there is one, and only then renamed into place, so
-a file whose checksum does not match is never installed and an interrupted restore
-leaves no half-written file. With ``existing="overwrite"`` each replaced file is first
-moved to a backup directory, keeping its relative path, so the restore can be undone.
+archive's ``SHA256SUMS`` member when there is one (files that come before it in the
+archive wait under their temporary names until it has been read), and only then renamed
+into place, so a file whose checksum does not match is never installed and an interrupted
+restore leaves no half-written file. With ``existing="overwrite"`` each replaced file is
+first moved to a backup directory, keeping its relative path, so the restore can be undone.
 Ownership is not restored (files belong to the user running the restore); set-uid,
-set-gid and sticky bits are dropped.
+set-gid and sticky bits are dropped. Hard links are written as copies.
 """
 
 from __future__ import annotations
@@ -23,24 +26,28 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import shutil
-import tarfile
-import tempfile
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 from backupkit import clock
-from backupkit.checks.archive import check_tar, unsafe_reason
+from backupkit.checks.archive import read_archive
 from backupkit.checks.detect import HEAD, detect_head
-from backupkit.checks.stream import GZIP_ERRORS
+from backupkit.checks.tarstream import (DEFAULT_LIMITS, DIRECTORY, FILE, HARDLINK, SYMLINK, ArchiveError,
+                                        ArchiveLimits, Member, TarReader)
+from backupkit.checks.tartree import ArchiveTree, Node, parts
+from backupkit.restore import rootfs
+from backupkit.restore.rootfs import Escape, NotADirectory, Root
+from backupkit.restore.target import inspect_target
 from backupkit.model import CheckResult
 
 CHECKSUM_MANIFEST = "SHA256SUMS"
 EXISTING = ("skip", "overwrite", "fail")
-CHUNK = 1 << 20
 _MAX_SUMS_BYTES = 64 << 20
+_SHOWN = 20
 
 
 class ExtractRefused(Exception):
@@ -48,10 +55,11 @@ class ExtractRefused(Exception):
 
 
 class UnsafeArchive(ExtractRefused):
-    def __init__(self, archive: str, problems: list[tuple[str, str]]):
+    def __init__(self, archive: str, problems: list[tuple[str, str]], total: int | None = None):
         self.archive, self.problems = archive, problems
-        shown = "; ".join(f"{name!r}: {reason}" for name, reason in problems[:20])
-        more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+        total = len(problems) if total is None else total
+        shown = "; ".join(f"{name!r}: {reason}" for name, reason in problems[:_SHOWN])
+        more = f" (and {total - _SHOWN} more)" if total > _SHOWN else ""
         super().__init__(f"{archive}: refused, nothing extracted: {shown}{more}")
 
 
@@ -98,6 +106,7 @@ class ExtractResult:
     unlisted: list[str] = field(default_factory=list)  # installed files the manifest does not list
     missing: list[str] = field(default_factory=list)  # listed in the manifest, absent from the archive
     backup_dir: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # the archive check's warnings (set-uid, duplicates)
 
     @property
     def ok(self) -> bool:
@@ -107,6 +116,7 @@ class ExtractResult:
         out = [CheckResult(artifact, "extract", True,
                            f"{len(self.written)} files ({self.bytes_written} bytes), {self.directories} directories, "
                            f"{self.links} links, {len(self.skipped)} skipped, {len(self.replaced)} replaced")]
+        out += [CheckResult(artifact, "tar_members", True, f"WARNING: member {w}") for w in self.warnings]
         if self.checksum_manifest is None:
             out.append(CheckResult(artifact, "checksums", True,
                                    f"no {CHECKSUM_MANIFEST} in the archive; {len(self.written)} files counted"))
@@ -128,7 +138,7 @@ class ExtractResult:
                 "checksum_manifest": self.checksum_manifest, "verified": len(self.verified),
                 "mismatched": [m.path for m in self.mismatched], "unlisted": self.unlisted,
                 "missing": self.missing, "backup_dir": str(self.backup_dir) if self.backup_dir else None,
-                "ok": self.ok}
+                "warnings": self.warnings, "ok": self.ok}
 
 
 def _under(path: str, root: str) -> bool:
@@ -156,11 +166,6 @@ def normalize_name(name: str) -> str:
     return posixpath.normpath(name.lstrip("/")) if name.strip("/") else "."
 
 
-def _ancestors(rel: str) -> list[str]:
-    parts = rel.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
-
-
 def _parse_sums(text: str, base: str) -> dict[str, str]:
     """``sha256sum`` output (``HEX  path`` or ``HEX *path``) -> normalized path -> hex."""
     sums = {}
@@ -177,57 +182,59 @@ def _parse_sums(text: str, base: str) -> dict[str, str]:
     return sums
 
 
+def _fingerprint(m: Member) -> int:
+    return hash((m.name, m.kind, m.linkname, m.size, m.stored, m.sparse, m.mode))
+
+
 class _Plan:
-    """What the archive holds and what will be written, decided before writing anything."""
+    """The first reading: the verdict (the archive check's own), the tree it judged, and a
+    fingerprint of every member to recognise them in the second reading."""
 
-    def __init__(self, tar: tarfile.TarFile, label: str):
-        self.last: dict[str, tarfile.TarInfo] = {}
-        problems: list[tuple[str, str]] = []
-        seen_regular: set[str] = set()
-        symlinks: set[str] = set()
-        order: list[str] = []
-        for m in tar:
-            reason = unsafe_reason(m)
-            name = normalize_name(m.name)
-            if reason is None and m.islnk() and normalize_name(m.linkname) not in seen_regular:
-                reason = f"hard link to {m.linkname!r}, which is not an earlier file of the archive"
-            if reason:
-                problems.append((m.name, reason))
-                continue
-            if name == ".":
-                continue
-            if m.isreg():
-                seen_regular.add(name)
-            if m.issym():
-                symlinks.add(name)
-            if name not in self.last:
-                order.append(name)
-            self.last[name] = m
-        for name in order:
-            for anc in _ancestors(name):
-                if anc in symlinks:
-                    problems.append((self.last[name].name,
-                                     f"lies below {anc!r}, a symbolic link of the same archive"))
-                    break
-        if problems:
-            raise UnsafeArchive(label, problems)
-        self.order = order
+    def __init__(self, f: BinaryIO, label: str, gzipped: bool, limits: ArchiveLimits):
+        self.fingerprints = array("q")
+        scan = read_archive(f, label, gzipped=gzipped, limits=limits,
+                            on_member=lambda m, _: self.fingerprints.append(_fingerprint(m)))
+        _refuse_unless_ok(scan.results, scan.tree, label)
+        self.tree: ArchiveTree = scan.tree
+        self.count = scan.members
+        self.entries = [(self.tree.path(n), n) for n in self.tree.order]
+        self.warnings = [f"{name!r}: {reason}" for _, name, reason in self.tree.warnings[:_SHOWN]]
+        if self.tree.n_warnings > _SHOWN:
+            self.warnings.append(f"... and {self.tree.n_warnings - _SHOWN} more")
+        manifests = [(p.count("/"), p, n) for p, n in self.entries
+                     if n.kind == FILE and posixpath.basename(p) == CHECKSUM_MANIFEST]
+        self.sums: tuple[str, Node] | None = min(manifests, key=lambda t: t[:2])[1:] if manifests else None
 
 
-def _select(plan: _Plan, members: Sequence[str] | None) -> list[str]:
+def _refuse_unless_ok(results: list[CheckResult], tree: ArchiveTree | None, label: str) -> None:
+    """Raise what the archive check's failed results mean for a restore."""
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return
+    damage = [r.detail for r in failed if r.check != "tar_safety" and r.check != "tar_limits"]
+    if damage:
+        raise DamagedArchive(f"{label}: damaged archive, nothing extracted: {'; '.join(damage)}")
+    over = [r.detail for r in failed if r.check == "tar_limits"]
+    if over:
+        raise LimitExceeded(f"{label}: refused, nothing extracted: {'; '.join(over)}")
+    raise UnsafeArchive(label, [(name, reason) for _, name, reason in tree.problems], tree.n_problems)
+
+
+def _select(plan: _Plan, members: Sequence[str] | None) -> list[tuple[str, Node]]:
     if members is None:
-        return list(plan.order)
+        return list(plan.entries)
     wanted = []
     for raw in members:
         n = normalize_name(raw)
         if n == "." or n.startswith("../") or n == "..":
             raise ValueError(f"path to restore {raw!r} is not a relative path inside the archive")
         wanted.append(n)
+
     def under(n: str, w: str) -> bool:
         return n == w or n.startswith(w + "/")
 
-    chosen = [n for n in plan.order if any(under(n, w) for w in wanted)]
-    missing = [raw for raw, w in zip(members, wanted, strict=True) if not any(under(n, w) for n in chosen)]
+    chosen = [(p, n) for p, n in plan.entries if any(under(p, w) for w in wanted)]
+    missing = [raw for raw, w in zip(members, wanted, strict=True) if not any(under(p, w) for p, _ in chosen)]
     if missing:
         raise ValueError(f"not in the archive: {', '.join(repr(m) for m in missing)}")
     return chosen
@@ -235,7 +242,8 @@ def _select(plan: _Plan, members: Sequence[str] | None) -> list[str]:
 
 def safe_extract(archive_path: str | Path, target_dir: str | Path, *, members: Sequence[str] | None = None,
                  max_total_bytes: int, max_files: int, existing: str = "fail",
-                 backup_dir: Path | None = None, now: datetime | None = None) -> ExtractResult:
+                 backup_dir: Path | None = None, now: datetime | None = None,
+                 limits: ArchiveLimits = DEFAULT_LIMITS) -> ExtractResult:
     """Extract ``archive_path`` (tar or tar.gz) into ``target_dir``.
 
     ``members``: paths to restore (a member and everything below it); default all.
@@ -249,236 +257,287 @@ def safe_extract(archive_path: str | Path, target_dir: str | Path, *, members: S
         raise ValueError(f"existing must be one of {', '.join(EXISTING)}; got {existing!r}")
     label = str(archive_path)
     target = Path(os.path.abspath(target_dir))
-    gzipped = _check_readable(archive_path, label)
     try:
-        tar = tarfile.open(archive_path, "r:gz" if gzipped else "r:")
-    except (tarfile.TarError, *GZIP_ERRORS) as exc:  # changed since it was read a moment ago
-        raise DamagedArchive(f"{label}: damaged archive, nothing extracted: {exc}") from exc
-    with tar:
-        try:
-            plan = _Plan(tar, label)  # every member judged before anything is written
-        except (tarfile.TarError, *GZIP_ERRORS) as exc:
-            raise DamagedArchive(f"{label}: damaged archive, nothing extracted: {exc}") from exc
-        selected = _select(plan, members)
-        infos = [plan.last[n] for n in selected]
-        if len(infos) > max_files:
-            raise LimitExceeded(f"{label}: {len(infos)} members to extract exceed the limit of {max_files}")
-        total = sum(m.size for m in infos if m.isreg()) + sum(
-            plan.last[normalize_name(m.linkname)].size for m in infos if m.islnk())
-        if total > max_total_bytes:
-            raise LimitExceeded(f"{label}: {total} bytes to extract exceed the limit of {max_total_bytes}")
-
-        real_target = os.path.realpath(target)
-        actions = _check_target(target, real_target, infos, selected, existing, label)
-        replacing = any(a == "replace" for a in actions.values())
-        if replacing:
-            stamp = (now or clock.now()).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-            backup_dir = Path(backup_dir) if backup_dir else target / f".restore-backup-{stamp}"
-            rel_backup = os.path.relpath(os.path.abspath(backup_dir), target)
-            if not rel_backup.startswith(".."):
-                inside = [n for n in selected if n == rel_backup or n.startswith(rel_backup + "/")]
-                if inside:
-                    raise ExistingFiles(f"{label}: member {inside[0]!r} lies inside the backup directory {backup_dir}")
-        else:
-            backup_dir = None
-
-        sums_name = _find_sums(plan)
-        sums: dict[str, str] = {}
-        if sums_name:
-            f = tar.extractfile(plan.last[sums_name])
-            data = f.read(_MAX_SUMS_BYTES) if f else b""
-            sums = _parse_sums(data.decode("utf-8", "replace"), posixpath.dirname(sums_name) or ".")
-            sums.pop(sums_name, None)  # a manifest cannot vouch for itself
-
-        target.mkdir(parents=True, exist_ok=True)
-        real_target = os.path.realpath(target)
-        writer = _Writer(tar, label, target, real_target, max_total_bytes, sums, backup_dir)
-        try:
-            result = writer.run(infos, selected, actions)
-        except (tarfile.TarError, *GZIP_ERRORS) as exc:
-            done = len(writer.result.written)
-            raise DamagedArchive(f"{label}: damaged archive, stopped after {done} files: {exc}") from exc
-        result.checksum_manifest = plan.last[sums_name].name if sums_name else None
-        if sums_name:
-            present = set(selected)
-            in_scope = [p for p in sums if members is None or any(
-                p == normalize_name(w) or p.startswith(normalize_name(w) + "/") for w in members)]
-            result.missing = sorted(p for p in in_scope if p not in present)
-            result.unlisted = sorted(p for p in result.written if p not in sums and p != sums_name)
-        return result
-
-
-def _check_readable(archive_path: str | Path, label: str) -> bool:
-    """Read the whole archive once (gzip CRC, tar end-of-archive marker) with the archive
-    checks, so a truncated or corrupt archive is refused before anything is written.
-    Returns whether it is gzip-compressed."""
-    try:
-        with open(archive_path, "rb") as f:
-            kind, detail = detect_head(f.read(HEAD))
-            if kind not in ("tar_gzip", "tar", "pg_tar"):
-                raise DamagedArchive(f"{label}: not a tar or tar.gz archive: {detail or kind}")
-            f.seek(0)
-            results = check_tar(f, label, gzipped=kind == "tar_gzip")
+        f = open(archive_path, "rb")
     except OSError as exc:
         raise DamagedArchive(f"{label}: cannot read the archive: {exc}") from exc
-    # Unsafe members are judged member by member in _Plan (same rules, structured result).
-    damage = [r.detail for r in results if not r.ok and r.check != "tar_safety"]
-    if damage:
-        raise DamagedArchive(f"{label}: damaged archive, nothing extracted: {'; '.join(damage)}")
+    with f:
+        gzipped = _archive_kind(f, label)
+        plan = _Plan(f, label, gzipped, limits)  # every member judged before anything is written
+        selected = _select(plan, members)
+        if len(selected) > max_files:
+            raise LimitExceeded(f"{label}: {len(selected)} members to extract exceed the limit of {max_files}")
+        total = sum(n.size for _, n in selected if n.kind in (FILE, HARDLINK))
+        if total > max_total_bytes:
+            raise LimitExceeded(f"{label}: {total} bytes to extract exceed the limit of {max_total_bytes}")
+        actions = _check_target(target, plan.tree, selected, existing, label)
+        backup_dir = _backup_dir(target, backup_dir, actions, selected, now, label)
+        target.mkdir(parents=True, exist_ok=True)
+        f.seek(0)
+        with Root(target) as root:
+            writer = _Writer(plan, selected, actions, root, target, label, max_total_bytes, backup_dir)
+            result = writer.run(f, gzipped, limits)
+    result.warnings = plan.warnings
+    if plan.sums:
+        sums_name, present = plan.sums[0], {p for p, _ in selected}
+        result.checksum_manifest = sums_name
+        in_scope = [p for p in writer.sums or {} if members is None or any(
+            p == normalize_name(w) or p.startswith(normalize_name(w) + "/") for w in members)]
+        result.missing = sorted(p for p in in_scope if p not in present)
+        result.unlisted = sorted(p for p in result.written if p not in (writer.sums or {}) and p != sums_name)
+    return result
+
+
+def _archive_kind(f: BinaryIO, label: str) -> bool:
+    """Whether the archive is gzip-compressed; refuses what is not a tar archive at all."""
+    try:
+        kind, detail = detect_head(f.read(HEAD))
+        f.seek(0)
+    except OSError as exc:
+        raise DamagedArchive(f"{label}: cannot read the archive: {exc}") from exc
+    if kind not in ("tar_gzip", "tar", "pg_tar"):
+        raise DamagedArchive(f"{label}: not a tar or tar.gz archive: {detail or kind}")
     return kind == "tar_gzip"
 
 
-def _find_sums(plan: _Plan) -> str | None:
-    names = [n for n, m in plan.last.items() if m.isreg() and posixpath.basename(n) == CHECKSUM_MANIFEST]
-    return min(names, key=lambda n: (n.count("/"), n)) if names else None
+def _parent(path: str) -> list[str]:
+    return parts(posixpath.dirname(path))
 
 
-def _check_target(target: Path, real_target: str, infos: list[tarfile.TarInfo], selected: list[str],
-                  existing: str, label: str) -> dict[str, str]:
-    """Per member: ``write``, ``replace`` or ``skip``; raises on links escaping or conflicts."""
-    unsafe: list[str] = []
-    conflicts: list[str] = []
-    actions: dict[str, str] = {}
-    checked: dict[str, bool] = {}
-    for m, name in zip(infos, selected, strict=True):
-        for anc in _ancestors(name):
-            if anc in checked:
-                continue
-            p = target / anc
-            ok = True
-            if p.is_symlink():
-                real = os.path.realpath(p)
-                if not _under(real, real_target):
-                    unsafe.append(f"{anc!r} is a symbolic link to {real}, outside the target")
-                    ok = False
-                elif not os.path.isdir(real):
-                    conflicts.append(f"{anc!r} exists and is not a directory")
-                    ok = False
-            elif p.exists() and not p.is_dir():
-                conflicts.append(f"{anc!r} exists and is not a directory")
-                ok = False
-            checked[anc] = ok
-        dest = target / name
-        if not os.path.lexists(dest):
-            actions[name] = "write"
-        elif m.isdir():
-            if dest.is_symlink() and not _under(os.path.realpath(dest), real_target):
-                unsafe.append(f"{name!r} is a symbolic link to {os.path.realpath(dest)}, outside the target")
-            elif not dest.is_dir():
-                conflicts.append(f"{name!r} exists and is not a directory")
-            actions[name] = "exists"
-        elif dest.is_dir() and not dest.is_symlink():
-            conflicts.append(f"{name!r} is an existing directory; the archive has a file there")
-        elif existing == "fail":
-            conflicts.append(f"{name!r} already exists")
-        else:
-            actions[name] = "replace" if existing == "overwrite" else "skip"
-    if unsafe:
-        raise UnsafeTarget(f"{label}: refused, nothing extracted: " + "; ".join(unsafe[:20]))
-    if conflicts:
-        more = f" (and {len(conflicts) - 20} more)" if len(conflicts) > 20 else ""
-        raise ExistingFiles(f"{label}: refused, nothing extracted: " + "; ".join(conflicts[:20]) + more)
-    return actions
+def _check_target(target: Path, tree: ArchiveTree, selected: list[tuple[str, Node]], existing: str,
+                  label: str) -> dict[str, str]:
+    """Per member: ``write``, ``replace``, ``skip`` or ``exists``; raises on a link in the
+    target that leads outside it, or on conflicts (:func:`~backupkit.restore.target.inspect_target`)."""
+    try:
+        found = inspect_target(target, tree, selected, existing)
+    except OSError as exc:
+        raise ExistingFiles(f"{label}: refused, nothing extracted: cannot check the target: {exc}") from exc
+    if found.unsafe:
+        raise UnsafeTarget(f"{label}: refused, nothing extracted: " + "; ".join(found.unsafe[:_SHOWN]))
+    if found.conflicts:
+        more = f" (and {len(found.conflicts) - _SHOWN} more)" if len(found.conflicts) > _SHOWN else ""
+        raise ExistingFiles(f"{label}: refused, nothing extracted: " + "; ".join(found.conflicts[:_SHOWN]) + more)
+    return found.actions
+
+
+def _backup_dir(target: Path, backup_dir: Path | None, actions: dict[str, str], selected: list[tuple[str, Node]],
+                now: datetime | None, label: str) -> Path | None:
+    if not any(a == "replace" for a in actions.values()):
+        return None
+    stamp = (now or clock.now()).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    backup_dir = Path(os.path.abspath(backup_dir)) if backup_dir else target / f".restore-backup-{stamp}"
+    rel = os.path.relpath(backup_dir, target)
+    if not rel.startswith(".."):
+        inside = [p for p, _ in selected if p == rel or p.startswith(rel + "/")]
+        if inside:
+            raise ExistingFiles(f"{label}: member {inside[0]!r} lies inside the backup directory {backup_dir}")
+    return backup_dir
+
+
+@dataclass
+class _Temp:
+    """A file written under a temporary name, waiting to be checked and installed."""
+    path: str
+    node: Node
+    name: str
+    digest: str = ""
 
 
 class _Writer:
-    def __init__(self, tar: tarfile.TarFile, label: str, target: Path, real_target: str, max_bytes: int,
-                 sums: dict[str, str], backup_dir: Path | None):
-        self.tar, self.label, self.real_target, self.max_bytes = tar, label, real_target, max_bytes
-        self.sums, self.backup_dir = sums, backup_dir
-        self.result = ExtractResult(archive=label, target=target, backup_dir=backup_dir)
-        self.dir_times: list[tuple[str, float]] = []
+    """The second reading: writes the planned tree, directories first and links last."""
 
-    def run(self, infos: list[tarfile.TarInfo], names: list[str], actions: dict[str, str]) -> ExtractResult:
-        for m, name in zip(infos, names, strict=True):
-            action = actions[name]
-            if action == "skip":
-                self.result.skipped.append(name)
-            elif m.isdir():
-                path = self._ensure_dir(name)
-                if action == "write":  # leave the modes and times of existing directories alone
-                    os.chmod(path, (m.mode & 0o777) | 0o700)
-                    self.dir_times.append((path, m.mtime))
-                self.result.directories += 1
-            elif m.issym():
-                self._install(name, action, lambda tmp, m=m: os.symlink(m.linkname, tmp), m)
-                self.result.links += 1
-            else:  # regular file or hard link (written as a copy of the linked file's data)
-                self._write_file(m, name, action)
-        for path, mtime in reversed(self.dir_times):  # after their contents changed them
-            os.utime(path, (mtime, mtime))
+    def __init__(self, plan: _Plan, selected: list[tuple[str, Node]], actions: dict[str, str], root: Root,
+                 target: Path, label: str, max_bytes: int, backup_dir: Path | None):
+        self.plan, self.selected, self.actions, self.root = plan, selected, actions, root
+        self.label, self.max_bytes, self.backup_dir = label, max_bytes, backup_dir
+        self.result = ExtractResult(archive=label, target=target, backup_dir=backup_dir)
+        self.dests: dict[int, list[tuple[str, Node]]] = {}
+        for p, n in selected:
+            if n.kind in (FILE, HARDLINK) and actions[p] != "skip":
+                self.dests.setdefault(n.source, []).append((p, n))
+        self.sums_index = plan.sums[1].index if plan.sums else None
+        # (mode, time) of the directories and links to make, taken in the second reading
+        self.times: dict[int, tuple[int, float]] = {
+            n.index: (0o755, 0.0) for p, n in selected if n.kind in (DIRECTORY, SYMLINK) and actions[p] != "skip"}
+        self.sums: dict[str, str] | None = None
+        self.waiting: list[_Temp] = []  # written before the manifest was read
+        self._backup_root: Root | None = None
+
+    def run(self, f: BinaryIO, gzipped: bool, limits: ArchiveLimits) -> ExtractResult:
+        try:
+            self.result.skipped = [p for p, _ in self.selected if self.actions[p] == "skip"]
+            self._make_directories()
+            self._write_files(TarReader(f, gzipped=gzipped, limits=limits))
+            for t in self.waiting:
+                self._install_at(t)
+            self.waiting = []
+            self._make_links()
+            self._finish_directories()
+        except Escape as exc:
+            raise UnsafeTarget(f"{self.label}: {exc}; stopped after {len(self.result.written)} files") from exc
+        except NotADirectory as exc:
+            raise ExistingFiles(f"{self.label}: {exc}; stopped after {len(self.result.written)} files") from exc
+        except OSError as exc:
+            raise ExtractRefused(f"{self.label}: {exc}; stopped after {len(self.result.written)} files") from exc
+        finally:
+            self._discard_waiting()
+            if self._backup_root is not None:
+                self._backup_root.close()
         return self.result
 
-    # -- paths ---------------------------------------------------------------------------
-    def _ensure_dir(self, rel: str) -> str:
-        """The real path of directory ``rel`` in the target, created as needed, never
-        leaving the target through a symbolic link (checked again as we go)."""
-        cur = self.real_target
-        if rel in ("", "."):
-            return cur
-        for comp in rel.split("/"):
-            nxt = os.path.join(cur, comp)
-            if os.path.islink(nxt):
-                real = os.path.realpath(nxt)
-                if not _under(real, self.real_target):
-                    raise UnsafeTarget(f"{self.label}: {nxt} became a symbolic link outside the target; stopped")
-                nxt = real
-            elif not os.path.lexists(nxt):
-                os.mkdir(nxt, 0o755)
-            if not os.path.isdir(nxt):
-                raise ExistingFiles(f"{self.label}: {nxt} is not a directory; stopped")
-            cur = nxt
-        return cur
+    def _changed(self, what: str) -> DamagedArchive:
+        return DamagedArchive(f"{self.label}: the archive changed while it was restored ({what}); "
+                              f"stopped after {len(self.result.written)} files")
 
-    def _install(self, name: str, action: str, make, m: tarfile.TarInfo) -> str:
-        parent = self._ensure_dir(posixpath.dirname(name))
-        dest = os.path.join(parent, posixpath.basename(name))
-        tmp = os.path.join(parent, f".{posixpath.basename(name)}.restore-{os.urandom(6).hex()}")
+    def _write_files(self, reader: TarReader) -> None:
         try:
-            make(tmp)
-            self._put_in_place(name, action, tmp, dest)
-        finally:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-        os.utime(dest, (m.mtime, m.mtime), follow_symlinks=False)
-        return dest
+            for m in reader:
+                fps = self.plan.fingerprints
+                if m.index >= len(fps) or fps[m.index] != _fingerprint(m):
+                    raise self._changed(f"member {m.name!r} differs")
+                if m.index in self.times:
+                    self.times[m.index] = (m.mode, m.mtime)
+                if m.index == self.sums_index or m.index in self.dests:
+                    self._write_member(reader, m)
+            reader.finish()
+        except ArchiveError as exc:
+            raise DamagedArchive(f"{self.label}: damaged archive, stopped after {len(self.result.written)} "
+                                 f"files: {exc.detail}") from exc
+        if reader.count != self.plan.count or (self.sums_index is not None and self.sums is None):
+            raise self._changed(f"{reader.count} members, {self.plan.count} before")
 
-    def _put_in_place(self, name: str, action: str, tmp: str, dest: str) -> None:
-        if action == "replace" and os.path.lexists(dest):
-            kept = self.backup_dir / name
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(dest, kept)  # a rename on the same file system: the original inode is kept
-            self.result.replaced.append((name, kept))
-        os.replace(tmp, dest)  # rename replaces a symbolic link itself, never its target
-
-    def _write_file(self, m: tarfile.TarInfo, name: str, action: str) -> None:
-        src = self.tar.extractfile(m)
-        parent = self._ensure_dir(posixpath.dirname(name))
-        dest = os.path.join(parent, posixpath.basename(name))
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{posixpath.basename(name)}.restore-")
+    def _write_member(self, reader: TarReader, m: Member) -> None:
+        outs: list[tuple[_Temp, int, int]] = []  # (temp, parent fd, file fd)
+        capture = bytearray() if m.index == self.sums_index else None
         try:
+            for p, node in self.dests.get(m.index, []):
+                parent = self.root.walk(_parent(p), create=True)
+                try:
+                    fd, name = rootfs.create_file(parent)
+                except BaseException:
+                    os.close(parent)
+                    raise
+                outs.append((_Temp(p, node, name), parent, fd))
             digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
-                while True:
-                    chunk = src.read(CHUNK) if src else b""
-                    if not chunk:
-                        break
-                    self.result.bytes_written += len(chunk)
-                    if self.result.bytes_written > self.max_bytes:
-                        raise LimitExceeded(f"{self.label}: more than {self.max_bytes} bytes extracted; stopped")
+            for chunk in reader.data(m):
+                if capture is not None and len(capture) < _MAX_SUMS_BYTES:
+                    capture += chunk[:_MAX_SUMS_BYTES - len(capture)]
+                if outs:
+                    self._count(len(chunk) * len(outs))
                     digest.update(chunk)
-                    out.write(chunk)
-                os.fchmod(out.fileno(), m.mode & 0o777)
-            actual = digest.hexdigest()
-            expected = self.sums.get(name)
-            if expected is not None and expected != actual:
-                self.result.mismatched.append(ChecksumMismatch(name, expected, actual))
-                return  # never install a file that does not match its checksum
-            self._put_in_place(name, action, tmp, dest)
+                    for _, _, fd in outs:
+                        rootfs.write_all(fd, chunk)
+            if capture is not None:
+                sums_path = self.plan.sums[0]
+                self.sums = _parse_sums(capture.decode("utf-8", "replace"), posixpath.dirname(sums_path) or ".")
+                self.sums.pop(sums_path, None)  # a manifest cannot vouch for itself
+            for t, parent, fd in outs:  # a hard link's copy takes the mode and time of its file
+                os.fchmod(fd, m.mode & 0o777)
+                rootfs.set_fd_times(fd, m.mtime)
+                t.digest = digest.hexdigest()
+            while outs:
+                t, parent, fd = outs.pop()
+                os.close(fd)
+                try:
+                    if self.sums is None and self.sums_index is not None:
+                        self.waiting.append(t)
+                    else:
+                        self._install(parent, t)
+                finally:
+                    os.close(parent)
         finally:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-        os.utime(dest, (m.mtime, m.mtime))
-        self.result.written.append(name)
+            for t, parent, fd in outs:  # only after an error
+                os.close(fd)
+                rootfs.remove(parent, t.name)
+                os.close(parent)
+
+    def _count(self, n: int) -> None:
+        self.result.bytes_written += n
+        if self.result.bytes_written > self.max_bytes:
+            raise LimitExceeded(f"{self.label}: more than {self.max_bytes} bytes extracted; stopped")
+
+    def _install_at(self, t: _Temp) -> None:
+        parent = self.root.walk(_parent(t.path), create=True)
+        try:
+            self._install(parent, t)
+        finally:
+            os.close(parent)
+
+    def _install(self, parent: int, t: _Temp) -> None:
+        expected = (self.sums or {}).get(t.path)
+        if expected is not None and expected != t.digest:
+            self.result.mismatched.append(ChecksumMismatch(t.path, expected, t.digest))
+            rootfs.remove(parent, t.name)  # never install a file that does not match its checksum
+            return
+        self._put_in_place(parent, t.path, t.name)
+        self.result.written.append(t.path)
         if expected is not None:
-            self.result.verified.append(name)
+            self.result.verified.append(t.path)
+
+    def _put_in_place(self, parent: int, path: str, tmp: str) -> None:
+        base = posixpath.basename(path)
+        try:
+            if self.actions[path] == "replace" and rootfs.lstat(parent, base) is not None:
+                self._keep(parent, path)
+            rootfs.rename(parent, tmp, parent, base)
+        except BaseException:
+            rootfs.remove(parent, tmp)
+            raise
+
+    def _keep(self, parent: int, path: str) -> None:
+        """Move the file at ``path`` to the backup directory (same relative path)."""
+        if self._backup_root is None:
+            rel = os.path.relpath(self.backup_dir, self.root.path)
+            if rel.startswith(".."):
+                self.backup_dir.mkdir(parents=True, exist_ok=True)
+                self._backup_root = Root(self.backup_dir)
+            else:  # inside the target: reached like any other path of it
+                self._backup_root = Root.opened(self.root.walk(parts(rel), create=True), self.backup_dir)
+        kept = self._backup_root.walk(_parent(path), create=True)
+        try:
+            rootfs.move_aside(parent, posixpath.basename(path), kept, posixpath.basename(path))
+        finally:
+            os.close(kept)
+        self.result.replaced.append((path, self.backup_dir / path))
+
+    def _discard_waiting(self) -> None:
+        for t in self.waiting:
+            try:
+                parent = self.root.walk(_parent(t.path), create=False)
+            except (Escape, NotADirectory, OSError):
+                continue
+            if parent is not None:
+                rootfs.remove(parent, t.name)
+                os.close(parent)
+        self.waiting = []
+
+    def _make_directories(self) -> None:
+        for p, n in self.selected:
+            if n.kind == DIRECTORY:
+                os.close(self.root.walk(parts(p), create=True))
+                self.result.directories += 1
+
+    def _make_links(self) -> None:
+        for p, n in self.selected:
+            if n.kind != SYMLINK or self.actions[p] == "skip":
+                continue
+            parent = self.root.walk(_parent(p), create=True)
+            try:
+                self._put_in_place(parent, p, rootfs.create_symlink(parent, n.link))
+                rootfs.set_times(parent, posixpath.basename(p), self.times[n.index][1])
+            finally:
+                os.close(parent)
+            self.result.links += 1
+
+    def _finish_directories(self) -> None:
+        """Modes and times of the directories the restore made, after their contents changed them."""
+        for p, n in reversed(self.selected):
+            if n.kind == DIRECTORY and self.actions[p] == "write":
+                fd = self.root.walk(parts(p), create=False)
+                if fd is not None:
+                    try:
+                        mode, mtime = self.times[n.index]
+                        os.fchmod(fd, (mode & 0o777) | 0o700)
+                        rootfs.set_fd_times(fd, mtime)
+                    finally:
+                        os.close(fd)
