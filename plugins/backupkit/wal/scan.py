@@ -1,0 +1,641 @@
+"""Page headers and records of WAL segments, checked as PostgreSQL's xlogreader does.
+
+Every rule here is one that ``pg_waldump`` (xlogreader.c) applies, in the same order
+per record: page header (magic, flags, address, long header fields, timeline), record
+header (length, resource manager, previous-record link), the pages a record continues
+on (continuation flag and remaining length), the CRC-32C over the record, then the
+block references (DecodeXLogRecord). A few rules are stricter and say so in
+docs/wal.md: the system identifier must be the archive's, page timelines must agree
+with the timeline history, and an archived (non-partial) segment must be full of WAL.
+
+Speed: each window of pages is turned into one "logical" buffer (page headers cut
+out), so a record is one contiguous slice wherever it crosses pages and its CRC is one
+C call. Records that continue past the window go through :class:`_Pending`, which keeps
+at most ``KEEP_WHOLE`` bytes of any record. Memory is bounded by the window, not by the
+segment size or by lengths read from the file.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from crc32c import crc32c
+
+from backupkit.wal.naming import XLOG_BLCKSZ, format_lsn
+
+PAGE_MAGICS = {0xD110: 15, 0xD113: 16, 0xD116: 17, 0xD118: 18}
+BLCKSZ = 8192
+SHORT_HEADER, LONG_HEADER, RECORD_HEADER = 24, 40, 24
+CONTRECORD, LONG, OVERWRITE_CONTRECORD, ALL_FLAGS = 0x1, 0x2, 0x8, 0xF
+RM_MAX_BUILTIN, RM_MIN_CUSTOM = 21, 128
+RM_XLOG, RM_XACT = 0, 1
+XLOG_CHECKPOINT_SHUTDOWN, XLOG_SWITCH, XLOG_END_OF_RECOVERY = 0x00, 0x40, 0x90
+XACT_END_OPS = (0x00, 0x20, 0x30, 0x40)  # commit, abort, commit prepared, abort prepared
+WINDOW = 8 << 20
+KEEP_WHOLE = 4 << 20
+PREFIX = 8192
+INF = 1 << 64
+
+PAGE_HEADER = struct.Struct("<HHIQI")
+LONG_FIELDS = struct.Struct("<QII")
+RECORD = struct.Struct("<IIQBB2xI")
+
+
+class _Bad(Exception):
+    """One verdict about the segment being read: its problem kind and pg-style detail."""
+
+    def __init__(self, detail: str, kind: str = "corrupt"):
+        super().__init__(detail)
+        self.kind = kind
+
+
+@dataclass
+class SegmentScan:
+    """What one segment holds, as the verifier needs it (picklable, small)."""
+
+    name: str
+    segno: int
+    partial: bool = False
+    problem: str | None = None        # "corrupt" or "timeline_fork"
+    detail: str = ""
+    skipped_to: int | None = None     # where the first record was expected, after the continuation
+    first_lsn: int | None = None      # first record that starts in this segment
+    first_prev: int | None = None     # ... and its previous-record link
+    last_lsn: int | None = None       # last whole record starting here
+    end_lsn: int | None = None        # end of that record: recovery can replay up to here
+    switched: bool = False            # ends with a switch record: the next segment starts afresh
+    junction: str | None = None       # the record continuing into the next segment does not fit it
+    records: int = 0
+    commit_lsn: int | None = None     # last commit/abort record and its time (us since 2000-01-01)
+    commit_time: int | None = None
+    switches: list[tuple[int, int, int]] = field(default_factory=list)  # (lsn, timeline, previous)
+    wal_end: int | None = None        # a partial segment's WAL stops here
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every segment of one timeline must agree with."""
+
+    segment_size: int
+    magic: int
+    sysid: int
+    tli: int
+    switch_lsn: int = 0               # where this timeline begins (0: timeline 1 or unknown)
+    ancestors: frozenset[int] = frozenset()
+
+
+def _short(lsn: int) -> _Bad:
+    return _Bad(f"record with invalid length at {format_lsn(lsn)}")
+
+
+def decode_blocks(buf, r: int, stop: int, limit: int, lsn: int) -> int:
+    """DecodeXLogRecord's checks of the block references in ``buf[r:stop]``; the main data length.
+
+    ``limit`` is how much of the record is held (giant records keep only a prefix). Each
+    field's length is checked before it is read, as COPY_HEADER_FIELD does; fields with no
+    check between them are checked together.
+    """
+    hard = stop if stop <= limit else limit
+    datatotal = main_len = 0
+    max_block = -1
+    have_rel = False
+    while stop - r > datatotal:
+        block_id = buf[r]
+        if block_id <= 32:
+            if block_id <= max_block:
+                raise _Bad(f"out-of-order block_id {block_id} at {format_lsn(lsn)}")
+            max_block = block_id
+            if r + 4 > hard:
+                raise _short(lsn)
+            flags, data_len = buf[r + 1], buf[r + 2] | buf[r + 3] << 8
+            r += 4
+            if flags & 0x20:
+                if not data_len:
+                    raise _Bad(f"BKPBLOCK_HAS_DATA set, but no data included at {format_lsn(lsn)}")
+            elif data_len:
+                raise _Bad(f"BKPBLOCK_HAS_DATA not set, but data length is {data_len} at {format_lsn(lsn)}")
+            datatotal += data_len
+            if flags & 0x10:
+                if r + 5 > hard:
+                    raise _short(lsn)
+                image_len, hole_offset, image_info = buf[r] | buf[r + 1] << 8, buf[r + 2] | buf[r + 3] << 8, buf[r + 4]
+                r += 5
+                datatotal += image_len
+                _check_image(buf, r, hard, image_len, hole_offset, image_info, lsn)
+                if image_info & 0x1C and image_info & 0x01:
+                    r += 2
+            if flags & 0x80:
+                if not have_rel:
+                    raise _Bad(f"BKPBLOCK_SAME_REL set but no previous rel at {format_lsn(lsn)}")
+                if r + 4 > hard:
+                    raise _short(lsn)
+                r += 4
+            else:
+                if r + 16 > hard:
+                    raise _short(lsn)
+                r += 16
+                have_rel = True
+        elif block_id == 255:
+            if r + 2 > hard:
+                raise _short(lsn)
+            main_len = buf[r + 1]
+            datatotal += main_len
+            r += 2
+            break
+        elif block_id == 254:
+            if r + 5 > hard:
+                raise _short(lsn)
+            main_len = int.from_bytes(buf[r + 1:r + 5], "little")
+            datatotal += main_len
+            r += 5
+            break
+        elif block_id == 253 or block_id == 252:
+            r += 3 if block_id == 253 else 5
+            if r > hard:
+                raise _short(lsn)
+        else:
+            raise _Bad(f"invalid block_id {block_id} at {format_lsn(lsn)}")
+    if stop - r != datatotal:
+        raise _short(lsn)
+    return main_len
+
+
+def _check_image(buf, r: int, hard: int, image_len: int, hole_offset: int, image_info: int, lsn: int) -> None:
+    """The cross-checks of a full-page image's header (after its first three fields)."""
+    compressed, has_hole = image_info & 0x1C, image_info & 0x01
+    if compressed:
+        hole_len = 0
+        if has_hole:
+            if r + 2 > hard:
+                raise _short(lsn)
+            hole_len = buf[r] | buf[r + 1] << 8
+    else:
+        hole_len = BLCKSZ - image_len
+    if has_hole and (hole_offset == 0 or hole_len == 0 or image_len == BLCKSZ):
+        raise _Bad(f"BKPIMAGE_HAS_HOLE set, but hole offset {hole_offset} length {hole_len} "
+                   f"block image length {image_len} at {format_lsn(lsn)}")
+    if not has_hole and (hole_offset or hole_len):
+        raise _Bad(f"BKPIMAGE_HAS_HOLE not set, but hole offset {hole_offset} length {hole_len} at {format_lsn(lsn)}")
+    if compressed and image_len == BLCKSZ:
+        raise _Bad(f"BKPIMAGE_COMPRESSED set, but block image length {image_len} at {format_lsn(lsn)}")
+    if not has_hole and not compressed and image_len != BLCKSZ:
+        raise _Bad("neither BKPIMAGE_HAS_HOLE nor BKPIMAGE_COMPRESSED set, but block image "
+                   f"length is {image_len} at {format_lsn(lsn)}")
+
+
+def check_record_header(tot: int, rmid: int, prev: int, lsn: int, expected_prev: int | None) -> None:
+    """ValidXLogRecordHeader: ``expected_prev`` None means random access (only ``prev < lsn``)."""
+    if tot < RECORD_HEADER:
+        raise _Bad(f"invalid record length at {format_lsn(lsn)}: expected at least {RECORD_HEADER}, got {tot}")
+    if RM_MAX_BUILTIN < rmid < RM_MIN_CUSTOM:
+        raise _Bad(f"invalid resource manager ID {rmid} at {format_lsn(lsn)}")
+    if expected_prev is None:
+        if not prev < lsn:
+            raise _Bad(f"record with incorrect prev-link {format_lsn(prev)} at {format_lsn(lsn)}")
+    elif prev != expected_prev:
+        raise _Bad(f"record with incorrect prev-link {format_lsn(prev)} at {format_lsn(lsn)}")
+
+
+class _Pending:
+    """A record that continues past the window it starts in: bytes fed in order until whole."""
+
+    __slots__ = ("lsn", "tot", "got", "buf", "crc", "scan", "expected_prev", "header_checked")
+
+    def __init__(self, lsn: int, tot: int, scan: SegmentScan, expected_prev: int | None):
+        self.lsn, self.tot, self.got, self.scan = lsn, tot, 0, scan
+        self.expected_prev = expected_prev
+        self.buf = bytearray()
+        self.crc = 0
+        self.header_checked = False
+
+    @property
+    def remaining(self) -> int:
+        return self.tot - self.got
+
+    def feed(self, piece) -> None:
+        start = self.got
+        self.got += len(piece)
+        if self.tot <= KEEP_WHOLE:
+            self.buf += piece
+        else:  # keep a prefix for the headers; the CRC runs over the rest as it comes
+            if start < PREFIX:
+                self.buf += piece[:PREFIX - start]
+            skip = max(0, RECORD_HEADER - start)
+            if skip < len(piece):
+                self.crc = crc32c(piece[skip:], self.crc)
+        if not self.header_checked and len(self.buf) >= RECORD_HEADER:
+            tot, _xid, prev, _info, rmid, _crc = RECORD.unpack_from(self.buf, 0)
+            check_record_header(tot, rmid, prev, self.lsn, self.expected_prev)
+            self.header_checked = True
+
+
+class Walker:
+    """Reads the consecutive segments of one timeline in order, a window at a time.
+
+    ``begin`` starts a segment, ``window`` feeds it (page-aligned bytes in order) and
+    returns False once the rest of the segment does not matter (a switch record, an
+    error). A record that continues into the next segment stays pending and is finished
+    by that segment's first pages. Every segment is otherwise read on its own, as
+    pg_waldump does when it starts at a segment: the continuation at its start is
+    skipped and its first record's previous-record link is only checked to point
+    backwards; whether consecutive segments join up is the caller's check
+    (:func:`joins`), so that a segment read by another process is judged the same way.
+    """
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.pending: _Pending | None = None
+        self.scan: SegmentScan | None = None
+
+    def begin(self, name: str, segno: int, *, partial: bool = False, finish_only: bool = False) -> SegmentScan:
+        """Start a segment; ``finish_only``: read it only to finish the pending record."""
+        if self.pending is not None and (self.scan is None or segno != self.scan.segno + 1):
+            self.pending = None  # not the successor of the segment the record started in
+        self.scan = SegmentScan(name, segno, partial)
+        self.seg_start = segno * self.ctx.segment_size
+        self.offset = 0
+        self.finish_only = finish_only
+        self.done = finish_only and self.pending is None
+        self.skipping = self.pending is None
+        self.last_lsn: int | None = None
+        self.page_tli = 0
+        return self.scan
+
+    def window(self, mv) -> bool:
+        """Check the next ``len(mv)`` bytes of the segment; False when the rest can be skipped."""
+        if self.done:
+            return False
+        nbytes = len(mv) - len(mv) % XLOG_BLCKSZ
+        try:
+            self._window(mv, nbytes)
+        except _Bad as bad:
+            self._fail(bad)
+        self.offset += nbytes
+        return not self.done
+
+    def abandon_pending(self) -> None:
+        """The next segment is missing or unreadable: the record in progress cannot be judged."""
+        self.pending = None
+
+    def _fail(self, bad: _Bad) -> None:
+        scan = self.scan
+        if scan.partial:  # a partial segment's WAL ends where it stops being valid
+            scan.wal_end = scan.end_lsn if scan.end_lsn is not None else self.seg_start
+        else:
+            scan.problem, scan.detail = bad.kind, str(bad)
+        self.done = True
+        self.pending = None
+
+    # -- pages -----------------------------------------------------------------------
+    def _pages(self, mv, nbytes: int) -> "_WindowState":
+        payloads, bounds, deltas, infos, rems = [], [], [], [], []
+        logical = 0
+        page_lsn = self.seg_start + self.offset
+        bad = None
+        unpack = PAGE_HEADER.unpack_from
+        magic_ok, tli_ok, seg_start = self.ctx.magic, self.ctx.tli, self.seg_start
+        for off in range(0, nbytes, XLOG_BLCKSZ):
+            magic, info, tli, addr, rem = unpack(mv, off)
+            if magic == magic_ok and not info & ~0x5 and addr == page_lsn and tli == tli_ok and page_lsn != seg_start:
+                header = SHORT_HEADER  # the common page: short header, this timeline
+                self.page_tli = tli
+            else:
+                try:
+                    header = self._check_page(mv, off, page_lsn, magic, info, tli, addr)
+                except _Bad as exc:
+                    bad = exc
+                    break
+            payloads.append(mv[off + header:off + XLOG_BLCKSZ])
+            bounds.append(logical)
+            deltas.append(page_lsn + header - logical)
+            infos.append(info)
+            rems.append(rem)
+            logical += XLOG_BLCKSZ - header
+            page_lsn += XLOG_BLCKSZ
+        return _WindowState(memoryview(b"".join(payloads)), bounds, deltas, infos, rems, bad)
+
+    def _check_page(self, mv, off: int, page_lsn: int, magic: int, info: int, tli: int, addr: int) -> int:
+        ctx, name = self.ctx, self.scan.name
+        where = f"LSN {format_lsn(page_lsn)}, offset {page_lsn - self.seg_start}"
+        if magic != ctx.magic:
+            raise _Bad(f"invalid magic number {magic:04X} in WAL segment {name}, {where}")
+        if info & ~ALL_FLAGS:
+            raise _Bad(f"invalid info bits {info:04X} in WAL segment {name}, {where}")
+        header = SHORT_HEADER
+        if info & LONG:
+            sysid, seg_size, blcksz = LONG_FIELDS.unpack_from(mv, off + 24)
+            if sysid != ctx.sysid:
+                raise _Bad(f"WAL segment {name} is from a different database system: system identifier "
+                           f"{sysid}, the archive's is {ctx.sysid}")
+            if seg_size != ctx.segment_size:
+                raise _Bad(f"WAL segment {name}: incorrect segment size {seg_size} in page header")
+            if blcksz != XLOG_BLCKSZ:
+                raise _Bad(f"WAL segment {name}: incorrect XLOG_BLCKSZ {blcksz} in page header")
+            header = LONG_HEADER
+        elif page_lsn == self.seg_start:
+            raise _Bad(f"invalid info bits {info:04X} in WAL segment {name}, {where}")
+        if addr != page_lsn:
+            raise _Bad(f"unexpected pageaddr {format_lsn(addr)} in WAL segment {name}, {where}")
+        if tli != ctx.tli:
+            self._check_page_tli(tli, page_lsn, name, where)
+        self.page_tli = tli
+        return header
+
+    def _check_page_tli(self, tli: int, page_lsn: int, name: str, where: str) -> None:
+        ctx = self.ctx
+        if tli < self.page_tli:
+            raise _Bad(f"out-of-sequence timeline ID {tli} (after {self.page_tli}) in WAL segment {name}, {where}")
+        if tli > ctx.tli or (ctx.ancestors and tli not in ctx.ancestors):
+            raise _Bad(f"page of timeline {tli} in WAL segment {name} of timeline {ctx.tli}, {where}")
+        if ctx.switch_lsn and page_lsn >= ctx.switch_lsn:
+            raise _Bad(f"page of timeline {tli} at {format_lsn(page_lsn)} in WAL segment {name}, after "
+                       f"timeline {ctx.tli} began at {format_lsn(ctx.switch_lsn)}: this segment was written "
+                       f"by a server whose timeline {ctx.tli} began elsewhere", kind="timeline_fork")
+
+    # -- one window ------------------------------------------------------------------
+    def _window(self, mv, nbytes: int) -> None:
+        st = self._pages(mv, nbytes)
+        if self.pending is not None:
+            finished = self._continue_pending(st)
+            if self.finish_only and (finished or self.done):
+                self.done = True
+            if not finished or self.done:
+                return
+        if self.skipping and not self._skip_continuation(st):
+            return
+        self._records(st)
+
+    def _skip_continuation(self, st: "_WindowState") -> bool:
+        """Skip to the first record that starts in the segment (XLogFindNextRecord)."""
+        while st.b < len(st.bounds):
+            b = st.b
+            if not st.infos[b] & CONTRECORD:
+                st.pos = st.bounds[b]
+                break
+            rem = (st.rems[b] + 7) & ~7
+            if rem < st.page_len(b):
+                st.pos = st.bounds[b] + rem
+                st.b = b + 1
+                break
+            st.b = b + 1
+        else:
+            if st.bad is not None:
+                raise st.bad
+            return False
+        self.skipping = False
+        self.scan.skipped_to = st.lsn_at(st.pos)
+        return True
+
+    def _continue_pending(self, st: "_WindowState") -> bool:
+        """Feed the record in progress from this window; True when it is done with."""
+        p = self.pending
+        while st.b < len(st.bounds):
+            b = st.b
+            info, rem = st.infos[b], st.rems[b]
+            if info & OVERWRITE_CONTRECORD:  # the record was abandoned by a crash; WAL goes on here
+                self.pending = None
+                st.pos = st.bounds[b]
+                self.skipping = False
+                return True
+            if not info & CONTRECORD or rem != p.remaining:
+                where = format_lsn(st.lsn_at(st.bounds[b]))
+                detail = (f"there is no contrecord flag at {where}" if not info & CONTRECORD else
+                          f"invalid contrecord length {rem} (expected {p.remaining}) at {where}")
+                if p.scan is self.scan or b or self.offset:
+                    raise _Bad(detail)
+                # This segment's first page does not continue the previous segment: the caller
+                # judges that with both neighbours (another history, or damage); start afresh.
+                p.scan.junction = f"record at {format_lsn(p.lsn)} continues into {self.scan.name}: {detail}"
+                self.pending = None
+                self.skipping = True
+                return True
+            take = min(p.remaining, st.page_len(b))
+            try:
+                p.feed(st.lmv[st.bounds[b]:st.bounds[b] + take])
+            except _Bad as bad:  # a header split across segments belongs to the previous one
+                if p.scan is self.scan:
+                    raise
+                p.scan.problem, p.scan.detail = bad.kind, str(bad)
+                self.pending = None
+                self.skipping = True
+                return True
+            st.b = b + 1
+            if p.remaining == 0:
+                st.pos = st.bounds[b] + ((take + 7) & ~7)
+                self.pending = None
+                self.skipping = False
+                if p.scan is not self.scan and st.pos < len(st.lmv):
+                    self.scan.skipped_to = st.lsn_at(st.pos)
+                self._finish_pending(p)
+                return True
+        if st.bad is not None:
+            raise st.bad
+        return False
+
+    def _finish_pending(self, p: _Pending) -> None:
+        buf = p.buf
+        tot, _xid, prev, info, rmid, crc = RECORD.unpack_from(buf, 0)
+        try:
+            if p.tot <= KEEP_WHOLE:
+                mv = memoryview(buf)
+                value = crc32c(mv[:20], crc32c(mv[RECORD_HEADER:tot]))
+            else:
+                value = crc32c(bytes(buf[:20]), p.crc)
+            if value != crc:
+                raise _Bad(f"incorrect resource manager data checksum in record at {format_lsn(p.lsn)}")
+            main_len = decode_blocks(buf, RECORD_HEADER, tot, len(buf), p.lsn)
+        except _Bad as bad:
+            if p.scan is self.scan:
+                raise
+            p.scan.problem, p.scan.detail = bad.kind, str(bad)  # it belongs to the previous segment
+            return
+        whole = p.tot <= KEEP_WHOLE
+        self._book(p.scan, p.lsn, prev, p.lsn + self._span(p.lsn, tot), rmid if whole else 255, info, buf,
+                   tot - main_len, main_len)
+        if p.scan is self.scan:
+            self.last_lsn = p.lsn
+
+    def _span(self, lsn: int, tot: int) -> int:
+        """How many bytes of WAL (page headers included) a record of ``tot`` bytes at ``lsn`` covers."""
+        pos, left = lsn, tot
+        while True:
+            room = XLOG_BLCKSZ - pos % XLOG_BLCKSZ
+            if left <= room:
+                return pos + left - lsn
+            left -= room
+            pos += room
+            pos += LONG_HEADER if pos % self.ctx.segment_size == 0 else SHORT_HEADER
+
+    # -- records in one window -------------------------------------------------------
+    def _records(self, st: "_WindowState") -> None:
+        """The hot loop: every record that starts in this window (constants inlined: 24 is the
+        record header, 21 and 128 bound the resource manager IDs, 1 is RM_XACT)."""
+        lmv, bounds, deltas, infos, rems = st.lmv, st.bounds, st.deltas, st.infos, st.rems
+        end, nb = len(lmv), len(bounds)
+        pos, b = st.pos, st.b
+        next_b = bounds[b] if b < nb else INF
+        delta = deltas[b - 1] if b > 0 else (deltas[0] if nb else 0)
+        scan, unpack, last = self.scan, RECORD.unpack_from, self.last_lsn
+        crc_of, decode, special = crc32c, decode_blocks, self._special
+        count, last_end, first = 0, scan.end_lsn, scan.first_lsn
+        try:
+            while True:
+                while next_b <= pos:  # a record starts right after this page's header
+                    if infos[b] & CONTRECORD:
+                        raise _Bad(f"contrecord is requested by {format_lsn(deltas[b] + next_b)}")
+                    delta = deltas[b]
+                    b += 1
+                    next_b = bounds[b] if b < nb else INF
+                if pos >= end:
+                    if st.bad is not None:
+                        raise st.bad
+                    return
+                lsn = pos + delta
+                if pos + 24 <= end:
+                    tot, _xid, prev, info, rmid, crc = unpack(lmv, pos)
+                else:
+                    tot = int.from_bytes(lmv[pos:pos + 4], "little")
+                rec_end = pos + tot
+                if tot < 24 or rec_end > end:
+                    if tot < 24:
+                        raise _Bad(f"invalid record length at {format_lsn(lsn)}: expected at least "
+                                   f"{RECORD_HEADER}, got {tot}")
+                    self._start_pending(st, pos, lsn, tot, b, last)
+                    return
+                if 21 < rmid < 128 or (prev != last if last is not None else prev >= lsn):
+                    check_record_header(tot, rmid, prev, lsn, last)  # raises, naming the reason
+                overwritten = False
+                while next_b < rec_end:  # pages this record continues on
+                    if infos[b] & OVERWRITE_CONTRECORD:
+                        overwritten = True
+                        break
+                    if not infos[b] & CONTRECORD:
+                        raise _Bad(f"there is no contrecord flag at {format_lsn(deltas[b] + next_b)}")
+                    if rems[b] != rec_end - next_b:
+                        raise _Bad(f"invalid contrecord length {rems[b]} (expected {rec_end - next_b}) at "
+                                   f"{format_lsn(deltas[b] + next_b)}")
+                    delta = deltas[b]
+                    b += 1
+                    next_b = bounds[b] if b < nb else INF
+                if overwritten:  # abandoned by a crash; WAL resumes on that page
+                    pos = next_b
+                    continue
+                if crc_of(lmv[pos:pos + 20], crc_of(lmv[pos + 24:rec_end])) != crc:
+                    raise _Bad(f"incorrect resource manager data checksum in record at {format_lsn(lsn)}")
+                main_len = decode(lmv, pos + 24, rec_end, rec_end, lsn)
+                if first is None:
+                    first = scan.first_lsn = lsn
+                    scan.first_prev = prev
+                last, last_end = lsn, rec_end + delta
+                count += 1
+                if rmid <= 1 and special(scan, lsn, rmid, info, lmv, rec_end - main_len, main_len, last_end):
+                    return
+                pos = (rec_end + 7) & ~7
+        finally:
+            self.last_lsn = last
+            scan.records += count
+            if count:
+                scan.last_lsn, scan.end_lsn = last, last_end
+
+    def _start_pending(self, st: "_WindowState", pos: int, lsn: int, tot: int, b: int, last: int | None) -> None:
+        lmv, bounds, infos, rems = st.lmv, st.bounds, st.infos, st.rems
+        rec_end = pos + tot
+        while b < len(bounds):  # pages of this window the record continues on
+            if bounds[b] > pos and (not infos[b] & CONTRECORD or rems[b] != rec_end - bounds[b]):
+                raise _Bad(f"invalid contrecord length {rems[b]} (expected {rec_end - bounds[b]}) at "
+                           f"{format_lsn(st.lsn_at(bounds[b]))}")
+            b += 1
+        if st.bad is not None:
+            raise st.bad
+        p = _Pending(lsn, tot, self.scan, last)
+        p.feed(lmv[pos:])
+        self.pending = p
+
+    def _book(self, scan: SegmentScan, lsn: int, prev: int, end_lsn: int, rmid: int, info: int, data,
+              main_off: int, main_len: int) -> None:
+        """A whole record that was pending."""
+        if scan.first_lsn is None:
+            scan.first_lsn, scan.first_prev = lsn, prev
+        scan.records += 1
+        scan.last_lsn, scan.end_lsn = lsn, end_lsn
+        # A switch record that ends in this segment makes the rest of it unused too.
+        if rmid <= RM_XACT:
+            self._special(scan, lsn, rmid, info, data, main_off, main_len, end_lsn)
+
+    def _special(self, scan: SegmentScan, lsn: int, rmid: int, info: int, data, off: int, main_len: int,
+                 end_lsn: int) -> bool:
+        """Commit times, timeline changes and switches; True for a switch (rest of segment unused)."""
+        if rmid == RM_XACT:
+            if info & 0x70 in XACT_END_OPS and main_len >= 8:
+                scan.commit_lsn = lsn
+                scan.commit_time = int.from_bytes(data[off:off + 8], "little", signed=True)
+            return False
+        op = info & 0xF0
+        if op in (XLOG_CHECKPOINT_SHUTDOWN, XLOG_END_OF_RECOVERY) and main_len >= 16:
+            this, prev = struct.unpack_from("<II", data, off + 8)
+            if this != prev:
+                scan.switches.append((lsn, this, prev))
+        elif op == XLOG_SWITCH:
+            scan.switched = True
+            self.done = True
+            return True
+        return False
+
+
+def expected_next(scan: SegmentScan, segment_size: int) -> int | None:
+    """Where the record after ``scan``'s last one must start (None if it has none)."""
+    if scan.end_lsn is None:
+        return None
+    if scan.switched:
+        return -(-scan.end_lsn // segment_size) * segment_size + LONG_HEADER
+    pos = (scan.end_lsn + 7) & ~7
+    if pos % XLOG_BLCKSZ == 0:
+        pos += LONG_HEADER if pos % segment_size == 0 else SHORT_HEADER
+    return pos
+
+
+def joins(before: SegmentScan, after: SegmentScan, segment_size: int) -> str | None:
+    """Why ``after`` does not continue ``before`` (consecutive, both read), or None if it does."""
+    if before.problem or after.problem:
+        return None  # their own damage explains it
+    if before.junction:
+        return before.junction
+    nxt = expected_next(before, segment_size)
+    if nxt is None:
+        return None
+    if after.skipped_to is not None and nxt != after.skipped_to and nxt < (after.segno + 1) * segment_size:
+        return (f"{after.name} starts its first record at {format_lsn(after.skipped_to)}, but the WAL of "
+                f"{before.name} continues at {format_lsn(nxt)}")
+    if after.first_lsn == nxt and after.first_prev != before.last_lsn:
+        return (f"record at {format_lsn(nxt)} in {after.name} has prev-link {format_lsn(after.first_prev)}, "
+                f"but the last record of {before.name} is at {format_lsn(before.last_lsn)}")
+    return None
+
+
+class _WindowState:
+    """One window's logical buffer, its page boundaries and the reading position."""
+
+    __slots__ = ("lmv", "bounds", "deltas", "infos", "rems", "bad", "pos", "b")
+
+    def __init__(self, lmv, bounds, deltas, infos, rems, bad):
+        self.lmv, self.bounds, self.deltas, self.infos, self.rems, self.bad = lmv, bounds, deltas, infos, rems, bad
+        self.pos, self.b = 0, 0
+
+    def page_len(self, b: int) -> int:
+        nxt = self.bounds[b + 1] if b + 1 < len(self.bounds) else len(self.lmv)
+        return nxt - self.bounds[b]
+
+    def lsn_at(self, pos: int) -> int:
+        lo, hi = 0, len(self.bounds) - 1
+        while lo < hi:  # the last page starting at or before pos
+            mid = (lo + hi + 1) // 2
+            if self.bounds[mid] <= pos:
+                lo = mid
+            else:
+                hi = mid - 1
+        return pos + self.deltas[lo] if self.deltas else pos
+
+
+__all__ = ["Context", "SegmentScan", "Walker", "PAGE_MAGICS", "decode_blocks", "check_record_header",
+           "expected_next", "joins", "WINDOW"]

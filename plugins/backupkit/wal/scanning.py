@@ -1,0 +1,78 @@
+"""Reading many segments: runs of consecutive segments, split into chunks, read in parallel.
+
+A chunk is read by one :class:`~backupkit.wal.scan.Walker`, in order; the record that
+continues past its last segment is finished by reading the start of the next segment
+(``tail``), so every record is checked exactly once whichever process reads it. Worker
+processes are used when the reader allows it (a local directory) and there is more than
+one chunk; results come back in order and are small (:class:`SegmentScan`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from backupkit.wal.archive import ArchiveReader, Unreadable, read_windows
+from backupkit.wal.inventory import Stored
+from backupkit.wal.scan import Context, SegmentScan, Walker
+
+MIN_CHUNK, MAX_CHUNK = 4, 256
+
+
+@dataclass(frozen=True)
+class Chunk:
+    ctx: Context
+    items: tuple[Stored, ...]
+    tail: Stored | None = None     # the next segment, read only to finish the last record
+
+
+def read_segment(walker: Walker, reader: ArchiveReader, stored: Stored, segment_size: int,
+                 finish_only: bool = False) -> SegmentScan:
+    scan = walker.begin(stored.name, stored.segno, partial=stored.partial, finish_only=finish_only)
+    try:
+        for window in read_windows(reader, stored.name, stored.compression, segment_size):
+            if not walker.window(window):
+                break
+    except Unreadable as exc:
+        scan.problem, scan.detail = exc.kind, str(exc)
+        walker.abandon_pending()
+    return scan
+
+
+def scan_chunk(reader: ArchiveReader, chunk: Chunk) -> list[SegmentScan]:
+    walker = Walker(chunk.ctx)
+    size = chunk.ctx.segment_size
+    scans = [read_segment(walker, reader, stored, size) for stored in chunk.items]
+    if walker.pending is not None and chunk.tail is not None:
+        read_segment(walker, reader, chunk.tail, size, finish_only=True)
+    return scans
+
+
+def make_chunks(ctx: Context, run: list[Stored], following: Stored | None, jobs: int) -> list[Chunk]:
+    """Chunks of a run of consecutive segments; ``following`` is the segment after the run, if stored."""
+    size = max(MIN_CHUNK, min(MAX_CHUNK, -(-len(run) // max(1, jobs * 4))))
+    chunks = []
+    for i in range(0, len(run), size):
+        items = tuple(run[i:i + size])
+        tail = run[i + size] if i + size < len(run) else following
+        chunks.append(Chunk(ctx, items, tail))
+    return chunks
+
+
+def _context():
+    """fork is cheapest, but not safe once threads exist (an S3 client, Airflow): then forkserver."""
+    method = "fork" if threading.active_count() == 1 else "forkserver"
+    return multiprocessing.get_context(method)
+
+
+def scan_chunks(reader: ArchiveReader, chunks: list[Chunk], jobs: int) -> list[SegmentScan]:
+    if jobs <= 1 or len(chunks) <= 1 or not reader.parallel_safe:
+        return [scan for chunk in chunks for scan in scan_chunk(reader, chunk)]
+    with ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), mp_context=_context()) as pool:
+        results = pool.map(scan_chunk, [reader] * len(chunks), chunks)
+        return [scan for scans in results for scan in scans]
+
+
+__all__ = ["Chunk", "make_chunks", "scan_chunks", "scan_chunk", "read_segment"]
