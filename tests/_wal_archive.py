@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import time
@@ -165,4 +166,37 @@ def build_wal_archives(root: Path) -> WalArchives:
                        rp_a_lsn=rp_a, rp_b_lsn=rp_b)
 
 
-__all__ = ["WalArchives", "build_wal_archives", "wait_archived", "SEGMENT_SIZE"]
+def copy_archive(src: Path, dst: Path, *, only: tuple[str, ...] | None = None) -> Path:
+    """A damageable copy of an archive directory (all files, or those whose names start with ``only``)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if only is None or f.name.startswith(only):
+            shutil.copy2(f, dst / f.name)
+    return dst
+
+
+_RECORD = re.compile(r"len \(rec/tot\):\s*(\d+)/\s*(\d+), tx:\s*\d+, lsn: ([0-9A-F]+)/([0-9A-F]+)")
+_ERROR_LSN = re.compile(r"([0-9A-F]+)/([0-9A-F]+)")
+
+
+def waldump(archive: Path, first: str, last: str, *, quiet: bool = True) -> subprocess.CompletedProcess:
+    """The oracle: pg_waldump over segments ``first``..``last`` (one timeline) of ``archive``."""
+    args = [pg_bin("pg_waldump"), "-p", str(archive), "-t", str(int(first[:8], 16))]
+    return subprocess.run([*args, *(["-q"] if quiet else []), first, last], capture_output=True, text=True,
+                          env={**os.environ, "LC_ALL": "C"}, timeout=60)
+
+
+def records(archive: Path, segment: str) -> list[tuple[int, int]]:
+    """(LSN, total length) of every record pg_waldump reads starting in ``segment``."""
+    out = waldump(archive, segment, segment, quiet=False).stdout
+    return [(int(m.group(3), 16) << 32 | int(m.group(4), 16), int(m.group(2))) for m in _RECORD.finditer(out)]
+
+
+def error_lsn(stderr: str) -> int | None:
+    """The LSN pg_waldump's error message names last (the failing record or page)."""
+    found = _ERROR_LSN.findall(stderr)
+    return int(found[-1][0], 16) << 32 | int(found[-1][1], 16) if found else None
+
+
+__all__ = ["WalArchives", "build_wal_archives", "wait_archived", "SEGMENT_SIZE", "copy_archive", "waldump",
+           "records", "error_lsn"]

@@ -111,7 +111,7 @@ def take_inventory(entries: list[ArchiveEntry], segment_size: int) -> Inventory:
         old = table.get((c.tli, segno))
         if old is None or _PREFERENCE[c.compression] < _PREFERENCE[old.compression]:
             table[(c.tli, segno)] = stored
-        if entry.mtime and (inv.newest is None or inv.newest.mtime is None or entry.mtime > inv.newest.mtime):
+        if entry.mtime and (inv.newest is None or (entry.mtime, segno) > (inv.newest.mtime, inv.newest.segno)):
             inv.newest = stored
     for key in list(inv.partials):
         if key in inv.segments:

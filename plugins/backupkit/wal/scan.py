@@ -63,7 +63,7 @@ class SegmentScan:
     first_lsn: int | None = None      # first record that starts in this segment
     first_prev: int | None = None     # ... and its previous-record link
     last_lsn: int | None = None       # last whole record starting here
-    end_lsn: int | None = None        # end of that record: recovery can replay up to here
+    end_lsn: int | None = None        # end of that record (after a switch record: of the segment)
     switched: bool = False            # ends with a switch record: the next segment starts afresh
     junction: str | None = None       # the record continuing into the next segment does not fit it
     records: int = 0
@@ -536,7 +536,7 @@ class Walker:
             self.last_lsn = last
             scan.records += count
             if count:
-                scan.last_lsn, scan.end_lsn = last, last_end
+                scan.last_lsn, scan.end_lsn = last, self._end(scan, last_end)
 
     def _start_pending(self, st: "_WindowState", pos: int, lsn: int, tot: int, b: int, last: int | None) -> None:
         lmv, bounds, infos, rems = st.lmv, st.bounds, st.infos, st.rems
@@ -558,10 +558,17 @@ class Walker:
         if scan.first_lsn is None:
             scan.first_lsn, scan.first_prev = lsn, prev
         scan.records += 1
-        scan.last_lsn, scan.end_lsn = lsn, end_lsn
         # A switch record that ends in this segment makes the rest of it unused too.
         if rmid <= RM_XACT:
             self._special(scan, lsn, rmid, info, data, main_off, main_len, end_lsn)
+        scan.last_lsn, scan.end_lsn = lsn, self._end(scan, end_lsn)
+
+    def _end(self, scan: SegmentScan, end_lsn: int) -> int:
+        """Where reading goes on after the last record: after a switch, the end of the segment."""
+        if scan.switched:
+            seg = self.ctx.segment_size
+            return -(-end_lsn // seg) * seg
+        return end_lsn
 
     def _special(self, scan: SegmentScan, lsn: int, rmid: int, info: int, data, off: int, main_len: int,
                  end_lsn: int) -> bool:
@@ -587,8 +594,8 @@ def expected_next(scan: SegmentScan, segment_size: int) -> int | None:
     """Where the record after ``scan``'s last one must start (None if it has none)."""
     if scan.end_lsn is None:
         return None
-    if scan.switched:
-        return -(-scan.end_lsn // segment_size) * segment_size + LONG_HEADER
+    if scan.switched:  # end_lsn is already the end of the segment
+        return scan.end_lsn + LONG_HEADER
     pos = (scan.end_lsn + 7) & ~7
     if pos % XLOG_BLCKSZ == 0:
         pos += LONG_HEADER if pos % segment_size == 0 else SHORT_HEADER

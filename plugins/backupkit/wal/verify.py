@@ -66,13 +66,14 @@ class TimelineReport:
     first_segment: str | None = None
     last_segment: str | None = None
     checked_from: str | None = None
+    records: int = 0
     window: Window | None = None
 
     def to_dict(self) -> dict:
         return {"timeline": self.timeline, "parent": self.parent,
                 "switch_lsn": format_lsn(self.switch_lsn) if self.switch_lsn is not None else None,
                 "history": self.history, "segments": self.segments, "first_segment": self.first_segment,
-                "last_segment": self.last_segment, "checked_from": self.checked_from,
+                "last_segment": self.last_segment, "checked_from": self.checked_from, "records": self.records,
                 "window": self.window.to_dict() if self.window else None}
 
 
@@ -394,8 +395,9 @@ class _Judge:
             reports.append(TimelineReport(
                 tli, h.parent if h else None, h.switch_lsn if h else None,
                 self.inv.histories[tli][0] if tli in self.inv.histories else None, len(segs),
-                segs[0].name if segs else None, segs[-1].name if segs else None,
-                self.name(tli, rng.start), self.window(tli, backups)))
+                segs[0].name if segs else None, segs[-1].name if segs else None, self.name(tli, rng.start),
+                sum(scan.records for (t, _), scan in self.scans.items() if t == tli and not scan.partial),
+                self.window(tli, backups)))
         return reports
 
     def freshness(self, max_age: timedelta | None, now: datetime | None) -> None:
