@@ -22,9 +22,12 @@ import pwd
 import re
 import shutil
 import subprocess
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from backupkit.pgbin import pg_bin
 from backupkit.pgserver import LocalPostgres, server_user
@@ -143,6 +146,9 @@ def build_wal_archives(root: Path) -> WalArchives:
              "-X", "none", "-c", "fast", "--no-sync")
         _writes(primary, 2000)
         wait_archived(primary)
+    except Exception as exc:
+        log = primary.data_dir / "server.log"
+        raise RuntimeError(f"{exc}\n--- server log ---\n{log.read_text()[-3000:] if log.exists() else ''}") from exc
     finally:
         primary.destroy()
     tl1 = root / "tl1"
@@ -166,11 +172,23 @@ def build_wal_archives(root: Path) -> WalArchives:
                        rp_a_lsn=rp_a, rp_b_lsn=rp_b)
 
 
+@contextmanager
+def wal_fixture_dir() -> Iterator[Path]:
+    """A directory for the servers, outside pytest's basetemp: every new pytest session on the
+    machine takes the group and other bits off /tmp/pytest-of-<user>, which would lock out
+    PostgreSQL's unprivileged user in the middle of a run."""
+    root = Path(tempfile.mkdtemp(prefix="bk-wal-", dir="/tmp"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def copy_archive(src: Path, dst: Path, *, only: tuple[str, ...] | None = None) -> Path:
-    """A damageable copy of an archive directory (all files, or those whose names start with ``only``)."""
+    """A damageable copy of an archive directory (all files, or the ones named in ``only``)."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
-        if only is None or f.name.startswith(only):
+        if only is None or f.name in only:
             shutil.copy2(f, dst / f.name)
     return dst
 
@@ -198,5 +216,5 @@ def error_lsn(stderr: str) -> int | None:
     return int(found[-1][0], 16) << 32 | int(found[-1][1], 16) if found else None
 
 
-__all__ = ["WalArchives", "build_wal_archives", "wait_archived", "SEGMENT_SIZE", "copy_archive", "waldump",
+__all__ = ["WalArchives", "build_wal_archives", "wal_fixture_dir", "wait_archived", "SEGMENT_SIZE", "copy_archive", "waldump",
            "records", "error_lsn"]

@@ -68,11 +68,12 @@ def bucket(s3):
 
 
 @pytest.fixture(scope="session")
-def wal_archives(tmp_path_factory):
+def wal_archives():
     """Real WAL archives (1 MB segments, a real PITR timeline 2, a second promotion): tests/_wal_archive.py."""
-    from _wal_archive import build_wal_archives
+    from _wal_archive import build_wal_archives, wal_fixture_dir
 
-    return build_wal_archives(tmp_path_factory.mktemp("wal"))
+    with wal_fixture_dir() as root:
+        yield build_wal_archives(root)
 
 
 @pytest.fixture(scope="session")
