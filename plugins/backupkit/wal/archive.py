@@ -122,14 +122,16 @@ def _read_full(stream: BinaryIO, buf: memoryview) -> int:
 
 
 def read_windows(reader: ArchiveReader, name: str, compression: str, segment_size: int,
-                 window: int = WINDOW) -> Iterator[memoryview]:
-    """The segment's bytes, ``window`` at a time (one reused buffer), exactly ``segment_size``.
+                 buf: memoryview | None = None) -> Iterator[memoryview]:
+    """The segment's bytes, a window at a time, exactly ``segment_size`` in all.
 
+    Each window is a view of ``buf`` (default: a new buffer of :data:`WINDOW` bytes), valid
+    until the next one: pass the same buffer for every segment to allocate it once.
     Raises :class:`Unreadable` ("truncated": the content is shorter or longer than a
     segment; "corrupt": the compressed stream is damaged or the file cannot be read).
     """
-    window = min(window, segment_size)
-    buf = memoryview(bytearray(window))
+    buf = memoryview(bytearray(WINDOW)) if buf is None else buf
+    window = min(len(buf), segment_size)
     try:
         with reader.open(name) as raw:
             stream = _decompressor(raw, compression)

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from crc32c import crc32c
 
 from backupkit.wal.naming import XLOG_BLCKSZ, format_lsn
+from backupkit.wal.records import RECORD, RECORD_HEADER, Bad, check_record_header, decode_blocks
 
 PAGE_MAGICS = {0xD110: 15, 0xD113: 16, 0xD116: 17, 0xD118: 18}
-BLCKSZ = 8192
-SHORT_HEADER, LONG_HEADER, RECORD_HEADER = 24, 40, 24
+SHORT_HEADER, LONG_HEADER = 24, 40
 CONTRECORD, LONG, OVERWRITE_CONTRECORD, ALL_FLAGS = 0x1, 0x2, 0x8, 0xF
-RM_MAX_BUILTIN, RM_MIN_CUSTOM = 21, 128
 RM_XLOG, RM_XACT = 0, 1
 XLOG_CHECKPOINT_SHUTDOWN, XLOG_SWITCH, XLOG_END_OF_RECOVERY = 0x00, 0x40, 0x90
 XACT_END_OPS = (0x00, 0x20, 0x30, 0x40)  # commit, abort, commit prepared, abort prepared
@@ -39,15 +39,6 @@ INF = 1 << 64
 
 PAGE_HEADER = struct.Struct("<HHIQI")
 LONG_FIELDS = struct.Struct("<QII")
-RECORD = struct.Struct("<IIQBB2xI")
-
-
-class _Bad(Exception):
-    """One verdict about the segment being read: its problem kind and pg-style detail."""
-
-    def __init__(self, detail: str, kind: str = "corrupt"):
-        super().__init__(detail)
-        self.kind = kind
 
 
 @dataclass
@@ -85,118 +76,6 @@ class Context:
     ancestors: frozenset[int] = frozenset()
 
 
-def _short(lsn: int) -> _Bad:
-    return _Bad(f"record with invalid length at {format_lsn(lsn)}")
-
-
-def decode_blocks(buf, r: int, stop: int, limit: int, lsn: int) -> int:
-    """DecodeXLogRecord's checks of the block references in ``buf[r:stop]``; the main data length.
-
-    ``limit`` is how much of the record is held (giant records keep only a prefix). Each
-    field's length is checked before it is read, as COPY_HEADER_FIELD does; fields with no
-    check between them are checked together.
-    """
-    hard = stop if stop <= limit else limit
-    datatotal = main_len = 0
-    max_block = -1
-    have_rel = False
-    while stop - r > datatotal:
-        block_id = buf[r]
-        if block_id <= 32:
-            if block_id <= max_block:
-                raise _Bad(f"out-of-order block_id {block_id} at {format_lsn(lsn)}")
-            max_block = block_id
-            if r + 4 > hard:
-                raise _short(lsn)
-            flags, data_len = buf[r + 1], buf[r + 2] | buf[r + 3] << 8
-            r += 4
-            if flags & 0x20:
-                if not data_len:
-                    raise _Bad(f"BKPBLOCK_HAS_DATA set, but no data included at {format_lsn(lsn)}")
-            elif data_len:
-                raise _Bad(f"BKPBLOCK_HAS_DATA not set, but data length is {data_len} at {format_lsn(lsn)}")
-            datatotal += data_len
-            if flags & 0x10:
-                if r + 5 > hard:
-                    raise _short(lsn)
-                image_len, hole_offset, image_info = buf[r] | buf[r + 1] << 8, buf[r + 2] | buf[r + 3] << 8, buf[r + 4]
-                r += 5
-                datatotal += image_len
-                _check_image(buf, r, hard, image_len, hole_offset, image_info, lsn)
-                if image_info & 0x1C and image_info & 0x01:
-                    r += 2
-            if flags & 0x80:
-                if not have_rel:
-                    raise _Bad(f"BKPBLOCK_SAME_REL set but no previous rel at {format_lsn(lsn)}")
-                if r + 4 > hard:
-                    raise _short(lsn)
-                r += 4
-            else:
-                if r + 16 > hard:
-                    raise _short(lsn)
-                r += 16
-                have_rel = True
-        elif block_id == 255:
-            if r + 2 > hard:
-                raise _short(lsn)
-            main_len = buf[r + 1]
-            datatotal += main_len
-            r += 2
-            break
-        elif block_id == 254:
-            if r + 5 > hard:
-                raise _short(lsn)
-            main_len = int.from_bytes(buf[r + 1:r + 5], "little")
-            datatotal += main_len
-            r += 5
-            break
-        elif block_id == 253 or block_id == 252:
-            r += 3 if block_id == 253 else 5
-            if r > hard:
-                raise _short(lsn)
-        else:
-            raise _Bad(f"invalid block_id {block_id} at {format_lsn(lsn)}")
-    if stop - r != datatotal:
-        raise _short(lsn)
-    return main_len
-
-
-def _check_image(buf, r: int, hard: int, image_len: int, hole_offset: int, image_info: int, lsn: int) -> None:
-    """The cross-checks of a full-page image's header (after its first three fields)."""
-    compressed, has_hole = image_info & 0x1C, image_info & 0x01
-    if compressed:
-        hole_len = 0
-        if has_hole:
-            if r + 2 > hard:
-                raise _short(lsn)
-            hole_len = buf[r] | buf[r + 1] << 8
-    else:
-        hole_len = BLCKSZ - image_len
-    if has_hole and (hole_offset == 0 or hole_len == 0 or image_len == BLCKSZ):
-        raise _Bad(f"BKPIMAGE_HAS_HOLE set, but hole offset {hole_offset} length {hole_len} "
-                   f"block image length {image_len} at {format_lsn(lsn)}")
-    if not has_hole and (hole_offset or hole_len):
-        raise _Bad(f"BKPIMAGE_HAS_HOLE not set, but hole offset {hole_offset} length {hole_len} at {format_lsn(lsn)}")
-    if compressed and image_len == BLCKSZ:
-        raise _Bad(f"BKPIMAGE_COMPRESSED set, but block image length {image_len} at {format_lsn(lsn)}")
-    if not has_hole and not compressed and image_len != BLCKSZ:
-        raise _Bad("neither BKPIMAGE_HAS_HOLE nor BKPIMAGE_COMPRESSED set, but block image "
-                   f"length is {image_len} at {format_lsn(lsn)}")
-
-
-def check_record_header(tot: int, rmid: int, prev: int, lsn: int, expected_prev: int | None) -> None:
-    """ValidXLogRecordHeader: ``expected_prev`` None means random access (only ``prev < lsn``)."""
-    if tot < RECORD_HEADER:
-        raise _Bad(f"invalid record length at {format_lsn(lsn)}: expected at least {RECORD_HEADER}, got {tot}")
-    if RM_MAX_BUILTIN < rmid < RM_MIN_CUSTOM:
-        raise _Bad(f"invalid resource manager ID {rmid} at {format_lsn(lsn)}")
-    if expected_prev is None:
-        if not prev < lsn:
-            raise _Bad(f"record with incorrect prev-link {format_lsn(prev)} at {format_lsn(lsn)}")
-    elif prev != expected_prev:
-        raise _Bad(f"record with incorrect prev-link {format_lsn(prev)} at {format_lsn(lsn)}")
-
-
 class _Pending:
     """A record that continues past the window it starts in: bytes fed in order until whole."""
 
@@ -230,6 +109,14 @@ class _Pending:
             self.header_checked = True
 
 
+@lru_cache(maxsize=1)
+def _buffers(window: int) -> tuple[memoryview, bytearray]:
+    """The read and logical buffers, allocated once per process: fresh multi-megabyte buffers
+    per window cost more in page faults than the copying itself. Walkers of one process run
+    one after the other (a worker reads its chunks in turn), so they can share them."""
+    return memoryview(bytearray(window)), bytearray(window)
+
+
 class Walker:
     """Reads the consecutive segments of one timeline in order, a window at a time.
 
@@ -247,6 +134,7 @@ class Walker:
         self.ctx = ctx
         self.pending: _Pending | None = None
         self.scan: SegmentScan | None = None
+        self.read_buffer, self._logical = _buffers(min(WINDOW, ctx.segment_size))
 
     def begin(self, name: str, segno: int, *, partial: bool = False, finish_only: bool = False) -> SegmentScan:
         """Start a segment; ``finish_only``: read it only to finish the pending record."""
@@ -269,7 +157,7 @@ class Walker:
         nbytes = len(mv) - len(mv) % XLOG_BLCKSZ
         try:
             self._window(mv, nbytes)
-        except _Bad as bad:
+        except Bad as bad:
             self._fail(bad)
         self.offset += nbytes
         return not self.done
@@ -278,7 +166,7 @@ class Walker:
         """The next segment is missing or unreadable: the record in progress cannot be judged."""
         self.pending = None
 
-    def _fail(self, bad: _Bad) -> None:
+    def _fail(self, bad: Bad) -> None:
         scan = self.scan
         if scan.partial:  # a partial segment's WAL ends where it stops being valid
             scan.wal_end = scan.end_lsn if scan.end_lsn is not None else self.seg_start
@@ -289,7 +177,9 @@ class Walker:
 
     # -- pages -----------------------------------------------------------------------
     def _pages(self, mv, nbytes: int) -> "_WindowState":
-        payloads, bounds, deltas, infos, rems = [], [], [], [], []
+        """Check the window's page headers and copy their payloads, in order, into one buffer."""
+        bounds, deltas, infos, rems = [], [], [], []
+        out = self._logical
         logical = 0
         page_lsn = self.seg_start + self.offset
         bad = None
@@ -303,40 +193,40 @@ class Walker:
             else:
                 try:
                     header = self._check_page(mv, off, page_lsn, magic, info, tli, addr)
-                except _Bad as exc:
+                except Bad as exc:
                     bad = exc
                     break
-            payloads.append(mv[off + header:off + XLOG_BLCKSZ])
+            out[logical:logical + XLOG_BLCKSZ - header] = mv[off + header:off + XLOG_BLCKSZ]
             bounds.append(logical)
             deltas.append(page_lsn + header - logical)
             infos.append(info)
             rems.append(rem)
             logical += XLOG_BLCKSZ - header
             page_lsn += XLOG_BLCKSZ
-        return _WindowState(memoryview(b"".join(payloads)), bounds, deltas, infos, rems, bad)
+        return _WindowState(memoryview(out)[:logical], bounds, deltas, infos, rems, bad)
 
     def _check_page(self, mv, off: int, page_lsn: int, magic: int, info: int, tli: int, addr: int) -> int:
         ctx, name = self.ctx, self.scan.name
         where = f"LSN {format_lsn(page_lsn)}, offset {page_lsn - self.seg_start}"
         if magic != ctx.magic:
-            raise _Bad(f"invalid magic number {magic:04X} in WAL segment {name}, {where}")
+            raise Bad(f"invalid magic number {magic:04X} in WAL segment {name}, {where}")
         if info & ~ALL_FLAGS:
-            raise _Bad(f"invalid info bits {info:04X} in WAL segment {name}, {where}")
+            raise Bad(f"invalid info bits {info:04X} in WAL segment {name}, {where}")
         header = SHORT_HEADER
         if info & LONG:
             sysid, seg_size, blcksz = LONG_FIELDS.unpack_from(mv, off + 24)
             if sysid != ctx.sysid:
-                raise _Bad(f"WAL segment {name} is from a different database system: system identifier "
+                raise Bad(f"WAL segment {name} is from a different database system: system identifier "
                            f"{sysid}, the archive's is {ctx.sysid}")
             if seg_size != ctx.segment_size:
-                raise _Bad(f"WAL segment {name}: incorrect segment size {seg_size} in page header")
+                raise Bad(f"WAL segment {name}: incorrect segment size {seg_size} in page header")
             if blcksz != XLOG_BLCKSZ:
-                raise _Bad(f"WAL segment {name}: incorrect XLOG_BLCKSZ {blcksz} in page header")
+                raise Bad(f"WAL segment {name}: incorrect XLOG_BLCKSZ {blcksz} in page header")
             header = LONG_HEADER
         elif page_lsn == self.seg_start:
-            raise _Bad(f"invalid info bits {info:04X} in WAL segment {name}, {where}")
+            raise Bad(f"invalid info bits {info:04X} in WAL segment {name}, {where}")
         if addr != page_lsn:
-            raise _Bad(f"unexpected pageaddr {format_lsn(addr)} in WAL segment {name}, {where}")
+            raise Bad(f"unexpected pageaddr {format_lsn(addr)} in WAL segment {name}, {where}")
         if tli != ctx.tli:
             self._check_page_tli(tli, page_lsn, name, where)
         self.page_tli = tli
@@ -345,11 +235,11 @@ class Walker:
     def _check_page_tli(self, tli: int, page_lsn: int, name: str, where: str) -> None:
         ctx = self.ctx
         if tli < self.page_tli:
-            raise _Bad(f"out-of-sequence timeline ID {tli} (after {self.page_tli}) in WAL segment {name}, {where}")
+            raise Bad(f"out-of-sequence timeline ID {tli} (after {self.page_tli}) in WAL segment {name}, {where}")
         if tli > ctx.tli or (ctx.ancestors and tli not in ctx.ancestors):
-            raise _Bad(f"page of timeline {tli} in WAL segment {name} of timeline {ctx.tli}, {where}")
+            raise Bad(f"page of timeline {tli} in WAL segment {name} of timeline {ctx.tli}, {where}")
         if ctx.switch_lsn and page_lsn >= ctx.switch_lsn:
-            raise _Bad(f"page of timeline {tli} at {format_lsn(page_lsn)} in WAL segment {name}, after "
+            raise Bad(f"page of timeline {tli} at {format_lsn(page_lsn)} in WAL segment {name}, after "
                        f"timeline {ctx.tli} began at {format_lsn(ctx.switch_lsn)}: this segment was written "
                        f"by a server whose timeline {ctx.tli} began elsewhere", kind="timeline_fork")
 
@@ -403,7 +293,7 @@ class Walker:
                 detail = (f"there is no contrecord flag at {where}" if not info & CONTRECORD else
                           f"invalid contrecord length {rem} (expected {p.remaining}) at {where}")
                 if p.scan is self.scan or b or self.offset:
-                    raise _Bad(detail)
+                    raise Bad(detail)
                 # This segment's first page does not continue the previous segment: the caller
                 # judges that with both neighbours (another history, or damage); start afresh.
                 p.scan.junction = f"record at {format_lsn(p.lsn)} continues into {self.scan.name}: {detail}"
@@ -413,7 +303,7 @@ class Walker:
             take = min(p.remaining, st.page_len(b))
             try:
                 p.feed(st.lmv[st.bounds[b]:st.bounds[b] + take])
-            except _Bad as bad:  # a header split across segments belongs to the previous one
+            except Bad as bad:  # a header split across segments belongs to the previous one
                 if p.scan is self.scan:
                     raise
                 p.scan.problem, p.scan.detail = bad.kind, str(bad)
@@ -443,9 +333,9 @@ class Walker:
             else:
                 value = crc32c(bytes(buf[:20]), p.crc)
             if value != crc:
-                raise _Bad(f"incorrect resource manager data checksum in record at {format_lsn(p.lsn)}")
+                raise Bad(f"incorrect resource manager data checksum in record at {format_lsn(p.lsn)}")
             main_len = decode_blocks(buf, RECORD_HEADER, tot, len(buf), p.lsn)
-        except _Bad as bad:
+        except Bad as bad:
             if p.scan is self.scan:
                 raise
             p.scan.problem, p.scan.detail = bad.kind, str(bad)  # it belongs to the previous segment
@@ -483,7 +373,7 @@ class Walker:
             while True:
                 while next_b <= pos:  # a record starts right after this page's header
                     if infos[b] & CONTRECORD:
-                        raise _Bad(f"contrecord is requested by {format_lsn(deltas[b] + next_b)}")
+                        raise Bad(f"contrecord is requested by {format_lsn(deltas[b] + next_b)}")
                     delta = deltas[b]
                     b += 1
                     next_b = bounds[b] if b < nb else INF
@@ -499,7 +389,7 @@ class Walker:
                 rec_end = pos + tot
                 if tot < 24 or rec_end > end:
                     if tot < 24:
-                        raise _Bad(f"invalid record length at {format_lsn(lsn)}: expected at least "
+                        raise Bad(f"invalid record length at {format_lsn(lsn)}: expected at least "
                                    f"{RECORD_HEADER}, got {tot}")
                     self._start_pending(st, pos, lsn, tot, b, last)
                     return
@@ -511,9 +401,9 @@ class Walker:
                         overwritten = True
                         break
                     if not infos[b] & CONTRECORD:
-                        raise _Bad(f"there is no contrecord flag at {format_lsn(deltas[b] + next_b)}")
+                        raise Bad(f"there is no contrecord flag at {format_lsn(deltas[b] + next_b)}")
                     if rems[b] != rec_end - next_b:
-                        raise _Bad(f"invalid contrecord length {rems[b]} (expected {rec_end - next_b}) at "
+                        raise Bad(f"invalid contrecord length {rems[b]} (expected {rec_end - next_b}) at "
                                    f"{format_lsn(deltas[b] + next_b)}")
                     delta = deltas[b]
                     b += 1
@@ -522,7 +412,7 @@ class Walker:
                     pos = next_b
                     continue
                 if crc_of(lmv[pos:pos + 20], crc_of(lmv[pos + 24:rec_end])) != crc:
-                    raise _Bad(f"incorrect resource manager data checksum in record at {format_lsn(lsn)}")
+                    raise Bad(f"incorrect resource manager data checksum in record at {format_lsn(lsn)}")
                 main_len = decode(lmv, pos + 24, rec_end, rec_end, lsn)
                 if first is None:
                     first = scan.first_lsn = lsn
@@ -543,7 +433,7 @@ class Walker:
         rec_end = pos + tot
         while b < len(bounds):  # pages of this window the record continues on
             if bounds[b] > pos and (not infos[b] & CONTRECORD or rems[b] != rec_end - bounds[b]):
-                raise _Bad(f"invalid contrecord length {rems[b]} (expected {rec_end - bounds[b]}) at "
+                raise Bad(f"invalid contrecord length {rems[b]} (expected {rec_end - bounds[b]}) at "
                            f"{format_lsn(st.lsn_at(bounds[b]))}")
             b += 1
         if st.bad is not None:
@@ -644,5 +534,4 @@ class _WindowState:
         return pos + self.deltas[lo] if self.deltas else pos
 
 
-__all__ = ["Context", "SegmentScan", "Walker", "PAGE_MAGICS", "decode_blocks", "check_record_header",
-           "expected_next", "joins", "WINDOW"]
+__all__ = ["Context", "SegmentScan", "Walker", "PAGE_MAGICS", "expected_next", "joins", "WINDOW"]

@@ -32,7 +32,7 @@ def read_segment(walker: Walker, reader: ArchiveReader, stored: Stored, segment_
                  finish_only: bool = False) -> SegmentScan:
     scan = walker.begin(stored.name, stored.segno, partial=stored.partial, finish_only=finish_only)
     try:
-        for window in read_windows(reader, stored.name, stored.compression, segment_size):
+        for window in read_windows(reader, stored.name, stored.compression, segment_size, walker.read_buffer):
             # A compressed file is inflated to its end even when its WAL is done with (after a
             # switch record): the stream's own checksum and length are part of the verdict.
             if not walker.window(window) and not stored.compression:
