@@ -413,13 +413,26 @@ class Walker:
                     continue
                 if crc_of(lmv[pos:pos + 20], crc_of(lmv[pos + 24:rec_end])) != crc:
                     raise Bad(f"incorrect resource manager data checksum in record at {format_lsn(lsn)}")
-                main_len = decode(lmv, pos + 24, rec_end, rec_end, lsn)
+                # The two commonest shapes, accepted here exactly as decode_blocks would: only
+                # main data (255, length), or block 0 with its relation and data, no image,
+                # then main data. Anything else goes through decode_blocks.
+                r = pos + 24
+                first_id = lmv[r] if r < rec_end else -1
+                if first_id == 255 and r + 2 <= rec_end and rec_end - r - 2 == lmv[r + 1]:
+                    main_len = lmv[r + 1]
+                elif (first_id == 0 and r + 22 <= rec_end and lmv[r + 1] & 0xB0 == 0x20 and lmv[r + 20] == 255
+                      and (lmv[r + 2] or lmv[r + 3])
+                      and rec_end - r - 22 == (lmv[r + 2] | lmv[r + 3] << 8) + lmv[r + 21]):
+                    main_len = lmv[r + 21]
+                else:
+                    main_len = decode(lmv, r, rec_end, rec_end, lsn)
                 if first is None:
                     first = scan.first_lsn = lsn
                     scan.first_prev = prev
                 last, last_end = lsn, rec_end + delta
                 count += 1
-                if rmid <= 1 and special(scan, lsn, rmid, info, lmv, rec_end - main_len, main_len, last_end):
+                if rmid <= 1 and (rmid or info & 0xF0 in (0x00, 0x40, 0x90)) and special(
+                        scan, lsn, rmid, info, lmv, rec_end - main_len, main_len, last_end):
                     return
                 pos = (rec_end + 7) & ~7
         finally:
