@@ -3,7 +3,8 @@
 One primary with 1 MB segments archives into a directory (``archive_command`` copying
 each finished segment, refusing to overwrite, as the PostgreSQL documentation suggests);
 it gets a plain and a tar ``pg_basebackup``, restore points and enough writes for records
-that cross page and segment boundaries, full-page images plain and pglz-compressed. Then
+that cross page and segment boundaries, full-page images plain and pglz-compressed, and
+one 6 MB record that continues over whole segments. Then
 real point-in-time recoveries of the plain base backup, promoted:
 
 - ``tl2``: the primary's archive plus timeline 2, made by a recovery to restore point
@@ -138,6 +139,9 @@ def build_wal_archives(root: Path) -> WalArchives:
         _run(pg_bin("pg_basebackup"), *primary.conn_args()[:-2], "-D", str(base_plain), "-Fp",
              "-X", "stream", "-c", "fast", "--no-sync")
         _writes(primary, 3000)
+        # One record of 6 MB: it continues over six whole 1 MB segments.
+        primary.psql("SELECT pg_logical_emit_message(true, 'big', repeat(md5(g::text), 200000)) "
+                     "FROM generate_series(1, 1) g")
         rp_a = primary.psql("SELECT pg_create_restore_point('rp_a')").strip()
         _writes(primary, 3000, compressed_images=True)
         rp_b = primary.psql("SELECT pg_create_restore_point('rp_b')").strip()

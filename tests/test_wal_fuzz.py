@@ -77,6 +77,13 @@ def test_seeded_mutations_agree_with_pg_waldump(wal_archives, tmp_path):
         oracle = waldump(arch, first, last)
         if oracle.returncode != 0:
             caught += 1
+            if "could not find a valid record after" in oracle.stderr:
+                # It failed while skipping a record that began before the first segment (the
+                # LSN named is where it started looking): the failure is further on.
+                if not ours:
+                    disagreements.append((what, "pg_waldump fails", oracle.stderr.strip()[-200:], []))
+                cases += 1
+                continue
             where = error_lsn(oracle.stderr)
             theirs = f"00000001{(where // MB) // 4096:08X}{(where // MB) % 4096:08X}" if where is not None else None
             if theirs not in ours:

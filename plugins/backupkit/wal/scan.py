@@ -54,7 +54,7 @@ class SegmentScan:
     first_lsn: int | None = None      # first record that starts in this segment
     first_prev: int | None = None     # ... and its previous-record link
     last_lsn: int | None = None       # last whole record starting here
-    end_lsn: int | None = None        # end of that record (after a switch record: of the segment)
+    end_lsn: int | None = None        # its end, MAXALIGNed (after a switch record: the segment's end)
     switched: bool = False            # ends with a switch record: the next segment starts afresh
     junction: str | None = None       # the record continuing into the next segment does not fit it
     records: int = 0
@@ -467,11 +467,12 @@ class Walker:
         scan.last_lsn, scan.end_lsn = lsn, self._end(scan, end_lsn)
 
     def _end(self, scan: SegmentScan, end_lsn: int) -> int:
-        """Where reading goes on after the last record: after a switch, the end of the segment."""
+        """Where reading goes on after the last record, as xlogreader's EndRecPtr: MAXALIGNed,
+        and after a switch record the end of the segment."""
         if scan.switched:
             seg = self.ctx.segment_size
             return -(-end_lsn // seg) * seg
-        return end_lsn
+        return (end_lsn + 7) & ~7
 
     def _special(self, scan: SegmentScan, lsn: int, rmid: int, info: int, data, off: int, main_len: int,
                  end_lsn: int) -> bool:
@@ -499,7 +500,7 @@ def expected_next(scan: SegmentScan, segment_size: int) -> int | None:
         return None
     if scan.switched:  # end_lsn is already the end of the segment
         return scan.end_lsn + LONG_HEADER
-    pos = (scan.end_lsn + 7) & ~7
+    pos = scan.end_lsn
     if pos % XLOG_BLCKSZ == 0:
         pos += LONG_HEADER if pos % segment_size == 0 else SHORT_HEADER
     return pos

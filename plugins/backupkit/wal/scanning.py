@@ -19,13 +19,14 @@ from backupkit.wal.inventory import Stored
 from backupkit.wal.scan import Context, SegmentScan, Walker
 
 MIN_CHUNK, MAX_CHUNK = 4, 256
+MAX_RECORD = 1 << 30   # xl_tot_len of a valid record stays below 1 GiB (XLogRecordMaxSize)
 
 
 @dataclass(frozen=True)
 class Chunk:
     ctx: Context
     items: tuple[Stored, ...]
-    tail: Stored | None = None     # the next segment, read only to finish the last record
+    tail: tuple[Stored, ...] = ()   # the segments after it, read only as far as the last record goes
 
 
 def read_segment(walker: Walker, reader: ArchiveReader, stored: Stored, segment_size: int,
@@ -47,20 +48,19 @@ def scan_chunk(reader: ArchiveReader, chunk: Chunk) -> list[SegmentScan]:
     walker = Walker(chunk.ctx)
     size = chunk.ctx.segment_size
     scans = [read_segment(walker, reader, stored, size) for stored in chunk.items]
-    if walker.pending is not None and chunk.tail is not None:
-        read_segment(walker, reader, chunk.tail, size, finish_only=True)
+    for stored in chunk.tail:  # a record longer than a segment may need several
+        if walker.pending is None:
+            break
+        read_segment(walker, reader, stored, size, finish_only=True)
     return scans
 
 
-def make_chunks(ctx: Context, run: list[Stored], following: Stored | None, jobs: int) -> list[Chunk]:
-    """Chunks of a run of consecutive segments; ``following`` is the segment after the run, if stored."""
+def make_chunks(ctx: Context, run: list[Stored], jobs: int) -> list[Chunk]:
+    """Chunks of a run of consecutive segments, about four per process."""
     size = max(MIN_CHUNK, min(MAX_CHUNK, -(-len(run) // max(1, jobs * 4))))
-    chunks = []
-    for i in range(0, len(run), size):
-        items = tuple(run[i:i + size])
-        tail = run[i + size] if i + size < len(run) else following
-        chunks.append(Chunk(ctx, items, tail))
-    return chunks
+    reach = MAX_RECORD // ctx.segment_size + 1   # the most segments one record can continue on
+    return [Chunk(ctx, tuple(run[i:i + size]), tuple(run[i + size:i + size + reach]))
+            for i in range(0, len(run), size)]
 
 
 def _context():

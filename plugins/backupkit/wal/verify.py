@@ -228,17 +228,17 @@ class _Judge:
                                                             f"segment of {self.size}")
                     stored = None
                 if stored is None:
-                    chunks += make_chunks(self.context(tli), run, None, self.jobs) if run else []
+                    chunks += make_chunks(self.context(tli), run, self.jobs) if run else []
                     run = []
                 else:
                     run.append(stored)
             if rng.tail is not None:
                 if run and run[-1].segno + 1 != rng.tail.segno:
-                    chunks += make_chunks(self.context(tli), run, None, self.jobs)
+                    chunks += make_chunks(self.context(tli), run, self.jobs)
                     run = []
                 run.append(rng.tail)
             if run:
-                chunks += make_chunks(self.context(tli), run, None, self.jobs)
+                chunks += make_chunks(self.context(tli), run, self.jobs)
         for scan in scan_chunks(self.reader, chunks, self.jobs):
             tli = int(scan.name[:8], 16)
             self.scans[(tli, scan.segno)] = scan
