@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import replace
 from datetime import timedelta
 
@@ -271,16 +272,23 @@ def test_damaged_compressed_segments(wal_archives, tmp_path):
     arch = copy_archive(wal_archives.tl1, tmp_path / "a")
     checked_from = verify(arch).timelines[0].checked_from
     names = [n for n in segments(arch) if n >= checked_from]
-    cut, garbage, long = names[2], names[4], names[6]   # names[6] is a base backup's: a switch after a few records
+    cut, garbage, long, bomb = names[2], names[4], names[6], names[8]   # names[6] ends in a switch record
     data = gzip.compress((arch / cut).read_bytes())
     (arch / f"{cut}.gz").write_bytes(data[: len(data) // 2])
     (arch / f"{garbage}.zst").write_bytes(b"\x28\xb5\x2f\xfd" + os.urandom(500))
     (arch / f"{long}.gz").write_bytes(gzip.compress((arch / long).read_bytes() + b"\0" * 8192))
-    for name in (cut, garbage, long):
+    # A few kB that inflate to 256 MB: read no further than the segment size and one byte.
+    squeeze = zstandard.ZstdCompressor().compressobj()
+    zeros = bytes(1 << 20)
+    (arch / f"{bomb}.zst").write_bytes(b"".join(squeeze.compress(zeros) for _ in range(256)) + squeeze.flush())
+    for name in (cut, garbage, long, bomb):
         (arch / name).unlink()
+    started = time.monotonic()
     report = verify(arch)
+    assert time.monotonic() - started < 10
     found = {p.segment: p.kind for p in report.problems}
-    assert found == {f"{cut}.gz": "corrupt", f"{garbage}.zst": "corrupt", f"{long}.gz": "truncated"}
+    assert found == {f"{cut}.gz": "corrupt", f"{garbage}.zst": "corrupt", f"{long}.gz": "truncated",
+                     f"{bomb}.zst": "truncated"}
 
 
 def test_a_trailing_partial_segment_is_not_archived_wal(wal_archives, tmp_path):

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from backupkit.pgbin import pg_bin
-from backupkit.wal.naming import parse_lsn
+from backupkit.wal.naming import classify, parse_lsn
 
 MAX_LABEL_BYTES = 64 << 10
 MANIFEST_TAIL = 64 << 10
@@ -185,8 +185,8 @@ def verify_files(backup: BaseBackup) -> str | None:
     path = Path(backup.source)
     args = [pg_bin("pg_verifybackup"), "--quiet", "--exit-on-error"]
     wal = path / "pg_wal"
-    if backup.format == "tar" or not (wal.is_dir() and any(p.name[:24].isalnum() and len(p.name) == 24
-                                                          for p in wal.iterdir())):
+    own_wal = wal.is_dir() and any((c := classify(p.name)) and c.kind == "segment" for p in wal.iterdir())
+    if backup.format == "tar" or not own_wal:
         args.append("--no-parse-wal")  # the archive's WAL is what the verifier itself reads
     proc = subprocess.run([*args, str(path)], capture_output=True, text=True)
     if proc.returncode == 0:

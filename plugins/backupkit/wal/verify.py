@@ -439,7 +439,10 @@ def parse_age(text: str) -> timedelta:
 
 
 def _age(delta: timedelta) -> str:
-    minutes = int(delta.total_seconds() // 60)
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = seconds // 60
     if minutes < 120:
         return f"{minutes} min"
     hours = minutes // 60
