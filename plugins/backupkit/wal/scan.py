@@ -58,10 +58,8 @@ class SegmentScan:
     switched: bool = False            # ends with a switch record: the next segment starts afresh
     junction: str | None = None       # the record continuing into the next segment does not fit it
     records: int = 0
-    commit_lsn: int | None = None     # last commit/abort record and its time (us since 2000-01-01)
-    commit_time: int | None = None
+    commit_time: int | None = None    # of the last commit/abort record (us since 2000-01-01 UTC)
     switches: list[tuple[int, int, int]] = field(default_factory=list)  # (lsn, timeline, previous)
-    wal_end: int | None = None        # a partial segment's WAL stops here
 
 
 @dataclass(frozen=True)
@@ -168,9 +166,7 @@ class Walker:
 
     def _fail(self, bad: Bad) -> None:
         scan = self.scan
-        if scan.partial:  # a partial segment's WAL ends where it stops being valid
-            scan.wal_end = scan.end_lsn if scan.end_lsn is not None else self.seg_start
-        else:
+        if not scan.partial:  # a partial segment's WAL simply ends where it stops being valid
             scan.problem, scan.detail = bad.kind, str(bad)
         self.done = True
         self.pending = None
@@ -384,17 +380,13 @@ class Walker:
                 lsn = pos + delta
                 if pos + 24 <= end:
                     tot, _xid, prev, info, rmid, crc = unpack(lmv, pos)
-                else:
+                    if tot < 24 or 21 < rmid < 128 or (prev != last if last is not None else prev >= lsn):
+                        check_record_header(tot, rmid, prev, lsn, last)  # raises, naming the reason
+                else:  # the header continues in the next window: checked when it is whole
                     tot = int.from_bytes(lmv[pos:pos + 4], "little")
-                rec_end = pos + tot
-                if tot < 24 or rec_end > end:
                     if tot < 24:
-                        raise Bad(f"invalid record length at {format_lsn(lsn)}: expected at least "
-                                   f"{RECORD_HEADER}, got {tot}")
-                    self._start_pending(st, pos, lsn, tot, b, last)
-                    return
-                if 21 < rmid < 128 or (prev != last if last is not None else prev >= lsn):
-                    check_record_header(tot, rmid, prev, lsn, last)  # raises, naming the reason
+                        check_record_header(tot, 0, 0, lsn, None)
+                rec_end = pos + tot
                 overwritten = False
                 while next_b < rec_end:  # pages this record continues on
                     if infos[b] & OVERWRITE_CONTRECORD:
@@ -411,6 +403,12 @@ class Walker:
                 if overwritten:  # abandoned by a crash; WAL resumes on that page
                     pos = next_b
                     continue
+                if rec_end > end:  # continues in the next window (every page of this one checked)
+                    if st.bad is not None:
+                        raise st.bad
+                    self.pending = _Pending(lsn, tot, scan, last)
+                    self.pending.feed(lmv[pos:end])
+                    return
                 if crc_of(lmv[pos:pos + 20], crc_of(lmv[pos + 24:rec_end])) != crc:
                     raise Bad(f"incorrect resource manager data checksum in record at {format_lsn(lsn)}")
                 # The two commonest shapes, accepted here exactly as decode_blocks would: only
@@ -441,20 +439,6 @@ class Walker:
             if count:
                 scan.last_lsn, scan.end_lsn = last, self._end(scan, last_end)
 
-    def _start_pending(self, st: "_WindowState", pos: int, lsn: int, tot: int, b: int, last: int | None) -> None:
-        lmv, bounds, infos, rems = st.lmv, st.bounds, st.infos, st.rems
-        rec_end = pos + tot
-        while b < len(bounds):  # pages of this window the record continues on
-            if bounds[b] > pos and (not infos[b] & CONTRECORD or rems[b] != rec_end - bounds[b]):
-                raise Bad(f"invalid contrecord length {rems[b]} (expected {rec_end - bounds[b]}) at "
-                           f"{format_lsn(st.lsn_at(bounds[b]))}")
-            b += 1
-        if st.bad is not None:
-            raise st.bad
-        p = _Pending(lsn, tot, self.scan, last)
-        p.feed(lmv[pos:])
-        self.pending = p
-
     def _book(self, scan: SegmentScan, lsn: int, prev: int, end_lsn: int, rmid: int, info: int, data,
               main_off: int, main_len: int) -> None:
         """A whole record that was pending."""
@@ -479,7 +463,6 @@ class Walker:
         """Commit times, timeline changes and switches; True for a switch (rest of segment unused)."""
         if rmid == RM_XACT:
             if info & 0x70 in XACT_END_OPS and main_len >= 8:
-                scan.commit_lsn = lsn
                 scan.commit_time = int.from_bytes(data[off:off + 8], "little", signed=True)
             return False
         op = info & 0xF0
