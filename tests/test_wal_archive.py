@@ -326,3 +326,22 @@ def test_an_empty_or_missing_archive(tmp_path):
     assert [p.kind for p in verify(tmp_path, max_age=timedelta(hours=1)).problems] == ["gap", "stale"]
     with pytest.raises(Exception, match="cannot list"):
         list(LocalArchive(tmp_path / "nope").entries())
+
+
+def test_a_history_file_that_misplaces_the_switch_is_a_fork(wal_archives, tmp_path):
+    arch = copy_archive(wal_archives.tl2, tmp_path / "a")
+    switch = parse_lsn(wal_archives.rp_a_lsn)
+    lie = switch - 0x100   # same segment, a little earlier: no page and no segment contradicts it
+    (arch / "00000002.history").write_text(f"1\t{format_lsn(lie)}\tno recovery target specified\n")
+    report = verify(arch)
+    [problem] = report.problems
+    assert (problem.kind, problem.timeline, problem.segment) == ("timeline_fork", 2, segments(arch, 2)[0])
+    assert f"from timeline 1 at {format_lsn(switch)}" in problem.detail
+
+
+def test_a_second_child_of_one_timeline_is_a_fork(wal_archives, tmp_path):
+    arch = copy_archive(wal_archives.tl2, tmp_path / "a")
+    (arch / "00000003.history").write_bytes((wal_archives.fork_b / "00000002.history").read_bytes())
+    report = verify(arch)
+    assert [(p.kind, p.timeline) for p in report.problems] == [("timeline_fork", 3)]
+    assert "all branch from timeline 1" in report.problems[0].detail

@@ -200,12 +200,13 @@ class _Judge:
             on_tli = [segment_of(b.start_lsn, self.size) for b in backups if b.start_tli == tli]
             reached = h is not None and any(
                 b.start_tli in h.ancestors and b.start_lsn <= (h.switch_into(b.start_tli) or 0) for b in backups)
+            from_backup = bool(on_tli) and not reached
             start = begin
-            if on_tli and not reached:
+            if from_backup:
                 start = max(begin, min(on_tli)) if h else min(on_tli)
             newest = segs[-1].segno if segs else None
             tail = [p for p in partials if newest is None or p > newest]
-            self.ranges[tli] = _Range(tli, begin, start, newest, from_backup=start != begin or (not h and on_tli != []),
+            self.ranges[tli] = _Range(tli, begin, start, newest, from_backup,
                                       tail=self.inv.partials[(tli, tail[-1])] if tail else None)
 
     def context(self, tli: int) -> Context:
