@@ -160,3 +160,20 @@ def test_an_unreachable_endpoint_is_a_usage_error(monkeypatch, capsys):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     assert main(["wal", "verify", "s3://trixtech-backups/wal/"]) == 2
     assert "cannot list" in capsys.readouterr().err
+
+
+def test_compressed_segments_in_s3(wal_archives, s3, bucket, s3_env, capsys, tmp_path):
+    import gzip
+
+    import zstandard
+
+    arch = copy_archive(wal_archives.tl1, tmp_path / "a")
+    for i, name in enumerate(segments(arch)):
+        data = (arch / name).read_bytes()
+        (arch / name).unlink()
+        packed = gzip.compress(data, 1) if i % 2 else zstandard.ZstdCompressor(level=1).compress(data)
+        (arch / (name + (".gz" if i % 2 else ".zst"))).write_bytes(packed)
+    upload(s3, bucket, arch)
+    code, doc = run_json(capsys, f"s3://{bucket}/{PREFIX}")
+    assert code == 0, doc["problems"]
+    assert doc["window"] == verify_archive(*_local(wal_archives.tl1)).to_dict()["window"]
