@@ -1,7 +1,7 @@
-"""``backupctl wal verify PATH_OR_S3_PREFIX [--base-backup PATH]... [--max-age DURATION] [--json]``.
+"""``backupctl wal verify PATH_OR_S3_PREFIX``: can the archive's WAL restore every retained base backup?
 
-Is the WAL archive whole from the oldest retained base backup to its newest segment, on
-every timeline, and still being fed? Exit 0 when sound, 1 when a problem was found (one
+``[--base-backup PATH]... [--max-age DURATION] [--json]``. Is the WAL archive whole from
+the oldest retained base backup to its newest segment, on every timeline, and still fed? Exit 0 when sound, 1 when a problem was found (one
 line each, or the ``--json`` object), 2 for usage errors. An S3 prefix is read with the
 project's S3 client (``AWS_ENDPOINT_URL`` for an S3-compatible endpoint).
 """
