@@ -19,6 +19,7 @@ QUICK_ARGS = {
     "bench_s3_check.py": ["--size-mb", "64"],
     "bench_retention_sweep.py": ["--objects", "5000", "--sample", "500"],
     "bench_restore.py": ["--size-gb", "0.05"],
+    "bench_wal_verify.py": ["--quick"],
 }
 
 

@@ -99,6 +99,15 @@ def bucket(s3):
 
 
 @pytest.fixture(scope="session")
+def wal_archives():
+    """Real WAL archives (1 MB segments, a real PITR timeline 2, a second promotion): tests/_wal_archive.py."""
+    from _wal_archive import build_wal_archives, wal_fixture_dir
+
+    with wal_fixture_dir() as root:
+        yield build_wal_archives(root)
+
+
+@pytest.fixture(scope="session")
 def now():
     """The session's one "now" (aware UTC): build histories and expectations from it."""
     from _clock import SESSION_NOW

@@ -15,7 +15,7 @@ from backupkit.commands import EXIT_USAGE, UsageError
 from backupkit.config import ConfigError
 from backupkit.pgbin import PgBinaryNotFound
 
-COMMANDS = ("verify", "inventory", "retention")
+COMMANDS = ("verify", "inventory", "retention", "wal")
 
 
 def build_parser() -> argparse.ArgumentParser:

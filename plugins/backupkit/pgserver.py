@@ -21,7 +21,7 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backupkit.pgbin import bin_dir, pg_bin
@@ -96,13 +96,27 @@ def make_traversable(path: Path, user: str | None, *, within: Path = Path("/"),
     return changed
 
 
+def _quote_option(value: str) -> str:
+    """A ``-c name=value`` value as pg_ctl's ``-o`` string needs it (split like a shell would)."""
+    if value and all(c.isalnum() or c in "._-/:%" for c in value):
+        return value
+    return "'" + str(value).replace("'", "'\\''") + "'"
+
+
 @dataclass
 class LocalPostgres:
-    """A PostgreSQL cluster in ``data_dir`` listening on 127.0.0.1:``port`` (trust auth)."""
+    """A PostgreSQL cluster in ``data_dir`` listening on 127.0.0.1:``port`` (trust auth).
+
+    ``initdb_args`` are added to initdb's (e.g. ``["--wal-segsize=1"]``); ``settings`` are
+    server parameters given at every start (e.g. ``{"archive_mode": "on"}``), after and so
+    over the defaults below.
+    """
 
     data_dir: Path
     port: int = 0
     user: str = "postgres"
+    initdb_args: list[str] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -145,7 +159,7 @@ class LocalPostgres:
         os.chmod(self.data_dir, 0o700)
         proc = subprocess.run(
             [pg_bin("initdb"), "-D", str(self.data_dir), "-U", self.user, "--auth=trust",
-             "-E", "UTF8", "--locale=C", "--no-sync"],
+             "-E", "UTF8", "--locale=C", "--no-sync", *self.initdb_args],
             capture_output=True, text=True, **self._server_identity(),
         )
         if proc.returncode != 0:
@@ -158,6 +172,7 @@ class LocalPostgres:
             return self
         opts = (f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        opts += "".join(f" -c {name}={_quote_option(value)}" for name, value in self.settings.items())
         log = self.data_dir / "server.log"
         proc = subprocess.run(
             [pg_bin("pg_ctl"), "-D", str(self.data_dir), "-o", opts, "-l", str(log), "-w",

@@ -1,0 +1,199 @@
+"""Base backups: the ``.backup`` labels in the archive and ``pg_basebackup`` output on disk.
+
+Each base backup needs the WAL from its start to its stop LSN (then any WAL after it, for
+a point in time). Where those come from (rules in docs/wal.md):
+
+- a ``.backup`` label in the archive (written by ``pg_backup_stop``): start and stop LSN,
+  timelines, start and stop time;
+- a base backup directory: ``backup_manifest``'s ``WAL-Ranges`` (read from its last 64
+  KiB, so a manifest of any size costs one read) and ``System-Identifier``, else the
+  plain format's ``backup_label`` (start only; the stop then comes from the archive's label).
+
+``pg_verifybackup`` checks the files against the manifest (plain and, since PostgreSQL 18,
+tar format; WAL parsing only for a plain backup that carries its own ``pg_wal``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from backupkit.pgbin import pg_bin
+from backupkit.wal.naming import classify, parse_lsn
+
+MAX_LABEL_BYTES = 64 << 10
+MANIFEST_TAIL = 64 << 10
+_LOCATION = re.compile(r"^([0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8})(?: \(file ([0-9A-F]{24})\))?$")
+_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ?(UTC|GMT|Z|[+-]\d\d(?::?\d\d)?)$")
+_KEY = re.compile(r"^[A-Z][A-Z ]{0,40}$")
+_SYSID = re.compile(r'"System-Identifier"\s*:\s*(\d{1,20})')
+TAR_NAMES = ("base.tar", "base.tar.gz", "base.tar.zst", "base.tar.lz4")
+
+
+class BackupError(ValueError):
+    """A label or base backup that cannot be read; the message names it and the reason."""
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    """What the verifier needs of one base backup."""
+
+    source: str                 # the label's file name or the backup's path
+    start_lsn: int
+    start_tli: int
+    stop_lsn: int | None = None
+    stop_tli: int | None = None
+    stop_time: datetime | None = None
+    sysid: int | None = None
+    format: str = "label"       # "label" (archive), "plain", "tar"
+
+
+def parse_time(text: str) -> datetime | None:
+    """A label's ``2025-03-01 02:00:04 UTC`` as aware UTC; None for a zone given by abbreviation only."""
+    m = _TIME.match(text.strip())
+    if not m:
+        return None
+    when = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+    zone = m.group(2)
+    if zone in ("UTC", "GMT", "Z"):
+        return when.replace(tzinfo=timezone.utc)
+    sign = -1 if zone[0] == "-" else 1
+    digits = zone[1:].replace(":", "")
+    offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0))
+    return (when - sign * offset).replace(tzinfo=timezone.utc)
+
+
+def _fields(data: bytes, source: str) -> dict[str, str]:
+    if len(data) > MAX_LABEL_BYTES:
+        raise BackupError(f"{source}: larger than {MAX_LABEL_BYTES} bytes: not a backup label")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BackupError(f"{source}: not UTF-8 text") from None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and _KEY.match(key):
+            fields.setdefault(key, value.strip())
+    return fields
+
+
+def _location(fields: dict[str, str], key: str, source: str) -> int:
+    value = fields.get(key)
+    if value is None:
+        raise BackupError(f"{source}: no {key}")
+    m = _LOCATION.match(value)
+    if not m:
+        raise BackupError(f"{source}: {key} is not an LSN: {value[:60]!r}")
+    return parse_lsn(m.group(1))
+
+
+def _timeline(fields: dict[str, str], key: str, default: int, source: str) -> int:
+    value = fields.get(key)
+    if value is None:
+        return default
+    if not value.isdigit() or not 0 < int(value) <= 0xFFFFFFFF:
+        raise BackupError(f"{source}: {key} is not a timeline: {value[:20]!r}")
+    return int(value)
+
+
+def parse_label(data: bytes, source: str, default_tli: int = 1) -> BaseBackup:
+    """A ``.backup`` label from the archive (``KEY: value`` lines, as pg_backup_stop writes them)."""
+    fields = _fields(data, source)
+    start = _location(fields, "START WAL LOCATION", source)
+    stop = _location(fields, "STOP WAL LOCATION", source)
+    start_tli = _timeline(fields, "START TIMELINE", default_tli, source)
+    stop_tli = _timeline(fields, "STOP TIMELINE", start_tli, source)
+    if stop < start or stop_tli < start_tli:
+        raise BackupError(f"{source}: stops before it starts")
+    return BaseBackup(source, start, start_tli, stop, stop_tli, parse_time(fields.get("STOP TIME", "")))
+
+
+def _manifest(path: Path) -> tuple[list[dict], int | None] | None:
+    manifest = path / "backup_manifest"
+    try:
+        with open(manifest, "rb") as f:
+            head = f.read(4096)
+            size = f.seek(0, 2)
+            f.seek(max(0, size - MANIFEST_TAIL))
+            tail = f.read(MANIFEST_TAIL)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackupError(f"{manifest}: cannot be read: {exc.strerror or exc}") from None
+    text = tail.decode("utf-8", "replace")
+    at = text.rfind('"WAL-Ranges"')
+    colon = text.find(":", at)
+    if at < 0 or colon < 0:
+        raise BackupError(f"{manifest}: no WAL-Ranges in its last {MANIFEST_TAIL} bytes")
+    start = colon + 1
+    while start < len(text) and text[start].isspace():
+        start += 1
+    try:
+        ranges, _ = json.JSONDecoder().raw_decode(text, start)
+    except ValueError:
+        raise BackupError(f"{manifest}: WAL-Ranges is not a JSON list") from None
+    if not isinstance(ranges, list) or not ranges or not all(
+            isinstance(r, dict) and isinstance(r.get("Timeline"), int) and isinstance(r.get("Start-LSN"), str)
+            and isinstance(r.get("End-LSN"), str) for r in ranges):
+        raise BackupError(f"{manifest}: WAL-Ranges must list {{Timeline, Start-LSN, End-LSN}} objects")
+    m = _SYSID.search(head.decode("utf-8", "replace"))
+    return ranges, int(m.group(1)) if m else None
+
+
+def read_base_backup(path: Path) -> BaseBackup:
+    """The WAL range of a pg_basebackup directory (plain or tar format)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BackupError(f"{path}: not a base backup directory")
+    fmt = "tar" if any((path / n).exists() for n in TAR_NAMES) else "plain"
+    found = _manifest(path)
+    if found is not None:
+        ranges, sysid = found
+        try:
+            first, last = ranges[0], ranges[-1]
+            start, stop = parse_lsn(first["Start-LSN"]), parse_lsn(last["End-LSN"])
+        except ValueError as exc:
+            raise BackupError(f"{path}/backup_manifest: {exc}") from None
+        if not (0 < first["Timeline"] <= last["Timeline"] <= 0xFFFFFFFF) or stop < start:
+            raise BackupError(f"{path}/backup_manifest: WAL-Ranges out of order")
+        return BaseBackup(str(path), start, first["Timeline"], stop, last["Timeline"], sysid=sysid, format=fmt)
+    label = path / "backup_label"
+    if fmt == "plain" and label.is_file():
+        data = label.read_bytes()[:MAX_LABEL_BYTES + 1]
+        fields = _fields(data, str(label))
+        start = _location(fields, "START WAL LOCATION", str(label))
+        return BaseBackup(str(path), start, _timeline(fields, "START TIMELINE", 1, str(label)), format=fmt)
+    raise BackupError(f"{path}: no backup_manifest (and no backup_label): its WAL range is unknown")
+
+
+def with_label(backup: BaseBackup, labels: list[BaseBackup]) -> BaseBackup:
+    """``backup`` completed from the archive's label of the same start (stop LSN, stop time)."""
+    for label in labels:
+        if label.start_lsn == backup.start_lsn and label.start_tli == backup.start_tli:
+            return replace(backup, stop_lsn=backup.stop_lsn or label.stop_lsn,
+                           stop_tli=backup.stop_tli or label.stop_tli, stop_time=label.stop_time)
+    return backup
+
+
+def verify_files(backup: BaseBackup) -> str | None:
+    """pg_verifybackup's complaint about the backup's files, or None when it passes."""
+    path = Path(backup.source)
+    args = [pg_bin("pg_verifybackup"), "--quiet", "--exit-on-error"]
+    wal = path / "pg_wal"
+    own_wal = wal.is_dir() and any((c := classify(p.name)) and c.kind == "segment" for p in wal.iterdir())
+    if backup.format == "tar" or not own_wal:
+        args.append("--no-parse-wal")  # the archive's WAL is what the verifier itself reads
+    proc = subprocess.run([*args, str(path)], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    lines = [ln.removeprefix("pg_verifybackup: ").removeprefix("error: ") for ln in proc.stderr.splitlines() if ln]
+    return "; ".join(lines[:3]) or f"pg_verifybackup exited {proc.returncode}"
+
+
+__all__ = ["BaseBackup", "BackupError", "parse_label", "read_base_backup", "with_label", "verify_files",
+           "parse_time"]
