@@ -88,3 +88,25 @@ def test_installed_command_uses_aws_endpoint_url(history, s3, bucket, moto_serve
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("present, checksum matches") == len(SOURCES)
+
+
+def test_a_file_changed_since_its_verification_is_not_called_matching(history, s3, bucket, moto_server, capsys):
+    """Issue 9.7: the S3 copy may still match the sidecar, but the local file is no longer what was verified."""
+    from backupkit.jobs import daily
+    from backupkit.state import VerificationState
+
+    config = history.config()
+    upload_history(s3, config)
+    with VerificationState(config.state_dir) as state:
+        daily.check_integrity(config, "trixtech-db", state=state)
+    newest = local_backups(config.source("trixtech-db"))[-1]
+    with open(newest.path, "r+b") as f:  # same size, one bit
+        f.seek(100)
+        b = f.read(1)
+        f.seek(100)
+        f.write(bytes([b[0] ^ 1]))
+    code, out, err = _run(capsys, history, moto_server.endpoint_url, "--json")
+    row = {r["source"]: r for r in json.loads(out)}["trixtech-db"]
+    assert code == 1 and not row["ok"]
+    assert "checksum matches; local copy changed since its last verification" in row["s3"]["status"]
+    assert "re-read pending" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -193,3 +194,56 @@ def test_summarize_names_every_problem_in_a_table():
     assert "logs: 1 checks, 0 problems, 1 warnings" in lines
     ok = daily.summarize([r for r in results if r["ok"]])
     assert ok["ok"] and ok["problems"] == []
+
+
+def _flip_in_place(path, offset: int) -> None:
+    """A same-size bit flip written into the file itself (what a failing disk or a stray `dd` does)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_a_changed_file_is_re_read_even_when_the_rolling_share_would_skip_it(history):
+    """Issue 9.7: a same-size bit flip in last night's already-verified dump fails the next daily run."""
+    config = history.config()
+    state = VerificationState(config.state_dir)
+    assert not _problems(daily.check_integrity(config, "trixtech-db", now=NOW, state=state))
+    newest = local_backups(config.source("trixtech-db"))[-1]
+    stat_before = newest.path.stat()
+    _flip_in_place(newest.path, stat_before.st_size // 2)
+    os.utime(newest.path, ns=(stat_before.st_atime_ns, stat_before.st_mtime_ns))  # even with the mtime put back
+    assert newest.path.stat().st_size == stat_before.st_size
+    quiet = dataclasses.replace(config, reread_fraction=0.0)  # no rolling re-read at all
+    second = daily.check_integrity(quiet, "trixtech-db", now=NOW + timedelta(days=1), state=state)
+    bad = {(p["artifact"], p["check"]) for p in _problems(second)}
+    assert (f"trixtech-db/{newest.name}", "sha256") in bad or (f"trixtech-db/{newest.name}", "sha256_history") in bad
+    summary = [r for r in second if r["check"] == "integrity" and r["artifact"] == "trixtech-db"][0]
+    assert summary["detail"].startswith(f"read 1 of {NIGHTS} backups in full (1 new, changed or failed before")
+    assert state.verdict(f"trixtech-db/{newest.name}") == "failed"
+
+
+def test_records_made_before_identities_were_kept_still_load(tmp_path):
+    """A store from before the ``identity`` column is migrated in place; its records compare by size."""
+    import sqlite3
+
+    from backupkit.state import FileIdentity
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    db = sqlite3.connect(state_dir / "verification.sqlite")
+    db.executescript("CREATE TABLE verifications (key TEXT PRIMARY KEY, sha256 TEXT, size INTEGER NOT NULL, "
+                     "ok INTEGER NOT NULL, verified_at TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');"
+                     "INSERT INTO verifications VALUES ('s/a', NULL, 10, 1, '2026-01-01T00:00:00+00:00', '');")
+    db.commit()
+    db.close()
+    with VerificationState(state_dir) as st:
+        rec = st.get("s/a")
+        assert rec.identity is None and rec.unchanged(FileIdentity(10, 1, 2, 3)) and not rec.unchanged(FileIdentity(11))
+        f = tmp_path / "a"
+        f.write_bytes(b"0123456789")
+        st.record("s/a", None, FileIdentity.of(f), True, NOW)
+        assert st.get("s/a").unchanged(FileIdentity.of(f))
+        f.write_bytes(b"0123456780")  # same size, new content
+        assert not st.get("s/a").unchanged(FileIdentity.of(f))

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS verifications (
     size INTEGER NOT NULL,
     ok INTEGER NOT NULL,
     verified_at TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
+    detail TEXT NOT NULL DEFAULT '',
+    identity TEXT
 );
 CREATE TABLE IF NOT EXISTS log_offsets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checksum_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,6 +61,38 @@ def _iso(dt: datetime) -> str:
 
 
 @dataclass(frozen=True)
+class FileIdentity:
+    """What a file (or a pg_dump directory) looked like when it was read: any change means re-read.
+
+    ``size``, ``mtime_ns``, ``ctime_ns`` and ``inode``: a same-size bit flip written in place
+    changes the mtime (or, if someone resets it, the ctime, which no user can set); a
+    replaced file changes the inode. A directory's identity is its files' total size, their
+    newest mtime and ctime, and the directory's inode.
+    """
+
+    size: int
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    inode: int = 0
+
+    @classmethod
+    def of(cls, path: Path) -> "FileIdentity":
+        st = path.stat()
+        if not path.is_dir():
+            return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        size, mtime, ctime = 0, st.st_mtime_ns, st.st_ctime_ns
+        for p in path.rglob("*"):
+            ps = p.lstat()
+            size += ps.st_size if p.is_file() else 0
+            mtime, ctime = max(mtime, ps.st_mtime_ns), max(ctime, ps.st_ctime_ns)
+        return cls(size, mtime, ctime, st.st_ino)
+
+    @property
+    def token(self) -> str:
+        return f"{self.mtime_ns}:{self.ctime_ns}:{self.inode}"
+
+
+@dataclass(frozen=True)
 class Record:
     """The last full read of one backup."""
 
@@ -69,6 +102,13 @@ class Record:
     ok: bool
     verified_at: datetime
     detail: str = ""
+    identity: str | None = None  # FileIdentity.token at the read (None: recorded before it was kept)
+
+    def unchanged(self, current: "FileIdentity | int") -> bool:
+        """The file is as it was when this record was made (size, and identity where both are known)."""
+        if isinstance(current, int):
+            return current == self.size
+        return current.size == self.size and (self.identity is None or self.identity == current.token)
 
     @property
     def verdict(self) -> str:
@@ -92,6 +132,13 @@ class VerificationState:
         _retry_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
         self._conn.execute("PRAGMA synchronous=NORMAL")
         _retry_locked(lambda: self._conn.executescript(_SCHEMA))
+        _retry_locked(self._migrate)
+
+    def _migrate(self) -> None:
+        """Add the ``identity`` column to a store made before it existed."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(verifications)")}
+        if "identity" not in columns:
+            self._conn.execute("ALTER TABLE verifications ADD COLUMN identity TEXT")
 
     @classmethod
     def existing(cls, state_dir: Path | str) -> "VerificationState | None":
@@ -114,23 +161,26 @@ class VerificationState:
             self._conn.execute(sql, tuple(params))
 
     # -- verification records --------------------------------------------------------
-    def record(self, key: str, sha256: str | None, size: int, ok: bool, verified_at: datetime,
+    def record(self, key: str, sha256: str | None, size: int | FileIdentity, ok: bool, verified_at: datetime,
                detail: str = "") -> None:
-        """Remember the outcome of a full read of ``key``."""
+        """Remember the outcome of a full read of ``key`` (``size``: the file's identity, or just its size)."""
+        identity = size.token if isinstance(size, FileIdentity) else None
+        size = size.size if isinstance(size, FileIdentity) else size
         self._write(
-            "INSERT INTO verifications(key, sha256, size, ok, verified_at, detail) VALUES (?,?,?,?,?,?) "
+            "INSERT INTO verifications(key, sha256, size, ok, verified_at, detail, identity) VALUES (?,?,?,?,?,?,?) "
             "ON CONFLICT(key) DO UPDATE SET sha256=excluded.sha256, size=excluded.size, ok=excluded.ok, "
-            "verified_at=excluded.verified_at, detail=excluded.detail",
-            (key, sha256, int(size), int(bool(ok)), _iso(verified_at), detail))
+            "verified_at=excluded.verified_at, detail=excluded.detail, identity=excluded.identity",
+            (key, sha256, int(size), int(bool(ok)), _iso(verified_at), detail, identity))
+
+    _COLUMNS = "key, sha256, size, ok, verified_at, detail, identity"
 
     @staticmethod
     def _row(row: tuple) -> Record:
-        key, sha, size, ok, at, detail = row
-        return Record(key, sha, int(size), bool(ok), datetime.fromisoformat(at), detail)
+        key, sha, size, ok, at, detail, identity = row
+        return Record(key, sha, int(size), bool(ok), datetime.fromisoformat(at), detail, identity)
 
     def get(self, key: str) -> Record | None:
-        row = self._conn.execute("SELECT key, sha256, size, ok, verified_at, detail FROM verifications "
-                                 "WHERE key = ?", (key,)).fetchone()
+        row = self._conn.execute(f"SELECT {self._COLUMNS} FROM verifications WHERE key = ?", (key,)).fetchone()
         return self._row(row) if row else None
 
     def verdict(self, key: str) -> str | None:
@@ -141,8 +191,8 @@ class VerificationState:
     def records(self, prefix: str = "") -> dict[str, Record]:
         """Every record whose key starts with ``prefix``."""
         rows = self._conn.execute(
-            "SELECT key, sha256, size, ok, verified_at, detail FROM verifications "
-            "WHERE substr(key, 1, ?) = ? ORDER BY key", (len(prefix), prefix))
+            f"SELECT {self._COLUMNS} FROM verifications WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix))
         return {r[0]: self._row(r) for r in rows}
 
     def forget(self, keys: Iterable[str]) -> int:
@@ -153,12 +203,13 @@ class VerificationState:
             self._conn.executemany("DELETE FROM verifications WHERE key = ?", [(k,) for k in keys])
         return len(keys)
 
-    def select_full_reads(self, keys_with_sizes: Mapping[str, int] | Iterable[tuple[str, int]], *,
-                          fraction: float, now: datetime) -> list[str]:
+    def select_full_reads(self, keys_with_sizes: Mapping[str, int | FileIdentity] |
+                          Iterable[tuple[str, int | FileIdentity]], *, fraction: float, now: datetime) -> list[str]:
         """Which backups to read in full this run.
 
-        Always: backups never read, whose size changed since, or whose last read failed
-        (a damaged backup keeps failing the run until it is replaced or removed). Plus the
+        Always: backups never read, changed since (size, or the :class:`FileIdentity` when
+        given and recorded), or whose last read failed (a damaged backup keeps failing the
+        run until it is replaced or removed). Plus the
         rolling share: of the backups that passed, the ``ceil(fraction * total)`` with the
         oldest last full read (ties by key, so the choice is deterministic). A read
         stamped after ``now`` (clock skew) counts as a read at ``now``.
@@ -170,7 +221,7 @@ class VerificationState:
         must, rolling = [], []
         for key in sorted(items):
             rec = known.get(key)
-            if rec is None or rec.size != items[key] or not rec.ok:
+            if rec is None or not rec.unchanged(items[key]) or not rec.ok:
                 must.append(key)
             else:
                 rolling.append((min(rec.verified_at, now), key))
@@ -225,4 +276,4 @@ class _SqliteMap(MutableMapping):
         return self._conn.execute("SELECT count(*) FROM checksum_cache").fetchone()[0]
 
 
-__all__ = ["VerificationState", "Record"]
+__all__ = ["VerificationState", "Record", "FileIdentity"]

@@ -72,6 +72,7 @@ def _s3_status(results: list[dict]) -> tuple[str, bool]:
 def inventory(config: Config, client: Any) -> list[dict]:
     """One row per configured source (see the module doc); JSON-serialisable."""
     from backupkit.checks.s3copy import check_s3_copy
+    from backupkit.state import FileIdentity
     from backupkit.storage.localfs import read_sidecar
     from backupkit.storage.objectstore import Bucket
 
@@ -90,7 +91,8 @@ def inventory(config: Config, client: Any) -> list[dict]:
             key = backup_key(source, b)
             sha = None
             rec = state.get(key) if state else None
-            if rec is not None and rec.ok and rec.size == b.size:
+            changed = rec is not None and not rec.unchanged(FileIdentity.of(b.path))
+            if rec is not None and rec.ok and not changed:
                 sha = rec.sha256
             if sha is None and not b.is_dir:
                 try:
@@ -102,6 +104,10 @@ def inventory(config: Config, client: Any) -> list[dict]:
                 Bucket(client, config.bucket), s3_key, local_size=b.size, local_sha256=sha, local_path=None,
                 artifact=key, composite_cache=state.checksum_cache if state else None, allow_download=False)]
             status, ok = _s3_status(results)
+            if changed:  # the S3 copy may match the sidecar, but the local file is not what was verified
+                status = (f"{status}; local copy changed since its last verification on "
+                          f"{rec.verified_at:%Y-%m-%d} (re-read pending)")
+                ok = False
             row["s3"] = {"uri": f"s3://{config.bucket}/{s3_key}", "status": status, "ok": ok, "results": results}
             row["ok"] = ok
             if not ok:

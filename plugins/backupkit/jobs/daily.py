@@ -23,7 +23,7 @@ from backupkit.checks.logs import scan_logs
 from backupkit.checks.s3copy import s3_copy_report
 from backupkit.config import Config, Source
 from backupkit.model import Backup, CheckResult, backup_id, source_of
-from backupkit.state import VerificationState
+from backupkit.state import FileIdentity, VerificationState
 from backupkit.storage.localfs import read_sidecar
 from backupkit.storage.objectstore import Bucket, client_errors, describe_error
 
@@ -80,19 +80,19 @@ def check_integrity(config: Config, source_name: str, now: datetime | None = Non
     with _state(config, state) as st:
         # Retention removed these backups: their records would only grow the file.
         st.forget(k for k in st.records(prefix=f"{source.name}/") if k not in backups)
-        selected = st.select_full_reads({k: b.size for k, b in backups.items()},
-                                        fraction=config.reread_fraction, now=now)
+        identities = {k: FileIdentity.of(b.path) for k, b in backups.items()}
+        selected = st.select_full_reads(identities, fraction=config.reread_fraction, now=now)
         fresh = 0
         for key in selected:
-            b = backups[key]
+            b, ident = backups[key], identities[key]
             prev = st.get(key)
-            if prev is None or prev.size != b.size or not prev.ok:
+            if prev is None or not prev.unchanged(ident) or not prev.ok:
                 fresh += 1
             try:
                 report = verify_artifact(b.path, label=key)
             except Exception as exc:  # one unreadable backup must not hide the others
                 res = [CheckResult(key, "integrity", False, f"verification could not run: {exc}")]
-                st.record(key, None, b.size, False, now, res[0].detail)
+                st.record(key, None, ident, False, now, res[0].detail)
                 results.extend(res)
                 continue
             res = list(report.results)
@@ -102,7 +102,7 @@ def check_integrity(config: Config, source_name: str, now: datetime | None = Non
                                        f"content changed since it passed on {prev.verified_at:%Y-%m-%d}: "
                                        f"SHA-256 was {prev.sha256}, now {report.sha256}"))
             bad = [r for r in res if not r.ok]
-            st.record(key, report.sha256, b.size, not bad, now, "; ".join(f"{r.check}: {r.detail}" for r in bad))
+            st.record(key, report.sha256, ident, not bad, now, "; ".join(f"{r.check}: {r.detail}" for r in bad))
             results.extend(res)
     results.append(CheckResult(source.name, "integrity", True,
                                f"read {len(selected)} of {len(backups)} backups in full "
@@ -114,7 +114,7 @@ def check_integrity(config: Config, source_name: str, now: datetime | None = Non
 def _known_sha256(st: VerificationState, key: str, b: Backup) -> str | None:
     """The backup's SHA-256 without reading it: from its last passed full read, else its sidecar."""
     rec = st.get(key)
-    if rec is not None and rec.ok and rec.size == b.size and rec.sha256:
+    if rec is not None and rec.ok and rec.sha256 and rec.unchanged(FileIdentity.of(b.path)):
         return rec.sha256
     try:
         return read_sidecar(b.path)
