@@ -74,7 +74,7 @@ the state as it is then). Sources come from `include/config/backups.yaml` (or `$
 **fails the run** when anything failed, which fires the alert (webhook and/or email, from
 `alerting` in the configuration; with none configured the failure is logged as
 `no alert channel configured: ...`). On success it emits the asset
-`backupkit://verification/daily`, which the retention DAG waits for. `export_metrics` runs
+`x-backupkit://verification/daily`, which the retention DAG waits for. `export_metrics` runs
 whatever happened and publishes per-source gauges (`backup_verification_status`,
 `backup_verification_problems`, `backup_verification_last_success_timestamp_seconds`,
 `backup_age_seconds`, `backup_size_bytes`) to the Pushgateway when `metrics.pushgateway_url`

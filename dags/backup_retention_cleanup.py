@@ -39,7 +39,7 @@ DOC_MD = """
 # Retention cleanup (runbook: *Cleanup old backups*, done safely)
 
 **When:** after every *successful* run of `backup_daily_verification` (scheduled on the asset
-`backupkit://verification/daily`, which that DAG emits only when every check passed). A day whose
+`x-backupkit://verification/daily`, which that DAG emits only when every check passed). A day whose
 backups did not verify deletes nothing. One run at a time (`max_active_runs=1`: two sweeps of one
 source at once are unsafe); no catch-up.
 

@@ -145,7 +145,7 @@ def test_healthy_history_passes(run_daily):
     assert labels == {s.name for s in config.sources}
     assert out["summary"]["ok"] is True and out["summary"]["problems"] == []
     assert out["alerts"] == []
-    assert out["asset_events"] == ["backupkit://verification/daily"]
+    assert out["asset_events"] == ["x-backupkit://verification/daily"]
     # Metrics: textfile always, and one PUT to the Pushgateway with the same numbers.
     prom = config.state_dir / "metrics" / "daily.prom"
     values = metric_values(prom)

@@ -19,8 +19,10 @@ OWNER = "devops"
 BASE_TAGS = ("backups", "trixtech")
 
 # Emitted when a daily verification run finds no problem; the retention DAG is scheduled on it,
-# so nothing is ever deleted on a day whose backups did not verify.
-DAILY_VERIFIED = Asset(name="backup_daily_verified", uri="backupkit://verification/daily")
+# so nothing is ever deleted on a day whose backups did not verify. The "x-" scheme is Airflow's
+# private-scheme convention: such URIs are not normalised by a provider, so creating the Asset
+# does not make every DAG file load every provider's URI handlers (about 0.2 s a file).
+DAILY_VERIFIED = Asset(name="backup_daily_verified", uri="x-backupkit://verification/daily")
 
 
 class VerificationFailed(AirflowFailException):
