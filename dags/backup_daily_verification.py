@@ -33,7 +33,6 @@ from backup_airflow.operators import (
 )
 from backupkit import clock
 from backupkit.jobs import daily
-from backupkit.metrics import LastSuccessStore, SourceStatus, verification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -156,26 +155,10 @@ def backup_daily_verification():
         if source_names is None:
             raise AirflowFailException("the sources task failed: no metrics to export")
         config = backup_config()
-        now = clock.now()
-        results = run_results(context["ti"], source_names)
-        statuses = []
-        for name in source_names:
-            problems = sum(1 for r in results if not r["ok"] and daily.source_of(r["artifact"]) == name)
-            latest = daily.latest_backup(config, name, now)
-            age = (now - datetime.fromisoformat(latest["timestamp"])).total_seconds() if latest else None
-            statuses.append(SourceStatus(name, ok=problems == 0, problems=problems, age_seconds=age,
-                                         size_bytes=latest["size"] if latest else None))
-        log_problems: dict[str, int] = {lg.name: 0 for lg in config.logs}
-        for r in results:
-            if not r["ok"] and r["artifact"].startswith("logs/"):
-                name = r["artifact"].split("/", 1)[1]
-                log_problems[name] = log_problems.get(name, 0) + 1
-        last_success = LastSuccessStore(config.state.metrics_values("daily")).update(statuses, now.timestamp())
-        registry = verification_metrics(statuses, now=now.timestamp(), last_success=last_success,
-                                        log_problems=log_problems)
+        registry = daily.run_metrics(config, run_results(context["ti"], source_names), source_names, now=clock.now())
         targets = registry.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
                                    textfile=config.state.metrics_textfile("daily"))
-        log.info("metrics for %d sources published to %s", len(statuses), ", ".join(targets))
+        log.info("metrics for %d sources published to %s", len(source_names), ", ".join(targets))
         return targets
 
     names = sources()

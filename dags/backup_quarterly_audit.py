@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
 from backup_airflow.hooks import backup_config, bucket
 from backupkit import clock
+from backupkit import metric_names as names
 from backupkit.metrics import MetricSet
 from backupkit.reports import audit
 from backupkit.reports.render import publish_files, report_prefix
@@ -175,13 +176,13 @@ def backup_quarterly_audit():
         summary = audit.audit_summary(controls)
         missing = sum(1 for t in CONTROL_TASKS if ti.xcom_pull(task_ids=t, default=None) is None)
         m = MetricSet()
-        m.set("backup_audit_last_run_timestamp_seconds", clock.now().timestamp(),
+        m.set(names.AUDIT_LAST_RUN, clock.now().timestamp(),
               "Unix time of the last quarterly audit run")
-        m.set("backup_audit_controls_total", summary["total"], "Audit controls evaluated in the last audit")
-        m.set("backup_audit_controls_failed", len(summary["failed"]) + missing,
+        m.set(names.AUDIT_CONTROLS_TOTAL, summary["total"], "Audit controls evaluated in the last audit")
+        m.set(names.AUDIT_CONTROLS_FAILED, len(summary["failed"]) + missing,
               "Audit controls that failed (or could not be evaluated) in the last audit")
         for c in controls:
-            m.set("backup_audit_control_status", 0 if c["status"] == "fail" else 1,
+            m.set(names.AUDIT_CONTROL_STATUS, 0 if c["status"] == "fail" else 1,
                   "1 if the audit control passed (or is informational) in the last audit, else 0", control=c["id"])
         targets = m.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
                             textfile=config.state.metrics_textfile("audit"))

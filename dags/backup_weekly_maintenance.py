@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
 from backup_airflow.hooks import backup_config, bucket
 from backupkit import clock
+from backupkit import metric_names as names
 from backupkit.config import Config
 from backupkit.metrics import MetricSet
 from backupkit.reports import weekly
@@ -186,32 +187,32 @@ def backup_weekly_maintenance():
         if trends is None and storage is None and encryption is None:
             raise AirflowFailException("no collection task left results: no metrics to export")
         m = MetricSet()
-        m.set("backup_weekly_report_last_run_timestamp_seconds", clock.now().timestamp(),
+        m.set(names.WEEKLY_LAST_RUN, clock.now().timestamp(),
               "Unix time of the last weekly maintenance run")
         bucket_loc = f"s3://{config.bucket}"
         if storage is not None:
-            m.set("backup_storage_used_bytes", storage["bucket"]["total_bytes"],
+            m.set(names.STORAGE_USED, storage["bucket"]["total_bytes"],
                   "Bytes of backups at a location (bucket: all object versions; directory: its files)",
                   location=bucket_loc)
-            m.set("backup_storage_cost_estimate_usd_per_month", storage["cost"]["usd_per_month"],
+            m.set(names.STORAGE_COST, storage["cost"]["usd_per_month"],
                   "Monthly storage cost estimated from the configured price table", location=bucket_loc)
             for r in storage["local"]:
                 if not r["exists"]:
                     continue
-                m.set("backup_storage_used_bytes", r["bytes"],
+                m.set(names.STORAGE_USED, r["bytes"],
                       "Bytes of backups at a location (bucket: all object versions; directory: its files)",
                       location=r["path"])
-                m.set("backup_storage_filesystem_size_bytes", r["fs_size"],
+                m.set(names.STORAGE_FS_SIZE, r["fs_size"],
                       "Size of the filesystem holding a backup directory", location=r["path"])
-                m.set("backup_storage_filesystem_free_bytes", r["fs_free"],
+                m.set(names.STORAGE_FS_FREE, r["fs_free"],
                       "Free bytes of the filesystem holding a backup directory", location=r["path"])
         if trends is not None:
             for src, t in trends["sources"].items():
-                m.set("backup_weekly_anomalies", len(t["anomalies"]),
+                m.set(names.WEEKLY_ANOMALIES, len(t["anomalies"]),
                       "Size or duration anomalies of the source in the weekly trend window", source=src)
         if encryption is not None and encryption["objects"] is not None:
             o = encryption["objects"]
-            m.set("backup_storage_unencrypted_objects", o["counts"]["unencrypted"] + o["counts"]["wrong_kind"],
+            m.set(names.STORAGE_UNENCRYPTED, o["counts"]["unencrypted"] + o["counts"]["wrong_kind"],
                   "Backup objects without the configured server-side encryption", location=bucket_loc)
         targets = m.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
                             textfile=config.state.metrics_textfile("weekly"))

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from _daily_helpers import http_server  # noqa: F401  (fixture)
-from backupkit import metrics
+from backupkit import metric_names as names
 from backupkit.metrics import LastSuccessStore, MetricSet, SourceStatus, verification_metrics
 
 NOW = 1_750_000_000.0
@@ -25,7 +25,8 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 
 def statuses():
     return [
-        SourceStatus("trixtech-db", ok=True, problems=0, age_seconds=3600.0, size_bytes=123456),
+        SourceStatus("trixtech-db", ok=True, problems=0, age_seconds=3600.0, size_bytes=123456,
+                     max_age_seconds=25 * 3600),
         SourceStatus("trixtech-files", ok=False, problems=2, age_seconds=200000.0, size_bytes=99),
         SourceStatus("new-source", ok=False, problems=1),  # no backup at all, never succeeded
     ]
@@ -35,19 +36,21 @@ def test_exposition_has_every_metric_per_source():
     text = verification_metrics(statuses(), now=NOW, last_success={"trixtech-files": NOW - 86400}).text()
     got = samples(text)
     src = lambda name: (("source", name),)  # noqa: E731
-    assert got[(metrics.STATUS, src("trixtech-db"))] == 1
-    assert got[(metrics.STATUS, src("trixtech-files"))] == 0
-    assert got[(metrics.PROBLEMS, src("trixtech-files"))] == 2
-    assert got[(metrics.PROBLEMS, src("new-source"))] == 1
-    assert got[(metrics.AGE, src("trixtech-db"))] == 3600
-    assert got[(metrics.SIZE, src("trixtech-db"))] == 123456
-    assert got[(metrics.SIZE, src("trixtech-files"))] == 99
+    assert got[(names.VERIFICATION_STATUS, src("trixtech-db"))] == 1
+    assert got[(names.VERIFICATION_STATUS, src("trixtech-files"))] == 0
+    assert got[(names.VERIFICATION_PROBLEMS, src("trixtech-files"))] == 2
+    assert got[(names.VERIFICATION_PROBLEMS, src("new-source"))] == 1
+    assert got[(names.AGE, src("trixtech-db"))] == 3600
+    assert got[(names.MAX_AGE, src("trixtech-db"))] == 25 * 3600  # what BackupTooOld compares with
+    assert (names.MAX_AGE, src("new-source")) not in got
+    assert got[(names.SIZE, src("trixtech-db"))] == 123456
+    assert got[(names.SIZE, src("trixtech-files"))] == 99
     # ok now -> this run's time; failed now -> the remembered last success; never -> no sample.
-    assert got[(metrics.LAST_SUCCESS, src("trixtech-db"))] == NOW
-    assert got[(metrics.LAST_SUCCESS, src("trixtech-files"))] == NOW - 86400
-    assert (metrics.LAST_SUCCESS, src("new-source")) not in got
-    assert (metrics.AGE, src("new-source")) not in got
-    assert got[(metrics.LAST_RUN, ())] == NOW
+    assert got[(names.VERIFICATION_LAST_SUCCESS, src("trixtech-db"))] == NOW
+    assert got[(names.VERIFICATION_LAST_SUCCESS, src("trixtech-files"))] == NOW - 86400
+    assert (names.VERIFICATION_LAST_SUCCESS, src("new-source")) not in got
+    assert (names.AGE, src("new-source")) not in got
+    assert got[(names.VERIFICATION_LAST_RUN, ())] == NOW
     # Names as documented (Velero / pgbackrest_exporter style), with HELP and TYPE lines.
     assert "# TYPE backup_verification_last_success_timestamp_seconds gauge" in text
     assert 'backup_age_seconds{source="trixtech-db"} 3600.0' in text
@@ -55,8 +58,8 @@ def test_exposition_has_every_metric_per_source():
 
 def test_log_problems_are_labelled_by_log():
     got = samples(verification_metrics([], now=NOW, log_problems={"db_backup": 3, "cloud_sync": 0}).text())
-    assert got[(metrics.LOG_PROBLEMS, (("log", "db_backup"),))] == 3
-    assert got[(metrics.LOG_PROBLEMS, (("log", "cloud_sync"),))] == 0
+    assert got[(names.LOG_PROBLEMS, (("log", "db_backup"),))] == 3
+    assert got[(names.LOG_PROBLEMS, (("log", "cloud_sync"),))] == 0
 
 
 def test_metricset_generic_helper_and_label_consistency():
@@ -99,7 +102,7 @@ def test_push_replaces_the_job_group_on_the_gateway(http_server):
     assert req.headers["Content-Type"].startswith("text/plain")
     body = req.body.decode()
     assert body == m.text()
-    assert samples(body)[(metrics.STATUS, (("source", "trixtech-files"),))] == 0
+    assert samples(body)[(names.VERIFICATION_STATUS, (("source", "trixtech-files"),))] == 0
 
 
 def test_publish_writes_textfile_even_when_the_push_fails(http_server, tmp_path):

@@ -24,14 +24,7 @@ from typing import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
 
-# Metric names (one place, so rules in include/ and dashboards can be checked against them).
-LAST_SUCCESS = "backup_verification_last_success_timestamp_seconds"
-LAST_RUN = "backup_verification_last_run_timestamp_seconds"
-STATUS = "backup_verification_status"
-PROBLEMS = "backup_verification_problems"
-AGE = "backup_age_seconds"
-SIZE = "backup_size_bytes"
-LOG_PROBLEMS = "backup_log_problems"
+from backupkit import metric_names as names
 
 
 class MetricSet:
@@ -114,6 +107,7 @@ class SourceStatus:
     problems: int
     age_seconds: float | None = None  # newest backup's age; None when there is no backup
     size_bytes: int | None = None  # newest backup's size
+    max_age_seconds: float | None = None  # the source's thresholds.max_age_hours
 
 
 class LastSuccessStore:
@@ -156,13 +150,14 @@ def verification_metrics(statuses: Iterable[SourceStatus], *, now: float,
     """
     last_success = dict(last_success or {})
     m = MetricSet()
-    m.gauge(LAST_RUN, "Unix time of the last verification run (whatever its outcome)").set(now)
-    status = m.gauge(STATUS, "1 if every check of the source passed in the last run, else 0", ["source"])
-    problems = m.gauge(PROBLEMS, "Number of failed checks of the source in the last run", ["source"])
-    last = m.gauge(LAST_SUCCESS, "Unix time of the last run in which every check of the source passed",
-                   ["source"])
-    age = m.gauge(AGE, "Age of the newest backup of the source, in seconds", ["source"])
-    size = m.gauge(SIZE, "Size of the newest backup of the source, in bytes", ["source"])
+
+    def gauge(name: str, labels: Iterable[str] = ("source",)) -> Gauge:
+        return m.gauge(name, names.help_of(name), labels)
+
+    gauge(names.VERIFICATION_LAST_RUN, ()).set(now)
+    status, problems = gauge(names.VERIFICATION_STATUS), gauge(names.VERIFICATION_PROBLEMS)
+    last, age, size = gauge(names.VERIFICATION_LAST_SUCCESS), gauge(names.AGE), gauge(names.SIZE)
+    max_age = gauge(names.MAX_AGE)
     for s in statuses:
         status.labels(source=s.source).set(1 if s.ok else 0)
         problems.labels(source=s.source).set(s.problems)
@@ -173,13 +168,13 @@ def verification_metrics(statuses: Iterable[SourceStatus], *, now: float,
             age.labels(source=s.source).set(s.age_seconds)
         if s.size_bytes is not None:
             size.labels(source=s.source).set(s.size_bytes)
+        if s.max_age_seconds is not None:
+            max_age.labels(source=s.source).set(s.max_age_seconds)
     if log_problems:
-        lp = m.gauge(LOG_PROBLEMS, "Problems (ERROR lines, missing or unreadable file) in the backup log "
-                     "since the last run", ["log"])
+        lp = gauge(names.LOG_PROBLEMS, ("log",))
         for name, count in sorted(log_problems.items()):
             lp.labels(log=name).set(count)
     return m
 
 
-__all__ = ["MetricSet", "SourceStatus", "LastSuccessStore", "verification_metrics", "LAST_SUCCESS", "LAST_RUN",
-           "STATUS", "PROBLEMS", "AGE", "SIZE", "LOG_PROBLEMS"]
+__all__ = ["MetricSet", "SourceStatus", "LastSuccessStore", "verification_metrics"]

@@ -30,6 +30,20 @@ ERROR_RE = re.compile(r"\b(?:ERROR|FATAL|CRITICAL|PANIC)\b|\berror:")
 WARNING_RE = re.compile(r"\bWARN(?:ING)?\b|\bwarning:")
 
 
+
+LOGS = "logs"  # the "source" part of every log result's artifact name
+
+
+def log_artifact(name: str) -> str:
+    """The artifact name of the results about backup log ``name``: ``logs/NAME``."""
+    return f"{LOGS}/{name}"
+
+
+def log_of(artifact: str) -> str | None:
+    """The log name of a log result's artifact, None for any other artifact."""
+    head, sep, name = artifact.partition("/")
+    return name if head == LOGS and sep else None
+
 def _classify(line: str) -> str | None:
     if ERROR_RE.search(line):
         return "ERROR"
@@ -39,7 +53,7 @@ def _classify(line: str) -> str | None:
 
 
 def _scan_one(log: LogSource, prev: dict | None) -> tuple[list[CheckResult], dict | None]:
-    art = f"logs/{log.name}"
+    art = log_artifact(log.name)
     try:
         st = os.stat(log.path)
     except FileNotFoundError:

@@ -19,9 +19,10 @@ from typing import Iterator
 from backupkit import clock
 from backupkit.catalog import Catalog, local_backups
 from backupkit.checks.freshness import check_freshness
-from backupkit.checks.logs import scan_logs
+from backupkit.checks.logs import LOGS, log_of, scan_logs
 from backupkit.checks.s3copy import s3_copy_report
 from backupkit.config import Config, Source
+from backupkit.metrics import LastSuccessStore, MetricSet, SourceStatus, verification_metrics
 from backupkit.model import Backup, CheckResult, backup_id, source_of
 from backupkit.state import FileIdentity, VerificationState
 from backupkit.storage.localfs import read_sidecar
@@ -201,7 +202,7 @@ def _merge_dir_reports(artifact: str, reports: list) -> list[CheckResult]:
 def check_logs(config: Config, state: VerificationState | None = None) -> list[dict]:
     """ERROR/WARNING lines of the configured backup logs since the last run."""
     if not config.logs:
-        return [CheckResult("logs", "log", True, "no backup logs configured").to_dict()]
+        return [CheckResult(LOGS, "log", True, "no backup logs configured").to_dict()]
     with _state(config, state) as st:
         results, offsets = scan_logs(config.logs, st.load_log_offsets())
         st.save_log_offsets(offsets)
@@ -219,6 +220,36 @@ def latest_backup(config: Config, source_name: str, now: datetime | None = None)
     age = (_now(now) - b.timestamp).total_seconds() / 3600
     return {"name": b.name, "timestamp": b.timestamp.isoformat(), "age_hours": round(age, 2),
             "size": b.size, "local_path": str(b.path), "count": len(backups)}
+
+
+# -- metrics -----------------------------------------------------------------------------
+def source_statuses(config: Config, results: Iterable[CheckResult | dict], source_names: Iterable[str],
+                    now: datetime) -> list[SourceStatus]:
+    """What this run found per source: ok, problem count, newest backup's age and size, max age."""
+    rows = [_as_dict(r) for r in results]
+    statuses = []
+    for name in source_names:
+        problems = sum(1 for r in rows if not r["ok"] and source_of(r["artifact"]) == name)
+        latest = latest_backup(config, name, now)
+        age = (now - datetime.fromisoformat(latest["timestamp"])).total_seconds() if latest else None
+        statuses.append(SourceStatus(name, ok=problems == 0, problems=problems, age_seconds=age,
+                                     size_bytes=latest["size"] if latest else None,
+                                     max_age_seconds=config.source(name).thresholds.max_age_hours * 3600))
+    return statuses
+
+
+def run_metrics(config: Config, results: Iterable[CheckResult | dict], source_names: Iterable[str], *,
+                now: datetime) -> MetricSet:
+    """This run's gauges (every source's status and last success, newest backup, log problems)."""
+    rows = [_as_dict(r) for r in results]
+    statuses = source_statuses(config, rows, source_names, now)
+    log_problems: dict[str, int] = {lg.name: 0 for lg in config.logs}
+    for r in rows:
+        name = log_of(r["artifact"])
+        if name is not None and not r["ok"]:
+            log_problems[name] = log_problems.get(name, 0) + 1
+    last_success = LastSuccessStore(config.state.metrics_values("daily")).update(statuses, now.timestamp())
+    return verification_metrics(statuses, now=now.timestamp(), last_success=last_success, log_problems=log_problems)
 
 
 # -- the verdict -------------------------------------------------------------------------
