@@ -1,7 +1,8 @@
 """Weekly backup maintenance: the runbook's Sunday review (10:00 UTC) as an Airflow DAG.
 
 Parse time reads only the configuration file; every listing, log read and S3 request
-happens in the tasks. The analysis itself is :mod:`backupkit.reports.weekly`.
+happens in the tasks. The analysis itself is :mod:`backupkit.jobs.weekly`, the rendering
+:mod:`backupkit.reports.weekly`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from backupkit import clock
 from backupkit import metric_names as names
 from backupkit.config import Config
 from backupkit.metrics import MetricSet
-from backupkit.reports import weekly
+from backupkit.jobs import weekly
+from backupkit.reports.weekly import weekly_doc
 from backupkit.reports.render import publish_files, report_prefix
 
 log = logging.getLogger(__name__)
@@ -162,7 +164,7 @@ def backup_weekly_maintenance():
         report_date = _report_date(context)
         prefix = report_prefix(config.reports.prefix, "weekly", report_date)
         location = f"s3://{config.bucket}/{prefix}report.md"
-        doc = weekly.weekly_doc(report_date=report_date, location=location, **sections)
+        doc = weekly_doc(report_date=report_date, location=location, **sections)
         problems, warnings = weekly.findings(sections)
         where = publish_files(doc.files(), bucket=bucket(config),
                               prefix=prefix, sse=config.reports.sse_algorithm,

@@ -91,13 +91,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from backupkit.catalog import local_backups, s3_key_for
 from backupkit.config import Config, Source
 from backupkit.reports.render import Doc, human_bytes
-from backupkit.reports.weekly import (
-    MAX_LISTED,
-    bucket_encryption,
-    public_grants,
-    s3_backup_sizes,
-    scan_objects,
-)
+from backupkit.history import s3_backup_sizes
+from backupkit.reports.weekly import MAX_LISTED
 from backupkit.retention.plan import Candidate, plan_retention
 from backupkit.retention.policy import (
     CALENDAR_RULES,
@@ -108,6 +103,7 @@ from backupkit.retention.policy import (
     rule_counts,
 )
 from backupkit.state import VerificationState
+from backupkit.storage.inspect import bucket_encryption, public_grants, scan_objects
 from backupkit.storage.objectstore import Bucket
 from backupkit.storage.statedir import StateDir
 

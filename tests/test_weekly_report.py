@@ -11,10 +11,13 @@ import pytest
 
 from _reports_helpers import utc, write_config
 from backupkit import clock
-from backupkit.reports import weekly
+from backupkit import history
+from backupkit.jobs import weekly
+from backupkit.storage import inspect
 from backupkit.storage.objectstore import Bucket
 from backupkit.reports.render import Doc, bar_chart, human_bytes, line_chart
-from backupkit.reports.weekly import GIB, BackupPoint, find_anomalies
+from backupkit.history import GIB, BackupPoint, find_anomalies
+from backupkit.reports.weekly import weekly_doc
 from sandbox.s3server import s3_client
 from backupkit.state import VerificationState
 
@@ -129,14 +132,14 @@ def test_logs_before_since_are_skipped_and_companions_are_not_backups(config):
     log.write_text(log_line(NOW - timedelta(days=40), "ERROR", "pg_dump: old failure source=db")
                    + log_line(NOW - timedelta(days=1), "ERROR", "pg_dump: connection refused source=db")
                    + "a line without a timestamp ERROR\n")
-    completed, events, notes = weekly.read_backup_logs(config, NOW - timedelta(days=7))
+    completed, events, notes = history.read_backup_logs(config, NOW - timedelta(days=7))
     assert completed == {} and notes == []
     assert [(e.level, e.source, e.message) for e in events] == [
         ("ERROR", "db", "pg_dump: connection refused source=db")]
     db = config.source("db")
     [p] = write_backups(db, nights(1))
     p.with_name(p.name + ".sha256").write_text("x")
-    assert [b.name for b in weekly.backup_points(db)] == [p.name]
+    assert [b.name for b in history.backup_points(db)] == [p.name]
 
 
 # -- failure pattern ---------------------------------------------------------------------------------
@@ -164,7 +167,7 @@ def test_failure_pattern_by_weekday_source_and_error(config):
                            + [("log error", "db", nights(28)[3].date().isoformat()),
                               ("log error", "db", nights(28)[12].date().isoformat()),
                               ("verification failed", "db", bad.date().isoformat())])
-    weekday = weekly.WEEKDAYS[missing[0].weekday()]
+    weekday = history.WEEKDAYS[missing[0].weekday()]
     assert out["by_weekday"][weekday]["missing backup"] == 2
     assert out["by_source"] == {"db": {"missing backup": 2, "log error": 2, "verification failed": 1}}
     top = out["top_errors"][0]  # the two connection errors differ only in numbers: one signature
@@ -174,10 +177,10 @@ def test_failure_pattern_by_weekday_source_and_error(config):
 
 def test_missing_nights_ignore_today_and_days_before_the_first_backup():
     pts = [BackupPoint("s", str(i), ts, 1, 1.0, "local") for i, ts in enumerate(nights(5, skip=(2,)))]
-    assert weekly.missing_nights(pts, since=NOW - timedelta(days=30), now=NOW) == [nights(5)[2].date()]
+    assert history.missing_nights(pts, since=NOW - timedelta(days=30), now=NOW) == [nights(5)[2].date()]
     hourly = [BackupPoint("s", str(i), NOW - timedelta(hours=i), 1, 1.0, "local") for i in range(48) if i != 5]
-    assert weekly.missing_nights(hourly, since=NOW - timedelta(days=3), now=NOW) == []
-    assert [s.hour for s in weekly.missing_slots(hourly, since=NOW - timedelta(days=3))] == [
+    assert history.missing_nights(hourly, since=NOW - timedelta(days=3), now=NOW) == []
+    assert [s.hour for s in history.missing_slots(hourly, since=NOW - timedelta(days=3))] == [
         (NOW - timedelta(hours=5)).hour]
 
 
@@ -269,9 +272,9 @@ def test_encryption_report_lists_objects_without_the_configured_encryption(s3, c
                                "1 backup object(s) encrypted with another kind than AES256: files/kms.tar.gz (aws:kms)"]
     s3.put_bucket_encryption(Bucket="unit-backups", ServerSideEncryptionConfiguration={
         "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]})
-    assert weekly.bucket_encryption(Bucket(s3, "unit-backups"), "AES256")["ok"] is False
-    assert weekly.bucket_encryption(Bucket(s3, "unit-backups"), "aws:kms")["ok"] is True
-    assert weekly.sse_matches("aws:kms:dsse", "aws:kms") and not weekly.sse_matches("AES256", "aws:kms")
+    assert inspect.bucket_encryption(Bucket(s3, "unit-backups"), "AES256")["ok"] is False
+    assert inspect.bucket_encryption(Bucket(s3, "unit-backups"), "aws:kms")["ok"] is True
+    assert inspect.sse_matches("aws:kms:dsse", "aws:kms") and not inspect.sse_matches("AES256", "aws:kms")
     assert weekly.encryption_report(config, Bucket(s3, config.bucket), scan=False)["objects"] is None
 
 
@@ -281,7 +284,7 @@ def test_encryption_scan_reads_every_page(s3, config):
     for k in keys:
         s3.put_object(Bucket="unit-backups", Key=k, Body=b"x", ServerSideEncryption="AES256")
     s3.put_object(Bucket="unit-backups", Key="db/zz-last.dump", Body=b"x")
-    out = weekly.scan_objects(Bucket(s3_client(s3.meta.endpoint_url), "unit-backups"), ["db/"], "AES256", workers=3)
+    out = inspect.scan_objects(Bucket(s3_client(s3.meta.endpoint_url), "unit-backups"), ["db/"], "AES256", workers=3)
     assert out["objects"] == 16 and out["by_algorithm"] == {"AES256": 15, "none": 1}
     assert out["unencrypted"] == ["db/zz-last.dump"]
 
@@ -291,7 +294,7 @@ def test_report_renders_markdown_html_and_well_formed_svg(config):
     write_backups(config.source("db"), nights(30), size=lambda i, ts: 300 if i == 29 else 1000)
     trends = weekly.collect_trends(config, now=NOW)
     failures = weekly.failure_pattern(config, now=NOW)
-    doc = weekly.weekly_doc(report_date=NOW.date(), trends=trends, failures=failures, storage=None,
+    doc = weekly_doc(report_date=NOW.date(), trends=trends, failures=failures, storage=None,
                             encryption=None, location="s3://unit-backups/reports/weekly/2026-11-29/report.md")
     md = doc.markdown()
     assert md.startswith("# Weekly backup review 2026-11-29\n")
@@ -336,7 +339,7 @@ def test_scan_counts_everything_but_keeps_a_bounded_list(s3, config, monkeypatch
     s3.create_bucket(Bucket="unit-backups")
     for i in range(7):
         s3.put_object(Bucket="unit-backups", Key=f"db/plain-{i}.dump", Body=b"x")
-    monkeypatch.setattr(weekly, "MAX_KEPT", 3)
+    monkeypatch.setattr(inspect, "MAX_KEPT", 3)
     out = weekly.encryption_report(config, Bucket(s3, config.bucket))
     assert out["objects"]["counts"]["unencrypted"] == 7 and len(out["objects"]["unencrypted"]) == 3
     assert out["problems"][1].startswith("7 backup object(s) without server-side encryption: db/plain-0.dump")
