@@ -271,3 +271,27 @@ def test_stored_checksums_reads_aws_and_moto_shapes():
     assert not single["SHA256"].composite and single["SHA256"].parts is None
     crc = stored_checksums({"ChecksumCRC64NVME": "AAAAAAAAAAA=", "ChecksumType": "FULL_OBJECT", "ETag": '"x-9"'})
     assert not crc["CRC64NVME"].composite
+
+
+def test_multipart_full_object_crc64nvme_is_compared_without_a_part_layout(s3, bucket, multipart_file, tmp_path):
+    """CRC64NVME is a full-object checksum whatever the part layout (awscrt is pinned: moto stores it)."""
+    key = "database/mp-crc64.dump"
+    s3.upload_file(str(multipart_file), bucket, key, ExtraArgs={"ChecksumAlgorithm": "CRC64NVME"},
+                   Config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB))
+    assert "ChecksumCRC64NVME" in s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    rep = _report(s3, bucket, key, multipart_file, _sha(multipart_file))
+    assert rep.ok and rep.method == "crc64nvme" and rep.body_bytes_read == 0, rep.results
+    assert "full-object CRC64NVME matches" in _by_check(rep.results)["s3_checksum"].detail
+    local = tmp_path / "big.dump"
+    local.write_bytes(multipart_file.read_bytes())
+    _flip(local, 7 * MiB)
+    bad = _report(s3, bucket, key, local, _sha(local))
+    assert not bad.ok and "full-object CRC64NVME differs" in _by_check(bad.results)["s3_checksum"].detail
+
+
+def test_the_strongest_evidence_wins_when_several_are_stored(s3, bucket, tmp_path):
+    """SHA-256 before CRC before MD5: a single-part SHA-256 is compared without reading anything."""
+    path = _write(tmp_path / "both.dump", 100_000, seed=21)
+    s3.put_object(Bucket=bucket, Key="database/both.dump", Body=path.read_bytes(), ChecksumAlgorithm="SHA256")
+    rep = _report(s3, bucket, "database/both.dump", path, _sha(path))
+    assert rep.method == "sha256" and rep.local_bytes_read == 0 and rep.body_bytes_read == 0
