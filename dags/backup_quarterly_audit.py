@@ -155,8 +155,9 @@ def backup_quarterly_audit():
                               local_dir=config.state.report_dir("audit", report_date.isoformat()),
                               sse=config.reports.sse_algorithm)
         ti.xcom_push(key="report_location", value=where["uri"])
-        log.info("Audit report written to %s (HTML: %s, local copy: %s)\n\n%s", where["uri"], where["html"],
-                 where["local"], doc.markdown())
+        # The verdict first (one line per control); the evidence is in the report, not the log.
+        log.info("%s\n\nFull report with every control's evidence: %s (HTML: %s, local copy: %s)",
+                 audit.verdict_text(controls, missing=missing), where["uri"], where["html"], where["local"])
         result = {**where, "summary": summary, "missing": missing}
         not_evaluated = [m.split(" ", 1)[0] for m in missing]
         problems = summary["problems"] + [{"artifact": task_id, "check": "audit", "ok": False, "detail": m}

@@ -361,6 +361,23 @@ def test_summary_and_report():
         Control("a", "b", "c", "d", "maybe", "e")
 
 
+def test_the_log_opens_with_the_verdict_and_one_line_per_control():
+    """Issue 12: a tired on-call reads the verdict first, failures on top, not 1,100 lines of evidence."""
+    long = "past the policy but held " * 40
+    controls = [Control("coverage.x", "coverage", "X", "M", "pass", "fine", [long] * 200),
+                Control("security.y", "security", "Y", "M", "fail", "bad\nworse"),
+                Control("security.z", "security", "Z", "M", "info", long)]
+    text = audit.verdict_text(controls, missing=["audit_retention did not finish"])
+    lines = text.splitlines()
+    assert lines[0] == "AUDIT FAILED: 1 passed, 1 failed, 1 informational, 1 not evaluated, of 4 controls"
+    rows = lines[3:]
+    assert rows[0].split()[:2] == ["FAIL", "security.y"] and "bad worse" in rows[0]
+    assert [r.split()[0] for r in rows[:3]] == ["FAIL", "PASS", "INFO"]
+    assert rows[-1].endswith("audit_retention did not finish")
+    assert len(lines) == 3 + 4 and all(len(line) < 200 for line in lines)  # no evidence in the log
+    assert audit.verdict_text(controls[:1]).startswith("AUDIT PASSED: 1 passed, 0 failed")
+
+
 def test_config_defaults_and_validation(tmp_path, monkeypatch):
     from backupkit.config import ConfigError
 

@@ -832,6 +832,23 @@ def audit_summary(controls: Sequence[Control | Mapping[str, Any]]) -> dict:
             "problems": [{"artifact": c.id, "check": "audit", "ok": False, "detail": c.summary} for c in failed]}
 
 
+def verdict_text(controls: Sequence[Control | Mapping[str, Any]], *, missing: Sequence[str] = ()) -> str:
+    """What the task log opens with: the verdict, then one line per control (failures first)."""
+    cs = [c if isinstance(c, Control) else Control.from_dict(c) for c in controls]
+    s = audit_summary(cs)
+    verdict = "FAILED" if (s["failed"] or missing) else "PASSED"
+    lines = [f"AUDIT {verdict}: {s['passed']} passed, {len(s['failed'])} failed, {s['info']} informational, "
+             f"{len(missing)} not evaluated, of {s['total'] + len(missing)} controls", ""]
+    order = {"fail": 0, "pass": 1, "info": 2}
+    width = max([len(c.id) for c in cs] + [len("CONTROL")])
+    lines.append(f"{'STATUS':<6}  {'CONTROL':<{width}}  SUMMARY")
+    for c in sorted(cs, key=lambda c: (order.get(c.status, 3), AREAS.index(c.area) if c.area in AREAS else 99, c.id)):
+        summary = " ".join(c.summary.split())
+        lines.append(f"{c.status.upper():<6}  {c.id:<{width}}  {summary[:160]}{'...' if len(summary) > 160 else ''}")
+    lines += [f"{'-':<6}  {m}" for m in missing]
+    return "\n".join(lines)
+
+
 def audit_doc(controls: Sequence[Control | Mapping[str, Any]], *, report_date: date, bucket: str,
               location: str | None = None, missing: Sequence[str] = ()) -> Doc:
     """The control-by-control report: summary table, then each control with its evidence."""
@@ -863,7 +880,7 @@ def audit_doc(controls: Sequence[Control | Mapping[str, Any]], *, report_date: d
     return doc
 
 
-__all__ = ["Control", "coverage_databases", "coverage_file_paths", "last_recovery_point", "backup_index",
+__all__ = ["verdict_text", "Control", "coverage_databases", "coverage_file_paths", "last_recovery_point", "backup_index",
            "retention_controls", "policy_gaps", "age_distribution", "overdue_backups", "security_controls",
            "denies_insecure_transport", "restore_tests_control", "dr_drill_control", "read_jsonl", "audit_summary",
            "audit_doc", "archive_members", "newest_verified", "record_restore_tests", "record_dr_drill",
