@@ -97,6 +97,8 @@ def check_integrity(config: Config, source_name: str, now: datetime | None = Non
                 results.extend(res)
                 continue
             res = list(report.results)
+            if report.ok:
+                res += source.kind_impl.content_checks(source, b.path, key)
             if (prev is not None and prev.ok and prev.size == b.size and prev.sha256 and report.sha256
                     and prev.sha256 != report.sha256):
                 res.append(CheckResult(key, "sha256_history", False,

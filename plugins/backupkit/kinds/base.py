@@ -8,9 +8,11 @@ branch on ``source.kind`` themselves.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from backupkit.config.reader import Reader
+from backupkit.model import CheckResult
 
 
 class SourceKind:
@@ -34,6 +36,10 @@ class SourceKind:
     def expected_format(self, source: Any) -> str | None:
         """The artifact kind the verification expects (``backupkit.checks.detect`` names), or None for any."""
         return None
+
+    def content_checks(self, source: Any, path: Path, artifact: str) -> list[CheckResult]:
+        """Checks of what the backup holds beyond its format (run after the format check); none by default."""
+        return []
 
     def coverage_paths(self, source: Any) -> tuple[str, ...]:
         """Paths the newest backup must contain (the audit's coverage control); none by default."""
