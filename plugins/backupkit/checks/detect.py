@@ -25,12 +25,14 @@ DESCRIPTIONS = {
 # A configured dump_format (config.Source) and the kinds of content that are that format.
 FORMAT_KINDS = {"custom": {"pg_custom"}, "tar": {"pg_tar", "pg_tar_gzip"}, "directory": {"pg_directory"},
                 "plain": {"sql", "sql_gzip", "sql_zstd", "sql_lz4"}, "files": {"tar", "tar_gzip"}}
-# Name suffixes, longest first; a name may also be satisfied by a compatible kind (a .tar.gz
-# can hold pg_dump -Ft | gzip).
+# Name suffixes, longest first. A name is judged by family: the restore reads the content
+# within a family (gzip or not, pg_dump -Ft or a file set), but a custom dump, plain SQL and
+# a tar archive each need another tool.
 _HINTS = ((".tar.gz", "tar_gzip"), (".tgz", "tar_gzip"), (".sql.gz", "sql_gzip"), (".sql.zst", "sql_zstd"),
           (".sql.lz4", "sql_lz4"), (".sql", "sql"), (".dump", "pg_custom"), (".backup", "pg_custom"),
           (".tar", "tar"))
-_COMPATIBLE = {"tar": {"tar", "pg_tar"}, "tar_gzip": {"tar_gzip", "pg_tar_gzip"}}
+FAMILIES = ({"pg_custom"}, {"sql", "sql_gzip", "sql_zstd", "sql_lz4"}, {"tar", "tar_gzip", "pg_tar", "pg_tar_gzip"},
+            {"pg_directory"})
 
 GZIP, ZSTD, LZ4 = b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18"
 _OTHER_COMPRESSIONS = ((b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x89LZO", "lzop"), (b"\x5d\x00\x00", "lzma"))
@@ -52,7 +54,7 @@ def mismatch(kind: str, name: str, configured: str | None = None) -> str | None:
     if configured and kind not in FORMAT_KINDS.get(configured, {kind}):
         return f"content is {what}, but the source is configured as {configured!r}"
     hint = name_hint(name)
-    if hint and kind not in _COMPATIBLE.get(hint, {hint}):
+    if hint and not any(hint in f and kind in f for f in FAMILIES):
         return f"content is {what}, but the name says {DESCRIPTIONS[hint]}: a restore that trusts the name would fail"
     return None
 
