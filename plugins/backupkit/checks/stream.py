@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import queue
+import threading
 import zlib
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 CHUNK = 1 << 20
 # Errors a damaged gzip stream raises: truncation is EOFError, the rest are corruption.
@@ -67,6 +69,20 @@ class Tap:
         self._pos += len(out)
         return out
 
+    def read_block(self) -> bytes:
+        """Whatever is buffered, else the next chunk of the file (b"" at its end).
+
+        For parsers that keep their own position: no size is asked for, so nothing is
+        copied twice.
+        """
+        if self._pos >= len(self._buf):
+            self._buf, self._pos = b"", 0
+            if not self._pull():
+                return b""
+        out = self._buf[self._pos:] if self._pos else self._buf
+        self._buf, self._pos = b"", 0
+        return out
+
     def drain(self) -> None:
         """Pull the rest of the file through the hasher and sinks, keeping nothing."""
         self._buf, self._pos = b"", 0
@@ -88,3 +104,99 @@ def read_to_end(stream: BinaryIO) -> None:
     """Consume ``stream`` (for gzip: its CRC and length trailer are checked at the end)."""
     while stream.read(CHUNK):
         pass
+
+
+class StreamProblem(Exception):
+    """A compressed file is damaged or cut short; the message is the verdict."""
+
+
+def _members(compression: str, out: Callable[[bytes], None]):
+    """A decoder of consecutive members/frames (``cat a.gz b.gz`` is one valid gzip file)."""
+    from backupkit.checks.blocks import FILE_DECODERS, BlockProblem
+
+    make = FILE_DECODERS[compression]
+
+    class Members:
+        def __init__(self) -> None:
+            self.current = make(out)
+            self.members = 1
+
+        def feed(self, data: bytes) -> None:
+            while data:
+                try:
+                    self.current.feed(data)
+                    return
+                except BlockProblem as exc:
+                    rest = _rest_after_end(self.current, data)
+                    if rest is None:
+                        detail = str(exc).removeprefix(f"{compression} data corrupt: ")
+                        raise StreamProblem(f"{compression} stream corrupt: {detail}") from None
+                    self.current, self.members, data = make(out), self.members + 1, rest
+
+        def finish(self) -> None:
+            try:
+                self.current.finish()
+            except BlockProblem:
+                raise StreamProblem(f"{compression} stream truncated (it ends inside member "
+                                    f"{self.members})") from None
+
+    return Members()
+
+
+def _rest_after_end(decoder, data: bytes) -> bytes | None:
+    """The input after the end of a finished member (the next member), or None when the
+    decoder failed for another reason."""
+    d = getattr(decoder, "d", None)
+    if getattr(decoder, "state", None) == "done":
+        return decoder.pending or data
+    if d is not None and getattr(d, "eof", False):
+        return d.unused_data or data
+    return None
+
+
+def decoded_pieces(tap: Tap, compression: str | None, *, queued: int = 8) -> Iterator[bytes]:
+    """The decoded content of the file behind ``tap``, read, hashed and inflated on a thread.
+
+    The parser consuming the pieces runs alongside (zlib, isal, lz4 and zstd release the
+    GIL), at most ``queued`` pieces of up to 4 MiB wait in between. A damaged or
+    truncated stream raises :class:`StreamProblem` where the consumer reads.
+    """
+    out: queue.Queue = queue.Queue(maxsize=queued)
+    stop = threading.Event()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def work() -> None:
+        try:
+            decoder = _members(compression, put) if compression else None
+            while not stop.is_set() and (block := tap.read_block()):
+                if decoder is None:
+                    put(block)
+                else:
+                    decoder.feed(block)
+            if decoder is not None and not stop.is_set():
+                decoder.finish()
+            put(None)
+        except BaseException as exc:  # handed to the consumer, never lost in the thread
+            put(exc)
+
+    thread = threading.Thread(target=work, name="decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if item:
+                yield item
+    finally:
+        stop.set()
+        thread.join()

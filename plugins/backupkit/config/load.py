@@ -395,6 +395,7 @@ def load_config(path: str | Path | None = None) -> Config:
     reread = ver.non_negative("reread_fraction", float, REREAD_FRACTION)
     if reread > 1:
         raise ConfigError(file, "verification.reread_fraction", f"must be between 0 and 1, got {reread}")
+    workers = ver.non_negative("workers", int, 0)
     ver.reject_unknown()
 
     al = top.child("alerting")
@@ -412,7 +413,7 @@ def load_config(path: str | Path | None = None) -> Config:
     drill = _drill(top.child("drill"))
     top.reject_unknown()
     return Config(path=file, bucket=bucket_name, aws_conn_id=aws_conn_id, sources=tuple(sources),
-                  logs=tuple(logs), state_dir=state_dir, reread_fraction=reread, alerting=alerting,
+                  logs=tuple(logs), state_dir=state_dir, reread_fraction=reread, verification_workers=workers, alerting=alerting,
                   pushgateway_url=pushgateway, hold_list=hold_list, restore=restore,
                   reports=reports, drill=drill)
 

@@ -274,6 +274,8 @@ class Config:
     logs: tuple[LogSource, ...] = ()
     state_dir: Path = Path("/var/lib/backupkit")
     reread_fraction: float = REREAD_FRACTION
+    # Threads that decode a custom dump's data blocks; 0 = the cores the process may use.
+    verification_workers: int = 0
     alerting: Alerting = field(default_factory=Alerting)
     pushgateway_url: str | None = None
     hold_list: tuple[str, ...] = ()

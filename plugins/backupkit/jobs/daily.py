@@ -72,7 +72,7 @@ def check_presence(config: Config, source_name: str, now: datetime | None = None
 def check_integrity(config: Config, source_name: str, now: datetime | None = None,
                     state: VerificationState | None = None) -> list[dict]:
     """Read new backups, failed ones and the rolling share of the rest in full; remember the outcome."""
-    from backupkit.verify import verify_artifact  # the engine; imported late to keep this module light
+    from backupkit.verify import VerifyOptions, configured_format, verify_artifact  # imported late: a light module
 
     now = _now(now)
     source = config.source(source_name)
@@ -90,7 +90,8 @@ def check_integrity(config: Config, source_name: str, now: datetime | None = Non
             if prev is None or not prev.unchanged(ident) or not prev.ok:
                 fresh += 1
             try:
-                report = verify_artifact(b.path, label=key)
+                report = verify_artifact(b.path, label=key, configured_format=configured_format(source),
+                                         options=VerifyOptions(workers=config.verification_workers))
             except Exception as exc:  # one unreadable backup must not hide the others
                 res = [CheckResult(key, "integrity", False, f"verification could not run: {exc}")]
                 st.record(key, None, ident, False, now, res[0].detail)
