@@ -33,8 +33,8 @@ def default_workers() -> int:
 
 
 def configured_format(source) -> str:
-    """The format a configured source's backups must have (see detect.FORMAT_KINDS)."""
-    return (source.dump_format or "custom") if source.is_database else "files"
+    """The format a configured source's backups must have (see detect.FORMAT_KINDS), as its kind says."""
+    return source.kind_impl.expected_format(source)
 
 
 @dataclass(frozen=True)

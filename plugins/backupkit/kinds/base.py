@@ -33,9 +33,10 @@ class SourceKind:
         """The kind's own keys of one source (common keys are read by the loader)."""
         raise NotImplementedError
 
-    def expected_format(self, source: Any) -> str | None:
-        """The artifact kind the verification expects (``backupkit.checks.detect`` names), or None for any."""
-        return None
+    def expected_format(self, source: Any) -> str:
+        """The format the verification holds this source's backups to: a key of
+        :data:`backupkit.checks.detect.FORMAT_KINDS` ("custom", "plain", ..., "files")."""
+        return "files"
 
     def content_checks(self, source: Any, path: Path, artifact: str) -> list[CheckResult]:
         """Checks of what the backup holds beyond its format (run after the format check); none by default."""

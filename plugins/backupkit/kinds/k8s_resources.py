@@ -39,9 +39,6 @@ class KubernetesResourcesKind(SourceKind):
                 raise ConfigError(r.file, f"{r.at('schema_versions')}[{i}]", f"expected a minor version like 1.36, got {v!r}")
         return KubernetesResourcesSpec(schema_versions=tuple(versions))
 
-    def expected_format(self, source) -> str | None:
-        return "tar_gzip"
-
     def content_checks(self, source, path: Path, artifact: str) -> list[CheckResult]:
         if path.is_dir():
             return [CheckResult(artifact, "k8s_manifests", False, "a directory, not a manifest archive")]

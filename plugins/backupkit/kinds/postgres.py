@@ -13,10 +13,6 @@ from backupkit.config.reader import ConfigError, Reader
 from backupkit.config.schema import DUMP_FORMATS, RestoreExpectations
 from backupkit.kinds.base import SourceKind
 
-# What backupkit.checks.detect reports for each configured dump format.
-EXPECTED_FORMAT = {"custom": "pg_custom", "tar": "pg_tar", "directory": "pg_directory", "plain": None}
-
-
 @dataclass(frozen=True)
 class DatabaseSpec:
     dump_format: str
@@ -53,11 +49,10 @@ class PostgresKind(SourceKind):
         return DatabaseSpec(dump_format=fmt, conn_id=r.get("conn_id", str, DatabaseSpec.conn_id),
                             database=r.get("database", str, None), restore=_restore(r.child("restore")))
 
-    def expected_format(self, source) -> str | None:
-        fmt = source.spec.dump_format
-        return EXPECTED_FORMAT.get(fmt)
+    def expected_format(self, source) -> str:
+        return source.spec.dump_format
 
 
 KIND = PostgresKind()
 
-__all__ = ["KIND", "DatabaseSpec", "PostgresKind", "EXPECTED_FORMAT"]
+__all__ = ["KIND", "DatabaseSpec", "PostgresKind"]
