@@ -143,3 +143,83 @@ def test_the_json_report_names_future_backups(capsys, tmp_path, s3, bucket, moto
     report = json.loads(capsys.readouterr().out)
     assert code == 1 and report["future"] == planted and report["counts"]["future"] == 1
     assert s3_keys(config, s3) >= all_files_of(planted) and local_files(config) >= all_files_of(planted)
+
+
+# --- lock what you keep (issue 13) -----------------------------------------------------------
+
+def lock_history(now: datetime) -> list[datetime]:
+    """The last 9 nights, and the 28th of each of the 14 months before (the real clock: S3
+    refuses a retain-until in the past)."""
+    today = now.replace(hour=2, minute=0, second=0, microsecond=0)
+    nights = [today - timedelta(days=i) for i in range(1, 10)]
+    months, first = [], today.replace(day=1)
+    for _ in range(14):
+        first = (first - timedelta(days=1)).replace(day=1)
+        months.append(first.replace(day=28))
+    return sorted({t for t in nights + months if t < nights[-1] or t in nights})
+
+
+def first_drop(policy, history: list[datetime], name: str, now: datetime) -> datetime:
+    """When the policy first drops ``name``, backups continuing every night (the plan alone)."""
+    from _retention_sweep_helpers import name_for
+    from backupkit.retention import Candidate, plan_retention
+
+    stamps = list(history)
+    day = now.replace(hour=2, minute=0, second=0, microsecond=0)
+    while True:
+        day += timedelta(days=1)
+        stamps.append(day)
+        cands = [Candidate(name_for(t), t, "passed") for t in stamps]
+        if plan_retention(cands, policy, now=day + timedelta(hours=6)).decision(name).action == "delete":
+            return day + timedelta(hours=6)
+
+
+def test_a_monthly_backup_kept_for_12_months_is_locked_until_the_policy_drops_it(tmp_path, s3, bucket, now):
+    from _retention_sweep_helpers import name_for
+
+    config = write_config(tmp_path, keep_daily=3, keep_weekly=0, keep_monthly=12, lock_kept="governance")
+    history = lock_history(now)
+    make_history(config, s3, history)
+    prev_month = (now.replace(day=1) - timedelta(days=1))
+    monthly = name_for(max(t for t in history if (t.year, t.month) == (prev_month.year, prev_month.month)))
+    two_back = prev_month.replace(day=1) - timedelta(days=1)
+    preset = name_for(max(t for t in history if (t.year, t.month) == (two_back.year, two_back.month)))
+    # ... kept too, and already locked longer, in COMPLIANCE
+    far = now.replace(microsecond=0) + timedelta(days=3000)
+    s3.put_object_retention(Bucket=bucket, Key=PREFIX + preset, Retention={"Mode": "COMPLIANCE",
+                                                                            "RetainUntilDate": far})
+
+    dry = sweep(config, s3, dry_run=True, now=now)
+    planned = {lk["key"]: lk for lk in dry.locks}
+    assert PREFIX + monthly in planned and PREFIX + preset not in planned
+    assert "ObjectLockRetainUntilDate" not in s3.head_object(Bucket=bucket, Key=PREFIX + monthly)  # dry: nothing set
+
+    report = sweep(config, s3, now=now)
+    assert report.ok and {lk["key"] for lk in report.locks} == set(planned)
+    assert report.plan.decision(monthly).action == "keep" and "monthly" in report.plan.decision(monthly).rules
+    head = s3.head_object(Bucket=bucket, Key=PREFIX + monthly)
+    until = head["ObjectLockRetainUntilDate"]
+    assert head["ObjectLockMode"] == "GOVERNANCE"
+    dropped = first_drop(config.source(SOURCE).retention, history, monthly, now)
+    assert dropped <= until <= dropped + timedelta(days=2)  # locked while kept, not much longer
+    year_on = prev_month.replace(day=1, year=prev_month.year + 1, hour=0, minute=0, second=0, microsecond=0)
+    assert until >= year_on  # the previous month's backup: locked through its 12 months
+    for sfx in (".sha256", ".manifest.json"):  # the companions a restore needs are locked alike
+        assert s3.head_object(Bucket=bucket, Key=PREFIX + monthly + sfx)["ObjectLockRetainUntilDate"] == until
+    # Never shortened, never weakened.
+    head = s3.head_object(Bucket=bucket, Key=PREFIX + preset)
+    assert (head["ObjectLockMode"], head["ObjectLockRetainUntilDate"]) == ("COMPLIANCE", far)
+    assert [r["action"] for r in audit_records(config)].count("locked") == 1
+    again = sweep(config, s3, run_id="run-2", now=now)
+    assert again.locks == []  # already long enough: no request to change anything
+
+
+def test_lock_kept_on_a_bucket_without_object_lock_is_an_error(tmp_path, s3):
+    s3.create_bucket(Bucket="plain-backups")
+    config = write_config(tmp_path, bucket="plain-backups", lock_kept="COMPLIANCE")
+    make_history(config, s3)
+    from backupkit.retention.sweep import SweepFailed
+
+    with pytest.raises(SweepFailed) as info:
+        sweep(config, s3)
+    assert info.value.report.errors[0]["code"] == "NoObjectLock"

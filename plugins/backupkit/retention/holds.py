@@ -132,6 +132,8 @@ def extend_locks(bucket: Bucket, targets: Iterable[tuple[str, str, datetime]], *
     """
     changes = []
     for name, key, until in targets:
+        if until <= now:
+            continue  # S3 refuses a retain-until in the past; nothing to protect
         try:
             head = bucket.head(key)
         except client_errors() as exc:
@@ -141,7 +143,7 @@ def extend_locks(bucket: Bucket, targets: Iterable[tuple[str, str, datetime]], *
             continue  # no S3 copy (yet): nothing to lock
         cur_mode, cur_until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
         active = cur_until is not None and cur_until > now
-        if active and cur_until >= until:
+        if cur_until is not None and cur_until >= until:
             continue
         new_mode = cur_mode if active and _STRENGTH.get(cur_mode, 0) > _STRENGTH[mode] else mode
         change = LockChange(name, key, new_mode, until, cur_mode, cur_until, head.get("VersionId"))
