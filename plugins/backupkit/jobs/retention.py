@@ -19,12 +19,14 @@ from typing import Any
 
 from backupkit.metrics import MetricSet
 
-# Metric names (Prometheus rules and dashboards refer to these).
-LAST_RUN = "backup_retention_last_run_timestamp_seconds"
-DELETED = "backup_retention_deleted_backups"
-FREED = "backup_retention_freed_bytes"
-HELD = "backup_retention_held_backups"
-REFUSED = "backup_retention_refused"
+from backupkit.metric_names import (  # the one home of metric names and help texts
+    RETENTION_DELETED as DELETED,
+    RETENTION_FREED as FREED,
+    RETENTION_HELD as HELD,
+    RETENTION_LAST_RUN as LAST_RUN,
+    RETENTION_REFUSED as REFUSED,
+    help_of,
+)
 
 
 
@@ -146,17 +148,9 @@ def merge_metric_values(previous: Mapping[str, Mapping[str, float]], source_name
 def retention_metrics(values: Mapping[str, Mapping[str, float]]) -> MetricSet:
     """The retention gauges, one sample per source and gauge (from :func:`merge_metric_values`)."""
     m = MetricSet()
-    gauges = {
-        "last_run": m.gauge(LAST_RUN, "Unix time of the last retention sweep of the source that produced a "
-                                      "report (done, refused or incomplete)", ["source"]),
-        "deleted": m.gauge(DELETED, "Backups deleted by the last retention sweep of the source", ["source"]),
-        "freed": m.gauge(FREED, "Bytes freed (local and S3) by the last retention sweep of the source",
-                         ["source"]),
-        "held": m.gauge(HELD, "Backups the policy would delete but that are held (object lock, legal hold, "
-                              "hold list) in the last retention sweep of the source", ["source"]),
-        "refused": m.gauge(REFUSED, "1 if the guard rails refused the last retention sweep of the source "
-                                    "(nothing deleted), else 0", ["source"]),
-    }
+    gauges = {field: m.gauge(name, help_of(name), ["source"])
+              for field, name in (("last_run", LAST_RUN), ("deleted", DELETED), ("freed", FREED), ("held", HELD),
+                                  ("refused", REFUSED))}
     for name, v in values.items():
         for field, gauge in gauges.items():
             if field in v:
