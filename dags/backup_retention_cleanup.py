@@ -41,7 +41,9 @@ DOC_MD = """
 **When:** after every *successful* run of `backup_daily_verification` (scheduled on the asset
 `x-backupkit://verification/daily`, which that DAG emits only when every check passed). A day whose
 backups did not verify deletes nothing. One run at a time (`max_active_runs=1`: two sweeps of one
-source at once are unsafe); no catch-up.
+source at once are unsafe; the sweeps themselves run one at a time, `max_active_tis_per_dag=1`,
+and each holds a lock on its source in the state directory, which `backupctl retention sweep` also
+takes); no catch-up.
 
 **Runs started by the asset apply the policy. Runs started by hand are dry runs unless you say
 otherwise** (the decision is taken once per run from the run type, see below).
@@ -59,8 +61,12 @@ Never deleted:
 * the newest backup of a source, and its newest backup that passed verification;
 * a backup whose S3 copy is missing or does not match the verified SHA-256 (the local copy is
   kept until the copy is good);
-* objects under S3 object-lock retention or legal hold, tagged as held, or on the configuration's
-  `hold_list` (reported as **held**);
+* held backups (reported as **held**): on the configuration's `hold_list`, held with
+  `backupctl retention hold` (a record under `holds/<source>/` in the bucket, read with one listing),
+  or in use by a restore, an approval or a restore test (a lease). S3 object-lock retention is no
+  hold: a dropped backup gets a delete marker and S3 keeps the locked version until its date;
+* backups dated more than `future_tolerance_hours` (1 h) in the future: the sweep of that source
+  is **refused**, naming them;
 * unverified or failed backups whose period has no verified representative yet.
 
 ## Guard rails
@@ -197,8 +203,11 @@ def backup_retention_cleanup():
     names = sources()
     # dry_run resolves (as a template field) to the boolean the sources task pushed; a missing
     # value fails the sweep instead of defaulting either way.
-    sweeps = RetentionSweepOperator.partial(task_id=SWEEP_TASK, dry_run=names[DRY_RUN_KEY]).expand(
-        source_name=names)
+    # One sweep task instance at a time across every run of this DAG, on any worker: with
+    # max_active_runs=1 and one map index per source, two sweeps of one source cannot overlap
+    # even where the workers share no state directory (the sweep's SourceLock covers the CLI).
+    sweeps = RetentionSweepOperator.partial(task_id=SWEEP_TASK, dry_run=names[DRY_RUN_KEY],
+                                            max_active_tis_per_dag=1).expand(source_name=names)
     # Both leaves: the run's state comes from its leaf tasks, so a failing report must not sit
     # upstream of an all_done task that succeeds (the run would be marked success).
     sweeps >> report(names)

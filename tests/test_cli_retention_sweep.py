@@ -47,14 +47,19 @@ def test_dry_run_by_default_then_apply(capsys, tmp_path, s3, bucket, moto_server
 def test_json_report(capsys, tmp_path, s3, bucket, moto_server):
     config = write_config(tmp_path)
     names = make_history(config, s3)
-    s3.put_object_legal_hold(Bucket=bucket, Key="database/" + names[0], LegalHold={"Status": "ON"})
+    assert main(["--config", str(config.path), "retention", "hold", "--source", SOURCE, names[0], "--legal-hold",
+                 "--reason", "case-42", "--endpoint-url", moto_server.endpoint_url]) == 0
+    assert capsys.readouterr().out.startswith(f"held: {names[0]}: case-42 (s3://{bucket}/holds/{SOURCE}/")
+    head = s3.head_object(Bucket=bucket, Key="database/" + names[0])
+    assert head["ObjectLockLegalHoldStatus"] == "ON"
     code, out, _ = run(capsys, config, "--endpoint-url", moto_server.endpoint_url, "--apply", "--json")
     assert code == 0
     report = json.loads(out)
     assert report["ok"] and not report["dry_run"]
     assert report["counts"] == {"total": 19, "kept": 5, "held": 1, "protected": 0, "deleted": 13, "would_delete": 0,
-                                "failed": 0, "not_attempted": 0, "errors": 0}
-    assert report["held"] == [{"name": names[0], "reason": "S3 legal hold"}]
+                                "failed": 0, "not_attempted": 0, "errors": 0, "locked": 0, "future": 0}
+    assert report["held"] == [{"name": names[0],
+                               "reason": f"hold recorded in s3://{bucket}/holds/{SOURCE}/{names[0]}: case-42"}]
     assert sorted(report["deleted"]) == names[1:14]
     assert report["requests"]["DeleteObjects"] == 1 and report["by_rule"]["daily"] == 5
     assert [d["action"] for d in report["decisions"]] == ["held"] + ["delete"] * 13 + ["keep"] * 5

@@ -133,12 +133,13 @@ CASES = [
          "2024-05-09T10:00:01": ("within 1d2h",)},
         id="keep-within-is-strict"),
     pytest.param(
-        # restic counts back on the newest backup's fixed UTC offset (+02:00 on 15 April
-        # in Berlin), not across the DST change: the cut-off is 08:00Z, not 09:00Z.
+        # restic on a host in Berlin: AddDate on the zone's wall clock, across the DST change
+        # (10:00 CEST on 15 April minus a month is 10:00 CET on 15 March): the cut-off is
+        # 09:00Z, not 08:00Z (the newest backup's fixed +02:00 offset; issue 9 item 15).
         dict(keep_within="1m", timezone="Europe/Berlin"),
-        ["2024-03-15T07:59", "2024-03-15T08:30", "2024-04-15T08:00"],
-        {"2024-04-15T08:00": ("within 1m", *NEWEST), "2024-03-15T08:30": ("within 1m",)},
-        id="keep-within-fixed-offset"),
+        ["2024-03-15T08:30", "2024-03-15T09:00", "2024-03-15T09:01", "2024-04-15T08:00"],
+        {"2024-04-15T08:00": ("within 1m", *NEWEST), "2024-03-15T09:01": ("within 1m",)},
+        id="keep-within-across-dst-on-the-zone-clock"),
     pytest.param(
         dict(keep_monthly=2, keep_yearly=1),
         ["2023-12-31T23:00", "2024-01-31T02:00", "2024-02-01T02:00", "2024-02-29T02:00"],

@@ -54,7 +54,7 @@ def test_s3_only_backups_are_swept_in_s3(tmp_path, s3, bucket):
     report = sweep(config, s3)
     assert report.ok and sorted(report.deleted) == names[:14] and not report.protected
     assert s3_keys(config, s3) == all_files_of(names[14:])
-    assert report.requests["HeadObject"] == 14  # lock inspection only; no local copy to protect
+    assert "HeadObject" not in report.requests  # no local copy to protect, no per-object hold request
 
 
 def test_unverified_backups_are_not_deleted(tmp_path, s3, bucket):

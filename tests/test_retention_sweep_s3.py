@@ -19,8 +19,12 @@ from _retention_sweep_helpers import (
 from backupkit import clock
 from backupkit.retention import sweep as sweep_module
 from backupkit.retention.audit import AuditLog
-from backupkit.retention.sweep import SweepFailed
+from backupkit.retention.holds import release_hold, set_hold
+from backupkit.retention.sweep import SweepFailed, SweepRefused
 from backupkit.state import VerificationState
+from backupkit.storage.locks import Leases
+from backupkit.storage.objectstore import Bucket
+from botocore.exceptions import ClientError
 
 
 def first_plan(config, s3):
@@ -51,7 +55,7 @@ def test_sweep_deletes_the_plan_in_batches_with_companions(tmp_path, s3, bucket)
     # 14 backups x 3 objects in requests of at most 7 keys; a backup's keys never split.
     assert [len(c) for c in client.delete_calls] == [6] * 7
     assert report.requests["DeleteObjects"] == 7 > math.ceil(42 / 7)
-    assert report.requests["ListObjectsV2"] == 1
+    assert report.requests["ListObjectsV2"] == 2  # the backups, and the hold records under holds/SOURCE/
     assert report.bytes_freed == report.bytes_to_free == 2 * doomed_bytes  # backups and companions, local and S3
     with VerificationState(config.state_dir) as state:
         assert set(state.records(f"{SOURCE}/")) == {f"{SOURCE}/{n}" for n in kept}  # deleted ones forgotten
@@ -94,36 +98,86 @@ def test_audit_log_intent_before_deletion_and_mirrored_to_the_bucket(tmp_path, s
     assert not list((tmp_path / "state" / "audit" / "runs").rglob("*.jsonl"))  # mirrored: local copy dropped
 
 
-def test_holds_lock_legal_hold_tag_and_hold_list_are_never_deleted(tmp_path, s3, bucket):
+def hold(config, s3, name, reason, **kw):
+    """A hold as ``backupctl retention hold`` sets it: record, tag, optionally S3 legal hold."""
+    keys = [PREFIX + name + sfx for sfx in ("", ".sha256", ".manifest.json")]
+    return set_hold(Bucket(s3, config.bucket), SOURCE, name, keys, reason=reason, by="test", **kw)
+
+
+def test_holds_records_leases_and_hold_list_are_never_deleted_at_no_request_per_object(tmp_path, s3, bucket):
     names = make_history(write_config(tmp_path), s3)
-    locked, legal, tagged, listed = names[0], names[1], names[2], names[3]
+    recorded, legal, leased, listed = names[0], names[1], names[2], names[3]
     config = write_config(tmp_path, hold_list=[PREFIX + listed])
-    until = clock.now() + timedelta(days=1)
-    s3.put_object_retention(Bucket=bucket, Key=PREFIX + locked,
-                            Retention={"Mode": "GOVERNANCE", "RetainUntilDate": until})
+    hold(config, s3, recorded, "case-42")
+    hold(config, s3, legal, "litigation 7", legal_hold=True)
+    Leases(config.state_dir).take(SOURCE, leased, run_id="manual__restore", purpose="restore",
+                                  for_=timedelta(hours=2))
+    report = sweep(config, s3)
+    held = {h["name"]: h["reason"] for h in report.held}
+    assert set(held) == {recorded, legal, leased, listed}
+    assert held[recorded] == f"hold recorded in s3://{bucket}/holds/{SOURCE}/{recorded}: case-42"
+    assert held[leased].startswith("in use by restore (run manual__restore) until ")
+    assert held[listed] == "on the configured hold list"
+    assert report.plan.decision(legal).action == "held" and report.by_rule["held"] == 4
+    assert len(report.deleted) == 10 and not set(report.deleted) & set(held)
+    assert_exactly(config, s3, set(report.kept) | set(held))
+    # What the holds cost: one listing of holds/SOURCE/ and one ranged GET per hold record;
+    # no GetObjectTagging at all, and HeadObject only for the S3-copy check of the 10 local
+    # copies deleted (a local copy goes only when its S3 copy is verified).
+    assert report.requests["ListObjectsV2"] == 2 and report.requests["GetObject"] == 2
+    assert "GetObjectTagging" not in report.requests and report.requests["HeadObject"] == 10
+    # The tag and the legal hold are on the objects too (S3 refuses to destroy a legal-held version).
+    assert s3.get_object_tagging(Bucket=bucket, Key=PREFIX + legal)["TagSet"] == [
+        {"Key": "backupkit-hold", "Value": "litigation 7"}]
+    assert s3.head_object(Bucket=bucket, Key=PREFIX + legal)["ObjectLockLegalHoldStatus"] == "ON"
+
+    release_hold(Bucket(s3, bucket), SOURCE, legal, [PREFIX + legal + s for s in ("", ".sha256", ".manifest.json")])
+    assert s3.head_object(Bucket=bucket, Key=PREFIX + legal)["ObjectLockLegalHoldStatus"] == "OFF"
+    assert s3.get_object_tagging(Bucket=bucket, Key=PREFIX + legal)["TagSet"] == []
+    again = sweep(config, s3, run_id="run-2")
+    assert legal in again.deleted and {h["name"] for h in again.held} == {recorded, leased, listed}
+
+
+def test_a_lock_cannot_keep_what_the_policy_dropped(tmp_path, s3, bucket):
+    """S3 Object Lock retention is no hold: the sweep deletes (a delete marker) and S3 keeps the
+    locked version, refusing to destroy it before its retain-until."""
+    config = write_config(tmp_path)
+    names = make_history(config, s3)
+    locked = names[0]
+    until = clock.now() + timedelta(days=30)
+    s3.put_object_retention(Bucket=bucket, Key=PREFIX + locked, Retention={"Mode": "COMPLIANCE",
+                                                                            "RetainUntilDate": until})
+    report = sweep(config, s3)
+    assert locked in report.deleted and not report.held
+    versions = s3.list_object_versions(Bucket=bucket, Prefix=PREFIX + locked)
+    (version,) = [v for v in versions["Versions"] if v["Key"] == PREFIX + locked]
+    assert not version["IsLatest"]  # hidden by the delete marker, still there
+    head = s3.head_object(Bucket=bucket, Key=PREFIX + locked, VersionId=version["VersionId"])
+    assert head["ObjectLockMode"] == "COMPLIANCE" and head["ObjectLockRetainUntilDate"] >= until - timedelta(seconds=1)
+    with pytest.raises(ClientError):
+        s3.delete_object(Bucket=bucket, Key=PREFIX + locked, VersionId=version["VersionId"])
+
+
+def test_objects_mode_sees_holds_set_by_hand(tmp_path, s3, bucket):
+    names = make_history(write_config(tmp_path), s3)
+    config = write_config(tmp_path, hold_discovery="objects")
+    legal, tagged, locked = names[1], names[2], names[3]
     s3.put_object_legal_hold(Bucket=bucket, Key=PREFIX + legal, LegalHold={"Status": "ON"})
     s3.put_object_tagging(Bucket=bucket, Key=PREFIX + tagged,
                           Tagging={"TagSet": [{"Key": "backupkit-hold", "Value": "case-42"}]})
-
+    s3.put_object_retention(Bucket=bucket, Key=PREFIX + locked, Retention={
+        "Mode": "GOVERNANCE", "RetainUntilDate": clock.now() + timedelta(days=1)})
     report = sweep(config, s3)
     held = {h["name"]: h["reason"] for h in report.held}
-    assert set(held) == {locked, legal, tagged, listed}
-    assert held[locked].startswith("S3 object lock GOVERNANCE retention until")
-    assert held[legal] == "S3 legal hold"
-    assert held[tagged] == "tagged backupkit-hold=case-42"
-    assert held[listed] == "on the configured hold list"
-    assert report.plan.decision(locked).action == "held" and report.by_rule["held"] == 4
-    assert len(report.deleted) == 10 and not set(report.deleted) & set(held)
-    remaining = set(report.kept) | set(held)
-    assert_exactly(config, s3, remaining)
-    # Holds are inspected only for what the policy would delete: 14 - the listed one
-    # (its hold is known without asking S3) = 13 objects, one HeadObject + one tagging each.
-    assert report.requests["GetObjectTagging"] == 13
-    assert report.requests["GetObjectLockConfiguration"] == 1
+    assert held == {legal: "S3 legal hold", tagged: "tagged backupkit-hold=case-42"}
+    assert locked in report.deleted  # retention is not a hold, in this mode either
+    # Per object: 14 HeadObject and 14 GetObjectTagging for the holds, 12 HeadObject for the
+    # S3-copy checks of the local copies deleted.
+    assert report.requests["HeadObject"] == 14 + 12 and report.requests["GetObjectTagging"] == 14
 
 
 def test_unknown_hold_status_keeps_the_backup_and_fails_the_sweep(tmp_path, s3, bucket):
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, hold_discovery="objects")
     names = make_history(config, s3)
     faulty = FaultyS3(s3, tagging_denied=[PREFIX + names[2]])
     with pytest.raises(SweepFailed) as info:
@@ -135,6 +189,20 @@ def test_unknown_hold_status_keeps_the_backup_and_fails_the_sweep(tmp_path, s3, 
                               "message": "hold status could not be read; kept: AccessDenied: Access Denied"}]
     assert len(report.deleted) == 13  # the others went
     assert_exactly(config, s3, set(report.kept) | {names[2]})
+
+
+def test_unreadable_hold_records_refuse_the_sweep(tmp_path, s3, bucket, monkeypatch):
+    config = write_config(tmp_path)
+    names = make_history(config, s3)
+
+    def denied(bucket, source):
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "ListObjectsV2")
+
+    monkeypatch.setattr(sweep_module, "recorded_holds", denied)
+    with pytest.raises(SweepRefused) as info:
+        sweep(config, s3)
+    assert info.value.report.deleted == [] and "listing" in info.value.report.violations[0]
+    assert backups_left(config, s3) == (set(names), set(names))
 
 
 def test_unlocked_bucket_skips_lock_inspection_and_tags_can_be_off(tmp_path, s3):

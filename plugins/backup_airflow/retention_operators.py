@@ -14,18 +14,14 @@ Anything else (S3 unreachable before the sweep started) propagates and is retrie
 idempotent.
 
 The helpers below are what the DAG decides once per run (:func:`resolve_dry_run`,
-:func:`select_sources`) and how it summarises the mapped sweeps (:func:`summarize_sweeps`,
-:func:`retention_metrics`); they are plain functions so both branches can be tested without a
-scheduler.
+:func:`select_sources`); how it summarises the mapped sweeps (run table, alert lines, gauges)
+is core code in :mod:`backupkit.jobs.retention`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -33,7 +29,21 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.hooks import backup_config, bucket
 from backupkit.config import Config, ConfigError
-from backupkit.metrics import MetricSet
+from backupkit.jobs.retention import (  # re-exported: the DAG and its tests import them from here
+    DELETED,
+    FREED,
+    HELD,
+    LAST_RUN,
+    REFUSED,
+    MetricValuesStore,
+    failure_message,
+    human_bytes,
+    merge_metric_values,
+    retention_metrics,
+    summarize_sweeps,
+    sweep_problems,
+    sweep_status,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -43,14 +53,6 @@ if TYPE_CHECKING:
 REPORT_KEY = "report"  # XCom key of the report of a refused or failed sweep
 ASSET_TRIGGERED = "asset_triggered"
 LOGGED_NAMES = 200  # deleted / would-delete names written to the task log per sweep
-
-# Metric names (Prometheus rules and dashboards refer to these).
-LAST_RUN = "backup_retention_last_run_timestamp_seconds"
-DELETED = "backup_retention_deleted_backups"
-FREED = "backup_retention_freed_bytes"
-HELD = "backup_retention_held_backups"
-REFUSED = "backup_retention_refused"
-
 
 class RetentionFailed(AirflowFailException):
     """A sweep was refused or incomplete: fail without retry; ``problems`` go into the alert."""
@@ -183,6 +185,11 @@ class RetentionSweepOperator(BaseOperator):
             self.log.info("  held %s: %s", h["name"], h["reason"])
         for p in report.protected:
             self.log.info("  kept %s: %s", p["name"], p["reason"])
+        for lk in report.locks:
+            self.log.info("  %s %s: %s until %s", "would lock" if report.dry_run else "locked", lk["key"], lk["mode"],
+                          lk["until"])
+        for w in report.warnings:
+            self.log.warning("%s", w)
         for v in report.violations:
             self.log.error("REFUSED (nothing deleted): %s", v)
         for e in report.errors:
@@ -211,168 +218,6 @@ def _verification_state(config: Config, dry_run: bool) -> Iterator[Any]:
         yield st
 
 
-# -- reports --------------------------------------------------------------------------------
-def human_bytes(n: int | float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
-
-
-def sweep_status(report: Mapping[str, Any] | None) -> str:
-    if report is None:
-        return "NO REPORT"
-    if report.get("refused"):
-        return "REFUSED"
-    if report.get("errors"):
-        return "FAILED"
-    return "ok"
-
-
-def sweep_problems(report: Mapping[str, Any]) -> list[dict]:
-    """Alert lines (``artifact``, ``check``, ``detail``) for a refused or failed sweep."""
-    source = report["source"]
-    problems = [{"artifact": source, "check": "guard rail", "detail": f"refused, nothing deleted: {v}"}
-                for v in report.get("violations", ())]
-    for e in report.get("errors", ()):
-        artifact = f"{source}/{e['artifact']}" if e.get("artifact") else source
-        problems.append({"artifact": artifact, "check": "sweep",
-                         "detail": f"{e['code']}: {e['message']}" if e.get("code") else e["message"]})
-    return problems
-
-
-def failure_message(report: Mapping[str, Any]) -> str:
-    source = report["source"]
-    if report.get("refused"):
-        return (f"retention sweep of {source} refused by the guard rails, nothing deleted: "
-                f"{'; '.join(report.get('violations', ()))}")
-    errors = report.get("errors", ())
-    counts = report.get("counts", {})
-    first = errors[0]["message"] if errors else "unknown error"
-    return (f"retention sweep of {source} incomplete: {len(errors)} error(s) ({counts.get('failed', 0)} backups "
-            f"not deleted, {counts.get('not_attempted', 0)} not attempted; the next run finishes them); "
-            f"first: {first}")
-
-
-_COLUMNS = ("SOURCE", "STATUS", "TOTAL", "KEPT", "HELD", "DELETED", "FREED", "WOULD DELETE", "TO FREE")
-
-
-def summarize_sweeps(source_names: Sequence[str], reports: Sequence[Mapping[str, Any] | None],
-                     dry_run: bool) -> dict:
-    """One view of the run's sweeps (map index i swept source i): a table and a verdict.
-
-    ``reports[i]`` None means that sweep left no report (it crashed or never ran): a
-    problem, never a silent gap.
-    """
-    rows, sources, problems = [], {}, []
-    for name, rep in zip(source_names, reports, strict=True):
-        status = sweep_status(rep)
-        if rep is None:
-            problems.append({"artifact": name, "check": "sweep",
-                             "detail": "task did not finish (failed or upstream failed): no report; see its log"})
-            rows.append((name, status, *("-",) * (len(_COLUMNS) - 2)))
-            sources[name] = {"status": status}
-            continue
-        c = rep.get("counts", {})
-        if status != "ok":
-            problems += sweep_problems(rep)
-        sources[name] = {"status": status, "counts": dict(c), "bytes_freed": rep.get("bytes_freed", 0),
-                         "bytes_to_free": rep.get("bytes_to_free", 0), "by_rule": dict(rep.get("by_rule", {})),
-                         "violations": list(rep.get("violations", ())), "errors": len(rep.get("errors", ())),
-                         "audit_log": rep.get("audit_log", ""), "audit_mirror": rep.get("audit_mirror", "")}
-        # Deleted / freed are what happened; would-delete / to-free what a dry run or a refused
-        # plan listed (a refused plan deleted nothing).
-        showing = rep.get("dry_run") or rep.get("refused")
-        rows.append((name, status, str(c.get("total", 0)), str(c.get("kept", 0)), str(c.get("held", 0)),
-                     str(c.get("deleted", 0)), human_bytes(rep.get("bytes_freed", 0)),
-                     str(c.get("would_delete", 0)) if showing else "-",
-                     human_bytes(rep.get("bytes_to_free", 0)) if showing else "-"))
-    widths = [max(len(str(r[i])) for r in [_COLUMNS, *rows]) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
-             for r in [_COLUMNS, *rows]]
-    lines.append("")
-    lines.append("kept by rule (a backup kept by several rules counts for each):")
-    for name in source_names:
-        by_rule = sources[name].get("by_rule")
-        if by_rule is not None:
-            lines.append(f"  {name}: " + (", ".join(f"{k}={v}" for k, v in by_rule.items()) or "-"))
-    if problems:
-        lines.append("")
-        lines.append("problems:")
-        lines += [f"  {p['artifact']}  {p['check']}  {p['detail']}" for p in problems]
-    mode = "DRY RUN (nothing deleted)" if dry_run else "applied"
-    table = f"retention {mode}, {len(source_names)} source(s)\n" + "\n".join(lines)
-    return {"ok": not problems, "dry_run": dry_run, "sources": sources, "problems": problems, "table": table}
-
-
-def merge_metric_values(previous: Mapping[str, Mapping[str, float]], source_names: Sequence[str],
-                        reports: Sequence[Mapping[str, Any] | None], *, now: float,
-                        configured: Iterable[str]) -> dict[str, dict[str, float]]:
-    """Per-source gauge values after this run: this run's sweeps over the previous values.
-
-    A Pushgateway PUT (and the textfile) replaces every sample of the job, so a run that swept
-    only some sources, or whose sweep of a source crashed without a report, carries the other
-    sources' last values forward; their unchanged ``last_run`` is what shows a source that is
-    no longer swept. Sources no longer configured are dropped.
-    """
-    values = {name: dict(v) for name, v in previous.items()}
-    for name, rep in zip(source_names, reports, strict=True):
-        if rep is None:
-            continue
-        c = rep.get("counts", {})
-        values[name] = {"last_run": now, "deleted": c.get("deleted", 0), "freed": rep.get("bytes_freed", 0),
-                        "held": c.get("held", 0), "refused": 1 if rep.get("refused") else 0}
-    keep = set(configured)
-    return {name: v for name, v in sorted(values.items()) if name in keep}
-
-
-def retention_metrics(values: Mapping[str, Mapping[str, float]]) -> MetricSet:
-    """The retention gauges, one sample per source and gauge (from :func:`merge_metric_values`)."""
-    m = MetricSet()
-    gauges = {
-        "last_run": m.gauge(LAST_RUN, "Unix time of the last retention sweep of the source that produced a "
-                                      "report (done, refused or incomplete)", ["source"]),
-        "deleted": m.gauge(DELETED, "Backups deleted by the last retention sweep of the source", ["source"]),
-        "freed": m.gauge(FREED, "Bytes freed (local and S3) by the last retention sweep of the source",
-                         ["source"]),
-        "held": m.gauge(HELD, "Backups the policy would delete but that are held (object lock, legal hold, "
-                              "hold list) in the last retention sweep of the source", ["source"]),
-        "refused": m.gauge(REFUSED, "1 if the guard rails refused the last retention sweep of the source "
-                                    "(nothing deleted), else 0", ["source"]),
-    }
-    for name, v in values.items():
-        for field, gauge in gauges.items():
-            if field in v:
-                gauge.labels(source=name).set(v[field])
-    return m
-
-
-class MetricValuesStore:
-    """The last gauge values per source, in a JSON file next to the textfile (written atomically)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def load(self) -> dict[str, dict[str, float]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except ValueError:  # a damaged file must not stop the export; this run rewrites it
-            return {}
-        if not isinstance(data, dict):
-            return {}
-        return {str(k): {f: float(x) for f, x in v.items() if isinstance(x, (int, float))}
-                for k, v in data.items() if isinstance(v, dict)}
-
-    def save(self, values: Mapping[str, Mapping[str, float]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(values, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
-
-
 def pull_reports(ti: Any, task_id: str, source_names: Sequence[str]) -> list[dict | None]:
     """The report of each mapped sweep: its return value, else what a failing sweep pushed."""
     if not source_names:
@@ -384,4 +229,6 @@ def pull_reports(ti: Any, task_id: str, source_names: Sequence[str]) -> list[dic
 
 
 __all__ = ["RetentionSweepOperator", "RetentionFailed", "resolve_dry_run", "select_sources", "summarize_sweeps",
-           "merge_metric_values", "retention_metrics", "MetricValuesStore", "pull_reports", "failure_message", "sweep_problems", "human_bytes", "REPORT_KEY"]
+           "merge_metric_values", "retention_metrics", "MetricValuesStore", "pull_reports", "failure_message",
+           "sweep_problems", "sweep_status", "human_bytes", "REPORT_KEY", "LAST_RUN", "DELETED", "FREED", "HELD",
+           "REFUSED"]

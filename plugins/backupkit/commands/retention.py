@@ -3,6 +3,9 @@
 ``retention plan`` prints the plan for a configured source (its local backups, their
 verification state and the hold list) or for a list of timestamps, so a team can try a
 policy change on a list of dates before adopting it. It never touches a backup.
+``retention sweep`` applies a source's policy (a dry run unless ``--apply``); ``retention
+hold`` / ``release`` set and lift holds the sweeps see without asking S3 per object
+(:mod:`backupkit.retention.holds`).
 
 Sub-commands are registered from ``SUBCOMMANDS``; the helpers here (policy options,
 candidates of a source, verification states, printing) are shared with the other
@@ -246,6 +249,8 @@ def register_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--apply", action="store_true", help="delete; without it, a dry run that changes nothing")
     p.add_argument("--json", action="store_true", help="print the sweep report (and every decision) as JSON")
     p.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for another sweep of the source to finish (default 60)")
     p.set_defaults(run=run_sweep)
 
 
@@ -274,7 +279,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         with VerificationState(config.state_dir if have_state else scratch) as state:
             try:
                 report = sweep_source(config, args.source, bucket=Bucket(client, config.bucket), state=state,
-                                      dry_run=not args.apply,
+                                      dry_run=not args.apply, lock_timeout=args.wait,
                                       run_id=run_id, audit=AuditLog(config.state_dir))
             except SweepError as exc:
                 report = exc.report
@@ -288,6 +293,9 @@ def run_sweep(args: argparse.Namespace) -> int:
             print_plan(report.plan, as_json=False, show_names=True)
         for h in report.held:
             print(f"held: {h['name']}: {h['reason']}")
+        for lk in report.locks:
+            print(f"{'would lock' if report.dry_run else 'locked'}: {lk['key']}: {lk['mode']} until {lk['until']}"
+                  + (f" (was {lk['previous_mode']} until {lk['previous_until']})" if lk["previous_until"] else ""))
         if report.dry_run:
             print(f"dry run: would delete {len(report.would_delete)} backups ({_size(report.bytes_to_free)}); "
                   f"nothing was changed (use --apply to delete)")
@@ -298,15 +306,89 @@ def run_sweep(args: argparse.Namespace) -> int:
                   + (f"; audit: {report.audit_mirror or report.audit_log}" if report.deleted else ""))
     for v in report.violations:
         print(f"refused: {v}", file=sys.stderr)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     for e in report.errors:
         where = e.get("key") or e.get("artifact") or args.source
         print(f"error: {where}: {e.get('code') + ': ' if e.get('code') else ''}{e['message']}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_PROBLEM
 
 
+# --- retention hold / release -------------------------------------------------------------
+
+
+def register_hold(sub: argparse._SubParsersAction) -> None:
+    for name, helptext, func in (("hold", "hold backups: no sweep deletes them until released", run_hold),
+                                 ("release", "release holds set with 'retention hold'", run_release)):
+        p = sub.add_parser(name, help=helptext, description=func.__doc__)
+        p.add_argument("--source", required=True, metavar="NAME", help="the configured source")
+        p.add_argument("backups", nargs="+", metavar="BACKUP", help="backup file names")
+        if name == "hold":
+            p.add_argument("--reason", required=True, help="why (a case number, a ticket): shown in every sweep")
+            p.add_argument("--legal-hold", action="store_true",
+                           help="also put an S3 legal hold on the objects (object-lock bucket), so S3 itself "
+                                "refuses to destroy them")
+        p.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+        p.set_defaults(run=func)
+
+
+def _backup_keys(bucket, source: Source, name: str) -> list[str]:
+    """The S3 keys of one backup: the object (every object of a directory dump) and its companions."""
+    from backupkit.catalog import Catalog
+    from backupkit.storage.localfs import MANIFEST_SUFFIX, SIDECAR_SUFFIX
+
+    backup = next((b for b in Catalog(source, bucket).remote() if b.name == name), None)
+    if backup is None:
+        raise UsageError(f"{bucket.uri(s3_key_for(source, name))}: no such backup of {source.name} in S3")
+    keys = [o.key for o in bucket.objects(backup.key + "/")] if backup.is_dir else [backup.key]
+    return keys + ([backup.key + SIDECAR_SUFFIX] if backup.s3.sidecar else []) + \
+        ([backup.key + MANIFEST_SUFFIX] if backup.s3.manifest else [])
+
+
+def _hold_bucket(args: argparse.Namespace):
+    import os
+
+    from backupkit.commands.inventory import make_client
+    from backupkit.storage.objectstore import Bucket
+
+    config = load_config(args.config)
+    source = config.source(args.source)
+    return Bucket(make_client(args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")), config.bucket), source
+
+
+def run_hold(args: argparse.Namespace) -> int:
+    """Hold backups of a source: a hold record under holds/SOURCE/ (what sweeps read), the hold tag
+    on each object and, with --legal-hold, an S3 legal hold. Exit 0 done, 2 usage errors."""
+    import getpass
+
+    from backupkit.retention.holds import set_hold
+
+    bucket, source = _hold_bucket(args)
+    for name in args.backups:
+        key = set_hold(bucket, source.name, name, _backup_keys(bucket, source, name), reason=args.reason,
+                       by=getpass.getuser(), legal_hold=args.legal_hold)
+        print(f"held: {name}: {args.reason} ({bucket.uri(key)})")
+    return EXIT_OK
+
+
+def run_release(args: argparse.Namespace) -> int:
+    """Release holds set with 'retention hold'. Exit 0 done, 1 a backup had no hold, 2 usage errors."""
+    from backupkit.retention.holds import release_hold
+
+    bucket, source = _hold_bucket(args)
+    code = EXIT_OK
+    for name in args.backups:
+        if release_hold(bucket, source.name, name, _backup_keys(bucket, source, name)):
+            print(f"released: {name}")
+        else:
+            print(f"{name}: no hold recorded", file=sys.stderr)
+            code = EXIT_PROBLEM
+    return code
+
+
 # --- registration ---------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_plan, register_sweep]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_plan, register_sweep, register_hold]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

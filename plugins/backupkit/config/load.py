@@ -26,6 +26,8 @@ from backupkit.config.schema import (
     APP_SETTING_KINDS,
     DEFAULT_CONFIG,
     DEFAULT_S3_PRICES,
+    HOLD_DISCOVERY,
+    LOCK_MODES,
     REREAD_FRACTION,
     RESTORE_BACKENDS,
     SSE_ALGORITHMS,
@@ -71,6 +73,14 @@ def _retention(r: Reader) -> RetentionPolicy:
     purge = r.get("purge_noncurrent_after_days", int, None)
     if purge is not None and purge < 0:
         raise ConfigError(r.file, r.at("purge_noncurrent_after_days"), f"must be >= 0, got {purge}")
+    lock_kept = r.get("lock_kept", str, None)
+    if lock_kept is not None and lock_kept.upper() not in LOCK_MODES:
+        raise ConfigError(r.file, r.at("lock_kept"), f"must be one of {', '.join(LOCK_MODES)} (or absent: off); "
+                                                     f"got {lock_kept!r}")
+    discovery = r.get("hold_discovery", str, "inventory")
+    if discovery not in HOLD_DISCOVERY:
+        raise ConfigError(r.file, r.at("hold_discovery"), f"must be one of {', '.join(HOLD_DISCOVERY)}; "
+                                                          f"got {discovery!r}")
     p = RetentionPolicy(
         keep_last=r.non_negative("keep_last", int, 0),
         keep_hourly=r.non_negative("keep_hourly", int, 0),
@@ -84,6 +94,9 @@ def _retention(r: Reader) -> RetentionPolicy:
         min_keep=r.non_negative("min_keep", int, 1),
         expire_unverified=r.get("expire_unverified", bool, False),
         purge_noncurrent_after_days=purge,
+        future_tolerance_hours=r.non_negative("future_tolerance_hours", float, 1.0),
+        lock_kept=lock_kept.upper() if lock_kept else None,
+        hold_discovery=discovery,
     )
     r.reject_unknown()
     return p

@@ -19,6 +19,8 @@ DUMP_FORMATS = ("custom", "plain", "tar", "directory")
 # Share of already-verified backups re-read in full each run (restic's --read-data-subset
 # idea): a thirtieth re-reads the whole history within a month.
 REREAD_FRACTION = 1 / 30
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")  # S3 Object Lock retention modes
+HOLD_DISCOVERY = ("inventory", "objects")
 
 
 
@@ -52,6 +54,16 @@ class RetentionPolicy:
     # Sweeps on a versioned bucket: delete the noncurrent versions of deleted backups
     # once noncurrent this many days (None: never; an S3 lifecycle rule may do it).
     purge_noncurrent_after_days: int | None = None
+    # A backup dated more than this beyond now is counted by no rule, deleted by nothing, and
+    # refuses the plan (a clock or naming error, or an injected file, must not displace real ones).
+    future_tolerance_hours: float = 1.0
+    # "Lock what you keep": extend the S3 Object Lock retain-until of kept backups to the day
+    # the policy would next consider dropping them, in this mode (None: off).
+    lock_kept: str | None = None
+    # Where sweeps learn holds: "inventory" (the hold list, leases and the hold records under
+    # holds/ in the bucket: no request per object) or "objects" (also ask S3 about every
+    # candidate: legal hold and hold tag, one HeadObject each plus tags where it has some).
+    hold_discovery: str = "inventory"
 
     def is_empty(self) -> bool:
         return not any((self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly,

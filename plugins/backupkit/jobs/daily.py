@@ -135,10 +135,18 @@ def check_cloud_copies(config: Config, source_name: str, bucket: Bucket,
     matches are remembered) or, for the newest backup, when no SHA-256 is known. A
     directory dump is compared file by file. Objects under the prefix with no local
     counterpart are counted (information: S3 usually keeps backups longer than the disk).
+
+    A backup whose deletion a retention sweep announced in the audit log and has not
+    finished (the sweep was killed between deleting the S3 copy and the local one) is
+    reported as a deletion in progress, not as "missing in S3": failing on it would stop
+    the asset event that triggers the sweep that finishes it.
     """
+    from backupkit.retention.audit import AuditLog
+
     source = config.source(source_name)
     catalog = Catalog(source, bucket)
     backups = catalog.local()
+    pending = AuditLog(config.state_dir).pending(source.name)
     results: list[CheckResult] = []
     body = local = stored = skipped = 0
     with _state(config, state) as st:
@@ -146,6 +154,12 @@ def check_cloud_copies(config: Config, source_name: str, bucket: Bucket,
         for i, b in enumerate(backups):
             key = backup_key(source, b)
             newest = i == len(backups) - 1
+            if b.name in pending:
+                rec = pending[b.name]
+                results.append(CheckResult(key, "s3_present", True,
+                                           f"deletion in progress: retention run {rec.get('run_id')} recorded "
+                                           f"'{rec.get('action')}' at {rec.get('time')}; the next sweep finishes it"))
+                continue
             if b.is_dir:
                 reports = [s3_copy_report(bucket, f"{catalog.s3_key(b.name)}/{rel}", local_size=f.stat().st_size,
                                           local_sha256=None, local_path=f, artifact=key, composite_cache=cache)

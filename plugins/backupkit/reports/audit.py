@@ -98,8 +98,8 @@ from backupkit.retention.policy import (
     CALENDAR_RULES,
     describe_policy,
     period_key,
-    period_label,
     policy_zone,
+    recent_periods,
     rule_counts,
 )
 from backupkit.state import VerificationState
@@ -331,38 +331,10 @@ def last_recovery_point(config: Config, index: Mapping[str, Mapping[str, dict]],
 
 
 # -- retention compliance --------------------------------------------------------------------------
-def _period_start(rule: str, local: datetime) -> datetime:
-    """A representative time of the period ``local`` is in (its start hour, or noon of its first day)."""
-    if rule == "hourly":
-        return local.replace(minute=0, second=0, microsecond=0)
-    d = local.date()
-    if rule == "weekly":
-        d -= timedelta(days=d.weekday())
-    elif rule == "monthly":
-        d = d.replace(day=1)
-    elif rule == "yearly":
-        d = d.replace(month=1, day=1)
-    return datetime(d.year, d.month, d.day, 12, tzinfo=local.tzinfo)
-
-
-def _previous_period(rule: str, start: datetime) -> datetime:
-    if rule == "hourly":
-        return (start.astimezone(timezone.utc) - timedelta(hours=1)).astimezone(start.tzinfo)
-    d = start.date()
-    if rule == "daily":
-        d -= timedelta(days=1)
-    elif rule == "weekly":
-        d -= timedelta(days=7)
-    elif rule == "monthly":
-        d = (d - timedelta(days=1)).replace(day=1)
-    elif rule == "yearly":
-        d = d.replace(year=d.year - 1)
-    return datetime(d.year, d.month, d.day, 12, tzinfo=start.tzinfo)
-
-
 def policy_gaps(timestamps: Iterable[datetime], policy: Any, now: datetime) -> list[tuple[str, str]]:
     """(rule, period) for each of the last ``n`` complete periods of every calendar rule
-    ``keep_<rule>: n`` that has no backup, counting only periods since the first backup."""
+    ``keep_<rule>: n`` that has no backup, counting only periods since the first backup
+    (periods from the policy's one table of bucket functions)."""
     stamps = sorted(timestamps)
     if not stamps:
         return []
@@ -373,14 +345,11 @@ def policy_gaps(timestamps: Iterable[datetime], policy: Any, now: datetime) -> l
             continue
         have = {period_key(rule, t.astimezone(zone)) for t in stamps}
         first = period_key(rule, stamps[0].astimezone(zone))
-        cur = _period_start(rule, _utc(now).astimezone(zone))
-        for _ in range(n):
-            cur = _previous_period(rule, cur)
-            key = period_key(rule, cur)
-            if key < first:
+        for period in recent_periods(rule, _utc(now), n, zone):
+            if period.key < first:
                 break
-            if key not in have:
-                gaps.append((rule, period_label(rule, cur)))
+            if period.key not in have:
+                gaps.append((rule, period.label))
     return gaps
 
 

@@ -23,7 +23,16 @@ then ``deleted`` or ``failed``; ``abandoned`` when a later run no longer plans t
 a backup whose deletion was interrupted. Noncurrent S3 versions: ``purge_intent`` then
 ``purged`` / ``purge_failed``. Run level (no artifact): ``refused`` and ``run`` (the
 summary). A backup whose last record is ``intent`` or ``failed`` may be half-deleted:
-:meth:`AuditLog.pending` lists them so the next sweep finishes them.
+:meth:`AuditLog.pending` lists them so the next sweep finishes them (and the daily
+verification reports them as deletions in progress instead of failing on them).
+
+Torn lines: a crash or a full disk mid-append leaves a last line without its end. Every
+append therefore starts on a fresh line (a newline is written first when the file does
+not end with one), so the torn fragment stays a line of its own; readers skip it and
+list it in :attr:`AuditLog.torn` (line number and the start of the fragment), which the
+sweep reports. A torn record is never an ``intent`` whose deletion went ahead: the
+deletion starts only after the append returned and was fsynced. A torn ``deleted``
+leaves the backup pending, and the next sweep finishes (finds nothing left to) delete.
 
 A dry run writes nothing (no record, no file, no upload): it must be safe to run from
 anywhere, and the report it returns already says what would be deleted.
@@ -69,11 +78,15 @@ def make_record(*, run_id: str, source: str, action: str, artifact: str | None =
 
 
 def _append_durably(path: Path, data: bytes) -> None:
-    """Append ``data`` with O_APPEND (whole lines, so concurrent writers do not interleave) and fsync."""
+    """Append ``data`` with O_APPEND (whole lines, so concurrent writers do not interleave) and fsync,
+    on a fresh line: after a torn last line, a newline first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
@@ -99,6 +112,7 @@ class AuditLog:
         self.state = StateDir(state_dir)
         self.dir = self.state.journal_dir
         self.path = self.state.retention_journal if journal == "retention" else self.state.restore_journal
+        self.torn: list[tuple[int, str]] = []  # (line number, start of the fragment) seen by the last read
 
     def run_path(self, run_id: str, source: str) -> Path:
         return self.state.run_journal(safe_run_id(run_id), source)
@@ -124,19 +138,31 @@ class AuditLog:
         return len(records)
 
     def records(self, source: str | None = None) -> Iterator[dict]:
-        """Every record (of ``source``), oldest first; a torn last line (crash mid-write) is skipped."""
+        """Every record (of ``source``), oldest first. Torn lines (a crash or full disk mid-append)
+        are skipped and listed in :attr:`torn`; blank lines are ignored."""
+        self.torn = []
         try:
             f = open(self.path, "rb")
         except FileNotFoundError:
             return
         with f:
-            for line in f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
                 try:
                     rec = json.loads(line)
                 except ValueError:
+                    rec = None
+                if not isinstance(rec, dict):
+                    self.torn.append((lineno, line[:80].decode("utf-8", "replace").rstrip("\n")))
                     continue
-                if isinstance(rec, dict) and (source is None or rec.get("source") == source):
+                if source is None or rec.get("source") == source:
                     yield rec
+
+    def torn_warnings(self) -> list[str]:
+        """The torn lines of the last read, one sentence each (for reports)."""
+        return [f"{self.path}: line {n} is a torn record (a crash or a full disk mid-append), skipped: {text!r}"
+                for n, text in self.torn]
 
     def pending(self, source: str) -> dict[str, dict]:
         """Backups of ``source`` whose last record is ``intent`` or ``failed``: possibly half-deleted.

@@ -15,30 +15,31 @@ same period is kept (the period is the finest calendar rule of the policy, the d
 it only has keep_last/keep_within). Optionally (``expire_unverified=True``) one that
 the policy would delete even if it had passed is deleted too, so failed backups do not
 pile up forever in periods no rule covers any more.
+
+Backups dated in the future (more than ``future_tolerance_hours`` beyond ``now``): a
+clock or naming error, or a file planted to displace real backups. They are flagged
+(rule ``future``), counted by no rule (not even as the newest backup), deleted by
+nothing, and the plan is refused naming them, so no sweep runs until a person looks.
+
+Each backup the rules keep carries ``keep_until``: one day after the earliest moment
+the rules could stop keeping it (:func:`~backupkit.retention.policy.keep_horizon`), the
+retain-until that "lock what you keep" sets in S3.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Collection, Sequence
+from datetime import datetime, timedelta
+from typing import Collection, Mapping, Sequence
 
 from backupkit import clock
 from backupkit.config import RetentionPolicy
-from backupkit.retention.policy import (
-    PolicyOutcome,
-    apply_policy,
-    finest_rule,
-    order_key,
-    period_key,
-    period_label,
-    policy_zone,
-)
+from backupkit.retention.policy import BUCKETS, LOCK_MARGIN, PolicyOutcome, Rules, apply_policy, keep_horizon, order_key
 
 VERIFICATION_STATES = ("passed", "failed", "unverified")
-_UNIT = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month", "yearly": "year"}
 ACTIONS = ("keep", "delete", "held")
+MAX_NAMED = 10  # backups named in one violation
 
 
 class RetentionRefused(RuntimeError):
@@ -77,8 +78,9 @@ class Decision:
 
     ``rules`` are machine-readable ids of everything that decided it (``last``,
     ``hourly`` .. ``yearly``, ``within``, ``empty``, ``newest``, ``newest-verified``,
-    ``unverified``, ``superseded``, ``expired``, ``held``, ``policy``), ``reasons`` the
-    same for people, e.g. ``daily snapshot 3/30``.
+    ``unverified``, ``superseded``, ``expired``, ``held``, ``future``, ``policy``),
+    ``reasons`` the same for people, e.g. ``daily snapshot 3/30``. ``keep_until``: for a
+    backup the rules keep, until when they will (plus a day), else None.
     """
 
     name: str
@@ -88,10 +90,12 @@ class Decision:
     size: int = 0
     verified: str = "passed"
     rules: tuple[str, ...] = ()
+    keep_until: datetime | None = None
 
     def to_dict(self) -> dict:
         return {"timestamp": self.timestamp.isoformat(), "name": self.name, "action": self.action,
-                "reasons": list(self.reasons), "verified": self.verified, "size": self.size}
+                "reasons": list(self.reasons), "verified": self.verified, "size": self.size,
+                "keep_until": self.keep_until.isoformat() if self.keep_until else None}
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,10 @@ class Plan:
     def decision(self, name: str) -> Decision:
         return self._by_name[name]
 
+    def future(self) -> list[Decision]:
+        """Backups dated beyond now plus the tolerance (the plan is refused while there are any)."""
+        return [d for d in self.decisions if "future" in d.rules]
+
     @property
     def summary(self) -> PlanSummary:
         actions = Counter(d.action for d in self.decisions)
@@ -158,16 +166,17 @@ def plan_retention(
     backups: Sequence[Candidate],
     policy: RetentionPolicy,
     *,
-    held: Collection[str] = (),
+    held: Collection[str] | Mapping[str, str] = (),
     now: datetime | None = None,
     listing_complete: bool = True,
     expire_unverified: bool | None = None,
 ) -> Plan:
     """Decide keep / delete / held for every backup of one source.
 
-    ``held``: names that must not be deleted (hold list), in addition to each
-    candidate's ``held_reason``. ``now`` (default: the current time) only decides which
-    backups are in the future for ``keep_within``. ``listing_complete=False`` (the
+    ``held``: names that must not be deleted (the hold list; a mapping gives each its
+    reason, e.g. a lease "in use by restore ..."), in addition to each candidate's
+    ``held_reason``. ``now`` (default: the current time) decides which backups are in
+    the future and the ``keep_within`` window. ``listing_complete=False`` (the
     listing failed or was cut short) refuses the plan: a partial listing makes "the
     newest" and "the fraction deleted" meaningless.
     """
@@ -179,9 +188,12 @@ def plan_retention(
     if len(set(names)) != len(names):
         dupes = sorted(n for n, c in Counter(names).items() if c > 1)
         raise ValueError(f"backup names must be unique; repeated: {', '.join(dupes[:5])}")
-    held_names = set(held)
+    held_reasons = dict(held) if isinstance(held, Mapping) else dict.fromkeys(held, "on the hold list")
 
-    passed = [b for b in ordered if b.verified == "passed"]
+    limit = now + timedelta(hours=policy.future_tolerance_hours)
+    future = [b for b in ordered if b.timestamp > limit]
+    present = [b for b in ordered if b.timestamp <= limit]
+    passed = [b for b in present if b.verified == "passed"]
     outcome = apply_policy(passed, policy, now=now)
 
     rules: dict[str, list[str]] = {b.name: [] for b in ordered}
@@ -189,20 +201,25 @@ def plan_retention(
     for name, keep in outcome.kept.items():
         rules[name].extend(keep.rules)
         reasons[name].extend(keep.reasons)
-    if ordered:
-        rules[ordered[-1].name].append("newest")
-        reasons[ordered[-1].name].append("newest backup")
+    if present:
+        rules[present[-1].name].append("newest")
+        reasons[present[-1].name].append("newest backup")
     if passed:
         rules[passed[-1].name].append("newest-verified")
         reasons[passed[-1].name].append("newest verified backup")
+    for b in future:
+        rules[b.name].append("future")
+        reasons[b.name].append(f"dated {b.timestamp.isoformat()}, more than {policy.future_tolerance_hours:g} h "
+                               f"after now ({now.isoformat(timespec='seconds')}): counted by no rule, never deleted")
 
     if expire_unverified is None:
         expire_unverified = policy.expire_unverified
-    _judge_unverified(ordered, outcome, policy, rules, reasons, expire_unverified)
+    _judge_unverified(present, outcome, policy, rules, reasons, expire_unverified)
+    horizons = {b.name: keep_horizon(outcome, b, now=now) for b in passed if b.name in outcome.kept}
 
     decisions = []
     for b in ordered:
-        hold = b.held_reason or ("on the hold list" if b.name in held_names else None)
+        hold = b.held_reason or held_reasons.get(b.name)
         r, why = rules[b.name], reasons[b.name]
         if hold:
             action = "held"
@@ -213,28 +230,36 @@ def plan_retention(
             action = "delete"
             if not r:  # verified, and no rule wants it
                 r, why = ["policy"], ["not kept by any rule"]
-        decisions.append(Decision(b.name, b.timestamp, action, tuple(why), b.size, b.verified, tuple(r)))
+        until = horizons.get(b.name)
+        decisions.append(Decision(b.name, b.timestamp, action, tuple(why), b.size, b.verified, tuple(r),
+                                  until + LOCK_MARGIN if until is not None else None))
 
     violations = _guard_rails(decisions, policy, listing_complete)
+    if future:
+        named = ", ".join(b.name for b in future[:MAX_NAMED]) + (f" and {len(future) - MAX_NAMED} more"
+                                                                  if len(future) > MAX_NAMED else "")
+        violations.insert(0, f"{len(future)} backup(s) dated more than {policy.future_tolerance_hours:g} h in the "
+                             f"future: {named}; a clock or naming error (or a planted file) would displace real "
+                             f"backups: rename or remove them, nothing is deleted until then")
     return Plan(tuple(decisions), tuple(violations), policy, now, {d.name: d for d in decisions})
 
 
 def _judge_unverified(ordered: Sequence[Candidate], outcome: PolicyOutcome, policy: RetentionPolicy,
                       rules: dict[str, list[str]], reasons: dict[str, list[str]], expire_unverified: bool) -> None:
     """Give every backup that did not pass a keep or delete reason (see module docstring)."""
-    zone = policy_zone(policy)
-    grain = finest_rule(policy)
+    spec = Rules.of(policy)
+    grain = BUCKETS[spec.finest]
     representative: dict[int, str] = {}  # period -> newest verified backup the rules/guards keep
     for b in ordered:
         if b.verified == "passed" and rules[b.name]:
-            representative[period_key(grain, b.timestamp.astimezone(zone))] = b.name
+            representative[grain.key(b.timestamp.astimezone(spec.zone))] = b.name
     for b in ordered:
         if b.verified == "passed":
             continue
-        local = b.timestamp.astimezone(zone)
-        label = f"{_UNIT[grain]} {period_label(grain, local)}"
+        local = b.timestamp.astimezone(spec.zone)
+        label = f"{grain.unit} {grain.label(local)}"
         state = "verification failed" if b.verified == "failed" else "not verified"
-        rep = representative.get(period_key(grain, local))
+        rep = representative.get(grain.key(local))
         if rep is not None:
             rules[b.name].append("superseded")
             reasons[b.name].append(f"{state}; {label} is represented by verified {rep}")

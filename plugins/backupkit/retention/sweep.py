@@ -10,11 +10,15 @@ same companions. Steps:
 2. Plan (:func:`~backupkit.retention.plan.plan_retention`) with the verification
    state from the store (only ``passed`` counts as verified) and the configured hold
    list.
-3. For the backups that plan would delete, and only those (cost): inspect S3 holds
-   (object-lock retention, legal hold, the hold tag; see :mod:`backupkit.storage.objectstore`) -> **held**;
+   Holds known before planning (:mod:`.holds`): the hold list, leases (backups in use by
+   a restore, an approval, a restore test) and the hold records under ``holds/<source>/``
+   in the bucket (one listing; a listing that fails refuses the plan too).
+3. For the backups that plan would delete, and only those (cost): with
+   ``hold_discovery: objects``, ask S3 for each one's legal hold and hold tag -> **held**;
    and protect local copies: a backup whose S3 copy is missing, or whose S3 copy does
    not match the verified SHA-256, is **kept** whole ("S3 copy missing; local copy
-   kept"). Plan again with those: holds only ever remove deletions.
+   kept"). Plan again with those: holds only ever remove deletions. S3 Object Lock
+   retention is not a hold (a lock cannot keep what the policy dropped; see :mod:`.holds`).
 4. A refused plan deletes nothing: the report is finished (and, applied, a ``refused``
    audit record written and mirrored), then :class:`SweepRefused` is raised.
 5. Apply, in chunks of at most ``batch_size`` S3 keys (1000: one DeleteObjects
@@ -29,7 +33,13 @@ same companions. Steps:
 7. Optionally purge noncurrent versions (``retention.purge_noncurrent_after_days``).
    On a versioned bucket step 5 only adds delete markers: the bytes stay, as noncurrent
    versions, until that purge or an S3 lifecycle rule removes them (:mod:`.purge`).
-8. Write the ``run`` record and mirror the run's audit lines to the bucket.
+8. Lock what you keep (``retention.lock_kept``): extend the retain-until of kept backups.
+9. Write the ``run`` record and mirror the run's audit lines to the bucket.
+
+One sweep per source at a time: an applied sweep holds ``SourceLock(state_dir, source,
+"sweep")`` from before its listing to after its audit mirror; a second one waits up to
+``lock_timeout`` seconds, then raises :class:`SweepBusy` naming the holder. Dry runs take
+no lock (they delete nothing and write nothing).
 
 Verification comes from the state store, keyed ``SOURCE/NAME``. A backup that exists
 only in S3 counts as verified only while its record is there (the daily integrity
@@ -47,7 +57,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -56,10 +66,13 @@ from backupkit import clock
 from backupkit.catalog import Catalog, split_companion
 from backupkit.config import Config, Source
 from backupkit.retention.audit import AuditLog, make_record, safe_run_id
-from backupkit.retention.purge import purge_noncurrent
-from backupkit.retention.plan import Candidate, Decision, Plan, RetentionRefused, plan_retention
+from backupkit.retention.holds import extend_locks, recorded_holds
+from backupkit.retention.plan import Candidate, Decision, Plan, plan_retention
 from backupkit.retention.policy import apply_policy, describe_policy
+from backupkit.retention.purge import purge_noncurrent
+from backupkit.retention.report import SweepBusy, SweepError, SweepFailed, SweepRefused, SweepReport, utc_text
 from backupkit.storage.localfs import COMPANIONS, read_sidecar
+from backupkit.storage.locks import Leases, LockBusy, SourceLock
 from backupkit.storage.objectstore import (
     HOLD_TAG,
     MAX_BATCH,
@@ -73,94 +86,6 @@ from backupkit.storage.objectstore import (
 )
 
 PROTECT_RULE = "s3-copy"
-
-
-class SweepError(RuntimeError):
-    """The sweep did not do all it should; ``report`` says what was and was not done."""
-
-    def __init__(self, message: str, report: "SweepReport | None" = None):
-        super().__init__(message)
-        self.report = report
-
-
-class SweepRefused(RetentionRefused, SweepError):
-    """A guard rail refused the plan: nothing was deleted."""
-
-    def __init__(self, report: "SweepReport"):
-        RetentionRefused.__init__(self, report.violations)
-        self.report = report
-
-
-class SweepFailed(SweepError):
-    """Some deletions, inspections or the audit mirror failed; the rest was done."""
-
-
-@dataclass
-class SweepReport:
-    """What one sweep of one source found and did; :meth:`to_dict` is JSON-serialisable."""
-
-    source: str
-    run_id: str
-    dry_run: bool
-    bucket: str
-    prefix: str
-    local_dir: str
-    policy: str = ""
-    started: str = ""
-    finished: str = ""
-    listing_complete: bool = True
-    total: int = 0
-    kept: list[str] = field(default_factory=list)
-    held: list[dict] = field(default_factory=list)  # {name, reason}
-    protected: list[dict] = field(default_factory=list)  # {name, reason}: kept for their local copy
-    deleted: list[str] = field(default_factory=list)
-    would_delete: list[str] = field(default_factory=list)  # dry run, or what a refused plan listed
-    failed: list[dict] = field(default_factory=list)  # {name, detail}
-    not_attempted: list[str] = field(default_factory=list)
-    finished_pending: list[str] = field(default_factory=list)  # interrupted deletions finished
-    abandoned: list[str] = field(default_factory=list)
-    bytes_freed: int = 0
-    bytes_to_free: int = 0
-    by_rule: dict[str, int] = field(default_factory=dict)
-    refused: bool = False
-    violations: list[str] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)  # {artifact, key, code, message}
-    requests: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)  # per phase: list, plan, delete, purge, audit
-    purge: dict | None = None
-    audit_log: str = ""
-    audit_mirror: str = ""
-    plan: Plan | None = field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return not self.refused and not self.errors
-
-    def error(self, artifact: str | None, message: str, *, key: str | None = None, code: str = "") -> None:
-        self.errors.append({"artifact": artifact, "key": key, "code": code, "message": message})
-
-    def counts(self) -> dict[str, int]:
-        return {"total": self.total, "kept": len(self.kept), "held": len(self.held),
-                "protected": len(self.protected), "deleted": len(self.deleted),
-                "would_delete": len(self.would_delete), "failed": len(self.failed),
-                "not_attempted": len(self.not_attempted), "errors": len(self.errors)}
-
-    def to_dict(self, names: bool = True) -> dict:
-        """Everything but the plan; ``names=False`` leaves out the name lists (small enough for XCom)."""
-        d = {"source": self.source, "run_id": self.run_id, "dry_run": self.dry_run, "ok": self.ok,
-             "bucket": self.bucket, "prefix": self.prefix, "local_dir": self.local_dir, "policy": self.policy,
-             "started": self.started, "finished": self.finished, "listing_complete": self.listing_complete,
-             "counts": self.counts(), "bytes_freed": self.bytes_freed, "bytes_to_free": self.bytes_to_free,
-             "by_rule": dict(self.by_rule), "refused": self.refused, "violations": list(self.violations),
-             "errors": list(self.errors), "requests": dict(self.requests),
-             "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "purge": self.purge,
-             "audit_log": self.audit_log, "audit_mirror": self.audit_mirror,
-             "held": list(self.held), "protected": list(self.protected), "failed": list(self.failed)}
-        if names:
-            d.update(kept=list(self.kept), deleted=list(self.deleted), would_delete=list(self.would_delete),
-                     not_attempted=list(self.not_attempted), finished_pending=list(self.finished_pending),
-                     abandoned=list(self.abandoned))
-        return d
 
 
 class _Entry:
@@ -183,10 +108,6 @@ def _decision(plan: Plan, name: str) -> Decision | None:
         return plan.decision(name)
     except KeyError:
         return None
-
-
-def _utc(dt: datetime | None = None) -> str:
-    return (dt or clock.now()).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _remove(path: Path) -> int:
@@ -230,10 +151,11 @@ class _Sweep:
         self.catalog = Catalog(source, bucket)
         self.index: dict[str, _Entry] = {}
         self.pending: dict[str, dict] = {}
+        self.known_holds: dict[str, str] = {}
         self._lock_enabled: bool | None = None
         self.report = SweepReport(source=source.name, run_id=run_id, dry_run=dry_run, bucket=self.bucket,
                                   prefix=self.prefix, local_dir=str(source.local_dir),
-                                  policy=describe_policy(source.retention), started=_utc(),
+                                  policy=describe_policy(source.retention), started=utc_text(),
                                   audit_log="" if dry_run else str(audit.path))
 
     # -- helpers -----------------------------------------------------------------------
@@ -304,6 +226,18 @@ class _Sweep:
             e.s3_extra = side.companion_bytes
         return complete
 
+    def learn_holds(self) -> bool:
+        """Leases and the hold records in the bucket; False when the records could not be listed."""
+        self.known_holds = dict(Leases(self.config.state_dir).held(self.source.name))
+        try:
+            self.known_holds.update(recorded_holds(self.s3, self.source.name))
+        except client_errors() as exc:
+            code, msg = error_code(exc)
+            self.report.error(None, f"cannot read the hold records under s3://{self.bucket}/holds/"
+                                    f"{self.source.name}/: {msg}", code=code)
+            return False
+        return True
+
     def candidates(self) -> list[Candidate]:
         hold_list = set(self.config.hold_list)
         out = []
@@ -313,6 +247,7 @@ class _Sweep:
             verdict = self.state.verdict(self.state_key(name)) or "unverified"
             size = (e.local.size + e.local_extra if e.local is not None else 0) + max(e.s3_size, 0) + e.s3_extra
             held = "on the configured hold list" if (name in hold_list or self.key(name) in hold_list) else None
+            held = held or self.known_holds.get(name)
             out.append(Candidate(name, self.source.pattern.timestamp(name), verdict, size, held))
         return out
 
@@ -324,10 +259,11 @@ class _Sweep:
         planned = plan.planned_deletions()
         remote = [d.name for d in planned if self.index[d.name].s3_size >= 0]
         holds: dict[str, str] = {}
-        check_lock = bool(remote) and self.lock_enabled()
-        if remote and (check_lock or self.hold_tag):
+        per_object = self.source.retention.hold_discovery == "objects"
+        check_lock = per_object and bool(remote) and self.lock_enabled()  # legal holds
+        if remote and per_object and (check_lock or self.hold_tag):
             found = self.s3.inspect_holds([self.key(n) for n in remote], now=clock.now(), check_lock=check_lock,
-                                          hold_tag=self.hold_tag, workers=self.workers)
+                                          hold_tag=self.hold_tag, workers=self.workers, retention=False)
             for name in remote:
                 reason, err = found.get(self.key(name), (None, None))
                 if err is not None:
@@ -536,10 +472,38 @@ class _Sweep:
         if not self.dry_run:
             self.report.bytes_freed += res.bytes_freed
 
-    # -- 8. audit mirror ---------------------------------------------------------------
+    # -- 8. lock what you keep ----------------------------------------------------------
+    def lock_kept(self, plan: Plan) -> None:
+        """Extend the S3 retain-until of every kept backup to its ``keep_until`` (never shorten)."""
+        mode = self.source.retention.lock_kept
+        if mode is None:
+            return
+        if not self.lock_enabled():
+            self.report.error(None, f"retention.lock_kept is {mode} but s3://{self.bucket} has no object lock: "
+                                    f"nothing can be locked", code="NoObjectLock")
+            return
+        targets = []
+        for d in plan.decisions:
+            e = self.index.get(d.name)
+            if d.action != "keep" or d.keep_until is None or e is None or e.s3_size < 0:
+                continue
+            keys = ([o.key for o in self.s3.objects(self.key(d.name) + "/")] if e.s3_dir else [self.key(d.name)])
+            keys += [self.key(d.name + sfx) for i, sfx in enumerate(COMPANIONS) if e.s3_companions & (1 << i)]
+            targets += [(d.name, k, d.keep_until) for k in keys]
+        for change in extend_locks(self.s3, targets, mode=mode, now=clock.now(), dry_run=self.dry_run):
+            if change.error:
+                self.report.error(change.name, f"retain-until not extended to {change.until.isoformat()}: "
+                                               f"{change.error}", key=change.key, code="ObjectLock")
+            else:
+                self.report.locks.append(change.to_dict())
+        if self.report.locks:
+            self.write([self.record("locked", detail=f"{len(self.report.locks)} retain-until dates extended",
+                                    locks=self.report.locks)])
+
+    # -- 9. audit mirror ---------------------------------------------------------------
     def finish_audit(self) -> None:
         r = self.report
-        r.finished = _utc()
+        r.finished = utc_text()
         if self.dry_run:
             return
         self.write([self.record("run", detail="refused" if r.refused else ("ok" if r.ok else "errors"),
@@ -574,7 +538,9 @@ class _Sweep:
         r = self.report
         t = time.perf_counter()
         self.pending = self.audit.pending(self.source.name)
+        r.warnings += self.audit.torn_warnings()
         complete = self.list_all()
+        complete = self.learn_holds() and complete
         r.listing_complete = complete
         t = self.phase("list", t)
         candidates = self.candidates()
@@ -596,6 +562,7 @@ class _Sweep:
                     r.protected.append({"name": d.name, "reason": protections[d.name]})
             elif d.action == "held":
                 r.held.append({"name": d.name, "reason": d.reasons[0].removeprefix("held: ")})
+        r.future = [d.name for d in plan.future()]
         if plan.refused or self.dry_run:
             r.would_delete = [d.name for d in plan.planned_deletions()]
         if plan.refused:
@@ -612,6 +579,9 @@ class _Sweep:
         if not r.not_attempted and self.source.retention.purge_noncurrent_after_days is not None:
             self.purge(plan)
             t = self.phase("purge", t)
+        if not r.not_attempted:
+            self.lock_kept(plan)
+            t = self.phase("lock", t)
         self.finish_audit()
         self.phase("audit", t)
         if r.errors:
@@ -623,14 +593,17 @@ class _Sweep:
 def sweep_source(config: Config, source_name: str, *, bucket: Bucket, state: Any, dry_run: bool, run_id: str,
                  now: datetime | None = None, audit: AuditLog, batch_size: int = MAX_BATCH,
                  hold_tag: str | None = HOLD_TAG, workers: int = 8, attempts: int = 4,
-                 backoff: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> SweepReport:
+                 backoff: float = 0.5, sleep: Callable[[float], None] = time.sleep,
+                 lock_timeout: float = 60.0) -> SweepReport:
     """Apply (or, ``dry_run``, show) the source's retention policy to its local and S3 backups.
 
     ``state`` is the :class:`~backupkit.state.VerificationState`; ``now`` the time the
     policy is evaluated at (default: now; holds and noncurrent ages always use the real
     clock). ``batch_size``: S3 keys per DeleteObjects request (<= 1000). ``hold_tag``:
     the object tag that marks a hold (None: tags are not inspected, one request less per
-    deleted object). ``attempts`` / ``backoff``: retries of failed keys.
+    deleted object). ``attempts`` / ``backoff``: retries of failed keys. ``lock_timeout``:
+    seconds an applied sweep waits for another sweep of the source to finish before
+    raising :class:`SweepBusy`.
 
     Returns the report; raises :class:`SweepRefused` (nothing deleted) when a guard rail
     refuses the plan and :class:`SweepFailed` when anything could not be done, both
@@ -646,6 +619,15 @@ def sweep_source(config: Config, source_name: str, *, bucket: Bucket, state: Any
                    audit=audit, batch_size=batch_size, hold_tag=hold_tag, workers=workers, attempts=attempts,
                    backoff=backoff, sleep=sleep)
     counter = RequestCounter()
+    lock = None
+    if not dry_run:
+        lock = SourceLock(config.state_dir, source.name, "sweep", owner=run_id, timeout=lock_timeout)
+        try:
+            lock.acquire()
+        except LockBusy as exc:
+            sweep.report.error(None, str(exc), code="LockBusy")
+            sweep.report.finished = utc_text()
+            raise SweepBusy(str(exc), sweep.report) from None
     try:
         with bucket.counting(counter):
             try:
@@ -662,6 +644,8 @@ def sweep_source(config: Config, source_name: str, *, bucket: Bucket, state: Any
                 raise
     finally:
         sweep.report.requests = counter.as_dict()
+        if lock is not None:
+            lock.release()
 
 
-__all__ = ["sweep_source", "SweepReport", "SweepError", "SweepRefused", "SweepFailed", "COMPANIONS"]
+__all__ = ["sweep_source", "SweepReport", "SweepError", "SweepRefused", "SweepFailed", "SweepBusy", "COMPANIONS"]

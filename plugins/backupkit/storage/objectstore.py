@@ -15,7 +15,9 @@ Costs, because a first sweep over a neglected history may touch 100 000 objects:
 * holds: object-lock retention and legal hold from HeadObject's ``ObjectLock*`` fields
   (one request instead of GetObjectRetention plus GetObjectLegalHold; S3 returns them
   only to a caller with ``s3:GetObjectRetention`` and ``s3:GetObjectLegalHold``), the
-  hold tag from GetObjectTagging, inspected in a small thread pool.
+  hold tag from GetObjectTagging, inspected in a small thread pool. Retention sweeps do
+  not ask per object by default: they read the hold records under ``holds/`` (one
+  listing; :mod:`backupkit.retention.holds`).
 
 Versioned buckets (production's is: object lock implies versioning): deleting a key
 without a version id adds a *delete marker*; the bytes stay as a noncurrent version
@@ -558,6 +560,35 @@ class Bucket:
             kwargs["BypassGovernanceRetention"] = True
         self.client.put_object_retention(**kwargs)
 
+    def put_legal_hold(self, key: str, on: bool, *, version_id: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Key": key, "LegalHold": {"Status": "ON" if on else "OFF"}}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        self.client.put_object_legal_hold(**kwargs)
+
+    def put_tags(self, key: str, tags: dict[str, str], *, version_id: str | None = None) -> None:
+        """Replace the object's tag set (PutObjectTagging; an empty dict: DeleteObjectTagging)."""
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        if not tags:
+            self.client.delete_object_tagging(**kwargs)
+            return
+        self.client.put_object_tagging(**kwargs, Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+
+    def get_small(self, key: str, limit: int = 64 << 10) -> bytes | None:
+        """The first ``limit`` bytes of an object in one ranged GetObject, None when absent."""
+        try:
+            body = self.body(key, byte_range=f"bytes=0-{limit - 1}")
+        except client_errors()[0] as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        try:
+            return body.read(limit)
+        finally:
+            body.close()
+
     def tags(self, key: str, *, version_id: str | None = None) -> dict[str, str]:
         kwargs: dict[str, Any] = {"Bucket": self.name, "Key": key}
         if version_id:
@@ -565,12 +596,14 @@ class Bucket:
         return {t.get("Key", ""): t.get("Value", "") for t in self.client.get_object_tagging(**kwargs).get("TagSet") or ()}
 
     def hold_reason(self, key: str, *, now: datetime, check_lock: bool, hold_tag: str | None,
-                    version_id: str | None = None) -> str | None:
+                    version_id: str | None = None, retention: bool = True) -> str | None:
         """Why the object (version) must not be deleted, or None. Raises on S3 errors other than 404.
 
         Holds: object-lock retention with a retain-until date after ``now`` (either mode:
-        governance could be bypassed, but retention never does), legal hold ON, or the tag
-        ``hold_tag`` (its value is the reason, e.g. a case number).
+        governance could be bypassed, but retention never does; ``retention=False`` leaves
+        it out, for callers whose deletion only adds a delete marker, which S3 allows over a
+        locked version), legal hold ON, or the tag ``hold_tag`` (its value is the reason,
+        e.g. a case number).
         """
         reasons = []
         try:
@@ -581,7 +614,7 @@ class Bucket:
                 if head.get("ObjectLockLegalHoldStatus") == "ON":
                     reasons.append("S3 legal hold")
                 until = head.get("ObjectLockRetainUntilDate")
-                if until is not None and until > now:
+                if retention and until is not None and until > now:
                     reasons.append(f"S3 object lock {head.get('ObjectLockMode') or ''} retention until "
                                    f"{until.isoformat()}".replace("  ", " "))
             if hold_tag:
@@ -595,7 +628,7 @@ class Bucket:
         return "; ".join(reasons) or None
 
     def inspect_holds(self, keys: Iterable[str], *, now: datetime, check_lock: bool, hold_tag: str | None,
-                      workers: int = 8) -> dict[str, tuple[str | None, str | None]]:
+                      workers: int = 8, retention: bool = True) -> dict[str, tuple[str | None, str | None]]:
         """key -> (hold reason, error) for the keys that are held or could not be inspected.
 
         Inspected in a thread pool, 1000 keys at a time (bounded memory however many keys);
@@ -606,7 +639,8 @@ class Bucket:
 
         def one(key: str) -> tuple[str | None, str | None]:
             try:
-                return self.hold_reason(key, now=now, check_lock=check_lock, hold_tag=hold_tag), None
+                return self.hold_reason(key, now=now, check_lock=check_lock, hold_tag=hold_tag,
+                                        retention=retention), None
             except client_errors() as exc:
                 code, msg = error_code(exc)
                 return None, f"{code}: {msg}"
