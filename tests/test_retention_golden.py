@@ -3,7 +3,7 @@
 ``tests/golden/retention_input.json`` holds timestamps (as restic stores them: RFC 3339 with
 the host zone's offset) and policies; ``retention_expected.json`` what restic's
 ``ApplyPolicy`` keeps and why, computed by restic's ``snapshot_policy.go`` itself with ``TZ``
-set to the policy's zone (``tests/golden/make_retention_golden.sh``). Cases cover GFS with
+set to the policy's zone, once, outside this repository (no restic code or build recipe is kept here). Cases cover GFS with
 gaps, intra-day backups, DST changes in Berlin, New York and Auckland (hourly buckets across
 the fold, keep_within across the change), ISO week 53, restic's oldest-snapshot clause and
 Go's month overflow.

@@ -1,6 +1,7 @@
 """Writes the golden retention cases: ``retention_input.json`` (timestamps and policies) and,
-with ``--oracle`` (restic's own policy code, built by ``make_retention_golden.sh``),
-``retention_expected.json`` (what restic keeps and why). The test compares our engine to both.
+with ``--oracle`` (an executable outside this repository that reads ``{Policy, Times}`` as JSON
+and prints what restic's ``ApplyPolicy`` keeps), ``retention_expected.json`` (what restic keeps
+and why). The test compares our engine to both.
 
 Timestamps are written as restic stores them: RFC 3339 with the offset the host's zone had at
 that instant; the oracle runs with ``TZ`` set to the policy's zone (a host in that zone).
