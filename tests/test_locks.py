@@ -73,9 +73,13 @@ def test_leases_hold_until_released_or_expired(tmp_path):
         assert list(Leases(tmp_path).held("trixtech-db")) == ["trixtech_20261101_020000.dump"]
     held = leases.held("trixtech-db")
     assert "in use by restore (run manual__1)" in held.get("trixtech_20261101_020000.dump", "")
-    assert "trixtech_20261001_020000.dump" not in held  # its file was removed when it expired
+    with clock.frozen(expired.until + timedelta(seconds=1)):
+        assert len(list(leases.dir.glob("*.json"))) == 2  # reading removes nothing (dry runs read)
+        assert leases.prune() == 1  # the expired one; the next take() prunes too
+    assert len(list(leases.dir.glob("*.json"))) == 1
     assert leases.held("trixtech-files") == {}
     leases.release("trixtech-db", "trixtech_20261101_020000.dump", run_id="manual__1")
     assert leases.held("trixtech-db") == {}
     (leases.dir / "garbage.json").write_text("{not json")
-    assert leases.active() == [] and not (leases.dir / "garbage.json").exists()
+    assert leases.active() == [] and (leases.dir / "garbage.json").exists()
+    assert leases.prune() == 1 and not (leases.dir / "garbage.json").exists()

@@ -74,7 +74,7 @@ HELP: dict[str, str] = {
     RETENTION_LAST_RUN: "Unix time of the last applied retention run of the source",
     RETENTION_DELETED: "Backups deleted by the last applied retention run of the source",
     RETENTION_FREED: "Bytes freed by the last applied retention run of the source (local and S3)",
-    RETENTION_HELD: "Backups the last retention run of the source held (object lock, legal hold, tag, hold list)",
+    RETENTION_HELD: "Backups the last retention run of the source held (hold records, hold list, backups in use)",
     RETENTION_REFUSED: "1 if a guard rail refused the last retention run of the source, else 0",
     RESTORE_TEST_LAST_RUN: "Unix time of the last restore test run",
     RESTORE_TEST_LAST_SUCCESS: "Unix time of the last restore test of the source that passed",

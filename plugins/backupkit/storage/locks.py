@@ -113,6 +113,7 @@ class Leases:
         return self.dir / f"{safe_segment(source)}__{safe_segment(backup)}__{safe_segment(run_id)}.json"
 
     def take(self, source: str, backup: str, *, run_id: str, purpose: str, for_: timedelta) -> Lease:
+        self.prune()
         lease = Lease(source, backup, run_id, purpose, clock.now() + for_)
         atomic_write(self._path(source, backup, run_id), json.dumps(lease.to_dict(), sort_keys=True))
         return lease
@@ -124,25 +125,36 @@ class Leases:
             pass
 
     def active(self, source: str | None = None) -> list[Lease]:
-        """Unexpired leases (of ``source``); expired and unreadable files are removed."""
+        """Unexpired leases (of ``source``). Reads only: a dry run may call it."""
         out = []
         if not self.dir.is_dir():
             return out
         now = clock.now()
         for path in sorted(self.dir.glob("*.json")):
-            try:
-                d = json.loads(path.read_text())
-                lease = Lease(d["source"], d["backup"], d["run_id"], d.get("purpose", ""),
-                              datetime.fromisoformat(d["until"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                path.unlink(missing_ok=True)
-                continue
-            if lease.until <= now:
-                path.unlink(missing_ok=True)
-                continue
-            if source is None or lease.source == source:
+            lease = self._read(path)
+            if lease is not None and lease.until > now and (source is None or lease.source == source):
                 out.append(lease)
         return out
+
+    def prune(self) -> int:
+        """Remove expired and unreadable lease files (a run that died cannot pin a backup); how many."""
+        if not self.dir.is_dir():
+            return 0
+        now, removed = clock.now(), 0
+        for path in sorted(self.dir.glob("*.json")):
+            lease = self._read(path)
+            if lease is None or lease.until <= now:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    @staticmethod
+    def _read(path: Path) -> Lease | None:
+        try:
+            d = json.loads(path.read_text())
+            return Lease(d["source"], d["backup"], d["run_id"], d.get("purpose", ""), datetime.fromisoformat(d["until"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def held(self, source: str) -> dict[str, str]:
         """backup name -> why it is held (for the retention plan)."""
