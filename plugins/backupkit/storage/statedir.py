@@ -10,6 +10,7 @@ One layout, so a newcomer (and the health page) finds each fact in one place::
       history/restore_tests.jsonl         one line per backup restored by a restore test
       history/dr_drills.jsonl             one line per disaster-recovery drill
       history/storage.jsonl               weekly storage totals (growth)
+      facts/<job>.json                    what a job's last run found, for the health page (backupkit.health)
       metrics/<job>.prom                  node_exporter textfile collector, one file per job
       metrics/<job>.json                  values a job keeps between runs (last successes)
       reports/<kind>/<date>/              rendered reports (also written to the bucket)
@@ -83,6 +84,10 @@ class StateDir:
     @property
     def storage_history(self) -> Path:
         return self.root / "history" / "storage.jsonl"
+
+    # -- facts the health page reads ------------------------------------------------------
+    def facts_file(self, job: str) -> Path:
+        return self.root / "facts" / f"{safe_segment(job)}.json"
 
     # -- metrics -------------------------------------------------------------------------
     @property
