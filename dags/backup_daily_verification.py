@@ -77,7 +77,9 @@ the state as it is then). Sources come from `include/config/backups.yaml` (or `$
 whatever happened and publishes per-source gauges (`backup_verification_status`,
 `backup_verification_problems`, `backup_verification_last_success_timestamp_seconds`,
 `backup_age_seconds`, `backup_size_bytes`) to the Pushgateway when `metrics.pushgateway_url`
-is set, and always to `<state_dir>/metrics/daily.prom` (node_exporter textfile collector).
+is set, and always to `<state_dir>/metrics/daily.prom` (node_exporter textfile collector); it also
+writes `<state_dir>/facts/daily.json` (what this run found per source, with the S3 copy evidence),
+which the *Backup health* page reads.
 
 ## When it fails
 
@@ -154,11 +156,18 @@ def backup_daily_verification():
         """Per-source gauges from this run's results, whatever the verdict."""
         if source_names is None:
             raise AirflowFailException("the sources task failed: no metrics to export")
+        from backupkit.health import record_daily_run  # run time only: the DAG file stays light to parse
+
         config = backup_config()
-        registry = daily.run_metrics(config, run_results(context["ti"], source_names), source_names, now=clock.now())
+        now = clock.now()
+        results = run_results(context["ti"], source_names)
+        registry = daily.run_metrics(config, results, source_names, now=now)
         targets = registry.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
                                    textfile=config.state.metrics_textfile("daily"))
         log.info("metrics for %d sources published to %s", len(source_names), ", ".join(targets))
+        facts = record_daily_run(config.state, results, source_names=source_names, dag_id=context["dag"].dag_id,
+                                 run_id=context["run_id"], now=now)
+        log.info("facts for the health page written to %s", facts)
         return targets
 
     names = sources()

@@ -127,6 +127,45 @@ def bar_chart(title: str, items: Sequence[tuple[str, float]], *, fmt=human_bytes
     return _svg(width, height, title, body)
 
 
+def bar_spark(title: str, labels: Sequence[str], values: Sequence[float | None], *, fmt=human_bytes,
+              marks: dict[int, str] | None = None, limit: float | None = None, limit_label: str = "",
+              width: int = 320, height: int = 96) -> str:
+    """A small bar per value (one per night); ``marks`` (index -> why) are drawn red with a ring,
+    ``limit`` as a dashed line. Missing values leave a gap. Every bar has a tooltip."""
+    left, right, top, bottom = 4, 4, 22, 14
+    pw, ph = width - left - right, height - top - bottom
+    marks = marks or {}
+    known = [v for v in values if v is not None]
+    ymax = _nice_max(max(known + ([limit] if limit is not None else []), default=0))
+    n = max(len(values), 1)
+    slot = pw / n
+    body = [f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#999"/>',
+            f'<text x="{width - right}" y="{top - 4}" text-anchor="end" fill="#666">max {_xml(fmt(ymax))}</text>']
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        h = max(ph * v / ymax, 1.0)
+        x, y = left + i * slot, top + ph - h
+        why = marks.get(i)
+        color = PALETTE[1] if why else PALETTE[0]
+        tip = f"{labels[i] if i < len(labels) else i}: {fmt(v)}" + (f" -- {why}" if why else "")
+        cls = ' class="anomaly"' if why else ""
+        body.append(f'<rect x="{x + slot * 0.1:.1f}" y="{y:.1f}" width="{max(slot * 0.8, 1):.1f}" height="{h:.1f}" '
+                    f'fill="{color}"{cls}><title>{_xml(tip)}</title></rect>')
+        if why:
+            body.append(f'<circle cx="{x + slot / 2:.1f}" cy="{y - 4:.1f}" r="3" fill="none" stroke="{PALETTE[1]}"/>')
+    if limit is not None:
+        ly = top + ph - ph * limit / ymax
+        body.append(f'<line x1="{left}" y1="{ly:.1f}" x2="{left + pw}" y2="{ly:.1f}" stroke="{PALETTE[1]}" '
+                    f'stroke-dasharray="4 3"><title>{_xml(limit_label or fmt(limit))}</title></line>')
+    if labels:
+        body.append(f'<text x="{left}" y="{height - 2}" fill="#666">{_xml(labels[0])}</text>')
+        body.append(f'<text x="{width - right}" y="{height - 2}" text-anchor="end" fill="#666">{_xml(labels[-1])}</text>')
+    if not known:
+        body.append(f'<text x="{width / 2:.0f}" y="{top + ph / 2:.0f}" text-anchor="middle">no data</text>')
+    return _svg(width, height, title, body).replace('font-size="13"', 'font-size="11"', 1)
+
+
 # -- the document -------------------------------------------------------------------------
 @dataclass
 class Doc:
@@ -273,5 +312,5 @@ def publish_files(files: dict[str, str | bytes], *, bucket, prefix: str, local_d
             "local": str(local_dir / "report.md"), "keys": keys}
 
 
-__all__ = ["Doc", "line_chart", "bar_chart", "human_bytes", "human_seconds", "content_type", "report_prefix",
+__all__ = ["Doc", "line_chart", "bar_chart", "bar_spark", "human_bytes", "human_seconds", "content_type", "report_prefix",
            "publish_files"]
