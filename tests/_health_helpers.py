@@ -51,7 +51,7 @@ def run_daily(config: Config, bucket: Bucket, now: datetime, run_id: str | None 
 
 
 def build(pg, moto_server, root: Path, *, days: int, database: str, now: datetime,
-          defects: Defects = Defects(), daily_run: bool = True) -> HealthSandbox:
+          defects: Defects = Defects(), daily_run: bool = True, multipart_threshold: int | None = None) -> HealthSandbox:
     """Generate ``days`` nights under ``root`` and (unless told not to) run the daily checks once.
 
     Exports the sandbox's environment (BACKUP_ROOT, BACKUPKIT_CONFIG, ...) into ``os.environ``:
@@ -63,7 +63,9 @@ def build(pg, moto_server, root: Path, *, days: int, database: str, now: datetim
     config = load_config()
     client = moto_server.client()
     create_production_bucket(client, config.bucket)
-    history = generate_history(config, pg, now=now, days=days, s3_client=client, defects=defects, database=database)
+    extra = {} if multipart_threshold is None else {"multipart_threshold": multipart_threshold}
+    history = generate_history(config, pg, now=now, days=days, s3_client=client, defects=defects, database=database,
+                               **extra)
     bucket = Bucket(client, config.bucket)
     if daily_run:
         run_daily(config, bucket, now)
