@@ -118,8 +118,11 @@ def read_daily_run(path: Path) -> dict | None:
     for name, s in sources.items():
         if not isinstance(s, dict) or not isinstance(s.get("ok"), bool) or not isinstance(s.get("map_index"), int):
             raise FactsError(f"{path}: sources.{str(name)[:60]} must have ok (true/false) and map_index (integer)")
-        problems = [p for p in s.get("problems") or [] if isinstance(p, dict)][:MAX_PROBLEMS]
-        s3 = {str(k): v for k, v in (s.get("s3") or {}).items()
+        problems, s3 = s.get("problems", []), s.get("s3", {})
+        if not isinstance(problems, list) or not isinstance(s3, dict):
+            raise FactsError(f"{path}: sources.{str(name)[:60]}: problems must be a list and s3 an object")
+        problems = [p for p in problems if isinstance(p, dict)][:MAX_PROBLEMS]
+        s3 = {str(k): v for k, v in s3.items()
               if isinstance(v, dict) and isinstance(v.get("ok"), bool) and isinstance(v.get("method"), str)}
         clean[str(name)] = {"ok": s["ok"], "map_index": s["map_index"],
                             "problems": [{k: str(p.get(k, ""))[:500] for k in ("artifact", "check", "detail")}
