@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PROMTOOL := $(BIN)/promtool
 SANDBOX := cd $(ROOT) && $(BIN)/python -m sandbox
 
-.PHONY: up down test venv bench clean status
+.PHONY: up down test venv bench clean status browser
 
 venv: $(STAMP) $(PROMTOOL)
 
@@ -34,6 +34,15 @@ $(PROMTOOL): | $(STAMP)
 	fi; \
 	$@ --version | head -n 1
 
+# Headless Chromium for the health page's browser test (tests/test_health_browser.py, driven by the
+# pinned Playwright with executable_path): Debian's package, installed when missing (the test runs as
+# root in CI; Playwright's own browser download is never used).
+CHROMIUM ?= /usr/bin/chromium
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }
+
 up: venv
 	$(SANDBOX) up
 
@@ -43,7 +52,7 @@ down:
 status: venv
 	$(SANDBOX) status
 
-test: venv
+test: venv browser
 	cd $(ROOT) && $(BIN)/python -m pytest
 
 bench: venv

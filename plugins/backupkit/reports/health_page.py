@@ -105,7 +105,7 @@ def _charts(s: Mapping) -> str:
     sizes = bar_spark(f"{s['name']}: size, last {len(nights)} nights", labels, [n["size"] for n in nights],
                       marks=marks)
     ages = [n["age_reached_hours"] for n in nights]
-    age_chart = bar_spark(f"{s['name']}: age reached before the next backup (h)", labels, ages,
+    age_chart = bar_spark(f"{s['name']}: age before the next (h)", labels, ages,
                           fmt=lambda v: f"{v:.0f} h", limit=s["max_age_hours"],
                           limit_label=f"max_age_hours {s['max_age_hours']:g}")
     return f"<div class=charts>{sizes}{age_chart}</div>"
