@@ -175,3 +175,45 @@ def test_the_plugin_is_in_the_ui_navigation_and_on_every_dag(client):
     assert views["nav"]["href"] == "backup-health/" and views["nav"]["url_route"] == "backup-health"
     assert views["dag"]["href"] == "backup-health/?dag_id={DAG_ID}"
     assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == ["/backup-health"]
+
+
+def test_the_links_and_the_prefill_name_tasks_and_fields_the_dags_have(sandbox):
+    """The adapter's task ids and form fields are plain strings: hold them to the DAGs themselves."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from backup_airflow.health.links import DAILY_DAG, RESTORE_DAGS, TASK_OF_FACT
+
+    bag = DagBag(dag_folder=str(airflow_env.DAGS))
+    assert not bag.import_errors
+    assert set(TASK_OF_FACT.values()) <= set(bag.dags[DAILY_DAG].task_ids)
+    for dag_id, field in RESTORE_DAGS.values():
+        assert {field, "which", "key"} <= set(bag.dags[dag_id].params), dag_id
+
+
+def test_the_middleware_prefills_only_the_restore_form_asked_from_a_prefill_link(client, sandbox):
+    """Through Airflow's real ``/api/v2/dags/{id}/details`` (the DAGs stored as the dag-processor does)."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from airflow.utils.session import create_session
+
+    from backup_airflow.health.links import UiLinks
+
+    manager = DagBundlesManager()
+    with create_session() as session:
+        manager.sync_bundles_to_db(session=session)
+    bundle = next(iter(manager.get_all_dag_bundles()))
+    bag = BundleDagBag(dag_folder=str(airflow_env.DAGS / "backup_restore.py"), bundle_path=bundle.path,
+                       bundle_name=bundle.name)
+    sync_bag_to_db(bag, bundle.name, bundle.version)
+    name = sandbox.history.newest("trixtech-db-sql").name
+    conf = {"source": "trixtech-db-sql", "which": "key", "key": f"database-sql/{name}"}
+    page = "http://testserver" + UiLinks("").trigger_form("backup_restore", conf)
+    headers = bearer(client, "admin")
+    plain = client.get("/api/v2/dags/backup_restore/details", headers=headers).json()["params"]
+    filled = client.get("/api/v2/dags/backup_restore/details", headers={**headers, "Referer": page}).json()["params"]
+    assert plain["key"]["value"] is None and plain["which"]["value"] == "latest"
+    assert {k: filled[k]["value"] for k in conf} == conf
+    assert {k: v for k, v in filled.items() if k not in conf} == {k: v for k, v in plain.items() if k not in conf}
+    hostile = page.replace("database-sql%2F", "files%2F")  # a key outside the source's prefix
+    refused = client.get("/api/v2/dags/backup_restore/details", headers={**headers, "Referer": hostile}).json()
+    assert refused["params"] == plain
