@@ -61,7 +61,7 @@ def by_name(snap) -> dict:
 
 def test_a_healthy_history_is_ok_with_the_facts_the_jobs_recorded(sandbox):
     hs = sandbox(multipart_threshold=16 * 1024)  # the dumps (~60 KB) become multipart uploads
-    passing_restore_tests(hs)
+    passing_restore_tests(hs, verified_rows=1800)
     snap = service(hs).snapshot()
     got = by_name(snap)
     assert {n: s["status"] for n, s in got.items()} == dict.fromkeys(got, "ok"), \
@@ -79,6 +79,7 @@ def test_a_healthy_history_is_ok_with_the_facts_the_jobs_recorded(sandbox):
         method = "composite-sha256" if src["newest"]["size"] > 16 * 1024 else "sha256"
         assert src["s3"]["evidence"] == {method: NIGHTS}, name
     assert db["restore_test"]["duration_seconds"] == 12.5 and db["restore_test"]["all_ok"]
+    assert db["restore_test"]["rows"] == 1800
     assert len(db["charts"]["nights"]) == NIGHTS and db["charts"]["nights"][-1]["age_reached_hours"] == 24.0
     assert db["retention"]["total"] == NIGHTS and not db["retention"]["refused"]
 

@@ -666,7 +666,8 @@ def _append_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> int:
 def record_restore_tests(state_dir: Path, results: Iterable[Mapping[str, Any]], *, run_id: str,
                          now: datetime) -> int:
     """Append one restore-test run's results (one per restored backup: ``source``, ``ok``, and
-    optionally ``backup``, ``role``, ``duration_seconds``, ``problems``) to ``restore_tests.jsonl``."""
+    optionally ``backup``, ``role``, ``duration_seconds``, ``verified_rows``, ``files``, ``problems``) to
+    ``restore_tests.jsonl`` (the health page shows the rows or files checked)."""
     rows = []
     for r in results:
         problems = r.get("problems") or []
@@ -674,7 +675,8 @@ def record_restore_tests(state_dir: Path, results: Iterable[Mapping[str, Any]], 
                                               if isinstance(p, Mapping))
         rows.append({"time": _utc(now).isoformat(), "run_id": run_id, "source": str(r["source"]),
                      "ok": bool(r.get("ok")),
-                     **{k: r[k] for k in ("backup", "role", "duration_seconds") if r.get(k) is not None},
+                     **{k: r[k] for k in ("backup", "role", "duration_seconds", "verified_rows", "files")
+                        if r.get(k) is not None},
                      "detail": detail[:1000]})
     return _append_jsonl(StateDir(state_dir).restore_tests, rows)
 
