@@ -182,6 +182,16 @@ def test_the_page_lists_every_source_with_its_status(browser, server):
     page.screenshot(path=str(SHOTS / "2-in-airflow-ui.png"), full_page=True)
 
 
+def test_the_page_is_a_tab_on_each_backup_dag(browser, server):
+    page = signed_in(browser, server, "viewer")
+    page.goto(server["base"] + "/dags/backup_retention_cleanup")
+    page.get_by_text("Backup health", exact=True).first.click()
+    frame = page.frame_locator("iframe")
+    frame.locator('tr[data-source="trixtech-db"]').wait_for(timeout=30000)
+    assert "opened from backup_retention_cleanup" in frame.locator("body").inner_text()
+    page.screenshot(path=str(SHOTS / "2b-dag-tab.png"), full_page=True)
+
+
 def test_a_damaged_newest_backup_turns_its_row_red_with_the_reason(browser, server):
     hs = server["sandbox"]
     newest = hs.history.newest("trixtech-db")

@@ -140,7 +140,7 @@ def bar_spark(title: str, labels: Sequence[str], values: Sequence[float | None],
     n = max(len(values), 1)
     slot = pw / n
     body = [f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#999"/>',
-            f'<text x="{width - right}" y="{top - 4}" text-anchor="end" fill="#666">max {_xml(fmt(ymax))}</text>']
+            f'<text x="{width / 2:.0f}" y="{height - 2}" text-anchor="middle" fill="#666">max {_xml(fmt(ymax))}</text>']
     for i, v in enumerate(values):
         if v is None:
             continue
