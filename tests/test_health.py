@@ -101,6 +101,7 @@ def test_a_damaged_newest_backup_warns_until_read_then_fails_with_the_reason(san
     assert s["reason"].startswith(f"newest backup {newest.name} failed verification on "
                                   f"{SESSION_NOW.date().isoformat()}: ")
     assert "sha256" in s["reason"]
+    assert "\n" not in s["reason"] and len(s["reason"]) <= 400  # one line, however long pg_restore's output
     page = render_page(svc.snapshot())
     assert f'data-source="trixtech-db" data-status="failed"' in page
     assert by_name(svc.snapshot())["trixtech-files"]["status"] == "ok"  # the other sources are unaffected

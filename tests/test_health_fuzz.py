@@ -184,3 +184,21 @@ def test_daily_facts_keep_the_documented_shape_for_any_results(results):
     for name, f in facts.items():
         assert f["ok"] == all(r["ok"] for r in results if r["artifact"].split("/", 1)[0] == name)
         assert len(f["problems"]) <= 20
+
+
+def test_loading_the_plugin_touches_nothing(tmp_path):
+    """Schedulers and workers load plugins too: the plugin file imports no FastAPI, health code or S3 client,
+    and reads no configuration (BACKUPKIT_CONFIG points at a file that does not exist)."""
+    import subprocess
+    import sys
+
+    import airflow_env
+
+    code = ("import sys; import backup_health_plugin as p; plugin = p.BackupHealthPlugin();"
+            "print(sorted(m for m in ('fastapi', 'boto3', 'backupkit.health_cache', 'backupkit.config',"
+            " 'backup_airflow.health.app') if m in sys.modules)); print(len(plugin.external_views))")
+    env = {**airflow_env.settings_env(), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(airflow_env.PLUGINS),
+           "BACKUPKIT_CONFIG": str(tmp_path / "absent.yaml")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["[]", "2"]

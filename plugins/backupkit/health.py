@@ -383,9 +383,15 @@ def _problems(config: Config, f: dict, now: datetime) -> list[tuple[str, str]]:
     return out
 
 
+def _one_line(text: str, limit: int = 400) -> str:
+    """Details come from tools' output (pg_restore, tar): one line, bounded, for a table cell and a log."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def judge(config: Config, facts: dict, now: datetime) -> dict:
     """``facts`` plus the newest backup's age, the status (ok / warning / failed) and its one-line reason."""
-    problems = _problems(config, facts, now)
+    problems = [(lv, _one_line(t)) for lv, t in _problems(config, facts, now)]
     newest = facts["newest"]
     age = None if newest is None else _hours(now - datetime.fromisoformat(newest["timestamp"]))
     status = "failed" if any(lv == "failed" for lv, _ in problems) else ("warning" if problems else "ok")

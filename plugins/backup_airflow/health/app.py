@@ -54,11 +54,21 @@ def use_service(svc) -> None:
         _service = svc
 
 
-async def authorized(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Any:
-    """The signed-in Airflow user allowed to read the daily verification DAG (401/403 otherwise)."""
-    from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
+async def signed_in(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Any:
+    """The caller as Airflow's own routes resolve it (401 without a credential, 403 for a bad token)."""
+    from airflow.api_fastapi.core_api.security import get_user
 
-    user = await get_user(request, None, credentials)
+    return await get_user(request, None, credentials)
+
+
+def authorized(request: Request, user: Any = Depends(signed_in)) -> Any:
+    """The signed-in user, if the auth manager lets them read the daily verification DAG (else 403).
+
+    A plain function: FastAPI runs it in its thread pool, as Airflow's own ``requires_access_*``
+    (the check may query the metadata DB for the DAG's team).
+    """
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
     requires_access_dag("GET", param_dag_id=READ_DAG)(request, user)
     return user
 
