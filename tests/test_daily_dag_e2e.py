@@ -161,6 +161,20 @@ def test_healthy_history_passes(run_daily):
     assert push.body.decode() == prom.read_text()
 
 
+def test_the_run_writes_the_health_pages_facts_with_its_run_id(run_daily):
+    """export_metrics leaves facts/daily.json naming this run, each source's map index and the S3 evidence."""
+    from backupkit.health import read_daily_run
+
+    out = run_daily()
+    config = out["config"]
+    facts = read_daily_run(config.state.facts_file("daily"))
+    assert (facts["dag_id"], facts["run_id"]) == (DAG_ID, out["dr"].run_id)
+    assert [facts["sources"][s.name]["map_index"] for s in config.sources] == list(range(len(config.sources)))
+    newest = out["history"].newest("trixtech-db").name
+    assert facts["sources"]["trixtech-db"]["s3"][newest]["ok"] is True
+    assert facts["sources"]["trixtech-db"]["s3"][newest]["method"] != "none"
+
+
 def test_damaged_newest_backup_fails_naming_it(run_daily):
     out = run_daily(Defects(damaged="trixtech-db"))
     newest = out["history"].newest("trixtech-db").name
