@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PROMTOOL := $(BIN)/promtool
 SANDBOX := cd $(ROOT) && $(BIN)/python -m sandbox
 
-.PHONY: up down test venv bench clean status browser
+.PHONY: up down test test-dates venv bench clean status browser
 
 venv: $(STAMP) $(PROMTOOL)
 
@@ -59,6 +59,14 @@ status: venv
 
 test: venv browser
 	cd $(ROOT) && $(BIN)/python -m pytest
+
+# The suite on boundary dates (leap day, year end, EU DST change, US DST change just before 08:00
+# UTC), with Debian's faketime (installed when missing and we are root).
+DATES ?= "2028-02-29 23:50:00" "2026-12-31 23:55:00" "2027-03-28 00:55:00" "2027-11-07 07:58:00"
+test-dates: venv browser
+	@command -v faketime >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get install -y -q faketime || { apt-get update -q && apt-get install -y -q faketime; }; }; } \
+	  || { echo "faketime is missing: apt-get install faketime"; exit 2; }
+	@cd $(ROOT) && for d in $(DATES); do echo "== $$d"; faketime "$$d" $(BIN)/python -m pytest -q -p no:cacheprovider || exit 1; done
 
 bench: venv
 	cd $(ROOT) && $(BIN)/python bench/run_all.py
