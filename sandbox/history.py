@@ -328,25 +328,42 @@ def _companions(path: Path) -> list[Path]:
     return [p for p in (side, man) if p.exists()]
 
 
-def sync_to_s3(config: Config, client: Any, *, multipart_threshold: int = DEFAULT_MULTIPART,
-               only_missing: bool = True) -> int:
-    """Upload the local history (backups, sidecars, manifests) to the bucket; returns objects sent.
+@dataclass
+class SyncReport:
+    """What :func:`sync_to_s3` did: uploads, and the keys it left alone and why."""
 
-    ``only_missing`` skips keys already in the bucket, so a restarted ``make up`` is cheap
-    when the endpoint kept its state and complete when it did not.
+    uploaded: int = 0
+    differing: list[str] = field(default_factory=list)  # S3 copy of another size than the local file
+    deleted_in_s3: list[str] = field(default_factory=list)  # newest version is a delete marker
+
+
+def sync_to_s3(config: Config, client: Any, *, multipart_threshold: int = DEFAULT_MULTIPART) -> SyncReport:
+    """Upload the local backups, sidecars and manifests the bucket has never had.
+
+    A key with any version in the bucket is never uploaded again: not over a current copy
+    (a local file damaged since must not replace a good S3 copy; the daily verification
+    reports the difference), and not over a delete marker (someone, or retention, deleted
+    it). So ``make up`` after a restart only adds the nights generated since.
     """
+    report = SyncReport()
     items: list[tuple[Path, str]] = []
     for src in config.sources:
         if src.dump_format == "directory":
             continue
-        have = {o.key for o in Bucket(client, config.bucket).objects(src.s3_prefix)} if only_missing else set()
+        known = {g[0].key: g[0] for g in Bucket(client, config.bucket).version_groups(src.s3_prefix)}
         for b in local_backups(src):
             for p in (b.path, *_companions(b.path)):
                 key = s3_key_for(src, p.name)
-                if key not in have:
+                newest = known.get(key)
+                if newest is None:
                     items.append((p, key))
+                elif newest.is_marker:
+                    report.deleted_in_s3.append(key)
+                elif newest.size != p.stat().st_size:
+                    report.differing.append(key)
     upload_files(client, config.bucket, items, multipart_threshold=multipart_threshold)
-    return len(items)
+    report.uploaded = len(items)
+    return report
 
 
 def _flip_bit(path: Path) -> None:
@@ -545,6 +562,6 @@ def _write_logs(config: Config, lines: dict[str, list[str]], nights: list[dateti
             os.utime(lg.path, (last.timestamp(), last.timestamp()))
 
 
-__all__ = ["Defects", "History", "generate_history", "extend_history", "sync_to_s3", "upload_files",
+__all__ = ["Defects", "History", "SyncReport", "generate_history", "extend_history", "sync_to_s3", "upload_files",
            "backup_nights", "table_counts", "grow_booking_db", "file_tree", "write_archive", "sha256_file",
            "EPOCH_DAYS", "MANIFEST_FORMAT"]

@@ -1,15 +1,18 @@
-"""A real S3 HTTP endpoint on loopback (moto in server mode), and a production-like bucket."""
+"""A real S3 HTTP endpoint on loopback (moto in server mode, :mod:`sandbox.s3moto`), and a production-like bucket."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backupkit.config import REPO_ROOT
 from backupkit.pgserver import free_port
 from backupkit.storage import objectstore
 
@@ -28,10 +31,16 @@ def s3_client(endpoint_url: str | None = None, **kwargs: Any) -> Any:
 
 @dataclass
 class MotoServer:
-    """``moto_server`` as a subprocess on 127.0.0.1; state lives in memory for its lifetime."""
+    """The S3 endpoint (moto, adapted: :mod:`sandbox.s3moto`) as a subprocess on 127.0.0.1.
+
+    With ``data_dir`` the state (bodies and a snapshot of the metadata) lives there and
+    survives a restart; without, a temporary directory holds the bodies and is deleted when
+    the server stops.
+    """
 
     port: int = 0
     log_path: Path | None = None
+    data_dir: Path | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -42,29 +51,40 @@ class MotoServer:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "sandbox.s3moto", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.data_dir is None:
+            return [*args, "--data", tempfile.mkdtemp(prefix="sandbox-s3-"), "--ephemeral"]
+        return [*args, "--data", str(Path(self.data_dir).resolve())]
+
     def start(self, timeout: float = 30) -> "MotoServer":
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        exe = Path(sys.executable).parent / "moto_server"
-        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=env, cwd=str(REPO_ROOT))
+        if self.log_path:
+            log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {self.proc.returncode}")
+                raise RuntimeError(f"the S3 server exited with {self.proc.returncode}"
+                                   + (f"; see {self.log_path}" if self.log_path else ""))
             try:
                 urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=1)
                 return self
             except OSError:
                 time.sleep(0.2)
-        raise TimeoutError(f"moto_server on port {self.port} not ready after {timeout}s")
+        raise TimeoutError(f"the S3 server on port {self.port} not ready after {timeout}s")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM (the server saves its state and exits), SIGKILL only if it does not."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(5)
 
     def client(self) -> Any:
         return s3_client(self.endpoint_url)

@@ -9,13 +9,15 @@ git)::
     .sandbox/logs         backup logs (BACKUP_LOG_DIR) plus moto.log and airflow.log
     .sandbox/state        verification state (BACKUP_STATE_DIR)
     .sandbox/airflow      AIRFLOW_HOME (SQLite metadata DB, airflow.cfg, task logs)
-    .sandbox/run          pid files of the detached moto and Airflow processes
-    .sandbox/tmp          moto's spooled object bodies (moto keeps S3 state in memory)
+    .sandbox/run          pid files of the detached processes (S3 server, app supervisor, Airflow)
+    .sandbox/s3           the S3 server's state: object bodies (blobs/) and metadata (state.pickle)
     .sandbox/ports.json   ports in use; .sandbox/env.sh  `source` it to use backupctl by hand
 
 Every ``up`` is idempotent: a process whose pid file names a live process of the
-expected program is reused, never started twice. moto forgets its objects when it
-stops, so ``up`` re-creates the bucket and uploads whatever the bucket lacks.
+expected program is reused, never started twice. The S3 server (:mod:`sandbox.s3moto`)
+saves its state under ``.sandbox/s3`` and restores it on start, so a restart keeps every
+object version, lock date, tag and report; ``up`` uploads only backups the bucket has never
+had, and never a local file over an S3 copy (:func:`sandbox.history.sync_to_s3`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from backupkit import clock
 from backupkit.config import REPO_ROOT
@@ -45,7 +46,7 @@ DATABASE_SCALE = 20000  # users at creation; the history's monthly growth adds ~
 HISTORY_DAYS = 400
 HEALTH_TIMEOUT = 180.0
 CONFIG_FILE = REPO_ROOT / "include" / "config" / "backups.yaml"
-MOTO_BUFFER = 256 * 1024  # objects above this spool to .sandbox/tmp instead of moto's memory
+S3_PROCESS = "sandbox.s3moto"  # in the S3 server's command line (pid files are checked against it)
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ class Layout:
         return self.root / "run"
 
     @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
+    def s3(self) -> Path:
+        return self.root / "s3"
 
     @property
     def ports_file(self) -> Path:
@@ -95,7 +96,7 @@ class Layout:
 
     def create(self) -> None:
         for d in (self.root, self.pg_data.parent, self.backups, self.logs, self.state, self.airflow_home,
-                  self.run, self.tmp):
+                  self.run, self.s3):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o755)
 
@@ -266,20 +267,6 @@ def pick_port(preferred: int) -> int:
     return preferred if port_free(preferred) else free_port()
 
 
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def load_ports(layout: Layout) -> dict[str, int]:
     try:
         return {k: int(v) for k, v in json.loads(layout.ports_file.read_text()).items()}
@@ -330,7 +317,7 @@ def ensure_moto(layout: Layout, ports: dict[str, int], say=print, *, preferred: 
     readiness probe may have been answered by the other one, hence the liveness check
     and one retry on a random free port.
     """
-    pid = running_pid(layout.pid_file("moto"), expect="moto_server")
+    pid = running_pid(layout.pid_file("moto"), expect=S3_PROCESS)
     if pid is not None and ports.get("s3"):
         endpoint = f"http://127.0.0.1:{ports['s3']}"
         say(f"S3 endpoint (moto) already running: {endpoint} (pid {pid})")
@@ -341,16 +328,16 @@ def ensure_moto(layout: Layout, ports: dict[str, int], say=print, *, preferred: 
     for attempt, port in enumerate(candidates):
         port = port or free_port()
         try:
-            with _environ(MOTO_S3_DEFAULT_KEY_BUFFER_SIZE=str(MOTO_BUFFER), TMPDIR=str(layout.tmp.resolve())):
-                server = s3server.MotoServer(port=port, log_path=layout.logs / "moto.log").start()
+            server = s3server.MotoServer(port=port, log_path=layout.logs / "moto.log", data_dir=layout.s3).start()
             time.sleep(0.5)
             if server.proc.poll() is None:
                 break
-            error: Exception = RuntimeError(f"moto_server exited with {server.proc.returncode} (port {port} taken?)")
+            error: Exception = RuntimeError(f"the S3 server exited with {server.proc.returncode} (port {port} taken?)")
         except (RuntimeError, TimeoutError) as exc:
             error = exc
         if attempt == len(candidates) - 1:
-            raise RuntimeError(f"could not start the S3 endpoint: {error}; see {layout.logs / 'moto.log'}")
+            raise RuntimeError(f"could not start the S3 endpoint: {error}; last lines of "
+                               f"{layout.logs / 'moto.log'}:\n{_log_tail(layout.logs / 'moto.log', 5)}")
     write_pid(layout.pid_file("moto"), server.proc.pid)
     ports["s3"] = port
     say(f"S3 endpoint (moto) started: {server.endpoint_url} (pid {server.proc.pid})")
@@ -358,10 +345,10 @@ def ensure_moto(layout: Layout, ports: dict[str, int], say=print, *, preferred: 
 
 
 def stop_moto(layout: Layout, say=print) -> bool:
-    pid = running_pid(layout.pid_file("moto"), expect="moto_server")
+    pid = running_pid(layout.pid_file("moto"), expect=S3_PROCESS)
     if pid is None:
         return False
-    stop_group(pid)
+    stop_group(pid, timeout=60)  # SIGTERM: it writes its last snapshot, then exits
     with contextlib.suppress(FileNotFoundError):
         layout.pid_file("moto").unlink()
     say(f"S3 endpoint (moto) stopped (pid {pid})")
@@ -518,7 +505,7 @@ def status(layout: Layout = Layout(), say=print) -> int:
     ports = load_ports(layout)
     pg_running = (layout.pg_data / "postmaster.pid").exists() and LocalPostgres(layout.pg_data).running()
     say(f"PostgreSQL: {'running on port ' + str(_pg_port_of_running(layout.pg_data)) if pg_running else 'stopped'}")
-    moto = running_pid(layout.pid_file("moto"), expect="moto_server")
+    moto = running_pid(layout.pid_file("moto"), expect=S3_PROCESS)
     say("S3 (moto):  " + (f"running, pid {moto}, http://127.0.0.1:{ports.get('s3')}" if moto else "stopped"))
     af = running_pid(layout.pid_file("airflow"), expect="airflow")
     if af:

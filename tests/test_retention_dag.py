@@ -160,7 +160,7 @@ class Sandbox:
         reset(self.moto.endpoint_url)
         self.s3 = self.moto.client()
         create_production_bucket(self.s3, self.bucket)
-        sync_to_s3(config, self.s3, only_missing=False)
+        sync_to_s3(config, self.s3)
         self.dirty = False
 
 

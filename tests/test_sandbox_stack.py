@@ -97,7 +97,7 @@ def test_pid_alive_tells_live_dead_zombie_and_recycled_pids(tmp_path):
             time.sleep(0.02)
         assert pid_alive(sleeper.pid)
         assert pid_alive(sleeper.pid, expect="sleep")
-        assert not pid_alive(sleeper.pid, expect="moto_server")  # a recycled pid is not ours
+        assert not pid_alive(sleeper.pid, expect=stack.S3_PROCESS)  # a recycled pid is not ours
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -205,7 +205,7 @@ def test_ensure_moto_twice_starts_one_server_and_stop_ends_it(tmp_path):
     endpoint, started = ensure_moto(layout, ports, say=lambda *_: None, preferred=free_port())
     try:
         pid = read_pid(layout.pid_file("moto"))
-        assert started and pid_alive(pid, expect="moto_server")
+        assert started and pid_alive(pid, expect=stack.S3_PROCESS)
         assert endpoint == f"http://127.0.0.1:{ports['s3']}"
         again, started_again = ensure_moto(layout, ports, say=lambda *_: None)
         assert (again, started_again) == (endpoint, False)
@@ -223,7 +223,7 @@ def test_layout_keeps_everything_under_its_root(tmp_path):
     layout = Layout(tmp_path / "sbx")
     layout.create()
     for p in (layout.pg_data, layout.backups, layout.logs, layout.state, layout.airflow_home, layout.run,
-              layout.tmp, layout.ports_file, layout.env_file, layout.pid_file("airflow")):
+              layout.s3, layout.ports_file, layout.env_file, layout.pid_file("airflow")):
         assert layout.root in p.parents
     stack.save_ports(layout, {"postgres": 5433, "s3": 5055, "airflow": 8080})
     assert stack.load_ports(layout) == {"postgres": 5433, "s3": 5055, "airflow": 8080}
