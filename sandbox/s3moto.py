@@ -22,7 +22,11 @@ found in moto's source (``moto/s3/models.py``, ``moto/core/common_models.py``):
    ``CompleteMultipartUpload`` too (the lock mode and date are given at
    ``CreateMultipartUpload``). Without it the sandbox's larger backups were never locked.
 
-State survives restarts: every request runs under the shared side of a lock; at most once
+5. **Versions survive pickling.** ``_VersionedKeyStore`` (a bucket's keys) is a dict whose
+   ``items()`` yields only each key's newest version, so pickling it dropped every noncurrent
+   version and delete marker; it is pickled with its full lists here.
+
+State survives restarts (format and acceptance rules: docs/sandbox-s3-state.md): every request runs under the shared side of a lock; at most once
 a second after a change, the exclusive side pickles the S3 backends (metadata only; bodies
 are referenced by blob name) to ``DIR/state.pickle`` atomically, then deletes the blobs
 nothing references any more. SIGTERM writes a last snapshot. A snapshot that cannot be read
@@ -114,6 +118,16 @@ def _key_setstate(self: Any, state: dict) -> None:
     if isinstance(buf, BlobBuffer):
         self._value_buffer = buf.view()  # never share a read position with another key
     self.lock = threading.Lock()
+
+
+def _versions_reduce(self: Any) -> tuple:
+    # A dict subclass pickles through items(), which this one overrides to give only the newest
+    # version of each key: every noncurrent version and delete marker would be lost.
+    return type(self), (), {"lists": dict(dict.items(self))}
+
+
+def _versions_setstate(self: Any, state: dict) -> None:
+    dict.update(self, state["lists"])
 
 
 def _untracked_new(cls: type, *args: Any, **kwargs: Any) -> Any:
@@ -208,6 +222,9 @@ def patch_moto(store: BlobStore) -> None:
     models.tempfile = _TempfileShim(store)
     models.FakeKey.__getstate__ = _key_getstate
     models.FakeKey.__setstate__ = _key_setstate
+    models.FakeKey.__del__ = lambda self: None  # disposing at garbage collection closed temp files; blobs need not
+    models._VersionedKeyStore.__reduce__ = _versions_reduce
+    models._VersionedKeyStore.__setstate__ = _versions_setstate
     for cls in (models.FakeKey, models.FakeMultipart, models.FakeDeleteMarker):
         cls.__new__ = staticmethod(_untracked_new)
     backend = models.S3Backend
