@@ -21,6 +21,7 @@ QUICK_ARGS = {
     "bench_restore.py": ["--size-gb", "0.05"],
     "bench_wal_verify.py": ["--quick"],
     "bench_health.py": ["--quick"],
+    "bench_s3_soak.py": ["--quick"],
 }
 
 
