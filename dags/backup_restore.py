@@ -45,6 +45,11 @@ CONFIG = backup_config()  # parse time: the YAML only (choices and defaults of t
 MODES = ("verify_only", "replace")
 K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DATABASES = [s.name for s in CONFIG.databases] or ["(no database configured)"]
+# The form offers only the platform the configuration names, and replace only when it names
+# deployments to switch.
+PLATFORM = {"kubernetes": "Kubernetes", "local": "the local platform (processes on this machine)"}[
+    CONFIG.restore.app.platform]
+_OFFERED = MODES if CONFIG.restore.app.deployments else MODES[:1]
 
 DOC_MD = """
 # Restore a database backup (on demand)
@@ -81,7 +86,10 @@ Every step is recorded in the audit log (`<state_dir>/audit/retention.jsonl`, re
   the application was never touched. Try the previous backup (`latest_before`).
 * `switch_database`: read the message. "rolled back" means the application runs on the old
   database again with its previous replica counts; "ROLLBACK INCOMPLETE" lists what could not be
-  undone and the recorded state to put back by hand (`kubectl scale`, `kubectl set env`).
+  undone and the recorded state to put back by hand (`kubectl scale`, `kubectl set env`; on the
+  local platform, `replicas` and `env` in `<control_dir>/<namespace>/<deployment>/spec.json`).
+* A platform that is not set up (no Kubernetes client, no local control directory) fails
+  `validate_request` at once, without retries, before anything is restored.
 """
 
 PARAMS = {
@@ -92,19 +100,21 @@ PARAMS = {
                                "(ISO 8601; UTC when no zone is given).",
                    key_help="With 'key': the backup's key in the bucket, e.g. "
                             "database/trixtech_20250301_020000.dump (must be under the source's prefix)."),
-    "mode": Param("verify_only", type="string", enum=list(MODES), title="Mode",
+    "mode": Param("verify_only", type="string", enum=list(_OFFERED), title="Mode",
                   values_display={"verify_only": "Verify only (scratch database, nothing changes)",
-                                  "replace": "Replace the application's database (asks for approval)"},
+                                  "replace": f"Replace the application's database on {PLATFORM} (asks for approval)"},
                   description="verify_only restores into a throwaway database; replace restores into a new "
-                              "database and, after approval, switches the application to it.", section="What"),
+                              f"database and, after approval, switches the application on {PLATFORM} to it."
+                              + ("" if len(_OFFERED) > 1 else " (replace is not offered: restore.app.deployments "
+                                                              "is empty)"), section="What"),
     "namespace": Param(CONFIG.restore.app.namespace, type="string", pattern=K8S_NAME, maxLength=63,
-                       title="Kubernetes namespace", description="replace only: namespace of the deployments.",
-                       section="What"),
+                       title="Kubernetes namespace" if CONFIG.restore.app.platform == "kubernetes" else "Namespace",
+                       description=f"replace only: namespace of the deployments on {PLATFORM}.", section="What"),
     "deployments": Param(list(CONFIG.restore.app.deployments), type="array", uniqueItems=True,
                          items={"type": "string", "pattern": K8S_NAME, "maxLength": 63},
                          title="Deployments",
-                         description="replace only: deployments to scale down, switch and scale back up.",
-                         section="What"),
+                         description=f"replace only: deployments on {PLATFORM} to scale down, switch and scale "
+                                     "back up.", section="What"),
     "reason": reason_param("Why this restore is run (incident or ticket); recorded in the audit log."),
 }
 
@@ -146,6 +156,9 @@ def backup_restore():
                 if not source.database or not source.conn_id:
                     raise SelectionError(f"source {source.name!r} has no database/conn_id: cannot restore beside it")
                 request["new_database"] = new_database_name(source, clock.now())
+                # The platform and the setting to switch are checked now, before a database is restored.
+                plan_switch(app_platform(config), namespace=request["namespace"], deployments=request["deployments"],
+                            old_database=source.database, new_database=request["new_database"])
         except (SelectionError, ConfigError, ValueError) as exc:
             audit(config, run_id=context["run_id"], source=str(request["source"]), action="restore_refused",
                   triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc), mode=request["mode"])
@@ -188,13 +201,18 @@ def backup_restore():
                verified_rows=result["verified_rows"], tables=result["tables"])
         return result
 
-    @task(task_id="plan_switch")
+    @task(task_id="plan_switch", retries=0)
     def plan_switch_task(request: dict, restored: dict) -> dict:
         """What the switch will change, read now (changes nothing); shown to the approver."""
         config = backup_config()
         source = config.source(request["source"])
-        plan = plan_switch(app_platform(config), namespace=request["namespace"], deployments=request["deployments"],
-                           old_database=source.database, new_database=restored["new_database"])
+        try:
+            plan = plan_switch(app_platform(config), namespace=request["namespace"],
+                               deployments=request["deployments"], old_database=source.database,
+                               new_database=restored["new_database"])
+        except ValueError as exc:  # the platform's setting changed since validate_request
+            raise AirflowFailException(f"cannot plan the switch (nothing was changed; database "
+                                       f"{restored['new_database']} stays for inspection): {exc}") from exc
         body = "\n".join([
             f"**Backup** `{request['backup']}` of `{request['source']}` was restored into the new database "
             f"`{restored['new_database']}` and verified ({restored['verified_rows']} rows in {restored['tables']} "

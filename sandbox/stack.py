@@ -40,7 +40,9 @@ from backupkit.config import REPO_ROOT
 from backupkit.pgserver import LocalPostgres, free_port, make_traversable, port_free, server_user
 from sandbox import s3server
 
-PREFERRED_PORTS = {"postgres": 5433, "s3": 5055, "airflow": 8080}
+PREFERRED_PORTS = {"postgres": 5433, "s3": 5055, "airflow": 8080, "app": 8091, "frontend": 8092}
+APP_NAMESPACE = "default"  # restore.app.namespace of the configuration
+APP_PROCESS = "sandbox.appsupervisor"
 DATABASE = "trixtech"
 DATABASE_SCALE = 20000  # users at creation; the history's monthly growth adds ~3% of that each month
 HISTORY_DAYS = 400
@@ -84,6 +86,10 @@ class Layout:
         return self.root / "s3"
 
     @property
+    def app(self) -> Path:
+        return self.root / "app"
+
+    @property
     def ports_file(self) -> Path:
         return self.root / "ports.json"
 
@@ -96,14 +102,15 @@ class Layout:
 
     def create(self) -> None:
         for d in (self.root, self.pg_data.parent, self.backups, self.logs, self.state, self.airflow_home,
-                  self.run, self.s3):
+                  self.run, self.s3, self.app):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o755)
 
 
 # -- environment ----------------------------------------------------------------------
-def sandbox_env(root: Path, pg_port: int, s3_endpoint: str) -> dict[str, str]:
-    """Every environment variable the sandbox's code needs: backup paths, S3, Airflow connections."""
+def sandbox_env(root: Path, pg_port: int, s3_endpoint: str, app_port: int | None = None) -> dict[str, str]:
+    """Every environment variable the sandbox's code needs: backup paths, S3, Airflow connections,
+    the local application platform (and, with ``app_port``, the application's health URL)."""
     root = Path(root).resolve()
     env = {
         "BACKUP_ROOT": str(root / "backups"),
@@ -121,7 +128,13 @@ def sandbox_env(root: Path, pg_port: int, s3_endpoint: str) -> dict[str, str]:
         # under the sandbox.
         "BACKUP_RESTORE_BACKEND": "local",
         "BACKUP_RESTORE_ROOT": str(root / "restore"),
+        # The booking application runs as local processes (sandbox.appsupervisor).
+        "BACKUP_APP_PLATFORM": "local",
+        "BACKUP_APP_CONTROL_DIR": str(root / "app"),
     }
+    if app_port:
+        env["TRIXTECH_HEALTH_URL"] = f"http://127.0.0.1:{int(app_port)}/health"
+        env["BACKUP_SMOKE_URL"] = f"http://127.0.0.1:{int(app_port)}/api/bookings?limit=5"
     env.update(s3server.env_for_airflow(s3_endpoint))  # AIRFLOW_CONN_AWS_DEFAULT, AWS_DEFAULT_REGION
     return env
 
@@ -133,7 +146,7 @@ def venv_bin() -> Path:
 
 def airflow_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
     """:func:`sandbox_env` plus what Airflow and a hand-run shell need (written to env.sh)."""
-    env = sandbox_env(layout.root, ports["postgres"], f"http://127.0.0.1:{ports['s3']}")
+    env = sandbox_env(layout.root, ports["postgres"], f"http://127.0.0.1:{ports['s3']}", ports.get("app"))
     env.update({
         "AIRFLOW_HOME": str(layout.airflow_home.resolve()),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
@@ -355,6 +368,53 @@ def stop_moto(layout: Layout, say=print) -> bool:
     return True
 
 
+def ensure_app(layout: Layout, ports: dict[str, int], say=print) -> int:
+    """The booking application's deployments (seeded once) and their supervisor; its pid."""
+    from sandbox import appsupervisor
+
+    for name in ("app", "frontend"):
+        ports[name] = ports.get(name) or pick_port(PREFERRED_PORTS[name])
+    app = load_config_for_app()
+    appsupervisor.seed(layout.app, namespace=app.namespace, backend=app.deployments[0], frontend=app.deployments[-1],
+                       database_url=f"postgresql://postgres@127.0.0.1:{ports['postgres']}/{DATABASE}",
+                       backend_port=ports["app"], frontend_port=ports["frontend"], pg_port=ports["postgres"], say=say)
+    pid = running_pid(layout.pid_file("app"), expect=APP_PROCESS)
+    if pid is not None:
+        say(f"application supervisor already running (pid {pid})")
+        return pid
+    log = open(layout.logs / "app.log", "ab")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", APP_PROCESS, "--control-dir", str(layout.app.resolve())],
+                            env=env, cwd=str(REPO_ROOT), stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    write_pid(layout.pid_file("app"), proc.pid)
+    say(f"booking application started (supervisor pid {proc.pid}): backend http://127.0.0.1:{ports['app']}, "
+        f"frontend http://127.0.0.1:{ports['frontend']}")
+    return proc.pid
+
+
+def load_config_for_app():
+    """``restore.app`` of the sandbox's configuration (namespace and deployment names)."""
+    from backupkit.config import load_config
+
+    app = load_config(CONFIG_FILE).restore.app
+    if len(app.deployments) < 1:
+        raise RuntimeError(f"{CONFIG_FILE}: restore.app.deployments is empty; the sandbox needs the booking app's")
+    return app
+
+
+def stop_app(layout: Layout, say=print) -> bool:
+    pid = running_pid(layout.pid_file("app"), expect=APP_PROCESS)
+    if pid is None:
+        return False
+    stop_group(pid)  # the supervisor and its replicas
+    with contextlib.suppress(FileNotFoundError):
+        layout.pid_file("app").unlink()
+    say(f"booking application stopped (supervisor pid {pid})")
+    return True
+
+
 def _has_history(layout: Layout) -> bool:
     return layout.backups.is_dir() and any(p.is_file() for p in layout.backups.rglob("*"))
 
@@ -373,6 +433,9 @@ def ensure_history(layout: Layout, pg: LocalPostgres, endpoint: str, *, days: in
         say(f"generating {days} nights of backup history (real pg_dump per month; takes a minute or two) ...")
         h = history.generate_history(config, pg, now=now, days=days, database=DATABASE)
         say(f"  {sum(map(len, h.sources.values()))} backups written in {time.monotonic() - t0:.0f}s")
+        from sandbox import seed
+
+        seed.seed(config, now=now, say=say)
     else:
         h = history.extend_history(config, pg, now=now, database=DATABASE)
         if h is not None:
@@ -385,9 +448,13 @@ def ensure_history(layout: Layout, pg: LocalPostgres, endpoint: str, *, days: in
         s3server.create_production_bucket(client, config.bucket, object_lock_days=1)
         say(f"bucket {config.bucket} created (versioning, default encryption, object lock)")
     t1 = time.monotonic()
-    sent = history.sync_to_s3(config, client)
-    if sent:
-        say(f"uploaded {sent} objects to s3://{config.bucket} in {time.monotonic() - t1:.0f}s")
+    sync = history.sync_to_s3(config, client)
+    if sync.uploaded:
+        say(f"uploaded {sync.uploaded} objects to s3://{config.bucket} in {time.monotonic() - t1:.0f}s")
+    for what, keys in (("differ in size from the local file", sync.differing),
+                       ("were deleted from the bucket", sync.deleted_in_s3)):
+        if keys:
+            say(f"  not uploaded: {len(keys)} object(s) that {what} (the S3 copy is kept as it is), e.g. {keys[0]}")
 
 
 def health(port: int, timeout: float = 3.0) -> dict | None:
@@ -467,9 +534,12 @@ def up(layout: Layout = Layout(), *, days: int = HISTORY_DAYS, timeout: float = 
     ports = load_ports(layout)
     pg = ensure_postgres(layout, ports, say)
     endpoint, _ = ensure_moto(layout, ports, say)
+    for name in ("app", "frontend"):
+        ports[name] = ports.get(name) or pick_port(PREFERRED_PORTS[name])
     save_ports(layout, ports)
-    os.environ.update(sandbox_env(layout.root, ports["postgres"], endpoint))
+    os.environ.update(sandbox_env(layout.root, ports["postgres"], endpoint, ports["app"]))
     ensure_history(layout, pg, endpoint, days=days, say=say)
+    ensure_app(layout, ports, say)
     pid, _ = ensure_airflow(layout, ports, say)
     save_ports(layout, ports)
     layout.env_file.write_text(render_env_sh(airflow_env(layout, ports), venv_bin()))
@@ -491,7 +561,7 @@ Sandbox ready in {time.monotonic() - t0:.0f}s ({states}).
 
 
 def down(layout: Layout = Layout(), say=print) -> int:
-    stopped = [stop_airflow(layout, say), stop_moto(layout, say)]
+    stopped = [stop_airflow(layout, say), stop_app(layout, say), stop_moto(layout, say)]
     if (layout.pg_data / "postmaster.pid").exists():
         LocalPostgres(layout.pg_data).stop()
         say("PostgreSQL stopped")

@@ -229,8 +229,10 @@ class Approver:
     """Answers the Required Action of a running ``dag.test()`` from another thread, through the
     same handler the REST API (and the UI) call: ``PATCH .../hitlDetails``."""
 
-    def __init__(self, dag_id: str, task_id: str, choice: str, user: str = "oncall-approver", timeout: float = 60):
+    def __init__(self, dag_id: str, task_id: str, choice: str, user: str = "oncall-approver", timeout: float = 60,
+                 before=None):
         self.dag_id, self.task_id, self.choice, self.user, self.timeout = dag_id, task_id, choice, user, timeout
+        self.before = before  # called once the action waits, right before answering it
         self.answered: dict | None = None
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -261,6 +263,8 @@ class Approver:
                         TaskInstance.dag_id == self.dag_id, TaskInstance.task_id == self.task_id,
                         TaskInstance.state == TaskInstanceState.AWAITING_INPUT))
                     if ti is not None:
+                        if self.before is not None:
+                            self.before()
                         resp = update_hitl_detail(
                             dag_id=self.dag_id, dag_run_id=ti.run_id, task_id=self.task_id,
                             update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[self.choice]),

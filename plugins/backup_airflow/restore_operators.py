@@ -557,9 +557,29 @@ class KubernetesAppPlatform:
             raise ValueError(f"unknown setting target {target!r}")
 
 
-def app_platform(config: Config, **kwargs: Any) -> KubernetesAppPlatform:
-    core, apps = kube_clients(config.restore.kubernetes_conn_id)
-    return KubernetesAppPlatform(core, apps, config.restore.app, **kwargs)
+def app_platform(config: Config, **kwargs: Any) -> Any:
+    """The platform ``restore.app.platform`` names: Kubernetes (production) or local processes
+    (the sandbox). A platform that cannot be set up is a configuration error: the task fails at
+    once (``AirflowFailException``, no retries), before anything was changed."""
+    app = config.restore.app
+    if app.platform == "local":
+        from backupkit.restore.local_platform import ControlError, LocalAppPlatform
+
+        if app.control_dir is None or not app.control_dir.is_dir():
+            raise AirflowFailException(f"restore.app.platform is 'local' but its control_dir {app.control_dir} does "
+                                       "not exist: is the application's supervisor running (`make up`)?")
+        try:
+            return LocalAppPlatform(app, **kwargs)
+        except ControlError as exc:
+            raise AirflowFailException(f"restore.app: {exc}") from exc
+    try:
+        core, apps = kube_clients(config.restore.kubernetes_conn_id)
+    except Exception as exc:  # noqa: BLE001 - kube config missing or invalid: retrying cannot fix it
+        raise AirflowFailException(
+            f"restore.app.platform is 'kubernetes' but no Kubernetes client can be made from connection "
+            f"{config.restore.kubernetes_conn_id!r}: {type(exc).__name__}: {exc}. Configure the connection, or "
+            "set restore.app.platform: local where the application runs on this machine") from exc
+    return KubernetesAppPlatform(core, apps, app, **kwargs)
 
 
 # -- context helpers ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ its errors, ``load`` the validation; each source kind reads its own keys (:mod:`
 from backupkit.config.load import load_config
 from backupkit.config.reader import ConfigError
 from backupkit.config.schema import (
+    APP_PLATFORMS,
     APP_SETTING_KINDS,
     DEFAULT_CONFIG,
     DEFAULT_S3_PRICES,
@@ -30,7 +31,7 @@ from backupkit.config.schema import (
     Thresholds,
 )
 
-__all__ = ["load_config", "ConfigError", "APP_SETTING_KINDS", "DEFAULT_CONFIG", "DEFAULT_S3_PRICES", "DRILL_HOUR_UTC",
+__all__ = ["load_config", "ConfigError", "APP_PLATFORMS", "APP_SETTING_KINDS", "DEFAULT_CONFIG", "DEFAULT_S3_PRICES", "DRILL_HOUR_UTC",
            "DUMP_FORMATS", "REPO_ROOT", "REREAD_FRACTION", "RESTORE_BACKENDS", "SSE_ALGORITHMS", "Alerting",
            "AppSwitch", "Config", "Drill", "LogSource", "Reports", "RestoreExpectations", "RestoreSettings",
            "RetentionPolicy", "SmokeCheck", "Source", "Thresholds"]

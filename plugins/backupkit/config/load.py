@@ -23,6 +23,7 @@ import yaml
 
 from backupkit.config.reader import ConfigError, Reader
 from backupkit.config.schema import (
+    APP_PLATFORMS,
     APP_SETTING_KINDS,
     DEFAULT_CONFIG,
     DEFAULT_S3_PRICES,
@@ -199,10 +200,21 @@ def _app_switch(r: Reader) -> AppSwitch:
     secret_name = _k8s_name(r, "secret_name", None)
     if setting == "secret" and not secret_name:
         raise ConfigError(r.file, r.at("secret_name"), "is required when setting is 'secret'")
+    platform = r.get("platform", str, base.platform)
+    if platform not in APP_PLATFORMS:
+        raise ConfigError(r.file, r.at("platform"), f"must be one of {', '.join(APP_PLATFORMS)}; got {platform!r}")
+    control_dir = r.get("control_dir", str, None) or None
+    if platform == "local":
+        if not control_dir or not control_dir.startswith("/"):
+            raise ConfigError(r.file, r.at("control_dir"),
+                              f"platform 'local' needs control_dir, an absolute path; got {control_dir!r}")
+        if setting != "env":
+            raise ConfigError(r.file, r.at("setting"), "platform 'local' supports only setting 'env'")
     health = r.get("health_url", str, None) or None
     if health is not None and not re.match(r"https?://", health):
         raise ConfigError(r.file, r.at("health_url"), f"must be an http(s) URL, got {health!r}")
-    app = AppSwitch(namespace=_k8s_name(r, "namespace", base.namespace), deployments=deployments, setting=setting,
+    app = AppSwitch(platform=platform, control_dir=Path(control_dir) if control_dir else None,
+                    namespace=_k8s_name(r, "namespace", base.namespace), deployments=deployments, setting=setting,
                     env_var=r.get("env_var", str, base.env_var), container=r.get("container", str, None),
                     secret_name=secret_name, secret_key=r.get("secret_key", str, base.secret_key),
                     health_url=health,

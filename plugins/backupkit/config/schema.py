@@ -143,6 +143,7 @@ class Alerting:
 
 RESTORE_BACKENDS = ("local", "kubernetes")
 APP_SETTING_KINDS = ("env", "secret")
+APP_PLATFORMS = ("kubernetes", "local")
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,13 @@ class AppSwitch:
     ``setting: env`` patches the environment variable ``env_var`` of each deployment's
     container (``container``, default: the one that has the variable); ``setting: secret``
     rewrites key ``secret_key`` of Secret ``secret_name`` that the deployments read at start.
+    ``platform`` is where the deployments run: ``kubernetes`` (production), or ``local``:
+    processes supervised on this machine through ``control_dir``
+    (:mod:`backupkit.restore.local_platform`; the sandbox), which supports ``setting: env`` only.
     """
 
+    platform: str = "kubernetes"
+    control_dir: Path | None = None  # platform local: <control_dir>/<namespace>/<deployment>/
     namespace: str = "default"
     deployments: tuple[str, ...] = ()
     setting: str = "env"
