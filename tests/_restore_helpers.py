@@ -204,7 +204,8 @@ class FakeCluster:
 
 def restore_config_yaml(*, database: str = DATABASE, allowed_root: Path, app_namespace: str = "trixtech",
                         deployments: tuple[str, ...] = ("trixtech-backend", "trixtech-frontend"), backend: str = "local",
-                        rollout_timeout: int = 1, scratch_dir: Path | None = None, extra_restore: str = "") -> str:
+                        rollout_timeout: int = 1, scratch_dir: Path | None = None, extra_restore: str = "",
+                        extra_app: str = "") -> str:
     """One database (custom dumps, with manifests) and one file set; scratch and audit under the state dir."""
     deps = ", ".join(deployments)
     return f"""
@@ -222,7 +223,7 @@ databases:
     deployments: [{deps}]
     env_var: DATABASE_URL
     rollout_timeout_seconds: {rollout_timeout}
-"""
+{extra_app}"""
 
 
 class Approver:
