@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PROMTOOL := $(BIN)/promtool
 SANDBOX := cd $(ROOT) && $(BIN)/python -m sandbox
 
-.PHONY: up down test test-dates venv bench clean status browser
+.PHONY: up down test test-dates venv bench clean status browser defect heal day
 
 venv: $(STAMP) $(PROMTOOL)
 
@@ -56,6 +56,17 @@ down:
 
 status: venv
 	$(SANDBOX) status
+
+# make defect NAME=bitflip [SOURCE=trixtech-db]; without NAME: the list. make heal undoes them all.
+defect: venv
+	$(SANDBOX) defect $(if $(NAME),$(NAME),--list) $(if $(SOURCE),--source $(SOURCE))
+
+heal: venv
+	$(SANDBOX) heal
+
+# A scripted newcomer's day against the real sandbox (README "A newcomer's day"; ~15 min).
+day: venv browser
+	cd $(ROOT) && $(BIN)/python bench/newcomer_day.py
 
 test: venv browser
 	cd $(ROOT) && $(BIN)/python -m pytest

@@ -34,6 +34,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from backupkit import clock
 from backupkit.config import REPO_ROOT
@@ -527,6 +528,42 @@ def stop_airflow(layout: Layout, say=print) -> bool:
     return True
 
 
+def running_sandbox(layout: Layout) -> tuple[Any, Any, LocalPostgres]:
+    """(config, S3 client, PostgreSQL) of the running sandbox, with its environment set; or RuntimeError."""
+    from backupkit.config import load_config
+
+    ports = load_ports(layout)
+    pg = LocalPostgres(layout.pg_data, port=_pg_port_of_running(layout.pg_data) or 0)
+    if running_pid(layout.pid_file("moto"), expect=S3_PROCESS) is None or "s3" not in ports or not pg.port \
+            or not pg.running():
+        raise RuntimeError("the sandbox is not running: `make up` first")
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    os.environ.update(sandbox_env(layout.root, pg.port, endpoint, ports.get("app")))
+    return load_config(CONFIG_FILE), s3server.s3_client(endpoint), pg
+
+
+def banner(ports: dict[str, int], endpoint: str, rel_env: str, headline: str) -> str:
+    """What ``make up`` prints last: where everything is, how to log in, what is paused and why."""
+    return f"""
+{headline}
+
+  Airflow UI:  http://localhost:{ports['airflow']}
+  Login:       none needed: [core] simple_auth_manager_all_admins=True makes every visitor an admin (the UI
+               and a token from POST /auth/token work without a password; no password is generated).
+  DAGs:        all PAUSED, on purpose (Airflow's dags_are_paused_at_creation). Unpausing a scheduled DAG
+               runs it at once for its latest slot (the quarterly audit's is the end of the last quarter),
+               then on schedule. To try one, trigger it (the play button) instead; `make day` triggers
+               every DAG through the REST API.
+  Booking app: http://127.0.0.1:{ports.get('app')}/api/bookings (backend, 2 replicas) and
+               http://127.0.0.1:{ports.get('frontend')}/health (frontend); backup_restore mode=replace switches it.
+  PostgreSQL:  postgresql://postgres@127.0.0.1:{ports['postgres']}/{DATABASE}
+  S3 endpoint: {endpoint}  (bucket trixtech-backups; state kept in .sandbox/s3 across make down/up)
+  By hand:     source {rel_env}   then e.g.  backupctl inventory   backupctl verify $BACKUP_ROOT/database/...
+  Defects:     make defect NAME=bitflip (make defect lists them), make heal
+  Stop:        make down   (keeps the data; `make clean` deletes .sandbox)
+"""
+
+
 # -- commands -------------------------------------------------------------------------
 def up(layout: Layout = Layout(), *, days: int = HISTORY_DAYS, timeout: float = HEALTH_TIMEOUT, say=print) -> int:
     t0 = time.monotonic()
@@ -546,17 +583,7 @@ def up(layout: Layout = Layout(), *, days: int = HISTORY_DAYS, timeout: float = 
     h = wait_healthy(ports["airflow"], pid, layout.logs / "airflow.log", timeout=timeout, say=say)
     states = ", ".join(f"{k}: {v.get('status')}" for k, v in h.items() if isinstance(v, dict))
     rel_env = os.path.relpath(layout.env_file, Path.cwd())
-    say(f"""
-Sandbox ready in {time.monotonic() - t0:.0f}s ({states}).
-
-  Airflow UI:  http://localhost:{ports['airflow']}
-  Login:       none needed. [core] simple_auth_manager_all_admins=True makes every visitor an admin
-               (the API server adds an admin token to each request; no password is generated).
-  PostgreSQL:  postgresql://postgres@127.0.0.1:{ports['postgres']}/{DATABASE}
-  S3 endpoint: {endpoint}  (bucket trixtech-backups)
-  By hand:     source {rel_env}   then e.g.  backupctl inventory
-  Stop:        make down   (keeps the data; `make clean` deletes .sandbox)
-""")
+    say(banner(ports, endpoint, rel_env, f"Sandbox ready in {time.monotonic() - t0:.0f}s ({states})."))
     return 0
 
 
