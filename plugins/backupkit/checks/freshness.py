@@ -50,8 +50,18 @@ def check_freshness(source: Source, backups: Sequence[Backup], now: datetime) ->
                                    f"(threshold {t.max_age_hours:g} h)"))
 
     results.append(_size_check(art, newest, backups[:-1], t.size_window, t.size_deviation))
-    results.extend(_gap_checks(source.name, backups, now))
+    results.extend(_gap_checks(source.name, backups, now, gap_window(source, newest.timestamp, now)))
     return results
+
+
+def gap_window(source: Source, newest: datetime, now: datetime) -> timedelta:
+    """:data:`GAP_WINDOW`, but no further back than the oldest night the source's retention keeps
+    daily (``keep_daily`` nights up to the newest backup): beyond it the policy itself thins the
+    history out, and a maintained history would otherwise fail this check every day."""
+    daily = source.retention.keep_daily
+    if not daily:
+        return GAP_WINDOW
+    return min(GAP_WINDOW, (now - newest) + timedelta(days=daily - 1) - timedelta(minutes=1))
 
 
 def _size_check(art: str, newest: Backup, earlier: Sequence[Backup], window: int,
@@ -72,14 +82,15 @@ def _size_check(art: str, newest: Backup, earlier: Sequence[Backup], window: int
     return CheckResult(art, "size", True, detail)
 
 
-def _gap_checks(name: str, backups: Sequence[Backup], now: datetime) -> list[CheckResult]:
-    """Missing backups between consecutive ones in the last :data:`GAP_WINDOW`.
+def _gap_checks(name: str, backups: Sequence[Backup], now: datetime,
+                window: timedelta = GAP_WINDOW) -> list[CheckResult]:
+    """Missing backups between consecutive ones in the last ``window`` (:func:`gap_window`).
 
     The usual interval is the median of the intervals in the window (so the check works
     for nightly and hourly sources alike); one backup before the window is included so a
     gap that starts before it is still seen.
     """
-    start = now - GAP_WINDOW
+    start = now - window
     recent = [b for b in backups if b.timestamp >= start]
     before = [b for b in backups if b.timestamp < start]
     if before:
@@ -87,7 +98,7 @@ def _gap_checks(name: str, backups: Sequence[Backup], now: datetime) -> list[Che
     intervals = [b.timestamp - a.timestamp for a, b in zip(recent, recent[1:])]
     positive = [i for i in intervals if i > timedelta(0)]
     if len(positive) < 2:
-        return [CheckResult(name, "nightly_gaps", True, f"too few backups in the last {GAP_WINDOW.days} days "
+        return [CheckResult(name, "nightly_gaps", True, f"too few backups in the last {window.days} days "
                             f"to judge gaps ({len(recent)})")]
     usual = statistics.median(positive)
     gaps = []
@@ -96,7 +107,7 @@ def _gap_checks(name: str, backups: Sequence[Backup], now: datetime) -> list[Che
         if gap > usual * GAP_FACTOR and b.timestamp >= start:
             gaps.append((a, b, gap))
     if not gaps:
-        return [CheckResult(name, "nightly_gaps", True, f"no gaps in the last {GAP_WINDOW.days} days "
+        return [CheckResult(name, "nightly_gaps", True, f"no gaps in the last {window.days} days "
                             f"({len(recent)} backups, usual interval {_hours(usual):.1f} h)")]
     results = []
     for a, b, gap in gaps[:MAX_GAPS_REPORTED]:

@@ -332,9 +332,11 @@ def last_recovery_point(config: Config, index: Mapping[str, Mapping[str, dict]],
 
 # -- retention compliance --------------------------------------------------------------------------
 def policy_gaps(timestamps: Iterable[datetime], policy: Any, now: datetime) -> list[tuple[str, str]]:
-    """(rule, period) for each of the last ``n`` complete periods of every calendar rule
-    ``keep_<rule>: n`` that has no backup, counting only periods since the first backup
-    (periods from the policy's one table of bucket functions)."""
+    """(rule, period) for each of the last ``n`` periods of every calendar rule ``keep_<rule>: n``
+    that has no backup, counting only periods since the first backup (periods from the policy's
+    one table of bucket functions). Like the retention engine (restic), the current period is
+    the first of the ``n`` once it holds a backup; before that, the ``n`` complete periods
+    before it are counted."""
     stamps = sorted(timestamps)
     if not stamps:
         return []
@@ -345,7 +347,8 @@ def policy_gaps(timestamps: Iterable[datetime], policy: Any, now: datetime) -> l
             continue
         have = {period_key(rule, t.astimezone(zone)) for t in stamps}
         first = period_key(rule, stamps[0].astimezone(zone))
-        for period in recent_periods(rule, _utc(now), n, zone):
+        current_kept = period_key(rule, _utc(now).astimezone(zone)) in have  # retention counts it
+        for period in recent_periods(rule, _utc(now), n - 1 if current_kept else n, zone):
             if period.key < first:
                 break
             if period.key not in have:
