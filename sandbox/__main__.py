@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop Airflow, the app, the S3 endpoint and PostgreSQL (data is kept)")
     sub.add_parser("status", help="what runs, on which ports")
     p_def = sub.add_parser("defect", help="switch on a realistic defect in the running sandbox (`--list`: which)")
-    p_def.add_argument("name", nargs="?", choices=sorted(DEFECTS), metavar="NAME")
+    p_def.add_argument("name", nargs="?", choices=sorted(DEFECTS), metavar="NAME",
+                       help="; ".join(f"{d.name}: {d.what}" for d in DEFECTS.values()))
     p_def.add_argument("--source", help="the source to damage (default: the defect's own)")
     p_def.add_argument("--list", action="store_true", help="the defects and which are active")
     sub.add_parser("heal", help="undo every active defect exactly")
