@@ -40,6 +40,8 @@ from backupkit import clock
 from backupkit.config import REPO_ROOT
 from backupkit.pgserver import LocalPostgres, free_port, make_traversable, port_free, server_user
 from sandbox import s3server
+from sandbox.procs import (_group_alive, group_members, pid_alive, proc_info, read_pid,  # noqa: F401 - re-exported
+                           running_pid, stop_group, write_pid)
 
 PREFERRED_PORTS = {"postgres": 5433, "s3": 5055, "airflow": 8080, "app": 8091, "frontend": 8092}
 APP_NAMESPACE = "default"  # restore.app.namespace of the configuration
@@ -171,110 +173,6 @@ def render_env_sh(env: dict[str, str], path_first: Path) -> str:
     lines += [f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())]
     lines.append(f'export PATH={shlex.quote(str(path_first))}:"$PATH"\n')
     return "".join(lines)
-
-
-# -- processes ------------------------------------------------------------------------
-def read_pid(pid_file: Path) -> int | None:
-    try:
-        return int(Path(pid_file).read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
-
-
-def _proc_info(pid: int) -> tuple[str, str] | None:
-    """(state letter, command line) of ``pid``, or None when there is no such process."""
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            stat = (proc / "stat").read_text()
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (FileNotFoundError, ProcessLookupError):
-            return None
-        return stat.rsplit(")", 1)[1].split()[0], cmd
-    out = subprocess.run(["ps", "-o", "stat=,args=", "-p", str(pid)], capture_output=True, text=True)
-    if out.returncode != 0 or not out.stdout.strip():
-        return None
-    state, _, cmd = out.stdout.strip().partition(" ")
-    return state[:1], cmd
-
-
-def pid_alive(pid: int, expect: str | None = None) -> bool:
-    """True when ``pid`` runs (not a zombie) and, if given, its command line contains ``expect``.
-
-    ``expect`` guards against a recycled pid: a stale pid file may name some other program.
-    """
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    info = _proc_info(pid)
-    if info is None or info[0] in ("Z", "X"):
-        return False
-    return expect is None or expect in info[1]
-
-
-def running_pid(pid_file: Path, expect: str | None = None) -> int | None:
-    """The live process recorded in ``pid_file``; a stale file is removed."""
-    pid = read_pid(pid_file)
-    if pid is not None and pid_alive(pid, expect):
-        return pid
-    with contextlib.suppress(FileNotFoundError):
-        Path(pid_file).unlink()
-    return None
-
-
-def write_pid(pid_file: Path, pid: int) -> None:
-    Path(pid_file).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{pid_file}.tmp")
-    tmp.write_text(f"{pid}\n")
-    tmp.replace(pid_file)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Some member of process group ``pgid`` still runs (zombies awaiting their reaper do not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if not Path("/proc").is_dir():
-        return True
-    return any((info := _proc_info(p)) is not None and info[0] not in ("Z", "X") for p in _group_members(pgid))
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            if int(fields[2]) == pgid:
-                members.append(int(d.name))
-    return members
-
-
-def stop_group(pgid: int, *, first: int = signal.SIGTERM, timeout: float = 20.0) -> bool:
-    """Stop the process group ``pgid``: ``first`` signal, then SIGTERM, then SIGKILL. True when it is gone."""
-    for sig, wait in ((first, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        if not _group_alive(pgid):
-            return True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(-pgid, os.WNOHANG)  # reap our own children (tests)
-            if not _group_alive(pgid):
-                return True
-            time.sleep(0.2)
-    return not _group_alive(pgid)
 
 
 def pick_port(preferred: int) -> int:
@@ -502,8 +400,8 @@ def wait_healthy(port: int, pid: int, log: Path, *, timeout: float = HEALTH_TIME
         if not pid_alive(pid):
             raise RuntimeError("Airflow exited while starting; last lines of its log:\n" + _log_tail(log))
         if elapsed > 30 and Path("/proc").is_dir() and not any(
-                p != pid and (info := _proc_info(p)) is not None and info[0] not in ("Z", "X")
-                for p in _group_members(pid)):
+                p != pid and (info := proc_info(p)) is not None and info[0] not in ("Z", "X")
+                for p in group_members(pid)):
             raise RuntimeError("Airflow's components (scheduler, API server, ...) exited; `make down` and "
                                "look at the log. Last lines:\n" + _log_tail(log))
         if elapsed > timeout:
@@ -542,6 +440,27 @@ def running_sandbox(layout: Layout) -> tuple[Any, Any, LocalPostgres]:
     return load_config(CONFIG_FILE), s3server.s3_client(endpoint), pg
 
 
+def paused_line(port: int) -> str:
+    """Which DAGs are paused now, from the REST API (token from POST /auth/token)."""
+    base = f"http://localhost:{port}"
+    try:
+        req = urllib.request.Request(base + "/auth/token", data=b'{"username": "admin", "password": "-"}',
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            token = json.loads(r.read())["access_token"]
+        req = urllib.request.Request(base + "/api/v2/dags?limit=100", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            dags = json.loads(r.read())["dags"]
+    except (OSError, ValueError, KeyError):
+        return "(the REST API did not say which are paused)"
+    if not dags:
+        return "not parsed yet (within a minute; every one starts PAUSED)"
+    paused = sorted(d["dag_id"] for d in dags if d["is_paused"])
+    if len(paused) == len(dags):
+        return f"all {len(dags)} PAUSED"
+    return f"{len(paused)} of {len(dags)} PAUSED" + (f": {', '.join(paused)}" if paused else "")
+
+
 def banner(ports: dict[str, int], endpoint: str, rel_env: str, headline: str) -> str:
     """What ``make up`` prints last: where everything is, how to log in, what is paused and why."""
     return f"""
@@ -550,10 +469,11 @@ def banner(ports: dict[str, int], endpoint: str, rel_env: str, headline: str) ->
   Airflow UI:  http://localhost:{ports['airflow']}
   Login:       none needed: [core] simple_auth_manager_all_admins=True makes every visitor an admin (the UI
                and a token from POST /auth/token work without a password; no password is generated).
-  DAGs:        all PAUSED, on purpose (Airflow's dags_are_paused_at_creation). Unpausing a scheduled DAG
-               runs it at once for its latest slot (the quarterly audit's is the end of the last quarter),
-               then on schedule. To try one, trigger it (the play button) instead; `make day` triggers
-               every DAG through the REST API.
+  DAGs:        {paused_line(ports['airflow'])}
+               New DAGs start paused, on purpose (Airflow's dags_are_paused_at_creation): unpausing a
+               scheduled DAG runs it at once for its latest slot (the quarterly audit's is the end of the
+               last quarter), then on schedule. A paused DAG's triggered runs wait; `make day` unpauses
+               and triggers every DAG through the REST API.
   Booking app: http://127.0.0.1:{ports.get('app')}/api/bookings (backend, 2 replicas) and
                http://127.0.0.1:{ports.get('frontend')}/health (frontend); backup_restore mode=replace switches it.
   PostgreSQL:  postgresql://postgres@127.0.0.1:{ports['postgres']}/{DATABASE}
@@ -604,6 +524,9 @@ def status(layout: Layout = Layout(), say=print) -> int:
     say(f"PostgreSQL: {'running on port ' + str(_pg_port_of_running(layout.pg_data)) if pg_running else 'stopped'}")
     moto = running_pid(layout.pid_file("moto"), expect=S3_PROCESS)
     say("S3 (moto):  " + (f"running, pid {moto}, http://127.0.0.1:{ports.get('s3')}" if moto else "stopped"))
+    app = running_pid(layout.pid_file("app"), expect=APP_PROCESS)
+    say("Booking app: " + (f"running, supervisor pid {app}, http://127.0.0.1:{ports.get('app')}/health "
+                           f"({layout.app})" if app else "stopped"))
     af = running_pid(layout.pid_file("airflow"), expect="airflow")
     if af:
         h = health(ports.get("airflow", 8080))
