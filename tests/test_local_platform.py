@@ -118,7 +118,7 @@ def test_switch_and_a_failing_switch_that_rolls_back(app, pg):
     try:
         broken = _plan(app, OTHER, "trixtech_lp_empty")
         with pytest.raises(SwitchFailed, match="wait for trixtech-backend to be ready.*rolled back") as err:
-            switch_database(app.platform, broken, timeout=8, health_checks=[http_health_check(app.health, timeout=5)])
+            switch_database(app.platform, broken, timeout=5, health_checks=[http_health_check(app.health, timeout=3)])
         assert err.value.rollback_errors == []
         assert get_json(app.health)[1]["database"] == OTHER
         assert app.platform.get_replicas(NS, BACKEND) == 2
@@ -243,3 +243,18 @@ def test_platform_configuration_errors_fail_the_task_at_once(tmp_path, monkeypat
     (tmp_path / "ctl").mkdir()
     config = _load(tmp_path, f"    platform: local\n    control_dir: {tmp_path / 'ctl'}\n    deployments: [api]")
     assert isinstance(ro.app_platform(config), LocalAppPlatform)
+
+
+def test_seed_keeps_a_switched_database_and_follows_postgres_to_a_new_port(tmp_path):
+    args = dict(namespace=NS, backend=BACKEND, frontend=FRONTEND, backend_port=1, frontend_port=2, say=lambda *_: None)
+    appsupervisor.seed(tmp_path, database_url="postgresql://postgres@127.0.0.1:5433/trixtech", pg_port=5433, **args)
+    d = tmp_path / NS / BACKEND
+    platform = LocalAppPlatform(AppSwitch(platform="local", control_dir=tmp_path), wall=time.time)
+    platform.write_setting(NS, f"deployment/{BACKEND}/app", "postgresql://postgres@127.0.0.1:5433/trixtech_restored_1")
+    generation = read_spec(d).generation
+    appsupervisor.seed(tmp_path, database_url="postgresql://postgres@127.0.0.1:5433/trixtech", pg_port=5433, **args)
+    assert read_spec(d).generation == generation  # a restart keeps what the replace switched
+    appsupervisor.seed(tmp_path, database_url="postgresql://postgres@127.0.0.1:6000/trixtech", pg_port=6000, **args)
+    spec = read_spec(d)
+    assert spec.env["DATABASE_URL"] == "postgresql://postgres@127.0.0.1:6000/trixtech_restored_1"
+    assert spec.generation == generation + 1 and spec.extra["program"] == {"role": "backend", "port": 1}

@@ -42,7 +42,7 @@ def env(airflow_db, pg, moto_server, tmp_path_factory):  # noqa: F811
         (tmp / "restore-root").mkdir()
         cfg = tmp / "backups.yaml"
         cfg.write_text(restore_config_yaml(database=DATABASE, allowed_root=tmp / "restore-root", app_namespace=NS,
-                                           rollout_timeout=20,
+                                           rollout_timeout=8,
                                            extra_app=f"    platform: local\n    control_dir: {app.control}\n"
                                                      f"    health_url: {app.health}\n"))
         mp.setenv("BACKUPKIT_CONFIG", str(cfg))
