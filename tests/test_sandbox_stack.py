@@ -250,3 +250,26 @@ def test_the_product_never_imports_the_sandbox():
 def test_python_m_sandbox_is_the_command_line():
     proc = subprocess.run([sys.executable, "-m", "sandbox", "--help"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0 and "up" in proc.stdout and "down" in proc.stdout
+
+
+def test_ensure_app_twice_starts_one_supervisor_and_stop_ends_it_with_its_replicas(tmp_path, pg, monkeypatch):
+    from backupkit.restore.local_platform import read_status
+
+    layout = Layout(tmp_path / "sbx")
+    layout.create()
+    for k, v in sandbox_env(layout.root, pg.port, ENDPOINT).items():
+        monkeypatch.setenv(k, v)
+    ports = {"postgres": pg.port, "app": free_port(), "frontend": free_port()}
+    pid = stack.ensure_app(layout, ports, say=lambda *_: None)
+    try:
+        assert stack.ensure_app(layout, ports, say=lambda *_: None) == pid
+        assert os.getsid(pid) == pid  # detached: outlives `make up`
+        status = layout.app / "default" / "trixtech-backend"
+        deadline = time.monotonic() + 30
+        while (read_status(status) or None) is None or read_status(status).replicas != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        assert stack.stop_app(layout, say=lambda *_: None)
+    assert not pid_alive(pid) and not stack._group_alive(pid)  # the replicas went with it
+    assert stack.stop_app(layout, say=lambda *_: None) is False
