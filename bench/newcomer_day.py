@@ -123,12 +123,17 @@ def conf_for(dag_id: str, restore_root: str, replace: bool) -> dict:
     return {}
 
 
+def queued(run: dict) -> str:
+    """When a run was queued (a scheduled run's run_after is its slot, possibly months back)."""
+    return (run.get("queued_at") or run.get("start_date") or run.get("run_after") or "")[:19]
+
+
 def wait_all(api: Api, since: str, timeout: float = RUN_TIMEOUT, on_waiting=None) -> dict[str, list[dict]]:
     """Every run of every DAG started at or after ``since``, once none is running or queued."""
     deadline = time.monotonic() + timeout
     quiet_since = None
     while True:
-        runs = {d: [r for r in api.runs(d) if (r.get("run_after") or "") >= since] for d in (*ORDER, "backup_retention_cleanup")}
+        runs = {d: [r for r in api.runs(d) if queued(r) >= since] for d in (*ORDER, "backup_retention_cleanup")}
         pending = [(d, r) for d, rs in runs.items() for r in rs if r["state"] not in TERMINAL]
         if on_waiting is not None:
             on_waiting(api)
@@ -231,14 +236,14 @@ def context(layout: Layout):
 
 def run_round(api: Api, name: str, replace: bool, restore_root: str, out_dir: Path) -> tuple[dict, dict]:
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 5))
-    say(f"round {name}: daily verification first")
-    for dag_id in ORDER:
+    say(f"round {name}: daily verification first (unpaused with the retention cleanup it triggers)")
+    for dag_id in ("backup_daily_verification", "backup_retention_cleanup"):
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-    api.call("PATCH", "/dags/backup_retention_cleanup", {"is_paused": False})
     api.trigger("backup_daily_verification", {})
     wait_all(api, since)
-    say(f"round {name}: every other DAG")
+    say(f"round {name}: every other DAG, unpaused only now: their latest-slot runs need verified backups")
     for dag_id in ORDER[1:]:
+        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
         api.trigger(dag_id, conf_for(dag_id, restore_root, replace))
     approval = Approval(out_dir)
     runs = wait_all(api, since, on_waiting=approval if replace else None)
