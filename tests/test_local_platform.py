@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backupkit import clock
 from backupkit.config import AppSwitch, ConfigError, load_config
 from backupkit.pgserver import free_port
 from backupkit.restore.local_platform import (ControlError, LocalAppPlatform, Spec, Status, read_spec, read_status,
@@ -58,7 +59,7 @@ class App:
                                      stderr=subprocess.DEVNULL)
         self.switch = AppSwitch(platform="local", control_dir=self.control, namespace=NS,
                                 deployments=(BACKEND, FRONTEND), rollout_timeout_seconds=30)
-        self.platform = LocalAppPlatform(self.switch, wall=time.time)
+        self.platform = LocalAppPlatform(self.switch)
         self.platform.wait_for_replicas(NS, BACKEND, 2, 30)
         self.platform.wait_for_replicas(NS, FRONTEND, 1, 30)
 
@@ -130,7 +131,7 @@ def test_switch_and_a_failing_switch_that_rolls_back(app, pg):
 
 
 def test_a_stopped_supervisor_is_named_not_waited_for(app):
-    stale = LocalAppPlatform(app.switch, wall=lambda: time.time() + 3600, sleep=lambda s: None)
+    stale = LocalAppPlatform(app.switch, wall=lambda: clock.timestamp() + 3600, sleep=lambda s: None)
     with pytest.raises(RuntimeError, match=r"supervisor has not updated .* \(is the sandbox running"):
         stale.wait_for_replicas(NS, BACKEND, 3, timeout=60)
 
@@ -249,7 +250,7 @@ def test_seed_keeps_a_switched_database_and_follows_postgres_to_a_new_port(tmp_p
     args = dict(namespace=NS, backend=BACKEND, frontend=FRONTEND, backend_port=1, frontend_port=2, say=lambda *_: None)
     appsupervisor.seed(tmp_path, database_url="postgresql://postgres@127.0.0.1:5433/trixtech", pg_port=5433, **args)
     d = tmp_path / NS / BACKEND
-    platform = LocalAppPlatform(AppSwitch(platform="local", control_dir=tmp_path), wall=time.time)
+    platform = LocalAppPlatform(AppSwitch(platform="local", control_dir=tmp_path))
     platform.write_setting(NS, f"deployment/{BACKEND}/app", "postgresql://postgres@127.0.0.1:5433/trixtech_restored_1")
     generation = read_spec(d).generation
     appsupervisor.seed(tmp_path, database_url="postgresql://postgres@127.0.0.1:5433/trixtech", pg_port=5433, **args)

@@ -9,7 +9,7 @@ import hashlib
 import os
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -79,17 +79,18 @@ def test_version_listings_do_not_grow_disk_or_descriptors(server, tmp_path):
     assert _disk(tmp_path / "s3" / "blobs") == disk0 == stored
 
 
-def test_multipart_upload_is_stored_once_and_locked_by_the_bucket_default(server, tmp_path):
+def test_multipart_upload_is_stored_once_and_locked_by_the_bucket_default(server, tmp_path, now):
     client = server.client()
     create_production_bucket(client, "mp-default", object_lock_days=1)
     data = random.Random(7).randbytes(12 * MiB)  # 3 parts: 5 + 5 + 2 MiB
     (tmp_path / "big").write_bytes(data)
-    before = datetime.now(timezone.utc)
     client.upload_file(str(tmp_path / "big"), "mp-default", "big.dump", ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=PARTS)
     head = client.head_object(Bucket="mp-default", Key="big.dump", ChecksumMode="ENABLED")
     assert head["ETag"].endswith('-3"')
     assert head["ObjectLockMode"] == "GOVERNANCE"  # moto as shipped: no retention on multipart uploads
-    assert before + timedelta(hours=23) < head["ObjectLockRetainUntilDate"] < before + timedelta(days=1, hours=1)
+    # One day from the upload, which happened during this session (S3 stamps it with its own clock).
+    assert now + timedelta(days=1) - timedelta(minutes=1) <= head["ObjectLockRetainUntilDate"] \
+        <= now + timedelta(days=1, hours=3)
     version = head["VersionId"]
     err = pytest.raises(Exception, client.delete_object, Bucket="mp-default", Key="big.dump", VersionId=version)
     assert "AccessDenied" in str(err.value)
@@ -101,11 +102,11 @@ def test_multipart_upload_is_stored_once_and_locked_by_the_bucket_default(server
     assert _disk(tmp_path / "s3" / "blobs") == len(data)  # the parts are ranges of the object, not a copy
 
 
-def test_multipart_upload_takes_the_lock_given_at_create(server, tmp_path):
+def test_multipart_upload_takes_the_lock_given_at_create(server, tmp_path, now):
     client = server.client()
     create_production_bucket(client, "mp-explicit")
     (tmp_path / "big").write_bytes(random.Random(8).randbytes(11 * MiB))
-    until = (datetime.now(timezone.utc) + timedelta(days=3)).replace(microsecond=0)
+    until = (now + timedelta(days=3)).replace(microsecond=0)
     client.upload_file(str(tmp_path / "big"), "mp-explicit", "x", Config=PARTS,
                        ExtraArgs={"ChecksumAlgorithm": "SHA256", "ObjectLockMode": "COMPLIANCE",
                                   "ObjectLockRetainUntilDate": until, "ObjectLockLegalHoldStatus": "ON"})
