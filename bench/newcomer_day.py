@@ -74,6 +74,12 @@ def ensure_tools() -> None:
 
 
 # -- the REST API -----------------------------------------------------------------------------------------
+class ApiError(RuntimeError):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 class Api:
     def __init__(self, port: int):
         self.base = f"http://localhost:{port}"
@@ -83,15 +89,23 @@ class Api:
         with urllib.request.urlopen(req, timeout=30) as r:
             self.token = json.loads(r.read())["access_token"]
 
-    def call(self, method: str, path: str, body: dict | None = None) -> dict:
-        req = urllib.request.Request(self.base + "/api/v2" + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
+    def call(self, method: str, path: str, body: dict | None = None, *, tries: int = 6) -> dict:
+        """One API call; a 5xx is retried (standalone Airflow's SQLite is busy while many tasks write)."""
+        for attempt in range(1, tries + 1):
+            req = urllib.request.Request(self.base + "/api/v2" + path, method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Authorization": f"Bearer {self.token}",
+                                                  "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    return json.loads(r.read() or b"{}")
+            except urllib.error.HTTPError as exc:
+                detail = exc.read()[:500]
+                if exc.code < 500 or attempt == tries:
+                    raise ApiError(exc.code, f"{method} {path}: HTTP {exc.code}: {detail!r}") from None
+                say(f"  {method} {path}: HTTP {exc.code}, retrying ({attempt}/{tries})")
+                time.sleep(5)
+        raise AssertionError("unreachable")
 
     def runs(self, dag_id: str) -> list[dict]:
         return self.call("GET", f"/dags/{dag_id}/dagRuns?limit=100&order_by=-run_after")["dag_runs"]
@@ -191,8 +205,12 @@ class Approval:
         shot = self.out_dir / "required-actions.png"
         text = screenshot_required_actions(api.base, shot, ["backup_restore", "approve_switch", "Switch trixtech-db"])
         say(f"  Required Actions shows the switch (screenshot {shot}); approving through the REST API")
-        api.call("PATCH", f"/dags/backup_restore/dagRuns/{ti['dag_run_id']}/taskInstances/approve_switch/"
-                          f"{ti['map_index']}/hitlDetails", {"chosen_options": ["Approve"]})
+        try:
+            api.call("PATCH", f"/dags/backup_restore/dagRuns/{ti['dag_run_id']}/taskInstances/approve_switch/"
+                              f"{ti['map_index']}/hitlDetails", {"chosen_options": ["Approve"]})
+        except ApiError as exc:
+            if exc.code != 409:  # 409: already answered (a retried PATCH whose first try went through)
+                raise
         self.done = True
         self.evidence = {"screenshot": str(shot), "subject": h.get("subject"), "page_text": text[:3000]}
 
