@@ -85,22 +85,23 @@ def snapshot(pid: int, client, bucket: str, blobs: Path | None) -> dict:
 def weekly_run(config, client) -> None:
     """What backup_weekly_maintenance does against the bucket (collectors and the report upload)."""
     from backupkit import clock
+    from backupkit.jobs import weekly as jobs
     from backupkit.reports import weekly
     from backupkit.reports.render import publish_files, report_prefix
+    from backupkit.storage.objectstore import Bucket
 
-    now = clock.now()
+    now, bucket = clock.now(), Bucket(client, config.bucket)
     sections = {
-        "trends": weekly.collect_trends(config, now=now, s3_client=client),
-        "failures": weekly.failure_pattern(config, now=now, s3_client=client),
-        "storage": weekly.storage_usage(config, client, now=now, record_history=False,
-                                        cost_explorer=lambda: {"reachable": False, "reason": "benchmark"}),
-        "encryption": weekly.encryption_report(config, client),
+        "trends": jobs.collect_trends(config, now=now, bucket=bucket),
+        "failures": jobs.failure_pattern(config, now=now, bucket=bucket),
+        "storage": jobs.storage_usage(config, bucket, now=now, record_history=False,
+                                      cost_explorer=lambda: {"reachable": False, "reason": "benchmark"}),
+        "encryption": jobs.encryption_report(config, bucket),
     }
     prefix = report_prefix(config.reports.prefix, "weekly-soak", now.date())
     doc = weekly.weekly_doc(report_date=now.date(), location=f"s3://{config.bucket}/{prefix}report.md", **sections)
     with tempfile.TemporaryDirectory() as tmp:
-        publish_files(doc.files(), s3_client=client, bucket=config.bucket, prefix=prefix,
-                      sse=config.reports.sse_algorithm, local_dir=Path(tmp))
+        publish_files(doc.files(), bucket=bucket, prefix=prefix, sse=config.reports.sse_algorithm, local_dir=Path(tmp))
 
 
 def print_growth(title: str, before: dict, after: dict) -> tuple[int, int, int]:

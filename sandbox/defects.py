@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from backupkit import clock
-from backupkit.catalog import MANIFEST_SUFFIX, local_backups, s3_key_for, sidecar_path
+from backupkit.catalog import local_backups, s3_key_for
+from backupkit.storage.localfs import MANIFEST_SUFFIX, sidecar_path
 from backupkit.config import Config, Source
 
 STALE_NIGHTS = 2  # a stale history: the newest backups are more than max_age_hours (25 h) old

@@ -25,10 +25,12 @@ import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from backupkit.catalog import MANIFEST_SUFFIX, local_backups, sidecar_path
+from backupkit.catalog import local_backups
+from backupkit.storage.localfs import MANIFEST_SUFFIX, sidecar_path
 from backupkit.config import DRILL_HOUR_UTC, Config
-from backupkit.reports.audit import DR_DRILLS_FILE, RESTORE_TESTS_FILE, record_dr_drill, record_restore_tests
+from backupkit.reports.audit import record_dr_drill, record_restore_tests
 from backupkit.retention.plan import Candidate, plan_retention
+from backupkit.storage.statedir import StateDir
 
 SEED_FILE = "sandbox-seed.json"
 SEED_DETAIL = "sandbox seed: recorded by `make up` so day one looks maintained; nothing was run"
@@ -80,7 +82,7 @@ def seed_records(config: Config, *, now: datetime) -> dict:
     """Restore tests and a DR drill, as sandbox history (module docstring); none over existing files."""
     state = config.state_dir
     seeded: dict = {"restore_tests": [], "dr_drill": None}
-    if not (state / RESTORE_TESTS_FILE).exists():
+    if not StateDir(state).restore_tests.exists():
         for when in first_mondays(now, 3):
             run_id = f"sandbox-seed-restore-test-{when:%Y-%m-%d}"
             night = when.replace(hour=2, minute=0)
@@ -88,7 +90,7 @@ def seed_records(config: Config, *, now: datetime) -> dict:
                         "duration_seconds": 40.0, "detail": SEED_DETAIL} for s in config.sources]
             record_restore_tests(state, results, run_id=run_id, now=when)
             seeded["restore_tests"].append(run_id)
-    if not (state / DR_DRILLS_FILE).exists():
+    if not StateDir(state).dr_drills.exists():
         when = last_drill(config, now)
         rto, rpo = config.drill.rto_target_minutes * 60, config.drill.rpo_target_hours * 3600
         scenarios = [{"name": n, "ok": True, "rto_seconds": round(rto / 4), "rto_target_seconds": rto,

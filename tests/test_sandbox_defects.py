@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from backupkit.config import load_config
-from backupkit.daily import check_cloud_copies, check_integrity, check_presence
+from backupkit.jobs.daily import check_cloud_copies, check_integrity, check_presence
 from backupkit.state import VerificationState
+from backupkit.storage.objectstore import Bucket
 from sandbox.bookingdb import create_booking_db
 from sandbox.defects import DEFECTS, DefectError, Defects
 from sandbox.history import generate_history
@@ -71,7 +72,7 @@ def test_each_defect_is_found_and_healed_exactly(live, now, tmp_path, name, sour
     state = VerificationState(tmp_path / "state")  # a fresh memory: the first daily run after the defect
     results = {"presence": lambda: check_presence(config, source, now),
                "integrity": lambda: check_integrity(config, source, now, state),
-               "cloud": lambda: check_cloud_copies(config, source, client, state)}[check]()
+               "cloud": lambda: check_cloud_copies(config, source, Bucket(client, config.bucket), state)}[check]()
     assert expect in failing(results), results
     assert defects.active() == [record]
     with pytest.raises(DefectError, match="already active"):

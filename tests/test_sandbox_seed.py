@@ -12,9 +12,10 @@ import pytest
 from backupkit.catalog import local_backups
 from backupkit.checks.freshness import check_freshness
 from backupkit.config import load_config
-from backupkit.daily import backup_key
-from backupkit.reports.audit import (DR_DRILLS_FILE, RESTORE_TESTS_FILE, backup_index, dr_drill_control,
-                                     restore_tests_control, retention_controls)
+from backupkit.jobs.daily import backup_key
+from backupkit.reports.audit import backup_index, dr_drill_control, restore_tests_control, retention_controls
+from backupkit.storage.objectstore import Bucket
+from backupkit.storage.statedir import StateDir
 from backupkit.state import VerificationState
 from sandbox import seed
 from sandbox.bookingdb import create_booking_db
@@ -74,25 +75,26 @@ def test_the_audit_passes_on_the_seeded_sandbox_and_says_it_is_sandbox_history(s
     for src in config.sources:
         for b in local_backups(src):
             state.record(backup_key(src, b), None, b.size, True, now)
-    index, notes = backup_index(config, client)
-    for control in retention_controls(config, index, now=now, state=state, s3_client=client, notes=notes):
+    bucket = Bucket(client, config.bucket)
+    index, notes = backup_index(config, bucket)
+    for control in retention_controls(config, index, now=now, state=state, bucket=bucket, notes=notes):
         assert control.status == "pass", (control.id, control.summary)
     for control in (restore_tests_control(config, now=now), dr_drill_control(config, now=now)):
         assert control.status == "pass", (control.id, control.summary)
-    lines = [json.loads(ln) for ln in (config.state_dir / RESTORE_TESTS_FILE).read_text().splitlines()]
+    lines = [json.loads(ln) for ln in StateDir(config.state_dir).restore_tests.read_text().splitlines()]
     assert {ln["run_id"] for ln in lines} == set(report["restore_tests"]) and len(report["restore_tests"]) == 3
     assert all(ln["run_id"].startswith("sandbox-seed-") and "nothing was run" in ln["detail"] for ln in lines)
-    [drill] = [json.loads(ln) for ln in (config.state_dir / DR_DRILLS_FILE).read_text().splitlines()]
+    [drill] = [json.loads(ln) for ln in StateDir(config.state_dir).dr_drills.read_text().splitlines()]
     assert drill["run_id"].startswith("sandbox-seed-dr-drill-") and "nothing was run" in drill["detail"]
     assert all(s["sandbox"] is True for s in drill["scenarios"])
 
 
 def test_seed_never_writes_over_real_records(seeded, now):
     config, _, _ = seeded
-    before = (config.state_dir / RESTORE_TESTS_FILE).read_text()
+    before = StateDir(config.state_dir).restore_tests.read_text()
     again = seed.seed_records(config, now=now)
     assert again == {"restore_tests": [], "dr_drill": None}
-    assert (config.state_dir / RESTORE_TESTS_FILE).read_text() == before
+    assert StateDir(config.state_dir).restore_tests.read_text() == before
 
 
 @pytest.mark.parametrize("now, expected", [
