@@ -2,8 +2,9 @@
 
 1. ``make up`` (``python -m sandbox up``), then a token from ``POST /auth/token``.
 2. Every DAG unpaused and triggered through Airflow's REST API, the daily verification first
-   (the audit and the retention cleanup build on it). Unpausing a scheduled DAG also makes
-   Airflow run its latest slot: those runs count too. ``backup_restore`` runs in replace mode:
+   (the audit and the retention cleanup build on it), ``backup_restore`` last and alone.
+   Unpausing a scheduled DAG also makes Airflow run its latest slot: those runs count too.
+   ``backup_restore`` runs in replace mode:
    while it waits under *Required Actions*, headless Chromium (Debian's ``chromium`` driven by
    Playwright) opens that page, saves a screenshot and the script reads the page's text for
    the DAG, the task and the backup; then the switch is approved through the REST API.
@@ -260,9 +261,15 @@ def run_round(api: Api, name: str, replace: bool, restore_root: str, out_dir: Pa
     api.trigger("backup_daily_verification", {})
     wait_all(api, since)
     say(f"round {name}: every other DAG, unpaused only now: their latest-slot runs need verified backups")
-    for dag_id in ORDER[1:]:
+    for dag_id in ORDER[1:-1]:
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
         api.trigger(dag_id, conf_for(dag_id, restore_root, replace))
+    wait_all(api, since)
+    # Last, alone: a replace restores into a new database on the app's server, which an audit
+    # running at the same time rightly reports as unprotected.
+    say(f"round {name}: backup_restore ({'replace' if replace else 'verify_only'})")
+    api.call("PATCH", "/dags/backup_restore", {"is_paused": False})
+    api.trigger("backup_restore", conf_for("backup_restore", restore_root, replace))
     approval = Approval(out_dir)
     runs = wait_all(api, since, on_waiting=approval if replace else None)
     if replace and not approval.done:
