@@ -16,9 +16,9 @@
    and deleted-but-open files must not grow beyond the data stored (as bench_s3_soak.py).
 
 Exit 0 only when every run of the day succeeded, the S3 state survived the restart and disk
-stayed bounded. Installs what it needs itself: Debian's ``chromium`` with apt-get when missing;
-Playwright is pinned in requirements.txt (``make venv``). Screenshots and a JSON summary go to
-``.sandbox/day/``.
+stayed bounded. Installs what it needs itself: Debian's ``chromium`` through ``make browser``
+when missing; Playwright is pinned in requirements.txt (``make venv``). Screenshots and a JSON
+summary go to ``.sandbox/day/``.
 
     make day        # or: .venv/bin/python bench/newcomer_day.py [--skip-up]
 """
@@ -59,20 +59,13 @@ def say(msg: str) -> None:
 
 # -- tools ------------------------------------------------------------------------------------------------
 def ensure_tools() -> None:
-    """Debian's chromium (apt-get) and Playwright in .venv (requirements.txt), never a hand install."""
+    """Debian's chromium through `make browser` (the one install step), Playwright from requirements.txt."""
     if not Path(CHROMIUM).exists():
-        say("installing Debian's chromium (apt-get) ...")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        say("installing Playwright into .venv (pinned in requirements.txt) ...")
-        pin = [ln for ln in (REPO / "requirements.txt").read_text().splitlines() if ln.startswith("playwright==")]
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *pin, "-c", str(REPO / "constraints.txt")],
-                       check=True)
+        say("installing Debian's chromium (make browser) ...")
+        subprocess.run(["make", "-C", str(REPO), "browser"], check=True)
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"{CHROMIUM} is missing: `sudo make browser` installs it")
+    import playwright  # noqa: F401  (pinned in requirements.txt: `make venv` installs it)
 
 
 # -- the REST API -----------------------------------------------------------------------------------------
