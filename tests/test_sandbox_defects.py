@@ -59,7 +59,7 @@ def failing(results) -> set[str]:
 @pytest.mark.parametrize("name, source, check, expect", [
     ("missing-night", "trixtech-db", "presence", "nightly_gaps"),
     ("stale-history", "trixtech-files", "presence", "fresh"),
-    ("damaged-newest", "trixtech-db", "integrity", "pg_restore"),
+    ("damaged-newest", "trixtech-db", "integrity", "custom_dump"),
     ("bitflip", "trixtech-db", "integrity", "sha256"),
     ("missing-in-s3", "trixtech-files", "cloud", "s3_present"),
     ("wrong-s3-checksum", "trixtech-db-sql", "cloud", "s3_checksum"),
@@ -68,16 +68,19 @@ def test_each_defect_is_found_and_healed_exactly(live, now, tmp_path, name, sour
     config, client, defects = live
     before = snapshot(config, client)
     record = defects.inject(name)
-    assert snapshot(config, client) != before
-    state = VerificationState(tmp_path / "state")  # a fresh memory: the first daily run after the defect
-    results = {"presence": lambda: check_presence(config, source, now),
-               "integrity": lambda: check_integrity(config, source, now, state),
-               "cloud": lambda: check_cloud_copies(config, source, Bucket(client, config.bucket), state)}[check]()
-    assert expect in failing(results), results
-    assert defects.active() == [record]
-    with pytest.raises(DefectError, match="already active"):
-        defects.inject(name)
-    assert [d["name"] for d in defects.heal()] == [name]
+    try:
+        assert snapshot(config, client) != before
+        state = VerificationState(tmp_path / "state")  # a fresh memory: the first daily run after the defect
+        results = {"presence": lambda: check_presence(config, source, now),
+                   "integrity": lambda: check_integrity(config, source, now, state),
+                   "cloud": lambda: check_cloud_copies(config, source, Bucket(client, config.bucket), state)}[check]()
+        assert expect in failing(results), results
+        assert defects.active() == [record]
+        with pytest.raises(DefectError, match="already active"):
+            defects.inject(name)
+    finally:
+        healed = defects.heal()
+    assert [d["name"] for d in healed] == [name]
     assert snapshot(config, client) == before
     assert defects.active() == []
 
