@@ -176,8 +176,10 @@ def test_state_survives_a_restart_exactly(tmp_path):
 def test_a_damaged_snapshot_stops_the_server_with_a_message(tmp_path):
     data_dir = tmp_path / "s3"
     srv = MotoServer(data_dir=data_dir).start()
-    create_production_bucket(srv.client(), "damaged")
-    srv.stop()
+    try:
+        create_production_bucket(srv.client(), "damaged")
+    finally:
+        srv.stop()
     snapshot = data_dir / "state.pickle"
     good = snapshot.read_bytes()
     snapshot.write_bytes(good[: len(good) // 2])
@@ -194,10 +196,12 @@ def test_snapshot_loading_refuses_mutations_and_foreign_classes(tmp_path):
     another exception; a pickle naming anything outside moto's models is refused."""
     data_dir = tmp_path / "s3"
     srv = MotoServer(data_dir=data_dir).start()
-    client = srv.client()
-    create_production_bucket(client, "fuzz", object_lock_days=1)
-    client.put_object(Bucket="fuzz", Key="a", Body=b"x" * 1000, ChecksumAlgorithm="SHA256")
-    srv.stop()
+    try:
+        client = srv.client()
+        create_production_bucket(client, "fuzz", object_lock_days=1)
+        client.put_object(Bucket="fuzz", Key="a", Body=b"x" * 1000, ChecksumAlgorithm="SHA256")
+    finally:
+        srv.stop()
     good = (data_dir / "state.pickle").read_bytes()
     rng = random.Random(20250301)
     state = S3State(data_dir, log=lambda *_: None)
