@@ -214,13 +214,15 @@ def _pair_key(bucket: Bucket, key: str, head: dict, size: int, local_sha256: str
 def s3_copy_report(bucket: Bucket, key: str, *, local_size: int, local_sha256: str | None,
                    local_path: Path | None, artifact: str,
                    composite_cache: MutableMapping[str, str] | None = None,
-                   allow_download: bool = True) -> S3CopyReport:
+                   allow_download: bool = True, local_sha256_origin: str = "the local backup") -> S3CopyReport:
     """Check the S3 copy ``key`` in ``bucket`` of a local backup; see the module doc.
 
     :param local_sha256: the local backup's SHA-256 (hex) when known; saves reading it
     :param local_path: the local file, read only when the evidence needs it
     :param composite_cache: remembered pairings (the verification memory's ``checksum_cache``)
     :param allow_download: False never downloads the object (a cheap inventory)
+    :param local_sha256_origin: where ``local_sha256`` comes from, for messages ("the sidecar", "the
+        last verified read of the local backup"): a remembered digest is not the file as it is now
     """
     uri = bucket.uri(key)
     try:
@@ -248,7 +250,7 @@ def s3_copy_report(bucket: Bucket, key: str, *, local_size: int, local_sha256: s
     try:
         result = _compare(bucket, key, head, remote_size, local_sha256.lower() if local_sha256 else None,
                           local_path if local_path is not None and local_path.is_file() else None,
-                          artifact, composite_cache, allow_download, cmp)
+                          artifact, composite_cache, allow_download, cmp, local_sha256_origin)
     except client_errors() as exc:
         result = CheckResult(artifact, "s3_checksum", False, f"checksum not compared: {describe_error(exc, uri)}")
     except (OSError, ValueError) as exc:
@@ -264,7 +266,7 @@ def check_s3_copy(bucket: Bucket, key: str, **kwargs) -> list[CheckResult]:
 
 def _compare(bucket: Bucket, key: str, head: dict, size: int, local_sha256: str | None, local_file: Path | None,
              artifact: str, cache: MutableMapping[str, str] | None, allow_download: bool,
-             cmp: _Comparison) -> CheckResult:
+             cmp: _Comparison, origin: str = "the local backup") -> CheckResult:
     uri = bucket.uri(key)
 
     def done(ok: bool, detail: str) -> CheckResult:
@@ -300,13 +302,14 @@ def _compare(bucket: Bucket, key: str, head: dict, size: int, local_sha256: str 
         if local_sha256 is None and local_file is not None:
             digests, _, cmp.local = local_digests(local_file, algorithms=["SHA256"])
             local_sha256 = cmp.local_sha256 = digests["SHA256"]
+            origin = "the local file (read now)"
         if local_sha256 is not None:
             cmp.method = "sha256"
             if sha.value == _b64_of_hex(local_sha256):
                 return done(True, "SHA-256 matches S3's stored checksum")
             parts = bucket.parts_count(key)
             if parts <= 1:
-                return done(False, f"{uri}: SHA-256 differs: S3 stored {sha.value}, local "
+                return done(False, f"{uri}: SHA-256 differs: S3 stored {sha.value}, {origin} has "
                                    f"{_b64_of_hex(local_sha256)}")
             # A multipart object whose S3 gave no hint of it: its checksum is a composite.
             sha = StoredChecksum("SHA256", sha.value, True, parts)
@@ -329,6 +332,7 @@ def _compare(bucket: Bucket, key: str, head: dict, size: int, local_sha256: str 
             return skipped("no local SHA-256 or file given")
         digests, _, cmp.local = local_digests(local_file, algorithms=["SHA256"])
         local_sha256 = cmp.local_sha256 = digests["SHA256"]
+        origin = "the local file (read now)"
     cmp.method = "stream"
     body = bucket.body(key, if_match=head.get("ETag"))
     h = hashlib.sha256()
@@ -342,7 +346,8 @@ def _compare(bucket: Bucket, key: str, head: dict, size: int, local_sha256: str 
         return done(False, f"{uri}: download ended after {cmp.body} of {size} bytes")
     if h.hexdigest() == local_sha256:
         return done(True, "SHA-256 of the streamed object matches (no stored checksum)")
-    return done(False, f"{uri}: SHA-256 of the streamed object differs: S3 {h.hexdigest()}, local {local_sha256}")
+    return done(False, f"{uri}: SHA-256 of the streamed object differs: S3 {h.hexdigest()}, {origin} has "
+                       f"{local_sha256}")
 
 
 def _local_plan(stored: dict[str, StoredChecksum], head: dict, parts_hint: int | None
@@ -408,7 +413,8 @@ def _compare_locally(bucket: Bucket, key: str, head: dict, size: int, plan: list
         first_bad = next((i + 1 for i, (a, b) in enumerate(zip(local_parts, part_sums)) if b and a != b), None)
         where = f"; first differing part: {first_bad} of {len(sizes)}" if first_bad else ""
     suffix = f"-{len(sizes)}" if stored.composite else ""
-    return done(False, f"{uri}: {shape} differs: S3 stored {stored.value}{suffix}, local {mine}{suffix}{where}")
+    return done(False, f"{uri}: {shape} differs: S3 stored {stored.value}{suffix}, the local file (read now) has "
+                       f"{mine}{suffix}{where}")
 
 
 __all__ = ["check_s3_copy", "s3_copy_report", "S3CopyReport", "composite_sha256", "composite", "local_digests"]

@@ -115,15 +115,16 @@ def check_integrity(config: Config, source_name: str, now: datetime | None = Non
 
 
 # -- S3 copies ---------------------------------------------------------------------------
-def _known_sha256(st: VerificationState, key: str, b: Backup) -> str | None:
-    """The backup's SHA-256 without reading it: from its last passed full read, else its sidecar."""
+def _known_sha256(st: VerificationState, key: str, b: Backup) -> tuple[str | None, str]:
+    """The backup's SHA-256 without reading it, and where it comes from: its last passed full read
+    (if the file is unchanged since), else its sidecar."""
     rec = st.get(key)
     if rec is not None and rec.ok and rec.sha256 and rec.unchanged(FileIdentity.of(b.path)):
-        return rec.sha256
+        return rec.sha256, f"the local backup's verified read of {rec.verified_at:%Y-%m-%d}"
     try:
-        return read_sidecar(b.path)
+        return read_sidecar(b.path), "the local backup's sidecar"
     except ValueError:  # a malformed sidecar: the integrity check reports it
-        return None
+        return None, "the local backup"
 
 
 def check_cloud_copies(config: Config, source_name: str, bucket: Bucket,
@@ -166,10 +167,10 @@ def check_cloud_copies(config: Config, source_name: str, bucket: Bucket,
                            for rel, f in _dir_files(b.path)]
                 results.extend(_merge_dir_reports(key, reports))
             else:
-                sha = _known_sha256(st, key, b)
+                sha, origin = _known_sha256(st, key, b)
                 reports = [s3_copy_report(bucket, catalog.s3_key(b.name), local_size=b.size, local_sha256=sha,
                                           local_path=b.path if (sha or newest) else None, artifact=key,
-                                          composite_cache=cache)]
+                                          composite_cache=cache, local_sha256_origin=origin)]
                 results.extend(reports[0].results)
             for report in reports:
                 body += report.body_bytes_read
