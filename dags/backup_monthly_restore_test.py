@@ -13,12 +13,13 @@ from airflow.sdk import CronTriggerTimetable, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
-from backup_airflow.hooks import backup_config, s3_client
+from backup_airflow.hooks import backup_config, bucket
 from backup_airflow.restore_operators import ScratchCleanupOperator, ScratchRestoreOperator, triggered_by
 from backupkit import clock
 from backupkit.metrics import LastSuccessStore
 from backupkit.reports.audit import record_restore_tests
-from backupkit.restore.service import audit, monthly_targets, restore_test_metrics, summarize_restore_tests
+from backupkit.jobs.restore_test import monthly_targets, restore_test_metrics, summarize_restore_tests
+from backupkit.restore.journal import RestoreJournal
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def backup_monthly_restore_test():
         """Newest + one random older backup per source (seeded by the run id: reruns repeat it)."""
         config = backup_config()
         now = clock.now()
-        targets = monthly_targets(config, s3_client(config.aws_conn_id), now=now, seed=context["run_id"])
+        targets = monthly_targets(config, bucket(config), now=now, seed=context["run_id"])
         for t in targets:
             log.info("will restore %s %s (%s)", t["source_name"], t["backup"] or "(no backup!)", t["role"])
         return targets
@@ -106,11 +107,12 @@ def backup_monthly_restore_test():
         report = summarize_restore_tests(results)
         log.info("Restore tests of %d backups:\n%s", len(results), report["table"])
         config, who = backup_config(), triggered_by(context)
-        for r in results:  # every restore is in the audit log, tests included
-            audit(config, run_id=context["run_id"], source=r["source"], action="restore_test", triggered_by=who,
-                  reason="monthly restore test", backup=r.get("backup") or None, mode="restore_test",
-                  outcome="passed" if r.get("ok") else "failed", location=r.get("location"),
-                  changes=["nothing: restored into a scratch target that was torn down"])
+        journal = RestoreJournal(config.state_dir)
+        for r in results:  # every restore is in the restore journal, tests included
+            journal.append(run_id=context["run_id"], source=r["source"], action="restore_test", triggered_by=who,
+                           reason="monthly restore test", backup=r.get("backup") or None, mode="restore_test",
+                           outcome="passed" if r.get("ok") else "failed", location=r.get("location"),
+                           changes=["nothing: restored into a scratch target that was torn down"])
         # The quarterly audit's recoverability control reads these records.
         record_restore_tests(config.state_dir, [{**r, "duration_seconds": r.get("restore_seconds")} for r in results],
                              run_id=context["run_id"], now=clock.now())

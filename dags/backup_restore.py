@@ -14,7 +14,7 @@ from airflow.sdk import Param, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import dag_tags
-from backup_airflow.hooks import backup_config, s3_client
+from backup_airflow.hooks import backup_config, bucket
 from backup_airflow.restore_operators import (
     ScratchRestoreOperator,
     app_platform,
@@ -26,18 +26,12 @@ from backup_airflow.restore_params import (VALIDATE, check_reason, on_demand_dag
 from backupkit import clock
 from backupkit.config import ConfigError
 from backupkit.restore.database import RestoreFailed
-from backupkit.restore.selection import SelectionError
-from backupkit.restore.service import (
-    SwitchFailed,
-    audit,
-    http_health_check,
-    new_database_name,
-    plan_switch,
-    resolve_request,
-    restore_into_new_database,
-    run_scratch_dir,
-    switch_database,
-)
+from backupkit.restore.health import http_health_check
+from backupkit.restore.journal import RestoreJournal
+from backupkit.restore.pipeline import new_database_name, restore_into_new_database
+from backupkit.restore.scratch import run_scratch_dir
+from backupkit.restore.selection import SelectionError, resolve_request
+from backupkit.restore.switch import SwitchFailed, plan_switch, switch_database
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +70,7 @@ reversible:
 5. `finish` appends the outcome to the audit log and fails the run unless the restore succeeded
    (or was rejected by the approver).
 
-Every step is recorded in the audit log (`<state_dir>/audit/retention.jsonl`, records with
-`"kind": "restore"`): who triggered it, the reason, the backup, what changed.
+Every step is recorded in the audit log (`<state_dir>/audit/restore.jsonl`): who triggered it, the reason, the backup, what changed.
 
 ## When it fails
 
@@ -124,9 +117,9 @@ def _request(ti) -> dict:
 
 
 def _audit(request: dict, context, action: str, **fields) -> None:
-    audit(backup_config(), run_id=context["run_id"], source=request["source"], action=action,
-          triggered_by=request["triggered_by"], reason=request["reason"], backup=request.get("backup"),
-          mode=request.get("mode"), **fields)
+    RestoreJournal(backup_config().state_dir).append(
+        run_id=context["run_id"], source=request["source"], action=action, triggered_by=request["triggered_by"],
+        reason=request["reason"], backup=request.get("backup"), mode=request.get("mode"), **fields)
 
 
 @dag(
@@ -148,7 +141,7 @@ def backup_restore():
             if request["mode"] not in MODES:
                 raise SelectionError(f"unknown mode {request['mode']!r}")
             ref = resolve_request(config, request["source"], which=request["which"], before=request["before"],
-                                  key=request["key"], s3_client=s3_client(config.aws_conn_id))
+                                  key=request["key"], bucket=bucket(config))
             source = config.source(request["source"])
             if request["mode"] == "replace":
                 if not request["deployments"]:
@@ -160,8 +153,9 @@ def backup_restore():
                 plan_switch(app_platform(config), namespace=request["namespace"], deployments=request["deployments"],
                             old_database=source.database, new_database=request["new_database"])
         except (SelectionError, ConfigError, ValueError) as exc:
-            audit(config, run_id=context["run_id"], source=str(request["source"]), action="restore_refused",
-                  triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc), mode=request["mode"])
+            RestoreJournal(config.state_dir).append(
+                run_id=context["run_id"], source=str(request["source"]), action="restore_refused",
+                triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc), mode=request["mode"])
             raise AirflowFailException(f"invalid restore request (nothing was changed): {exc}") from exc
         request.update(backup=ref.name, backup_time=ref.timestamp.isoformat(), locations=ref.where(config.bucket))
         log.info("restore of %s requested by %s (%s): %s", ref.name, request["triggered_by"], request["mode"],
@@ -189,7 +183,7 @@ def backup_restore():
         try:
             result = restore_into_new_database(config, source.name, request["backup"], server=server,
                                                new_database=request["new_database"],
-                                               s3_client=s3_client(config.aws_conn_id),
+                                               bucket=bucket(config),
                                                live_counts=live_counts_for(source),
                                                work_dir=run_scratch_dir(config, context["run_id"]))
         except (RestoreFailed, SelectionError) as exc:

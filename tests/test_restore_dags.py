@@ -29,7 +29,8 @@ from _restore_helpers import DATABASE, Approver, Deployment, FakeCluster, hitl_d
 from airflow.sdk.exceptions import ParamValidationError
 from backup_airflow import restore_operators as ro
 from backupkit.config import load_config
-from backupkit.restore.service import restore_records, run_dir_name
+from backupkit.restore.journal import RestoreJournal
+from backupkit.restore.scratch import run_dir_name
 from backupkit.restore.verify_rows import exact_row_counts, read_manifest
 from sandbox.bookingdb import create_booking_db
 from sandbox.history import generate_history
@@ -98,7 +99,7 @@ def state(dr) -> str:
 
 
 def records(sandbox, run_id) -> list[dict]:
-    return [r for r in restore_records(sandbox.config) if r["run_id"] == run_id]
+    return [r for r in RestoreJournal(sandbox.config.state_dir).records() if r["run_id"] == run_id]
 
 
 def no_leftover_scratch(sandbox) -> None:
@@ -317,8 +318,9 @@ def test_file_restore_dag(sandbox):
 
 # -- the monthly restore test ------------------------------------------------------------------------------------
 def test_monthly_restore_test_end_to_end(sandbox):
-    """The S3 copy of the newest database backup is cut short: that test fails, naming it; the
-    random older backup and the file set pass; metrics say which; every scratch is gone."""
+    """The S3 copy of the newest database backup is cut short: that test fails before anything is
+    restored (its SHA-256 is not the sidecar's), naming it; the random older backup and the file set
+    pass; metrics say which; every scratch is gone."""
     config = sandbox.config
     newest = sandbox.newest("trixtech-db")
     key = f"database/{newest.name}"
@@ -343,8 +345,8 @@ def test_monthly_restore_test_end_to_end(sandbox):
     report = xcom(dr, "summarize", "report")
     assert report["sources"]["trixtech-files"]["ok"] and not report["sources"]["trixtech-db"]["ok"]
     [problem] = report["problems"]
-    assert problem["artifact"] == f"trixtech-db/{newest.name}" and problem["check"] == "restore"
-    assert f"s3://{config.bucket}/{key}" in problem["detail"]
+    assert problem["artifact"] == f"trixtech-db/{newest.name}" and problem["check"] == "sidecar"
+    assert f"s3://{config.bucket}/{key}.sha256" in problem["detail"] and "differs from the sidecar's" in problem["detail"]
     older = [t for t in report["sources"]["trixtech-db"]["tests"] if t["role"] == "random_older"][0]
     assert older["ok"] and older["verified_rows"] > 0
     prom = config.state_dir / "metrics" / "restore_test.prom"

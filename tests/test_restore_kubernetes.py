@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from backupkit.restore.kubernetes import (
+from backupkit.restore.kubernetes.manifests import (
     MANAGED_BY_LABEL,
     ROLE_LABEL,
     RUN_ID_LABEL,

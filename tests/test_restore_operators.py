@@ -26,9 +26,11 @@ from backup_airflow.common import VerificationFailed
 from backupkit import clock
 from backupkit.config import load_config
 from backupkit.pgserver import LocalPostgres
-from backupkit.restore import kubernetes as k8s
+from backupkit.restore.kubernetes import manifests as k8s
 from backupkit.restore.scratch import ScratchError
-from backupkit.restore.service import SwitchFailed, plan_switch, restore_test, run_dir_name, switch_database
+from backupkit.restore.pipeline import restore_test
+from backupkit.restore.scratch import run_dir_name
+from backupkit.restore.switch import SwitchFailed, plan_switch, switch_database
 from backupkit.restore.verify_rows import RowManifest, exact_row_counts, manifest_path
 from sandbox.s3server import env_for_airflow
 from kubernetes.client import ApiException
@@ -143,7 +145,7 @@ def test_kubernetes_scratch_restores_verifies_and_is_deleted(cfg, kube, dumps, p
         kube.polls_until_ready = 3  # Pending, Pending, Running
         scratch = ro.KubernetesScratch(kube, cfg.restore, run_id=RUN_ID, source="trixtech-db", port=server.port,
                                        sleep=lambda s: None)
-        r = restore_test(cfg, "trixtech-db", dump.name, scratch=scratch, role="newest")
+        r = restore_test(cfg, "trixtech-db", dump.name, new_database=lambda: scratch, role="newest")
         assert r["ok"], r["problems"]
         assert r["backend"] == "kubernetes" and r["verified_rows"] == sum(counts.values())
         assert len(kube.called("read_namespaced_pod")) == 3
@@ -172,7 +174,7 @@ def test_a_failed_restore_in_a_pod_is_a_result_and_the_pod_is_deleted(cfg, kube,
     kube.pod_ip = "127.0.0.1"
     scratch = ro.KubernetesScratch(kube, cfg.restore, run_id=RUN_ID, source="trixtech-db", port=1,
                                    sleep=lambda s: None)
-    r = restore_test(cfg, "trixtech-db", dump.name, scratch=scratch)
+    r = restore_test(cfg, "trixtech-db", dump.name, new_database=lambda: scratch)
     assert not r["ok"] and [p["check"] for p in r["problems"]] == ["restore"]
     assert str(dump) in r["problems"][0]["detail"]
     assert kube.pods == {} and kube.secrets == {}
@@ -180,7 +182,7 @@ def test_a_failed_restore_in_a_pod_is_a_result_and_the_pod_is_deleted(cfg, kube,
     kube.fail["delete_namespaced_pod"] = ApiException(status=500, reason="etcd timeout")
     scratch = ro.KubernetesScratch(kube, cfg.restore, run_id=RUN_ID, source="trixtech-db", port=1,
                                    sleep=lambda s: None)
-    r = restore_test(cfg, "trixtech-db", dump.name, scratch=scratch)
+    r = restore_test(cfg, "trixtech-db", dump.name, new_database=lambda: scratch)
     assert [p["check"] for p in r["problems"]] == ["restore", "teardown"]
     assert "orphan sweep" in r["problems"][1]["detail"]
     assert kube.secrets == {}  # the secret was still deleted

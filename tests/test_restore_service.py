@@ -23,27 +23,16 @@ from backupkit.restore.database import RestoreFailed
 from backupkit.restore.files import TargetNotAllowed, UnsafeArchive
 from backupkit.restore.scratch import LocalScratch
 from backupkit.restore.selection import SelectionError
-from backupkit.restore.service import (
-    ServerTarget,
-    SwitchFailed,
-    available_backups,
-    cleanup_local_scratch,
-    http_health_check,
-    local_scratch_root,
-    monthly_targets,
-    new_database_name,
-    plan_switch,
-    point_setting_at,
-    redact,
-    resolve_request,
-    restore_files,
-    restore_into_new_database,
-    restore_test,
-    restore_test_metrics,
-    run_scratch_dir,
-    summarize_restore_tests,
-    switch_database,
-)
+from backupkit.catalog import Catalog
+from backupkit.jobs.restore_test import monthly_targets, restore_test_metrics, summarize_restore_tests
+from backupkit.restore.conninfo import point_setting_at, redact
+from backupkit.restore.file_restore import restore_files
+from backupkit.restore.health import http_health_check
+from backupkit.restore.pipeline import new_database_name, restore_into_new_database, restore_test
+from backupkit.restore.scratch import ServerTarget, cleanup_local_scratch, local_scratch_root, run_scratch_dir
+from backupkit.restore.selection import resolve_request
+from backupkit.restore.switch import SwitchFailed, plan_switch, switch_database
+from backupkit.storage.objectstore import Bucket
 from backupkit.restore.verify_rows import RowManifest, exact_row_counts, manifest_path
 from sandbox.history import write_archive
 
@@ -94,7 +83,7 @@ def test_available_backups_merge_disk_and_bucket(cfg, s3, bucket, dumps):
     only_s3 = cfg.source("trixtech-db").pattern.name_for(T0 + timedelta(days=2))
     s3.put_object(Bucket=bucket, Key=f"database/{only_s3}", Body=b"y")
     s3.put_object(Bucket=bucket, Key="database/notes.txt", Body=b"z")  # not a backup name
-    refs = available_backups(cfg, cfg.source("trixtech-db"), s3)
+    refs = Catalog(cfg.source("trixtech-db"), Bucket(s3, bucket)).backups()
     assert [(r.name, r.path is not None, r.key) for r in refs] == [
         (a.name, True, None), (b.name, True, f"database/{b.name}"), (only_s3, False, f"database/{only_s3}")]
 
@@ -102,7 +91,8 @@ def test_available_backups_merge_disk_and_bucket(cfg, s3, bucket, dumps):
 def test_requests_are_refused_with_a_clear_message(cfg, s3, bucket, dumps):
     for i in range(3):
         put_dump(cfg, dumps["custom"], T0 + timedelta(days=i))
-    ok = resolve_request(cfg, "trixtech-db", which="latest_before", before="2025-03-02T12:00:00Z", s3_client=s3)
+    ok = resolve_request(cfg, "trixtech-db", which="latest_before", before="2025-03-02T12:00:00Z",
+                         bucket=Bucket(s3, bucket))
     assert ok.timestamp == T0 + timedelta(days=1)
     cases = [
         (dict(source_name="nope", which="latest"), "unknown database 'nope'"),
@@ -121,7 +111,7 @@ def test_requests_are_refused_with_a_clear_message(cfg, s3, bucket, dumps):
     for kwargs, message in cases:
         name = kwargs.pop("source_name")
         with pytest.raises(SelectionError) as err:
-            resolve_request(cfg, name, s3_client=s3, **kwargs)
+            resolve_request(cfg, name, bucket=Bucket(s3, bucket), **kwargs)
         assert message in str(err.value), (kwargs, str(err.value))
 
 
@@ -132,7 +122,7 @@ def test_monthly_targets_newest_plus_a_seeded_random_older(cfg, dumps):
     targets = monthly_targets(cfg, None, now=now, seed="run-1")
     db = [t for t in targets if t["source_name"] == "trixtech-db"]
     assert [t["role"] for t in db] == ["newest", "random_older"]
-    names = [r.name for r in available_backups(cfg, cfg.source("trixtech-db"))]
+    names = [r.name for r in Catalog(cfg.source("trixtech-db")).backups()]
     assert db[0]["backup"] == names[-1]
     older_ts = cfg.source("trixtech-db").pattern.timestamp(db[1]["backup"])
     assert now - timedelta(days=30) <= older_ts < T0 + timedelta(days=39)
@@ -148,7 +138,8 @@ def test_restore_test_from_s3_verifies_every_table_against_the_manifest(cfg, s3,
     local = put_dump(cfg, dumps["custom"], T0, tables=counts)
     upload(s3, bucket, local, f"database/{local.name}")
     scratch = LocalScratch(base_dir=scratch_base)
-    r = restore_test(cfg, "trixtech-db", local.name, scratch=scratch, s3_client=s3, role="newest")
+    r = restore_test(cfg, "trixtech-db", local.name, new_database=lambda: scratch, bucket=Bucket(s3, bucket),
+                     role="newest")
     assert r["ok"], r["problems"]
     assert r["location"] == f"s3://{bucket}/database/{local.name}"  # the off-site copy is what is proven
     assert r["verified_rows"] == sum(counts.values()) and r["tables"] == len(counts)
@@ -161,7 +152,7 @@ def test_restore_test_from_s3_verifies_every_table_against_the_manifest(cfg, s3,
 def test_a_manifest_mismatch_fails_naming_the_table(cfg, dumps, counts, scratch_base):
     wrong = dict(counts, **{"public.bookings": counts["public.bookings"] + 25})
     local = put_dump(cfg, dumps["custom"], T0, tables=wrong)
-    r = restore_test(cfg, "trixtech-db", local.name, scratch=LocalScratch(base_dir=scratch_base))
+    r = restore_test(cfg, "trixtech-db", local.name, new_database=lambda: LocalScratch(base_dir=scratch_base))
     assert not r["ok"]
     assert [(p["artifact"], p["check"]) for p in r["problems"]] == [(f"trixtech-db/{local.name}",
                                                                      "rows public.bookings")]
@@ -171,11 +162,11 @@ def test_a_manifest_mismatch_fails_naming_the_table(cfg, dumps, counts, scratch_
 
 def test_without_a_manifest_the_live_source_counts_are_the_reference(cfg, dumps, counts, pg, scratch_base):
     local = put_dump(cfg, dumps["custom"], T0)
-    r = restore_test(cfg, "trixtech-db", local.name, scratch=LocalScratch(base_dir=scratch_base),
+    r = restore_test(cfg, "trixtech-db", local.name, new_database=lambda: LocalScratch(base_dir=scratch_base),
                      live_counts=lambda: exact_row_counts(pg, "trixtech"))
     assert r["ok"], r["problems"]
     assert r["compared_with"].startswith("live source database 'trixtech'")
-    r = restore_test(cfg, "trixtech-db", local.name, scratch=LocalScratch(base_dir=scratch_base),
+    r = restore_test(cfg, "trixtech-db", local.name, new_database=lambda: LocalScratch(base_dir=scratch_base),
                      live_counts=lambda: {**counts, "public.users": counts["public.users"] * 2})
     assert [p["check"] for p in r["problems"]] == ["rows public.users"]
 
@@ -185,7 +176,7 @@ def test_a_damaged_dump_fails_naming_the_backup_and_the_scratch_is_torn_down(cfg
     data = bytearray(local.read_bytes())
     local.write_bytes(bytes(data[: len(data) // 2]))  # cut short, as a full disk leaves it
     scratch = LocalScratch(base_dir=scratch_base)
-    r = restore_test(cfg, "trixtech-db", local.name, scratch=scratch)
+    r = restore_test(cfg, "trixtech-db", local.name, new_database=lambda: scratch)
     assert not r["ok"]
     [p] = r["problems"]
     assert p["check"] == "restore" and str(local) in p["detail"]
@@ -197,12 +188,12 @@ def test_a_file_set_archive_is_extracted_checked_and_removed(cfg, tmp_path):
     members = [("opt/trixtech/config/app.yml", b"db: trixtech\n", T0),
                ("opt/trixtech/uploads/2025/receipt.pdf", b"%PDF-1.4 x", T0)]
     archive = write_archive(src.local_dir / src.pattern.name_for(T0), members, T0)
-    r = restore_test(cfg, "trixtech-files", archive.name, scratch=None, work_dir=tmp_path / "work")
+    r = restore_test(cfg, "trixtech-files", archive.name, new_database=None, work_dir=tmp_path / "work")
     assert r["ok"], r["problems"] and r["files"] == 2
     assert not any((tmp_path / "work").iterdir())  # the scratch directory is gone
     # Missing configured path: the archive restores, but the check names the path.
     archive2 = write_archive(src.local_dir / src.pattern.name_for(T0 + timedelta(days=1)), members[:1], T0)
-    r = restore_test(cfg, "trixtech-files", archive2.name, scratch=None)
+    r = restore_test(cfg, "trixtech-files", archive2.name, new_database=None)
     assert [p["check"] for p in r["problems"]] == ["path opt/trixtech/uploads"]
 
 
@@ -267,12 +258,12 @@ def test_restore_into_a_new_database_beside_the_live_one(cfg, dumps, counts, pg,
     assert name == "trixtech_restored_20250303100001"
     before = exact_row_counts(pg, "trixtech")
     try:
-        r = restore_into_new_database(cfg, "trixtech-db", local.name, server=server, new_database=name, s3_client=s3)
+        r = restore_into_new_database(cfg, "trixtech-db", local.name, server=server, new_database=name, bucket=Bucket(s3, bucket))
         assert r["ok"] and r["new_database"] == name and r["verified_rows"] == sum(counts.values())
         assert exact_row_counts(pg, name) == counts
         with pytest.raises(RestoreFailed, match="already exists"):  # never over an existing database
             restore_into_new_database(cfg, "trixtech-db", local.name, server=ServerTarget(
-                host="127.0.0.1", port=pg.port, user="postgres"), new_database=name, s3_client=s3)
+                host="127.0.0.1", port=pg.port, user="postgres"), new_database=name, bucket=Bucket(s3, bucket))
         assert exact_row_counts(pg, name) == counts  # and the refused attempt did not drop it
         with pytest.raises(ValueError, match="own database"):
             restore_into_new_database(cfg, "trixtech-db", local.name, server=server, new_database="trixtech")

@@ -8,11 +8,25 @@ branch on ``source.kind`` themselves.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from backupkit.config.reader import Reader
 from backupkit.model import CheckResult
+
+
+@dataclass
+class KindRestore:
+    """What a kind's restore found: its checks and the numbers it measured (seconds, rows, files)."""
+
+    artifact: str
+    checks: list[CheckResult] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, check: str, ok: bool, detail: str) -> bool:
+        self.checks.append(CheckResult(self.artifact, check, ok, detail))
+        return ok
 
 
 class SourceKind:
@@ -46,8 +60,19 @@ class SourceKind:
         """Paths the newest backup must contain (the audit's coverage control); none by default."""
         return ()
 
+    # -- restores (backupkit.restore.pipeline calls these) ------------------------------------
+    def scratch_target(self, source: Any, new_database: Callable[[], Any] | None, work_dir: Any) -> Any:
+        """The throwaway target a restore test of ``source`` goes into (started and torn down by the
+        caller): a scratch database from ``new_database``, or a scratch directory under ``work_dir``."""
+        raise NotImplementedError(f"source kind {self.id!r} cannot be restored")
+
+    def restore(self, job: Any, fetched: Any, target: Any) -> KindRestore:
+        """Restore the fetched backup (:class:`backupkit.restore.fetch.Fetched`) into ``target`` and
+        verify it; every finding is a check of the result, never an exception."""
+        raise NotImplementedError(f"source kind {self.id!r} cannot be restored")
+
     def __repr__(self) -> str:
         return f"<source kind {self.id}>"
 
 
-__all__ = ["SourceKind"]
+__all__ = ["SourceKind", "KindRestore"]

@@ -1,8 +1,8 @@
-"""Restore a pg_dump backup, from disk or S3, into a scratch database.
+"""Restore a pg_dump backup on local disk into a database (a scratch server's, or a new one beside the app's).
 
-- custom, directory: ``pg_restore --jobs N --no-owner --exit-on-error``. Parallel restore
-  needs a seekable input, so an S3 object is first streamed to a temporary file (1 MiB
-  chunks; memory stays flat whatever the dump's size).
+The bytes come from :mod:`backupkit.restore.fetch` (an S3 copy is downloaded and checked first).
+
+- custom, directory: ``pg_restore --jobs N --no-owner --exit-on-error``.
 - tar: the same, but pg_restore cannot restore a tar archive in parallel, so it runs with
   one job (the result says so).
 - plain (``.sql`` or ``.sql.gz``, detected by the gzip magic, not the name): streamed
@@ -24,7 +24,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO
 
 from backupkit.pgbin import pg_bin
 from backupkit.restore.scratch import ScratchDatabase, check_identifier
@@ -35,17 +35,6 @@ COMPLETION_MARKER = b"-- PostgreSQL database dump complete"
 # PostgreSQL 18 writes "\unrestrict <key>" after the completion comment, so look for the
 # marker in the last few KiB rather than on the last line.
 _TAIL = 8192
-
-
-class S3Source(NamedTuple):
-    """A backup in S3: a boto3 client, the bucket and the key (a plain tuple works too)."""
-
-    client: Any
-    bucket: str
-    key: str
-
-
-DumpSource = str | Path | S3Source | tuple
 
 
 class RestoreFailed(RuntimeError):
@@ -65,9 +54,8 @@ class RestoreResult:
     database: str
     fmt: str
     jobs: int
-    duration_seconds: float  # download (if any) plus restore: what a recovery would take
+    duration_seconds: float  # preparing the database plus the restore
     restore_seconds: float  # pg_restore / psql alone
-    download_seconds: float = 0.0
     bytes_read: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -75,16 +63,7 @@ class RestoreResult:
         return {"backup": self.backup, "database": self.database, "fmt": self.fmt, "jobs": self.jobs,
                 "duration_seconds": round(self.duration_seconds, 3),
                 "restore_seconds": round(self.restore_seconds, 3),
-                "download_seconds": round(self.download_seconds, 3),
                 "bytes_read": self.bytes_read, "notes": list(self.notes)}
-
-
-def describe(source: DumpSource) -> str:
-    """How a backup is named in messages: its path or ``s3://bucket/key``."""
-    if isinstance(source, tuple):
-        s = S3Source(*source)
-        return f"s3://{s.bucket}/{s.key}"
-    return str(source)
 
 
 def _read_stderr(f: IO[bytes], limit: int) -> str:
@@ -99,38 +78,6 @@ def _read_stderr(f: IO[bytes], limit: int) -> str:
     f.seek(size - (limit - head_n))
     tail = f.read().decode("utf-8", "replace")
     return f"{head}\n... ({size - limit} bytes omitted) ...\n{tail}".strip()
-
-
-# -- S3 downloads ------------------------------------------------------------------------
-def _download_object(src: S3Source, dest: Path) -> int:
-    body = src.client.get_object(Bucket=src.bucket, Key=src.key)["Body"]
-    n = 0
-    try:
-        with open(dest, "wb") as out:
-            for chunk in body.iter_chunks(CHUNK):
-                out.write(chunk)
-                n += len(chunk)
-    finally:
-        body.close()
-    return n
-
-
-def _download_directory(src: S3Source, dest: Path) -> int:
-    """A directory-format dump stored as the objects under ``key/`` (toc.dat, NNNN.dat.gz)."""
-    prefix = src.key.rstrip("/") + "/"
-    n = 0
-    paginator = src.client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=src.bucket, Prefix=prefix):
-        for obj in page.get("Contents", ()):
-            rel = obj["Key"][len(prefix):]
-            if not rel:
-                continue
-            if "/" in rel or rel in (".", ".."):
-                raise ValueError(f"s3://{src.bucket}/{obj['Key']}: unexpected object in a directory-format dump")
-            n += _download_object(S3Source(src.client, src.bucket, obj["Key"]), dest / rel)
-    if not (dest / "toc.dat").exists():
-        raise FileNotFoundError(f"s3://{src.bucket}/{prefix}toc.dat not found (not a directory-format dump)")
-    return n
 
 
 # -- plain SQL streams --------------------------------------------------------------------
@@ -223,12 +170,10 @@ def _pg_restore(path: Path, scratch: ScratchDatabase, database: str, fmt: str, j
                                 _read_stderr(err, stderr_limit))
 
 
-def restore_dump(source: DumpSource, scratch: ScratchDatabase, *, fmt: str, jobs: int = 1,
+def restore_dump(path: str | Path, scratch: ScratchDatabase, *, fmt: str, jobs: int = 1,
                  database: str = "restored", label: str | None = None, roles: tuple[str, ...] = (),
-                 no_privileges: bool = True, require_complete: bool = True, stderr_limit: int = 4000,
-                 tmp_dir: str | Path | None = None) -> RestoreResult:
-    """Restore ``source`` (a path, or ``(client, bucket, key)`` in S3) into a new database
-    ``database`` on ``scratch`` and measure how long it took.
+                 no_privileges: bool = True, require_complete: bool = True, stderr_limit: int = 4000) -> RestoreResult:
+    """Restore the dump at ``path`` into a new database ``database`` on ``scratch`` and measure it.
 
     ``roles`` are created (NOLOGIN) first for dumps that name owners or grantees; with
     ``no_privileges`` (default) pg_restore skips GRANTs, whose roles a scratch server lacks.
@@ -239,7 +184,8 @@ def restore_dump(source: DumpSource, scratch: ScratchDatabase, *, fmt: str, jobs
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     check_identifier(database)
-    label = label or describe(source)
+    path = Path(path)
+    label = label or str(path)
     notes: list[str] = []
     effective_jobs = jobs
     if fmt == "tar" and jobs > 1:
@@ -247,6 +193,8 @@ def restore_dump(source: DumpSource, scratch: ScratchDatabase, *, fmt: str, jobs
         notes.append(f"tar format cannot be restored in parallel: ran with 1 job instead of {jobs}")
     if fmt == "plain":
         effective_jobs = 1
+    if not path.exists():
+        raise RestoreFailed(label, "backup not found")
 
     start = time.monotonic()
     try:
@@ -254,51 +202,18 @@ def restore_dump(source: DumpSource, scratch: ScratchDatabase, *, fmt: str, jobs
         scratch.create_database(database)
     except Exception as exc:
         raise RestoreFailed(label, f"could not prepare scratch database {database!r}: {exc}") from exc
-
-    download = 0.0
-    n = 0
-    s3 = S3Source(*source) if isinstance(source, tuple) else None
+    t0 = time.monotonic()
     if fmt == "plain":
-        t0 = time.monotonic()
         try:
-            if s3:
-                body = s3.client.get_object(Bucket=s3.bucket, Key=s3.key)["Body"]
-                try:
-                    n = _restore_plain(body, scratch, database, label, stderr_limit, require_complete)
-                finally:
-                    body.close()
-            else:
-                with open(source, "rb") as f:
-                    n = _restore_plain(f, scratch, database, label, stderr_limit, require_complete)
+            with open(path, "rb") as f:
+                n = _restore_plain(f, scratch, database, label, stderr_limit, require_complete)
         except RestoreFailed:
             raise
         except Exception as exc:
             raise RestoreFailed(label, f"{type(exc).__name__}: {exc}") from exc
-        restore_s = time.monotonic() - t0
     else:
-        with tempfile.TemporaryDirectory(prefix="backupkit-restore-", dir=tmp_dir) as tmp:
-            if s3:
-                t0 = time.monotonic()
-                try:
-                    if fmt == "directory":
-                        path = Path(tmp) / "dump"
-                        path.mkdir()
-                        n = _download_directory(s3, path)
-                    else:
-                        path = Path(tmp) / "dump"
-                        n = _download_object(s3, path)
-                except Exception as exc:
-                    raise RestoreFailed(label, f"download failed: {type(exc).__name__}: {exc}") from exc
-                download = time.monotonic() - t0
-            else:
-                path = Path(source)
-                if not path.exists():
-                    raise RestoreFailed(label, "backup not found")
-                n = path.stat().st_size if path.is_file() else sum(
-                    p.stat().st_size for p in path.rglob("*") if p.is_file())
-            t0 = time.monotonic()
-            _pg_restore(path, scratch, database, fmt, effective_jobs, label, stderr_limit, no_privileges)
-            restore_s = time.monotonic() - t0
+        n = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        _pg_restore(path, scratch, database, fmt, effective_jobs, label, stderr_limit, no_privileges)
     return RestoreResult(backup=label, database=database, fmt=fmt, jobs=effective_jobs,
-                         duration_seconds=time.monotonic() - start, restore_seconds=restore_s,
-                         download_seconds=download, bytes_read=n, notes=tuple(notes))
+                         duration_seconds=time.monotonic() - start, restore_seconds=time.monotonic() - t0,
+                         bytes_read=n, notes=tuple(notes))

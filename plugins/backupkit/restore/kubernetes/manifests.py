@@ -94,7 +94,7 @@ def _check_name(name: str, what: str) -> None:
         raise ValueError(f"{what} {name!r} is not a valid DNS-1123 label (lower-case, digits, '-'; max 63)")
 
 
-def _check_resources(resources: Mapping[str, Any]) -> dict:
+def check_resources(resources: Mapping[str, Any]) -> dict:
     unknown = set(resources) - {"requests", "limits"}
     if unknown:
         raise ValueError(f"resources: unknown keys {sorted(unknown)} (use requests and limits)")
@@ -135,7 +135,7 @@ def scratch_pod_manifest(*, name: str, namespace: str, image: str, run_id: str, 
             {"name": "POSTGRES_PASSWORD",
              "valueFrom": {"secretKeyRef": {"name": secret_name, "key": secret_key, "optional": False}}},
         ],
-        "resources": _check_resources(resources or DEFAULT_RESOURCES),
+        "resources": check_resources(resources or DEFAULT_RESOURCES),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": POSTGRES_UID,
@@ -238,7 +238,7 @@ def smoke_app_pod_manifest(*, name: str, namespace: str, image: str, run_id: str
         "ports": [{"name": "http", "containerPort": int(port), "protocol": "TCP"}],
         "env": [{"name": env_var,
                  "valueFrom": {"secretKeyRef": {"name": db_secret_name, "key": db_secret_key, "optional": False}}}],
-        "resources": _check_resources(resources or DEFAULT_RESOURCES),
+        "resources": check_resources(resources or DEFAULT_RESOURCES),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
