@@ -126,6 +126,9 @@ class SharedServer(ScratchDatabase):
     def uri(self, database: str = "postgres") -> str:
         return self.inner.uri(database)
 
+    def client_env(self) -> dict[str, str]:
+        return self.inner.client_env()
+
 
 def write_config(dump: Path, jobs: int, work: Path) -> Path:
     cfg = work / "backups.yaml"

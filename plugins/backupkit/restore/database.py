@@ -1,15 +1,25 @@
 """Restore a pg_dump backup on local disk into a database (a scratch server's, or a new one beside the app's).
 
-The bytes come from :mod:`backupkit.restore.fetch` (an S3 copy is downloaded and checked first).
+The bytes come from :mod:`backupkit.restore.fetch` (an S3 copy is downloaded and checked
+first). Nothing in a backup is trusted to run with more than the restore needs
+(docs/restore.md, "What a restore may execute"):
 
-- custom, directory: ``pg_restore --jobs N --no-owner --exit-on-error``.
+- every restore connects as a **role of its own** (:meth:`ScratchDatabase.open_restore_role`):
+  a login role, not a superuser, no CREATEDB/CREATEROLE/REPLICATION/BYPASSRLS, owner of the
+  new database only; so ``COPY ... TO/FROM PROGRAM``, server-side file access, ``ALTER SYSTEM``
+  and untrusted extensions fail whatever the dump says. Afterwards its objects go to the
+  connection's user and the role is dropped.
+- custom, directory: ``pg_restore --jobs N --no-owner --exit-on-error`` (pg_restore sends SQL
+  only; it runs no psql meta-command).
 - tar: the same, but pg_restore cannot restore a tar archive in parallel, so it runs with
   one job (the result says so).
-- plain (``.sql`` or ``.sql.gz``, detected by the gzip magic, not the name): streamed
-  through gzip decompression into ``psql -v ON_ERROR_STOP=1 --single-transaction``.
-  A plain dump cut short at a statement boundary would otherwise restore "successfully",
-  so the stream must contain pg_dump's completion comment; if it does not (or the gzip
-  stream is damaged) psql is killed before its transaction commits.
+- plain (``.sql`` or ``.sql.gz``, detected by the gzip magic, not the name): read whole first
+  -- the gzip stream must be intact, pg_dump's completion comment present, and no
+  meta-command line other than the dump's own ``\\restrict``/``\\unrestrict``
+  (:mod:`backupkit.restore.plainscan`) -- before psql starts; then streamed into
+  ``psql -X -v ON_ERROR_STOP=1 --single-transaction`` behind ``\\restrict KEY`` with a key
+  drawn for the run, sent before the dump's first byte, so psql refuses every backslash
+  command. Should the second reading differ, psql is killed before its transaction commits.
 
 Every failure raises :class:`RestoreFailed` naming the backup and carrying the client's
 stderr, bounded (its start, and its end where the error is).
@@ -18,16 +28,19 @@ stderr, bounded (its start, and its end where the error is).
 from __future__ import annotations
 
 import gzip
+import secrets
 import subprocess
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from backupkit.pgbin import pg_bin
-from backupkit.restore.scratch import ScratchDatabase, check_identifier
+from backupkit.restore.plainscan import MetaCommandRefused, guarded
+from backupkit.restore.scratch import RoleSession, ScratchDatabase, check_identifier
 
 CHUNK = 1 << 20
 FORMATS = ("custom", "tar", "directory", "plain")
@@ -80,61 +93,63 @@ def _read_stderr(f: IO[bytes], limit: int) -> str:
     return f"{head}\n... ({size - limit} bytes omitted) ...\n{tail}".strip()
 
 
-# -- plain SQL streams --------------------------------------------------------------------
-class _Counted:
-    """``head`` followed by the rest of ``raw``, counting the raw bytes read."""
-
-    def __init__(self, head: bytes, raw: IO[bytes]):
-        self.head, self.raw, self.count = head, raw, len(head)
-
-    def _raw(self, n: int) -> bytes:
-        data = self.raw.read() if n < 0 else self.raw.read(n)
-        self.count += len(data)
-        return data
-
-    def read(self, n: int | None = -1) -> bytes:
-        n = -1 if n is None else n
-        head = self.head[:n] if n >= 0 else self.head
-        self.head = self.head[len(head):]
-        if n < 0:
-            return head + self._raw(-1)
-        return head + (self._raw(n - len(head)) if len(head) < n else b"")
+# -- plain SQL ------------------------------------------------------------------------------------
+class DumpUnusable(ValueError):
+    """The plain dump must not or cannot be restored; the message says why."""
 
 
-def _sql_stream(raw: IO[bytes]) -> tuple[IO[bytes], _Counted]:
-    """The SQL text of a plain dump: gunzipped when it starts with the gzip magic."""
-    head = raw.read(2)
-    counted = _Counted(head, raw)
-    if head == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=counted, mode="rb"), counted
-    return counted, counted
+def _sql_pieces(path: Path) -> Iterator[bytes]:
+    """The SQL text of a plain dump in 1 MiB pieces: gunzipped when it starts with the gzip magic."""
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+        try:
+            while chunk := stream.read(CHUNK):
+                yield chunk
+        except (EOFError, OSError, zlib.error) as exc:
+            raise DumpUnusable(f"the compressed stream is damaged ({exc})") from None
 
 
-def _restore_plain(raw: IO[bytes], scratch: ScratchDatabase, database: str, label: str,
-                   stderr_limit: int, require_complete: bool) -> int:
-    args = [pg_bin("psql"), *scratch.conn_args(database), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+def _judged(path: Path, require_complete: bool) -> Iterator[bytes]:
+    """The bytes psql may receive, checked on the way: no meta-command, complete if required."""
+    tail = b""
+    try:
+        for piece in guarded(_sql_pieces(path)):
+            tail = (tail + piece)[-_TAIL:]
+            yield piece
+    except MetaCommandRefused as exc:
+        raise DumpUnusable(str(exc)) from None
+    if require_complete and COMPLETION_MARKER not in tail:
+        raise DumpUnusable("the dump is incomplete (pg_dump's completion comment is missing)")
+
+
+def check_plain(path: Path, *, require_complete: bool = True) -> None:
+    """The whole first reading, before anything runs; raises :class:`DumpUnusable`."""
+    for _ in _judged(path, require_complete):
+        pass
+
+
+def _restore_plain(path: Path, session: RoleSession, database: str, label: str, stderr_limit: int,
+                   require_complete: bool) -> int:
+    try:
+        check_plain(path, require_complete=require_complete)
+    except DumpUnusable as exc:
+        raise RestoreFailed(label, f"refused before anything ran: {exc}") from None
+    args = [pg_bin("psql"), *session.conn_args(database), "-X", "-q", "-v", "ON_ERROR_STOP=1",
             "--single-transaction", "-f", "-"]
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
-                                env=scratch.client_env())
-        tail, problem = b"", None
+                                env=session.client_env())
+        problem = None
         try:
-            stream, counted = _sql_stream(raw)
-            while True:
-                try:
-                    chunk = stream.read(CHUNK)
-                except (EOFError, OSError, zlib.error) as exc:
-                    problem = f"the compressed stream is damaged ({exc})"
-                    break
-                if not chunk:
-                    break
-                tail = (tail + chunk)[-_TAIL:]
-                try:
-                    proc.stdin.write(chunk)
-                except BrokenPipeError:  # psql stopped on an error: its stderr says which
-                    break
-            if problem is None and proc.poll() is None and require_complete and COMPLETION_MARKER not in tail:
-                problem = "the dump is incomplete (pg_dump's completion comment is missing)"
+            proc.stdin.write(b"\\restrict " + secrets.token_hex(32).encode() + b"\n")
+            for piece in _judged(path, require_complete):
+                proc.stdin.write(piece)
+        except BrokenPipeError:  # psql stopped on an error: its stderr says which
+            pass
+        except DumpUnusable as exc:  # the file changed between the two readings
+            problem = str(exc)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -151,20 +166,20 @@ def _restore_plain(raw: IO[bytes], scratch: ScratchDatabase, database: str, labe
         rc = proc.wait()
         if rc != 0:
             raise RestoreFailed(label, f"psql exited with status {rc}", _read_stderr(err, stderr_limit))
-    return counted.count
+    return path.stat().st_size
 
 
-def _pg_restore(path: Path, scratch: ScratchDatabase, database: str, fmt: str, jobs: int, label: str,
+def _pg_restore(path: Path, session: RoleSession, database: str, fmt: str, jobs: int, label: str,
                 stderr_limit: int, no_privileges: bool) -> None:
     flag = {"custom": "-Fc", "tar": "-Ft", "directory": "-Fd"}[fmt]
-    args = [pg_bin("pg_restore"), *scratch.conn_args(database), flag, "--jobs", str(jobs), "--no-owner",
+    args = [pg_bin("pg_restore"), *session.conn_args(database), flag, "--jobs", str(jobs), "--no-owner",
             "--exit-on-error"]
     if no_privileges:
         args.append("--no-privileges")
     args.append(str(path))
     with tempfile.TemporaryFile() as err:
         proc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                              env=scratch.client_env())
+                              env=session.client_env())
         if proc.returncode != 0:
             raise RestoreFailed(label, f"pg_restore exited with status {proc.returncode}",
                                 _read_stderr(err, stderr_limit))
@@ -173,11 +188,12 @@ def _pg_restore(path: Path, scratch: ScratchDatabase, database: str, fmt: str, j
 def restore_dump(path: str | Path, scratch: ScratchDatabase, *, fmt: str, jobs: int = 1,
                  database: str = "restored", label: str | None = None, roles: tuple[str, ...] = (),
                  no_privileges: bool = True, require_complete: bool = True, stderr_limit: int = 4000) -> RestoreResult:
-    """Restore the dump at ``path`` into a new database ``database`` on ``scratch`` and measure it.
+    """Restore the dump at ``path`` into a new database ``database`` on ``scratch``, as a role
+    of its own (module doc), and measure it.
 
-    ``roles`` are created (NOLOGIN) first for dumps that name owners or grantees; with
-    ``no_privileges`` (default) pg_restore skips GRANTs, whose roles a scratch server lacks.
-    Raises :class:`RestoreFailed` naming the backup.
+    ``roles`` are created (NOLOGIN) first for dumps that name owners or grantees, and granted
+    to the restore role; with ``no_privileges`` (default) pg_restore skips GRANTs, whose roles a
+    scratch server lacks. Raises :class:`RestoreFailed` naming the backup.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown dump format {fmt!r} (one of {', '.join(FORMATS)})")
@@ -198,22 +214,25 @@ def restore_dump(path: str | Path, scratch: ScratchDatabase, *, fmt: str, jobs: 
 
     start = time.monotonic()
     try:
-        scratch.create_roles(roles)
-        scratch.create_database(database)
+        created = scratch.create_roles(roles)
+        session = scratch.open_restore_role(database, grant=created)
     except Exception as exc:
-        raise RestoreFailed(label, f"could not prepare scratch database {database!r}: {exc}") from exc
+        raise RestoreFailed(label, f"could not prepare database {database!r}: {exc}") from exc
     t0 = time.monotonic()
-    if fmt == "plain":
-        try:
-            with open(path, "rb") as f:
-                n = _restore_plain(f, scratch, database, label, stderr_limit, require_complete)
-        except RestoreFailed:
-            raise
-        except Exception as exc:
-            raise RestoreFailed(label, f"{type(exc).__name__}: {exc}") from exc
-    else:
-        n = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        _pg_restore(path, scratch, database, fmt, effective_jobs, label, stderr_limit, no_privileges)
+    try:
+        if fmt == "plain":
+            n = _restore_plain(path, session, database, label, stderr_limit, require_complete)
+        else:
+            n = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*")
+                                                               if p.is_file())
+            _pg_restore(path, session, database, fmt, effective_jobs, label, stderr_limit, no_privileges)
+    except BaseException:
+        scratch.close_restore_role(session, database)
+        raise
+    restore_s = time.monotonic() - t0
+    problem = scratch.close_restore_role(session, database)
+    if problem:
+        raise RestoreFailed(label, problem)
     return RestoreResult(backup=label, database=database, fmt=fmt, jobs=effective_jobs,
-                         duration_seconds=time.monotonic() - start, restore_seconds=time.monotonic() - t0,
+                         duration_seconds=time.monotonic() - start, restore_seconds=restore_s,
                          bytes_read=n, notes=tuple(notes))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,7 @@ from backupkit.pgserver import LocalPostgres, free_port
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 RESTORED_DB = "restored"  # the database name inside a scratch server
+RESTORE_ROLE_PREFIX = "backupkit_restore_"
 # PostgreSQL puts its Unix socket in the data directory and a socket path may have at most
 # 107 bytes: ".../runs/<12>/backupkit-scratch-<8>/data/.s.PGSQL.<port>" adds 66 to the root.
 MAX_SCRATCH_ROOT = 40
@@ -46,6 +48,11 @@ MAX_SCRATCH_ROOT = 40
 
 class ScratchError(RuntimeError):
     """The scratch database could not be provisioned or used."""
+
+
+def generate_password(nbytes: int = 32) -> str:
+    """A fresh password for one scratch server or restore role (URL-safe: fits a libpq URI)."""
+    return secrets.token_urlsafe(nbytes)
 
 
 def check_identifier(name: str) -> str:
@@ -102,16 +109,63 @@ class ScratchDatabase(ABC):
             raise ScratchError(f"psql on scratch database {database!r} failed: {proc.stderr.strip()[:2000]}")
         return proc.stdout
 
-    def create_database(self, name: str) -> None:
+    def create_database(self, name: str, owner: str | None = None) -> None:
         check_identifier(name)
-        self.psql(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\'')
+        owned = f' OWNER "{check_identifier(owner)}"' if owner else ""
+        self.psql(f'CREATE DATABASE "{name}"{owned} TEMPLATE template0 ENCODING \'UTF8\'')
 
-    def create_roles(self, roles: tuple[str, ...] | list[str]) -> None:
-        """Create NOLOGIN roles a dump refers to (owners, grantees) so it restores unchanged."""
+    def create_roles(self, roles: tuple[str, ...] | list[str]) -> list[str]:
+        """Create NOLOGIN roles a dump refers to (owners, grantees) so it restores unchanged;
+        returns those created here (a role that existed before is never lent to a restore)."""
+        created = []
         for role in roles:
             check_identifier(role)
-            self.psql(f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') "
-                      f'THEN CREATE ROLE "{role}" NOLOGIN; END IF; END$$')
+            if self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'").strip() != "1":
+                self.psql(f'CREATE ROLE "{role}" NOLOGIN')
+                created.append(role)
+        return created
+
+    # -- the restore role: what a backup's SQL runs as ------------------------------------
+    #: Scratch servers hold nothing else: the restore role may not connect to their other databases.
+    isolate_restore_role = True
+
+    def open_restore_role(self, database: str, grant: Sequence[str] = ()) -> "RoleSession":
+        """Create a login role for one restore, not a superuser and without CREATEDB, CREATEROLE,
+        REPLICATION or BYPASSRLS, and the new database ``database`` owned by it (and by nothing
+        else it owns); clients of the restore connect as this role (:class:`RoleSession`).
+
+        ``grant``: NOLOGIN roles just made for the dump's owners (:meth:`create_roles`); the
+        restore role may hand them objects, and they may create in the new database."""
+        name = check_identifier(RESTORE_ROLE_PREFIX + secrets.token_hex(6))
+        password = generate_password()
+        self.psql(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS '
+                  f"PASSWORD '{password}'")
+        try:
+            self.create_database(database, owner=name)
+            for role in grant:  # roles made for this dump's owners: it may hand them what it creates
+                role = check_identifier(role)
+                self.psql(f'GRANT "{role}" TO "{name}"; GRANT CREATE ON DATABASE "{database}" TO "{role}"')
+                self.psql(f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"', database)
+            if self.isolate_restore_role:
+                others = self.psql(f"SELECT datname FROM pg_database WHERE datallowconn AND datname <> '{database}'")
+                for other in others.split():
+                    self.psql(f'REVOKE CONNECT ON DATABASE "{check_identifier(other)}" FROM PUBLIC')
+        except BaseException:
+            self.run_psql(f'DROP ROLE IF EXISTS "{name}"')
+            raise
+        return RoleSession(self, name, password)
+
+    def close_restore_role(self, session: "RoleSession", database: str) -> str | None:
+        """Give what the role made to the connection's user and drop the role; never raises,
+        returns what went wrong."""
+        role = session.user
+        proc = self.run_psql(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER; DROP OWNED BY "{role}";', database)
+        if proc.returncode != 0 and "does not exist" not in proc.stderr:
+            return f"restore role {role} could not hand over {database!r}: {proc.stderr.strip()[:500]}"
+        proc = self.run_psql(f'DROP ROLE IF EXISTS "{role}"')
+        if proc.returncode != 0:
+            return f"restore role {role} could not be dropped: {proc.stderr.strip()[:500]}"
+        return None
 
     def __enter__(self) -> "ScratchDatabase":
         try:
@@ -122,6 +176,26 @@ class ScratchDatabase(ABC):
 
     def __exit__(self, *exc) -> None:
         self.teardown()
+
+
+class RoleSession:
+    """A database target as seen by one restore role: same server, that role and its password."""
+
+    def __init__(self, target: ScratchDatabase, user: str, password: str):
+        self.target, self.user, self._password = target, user, password
+
+    def conn_args(self, database: str = "postgres") -> list[str]:
+        args = list(self.target.conn_args(database))
+        args[args.index("-U") + 1] = self.user
+        return args
+
+    def client_env(self) -> dict[str, str]:
+        env = self.target.client_env()
+        env["PGPASSWORD"] = self._password
+        return env
+
+    def __repr__(self) -> str:
+        return f"RoleSession({self.user} on {self.target!r})"
 
 
 def _kill_postmaster(data_dir: Path, timeout: float = 10) -> None:
@@ -145,7 +219,13 @@ def _kill_postmaster(data_dir: Path, timeout: float = 10) -> None:
 
 
 class LocalScratch(ScratchDatabase):
-    """The embedded PostgreSQL in a fresh temporary directory on a free loopback port."""
+    """The embedded PostgreSQL in a fresh temporary directory on a free loopback port.
+
+    Never ``trust``: every connection, local socket or TCP, authenticates with scram-sha-256
+    and a password generated for this server (:func:`generate_password`), which reaches
+    clients only in ``PGPASSWORD`` of their environment. Any other process on the worker
+    that finds the port gets no further than the password prompt.
+    """
 
     backend = "local"
 
@@ -173,7 +253,8 @@ class LocalScratch(ScratchDatabase):
         # When we are root the server runs as an unprivileged user (see pgserver), which
         # must be able to reach its data directory: traverse only, no listing.
         os.chmod(self.work_dir, 0o711)
-        self.server = LocalPostgres(self.work_dir / "data", port=self._fixed_port or free_port())
+        self.server = LocalPostgres(self.work_dir / "data", port=self._fixed_port or free_port(),
+                                    password=generate_password())
         last: Exception | None = None
         for _ in range(self.start_attempts):
             try:
@@ -209,6 +290,12 @@ class LocalScratch(ScratchDatabase):
             raise ScratchError("scratch database is not started")
         return self.server.uri(database)
 
+    def client_env(self) -> dict[str, str]:
+        env = super().client_env()
+        if self.server is not None and self.server.password:
+            env["PGPASSWORD"] = self.server.password
+        return env
+
     def __repr__(self) -> str:
         where = f"port {self.server.port}, {self.work_dir}" if self.server else "not started"
         return f"LocalScratch({where})"
@@ -224,6 +311,7 @@ class ServerTarget(ScratchDatabase):
     """
 
     backend = "server"
+    isolate_restore_role = False  # the application's server: its other databases are not ours to change
 
     def __init__(self, *, host: str, port: int = 5432, user: str, password: str | None = None,
                  sslmode: str | None = None):
@@ -256,8 +344,8 @@ class ServerTarget(ScratchDatabase):
         check_identifier(name)
         return self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip() == "1"
 
-    def create_database(self, name: str) -> None:
-        super().create_database(name)
+    def create_database(self, name: str, owner: str | None = None) -> None:
+        super().create_database(name, owner)
         self._created.add(name)
 
     def drop_created_database(self, name: str) -> bool:
@@ -348,5 +436,6 @@ def cleanup_local_scratch(root: Path, *, names: Sequence[str] | None = None, old
     return removed
 
 
-__all__ = ["RESTORED_DB", "ScratchError", "check_identifier", "ScratchDatabase", "LocalScratch", "ServerTarget",
+__all__ = ["RESTORED_DB", "RESTORE_ROLE_PREFIX", "ScratchError", "check_identifier", "generate_password",
+           "ScratchDatabase", "RoleSession", "LocalScratch", "ServerTarget",
            "ScratchDirectory", "local_scratch_root", "run_dir_name", "run_scratch_dir", "cleanup_local_scratch"]

@@ -35,7 +35,7 @@ from backupkit.config import AppSwitch, RestoreSettings, SmokeCheck
 from backupkit.model import CheckResult
 from backupkit.restore.health import smoke_check as http_smoke_check
 from backupkit.restore.kubernetes import manifests as k8s
-from backupkit.restore.scratch import RESTORED_DB, ScratchDatabase, ScratchError
+from backupkit.restore.scratch import RESTORED_DB, ScratchDatabase, ScratchError, generate_password
 
 SCRATCH_PORT = 5432
 SCRATCH_USER = "postgres"
@@ -109,7 +109,7 @@ class KubernetesScratch(ScratchDatabase):
     def manifests(self) -> tuple[dict, dict]:
         """(secret, pod) as they are sent to the API."""
         if self._password is None:
-            self._password = k8s.generate_password()
+            self._password = generate_password()
         labels = {"backupkit/source": k8s.label_value(self.source)}
         secret = k8s.scratch_secret_manifest(self.secret_name, self.namespace, self._password, labels,
                                              run_id=self.run_id)
