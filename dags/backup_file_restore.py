@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import VerificationFailed, dag_tags
 from backup_airflow.hooks import backup_config, bucket
+from backup_airflow.restore_operators import lease_backups, release_leases, restore_lock
 from backup_airflow.restore_params import (VALIDATE, check_reason, on_demand_dag_args, read_request,
                                             reason_param, which_params)
 from backupkit import clock
@@ -20,12 +21,12 @@ from backupkit.restore.file_restore import check_file_request, restore_files
 from backupkit.restore.files import ExtractRefused
 from backupkit.restore.journal import RestoreJournal
 from backupkit.restore.scratch import run_scratch_dir
-from backupkit.restore.selection import SelectionError, resolve_request
+from backupkit.restore.selection import SelectionError, resolve_request, restorable
 
 log = logging.getLogger(__name__)
 
 CONFIG = backup_config()  # parse time: the YAML only
-_FILE_SETS = [s.name for s in CONFIG.file_sets] or ["(no file set configured)"]
+_FILE_SETS = restorable(CONFIG, "files") or ["(no file set configured)"]
 
 DOC_MD = """
 # Restore files from a file-set archive (on demand)
@@ -107,6 +108,7 @@ def backup_file_restore():
                 triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc))
             raise AirflowFailException(f"invalid file restore request (nothing was changed): {exc}") from exc
         request.update(backup=ref.name, target=str(target), locations=ref.where(config.bucket))
+        lease_backups(config, context["run_id"], [(ref.source, ref.name)], purpose="file restore", hours=7)
         RestoreJournal(config.state_dir).append(
             run_id=context["run_id"], source=ref.source, action="files_restore_requested",
             triggered_by=request["triggered_by"], reason=request["reason"], backup=ref.name, target=str(target),
@@ -121,14 +123,17 @@ def backup_file_restore():
         base = dict(run_id=context["run_id"], source=request["file_set"], triggered_by=request["triggered_by"],
                     reason=request["reason"], backup=request["backup"], target=request["target"])
         try:
-            result = restore_files(config, request["file_set"], request["backup"], target=request["target"],
-                                   paths=request["paths"] or None, existing=request["existing"],
-                                   bucket=bucket(config), now=clock.now(),
-                                   work_dir=run_scratch_dir(config, context["run_id"]))
+            with restore_lock(config, request["file_set"], context["run_id"]):
+                result = restore_files(config, request["file_set"], request["backup"], target=request["target"],
+                                       paths=request["paths"] or None, existing=request["existing"],
+                                       bucket=bucket(config), now=clock.now(),
+                                       work_dir=run_scratch_dir(config, context["run_id"]))
         except (ExtractRefused, SelectionError, ValueError) as exc:
             # The message says whether anything was written ("nothing extracted" / "stopped after N").
             journal.append(action="files_restore_failed", detail=str(exc)[:2000], **base)
             raise AirflowFailException(str(exc)) from exc
+        finally:
+            release_leases(config, context["run_id"])
         changes = [f"wrote {result['written']} files into {request['target']}"]
         if result["replaced"]:
             changes.append(f"replaced {len(result['replaced'])} files, originals kept in {result['backup_dir']}")

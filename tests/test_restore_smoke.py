@@ -33,7 +33,7 @@ from backupkit.pgserver import LocalPostgres
 from backupkit.restore.kubernetes import manifests as k8s
 from backupkit.restore.verify_rows import exact_row_counts
 from kubernetes.client import ApiException
-from test_restore_operators import RUN_ID, TI, backup, cfg, kube, scratch_base, strings  # noqa: F401 - fixtures
+from test_restore_operators import RUN_ID, SEED, TI, backup, cfg, kube, scratch_base, strings  # noqa: F401 - fixtures
 
 RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 SECRET_URL = "postgresql://postgres:s3cr3t-Pa55@10.1.2.3:5432/restored"
@@ -266,7 +266,7 @@ def test_operator_smoke_failure_fails_the_task_and_still_deletes_everything(cfg,
 
     def create(namespace, body, **kw):
         if body["metadata"]["name"].startswith("backupkit-smoke-"):
-            kube.record("create_namespaced_pod", namespace, body)
+            kube.record("create_namespaced_pod", namespace, body, **kw)
             raise ApiException(status=403, reason="Forbidden by admission policy")
         return real_create(namespace, body, **kw)
 
@@ -288,8 +288,8 @@ def test_the_sweep_deletes_this_runs_smoke_objects(cfg, kube):
     scratch.start()
     smoke = SmokeApp(scratch, SmokeCheck(image="app:1"))
     secret, pod = smoke.manifests()
-    kube.create_namespaced_secret(scratch.namespace, secret)
-    kube.create_namespaced_pod(scratch.namespace, pod)
+    kube.create_namespaced_secret(scratch.namespace, secret, _request_timeout=SEED)
+    kube.create_namespaced_pod(scratch.namespace, pod, _request_timeout=SEED)
     scratch.hold_teardown = True
     scratch.teardown()  # held: nothing deleted
     assert len(kube.pods) == 2

@@ -15,23 +15,34 @@ parts from Airflow connections and configuration at run time:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.log import mask_secret
 
 from backup_airflow.common import VerificationFailed
 from backup_airflow.hooks import backup_config, bucket
-from backupkit import clock
+from backupkit import clock, masking
 from backupkit.config import Config, ConfigError, Source
 from backupkit.model import CheckResult
+from backupkit.restore.health import http_health_check
+from backupkit.restore.journal import RestoreJournal
 from backupkit.restore.kubernetes.runtime import KubernetesAppPlatform, KubernetesScratch, SmokeApp, sweep_kubernetes
 from backupkit.restore.pipeline import add_checks, restore_test
+from backupkit.restore.rollback import Retry, RollbackIncomplete, finish_unfinished, sagas
 from backupkit.restore.scratch import (LocalScratch, ScratchDatabase, ServerTarget, cleanup_local_scratch,
                                        local_scratch_root, run_dir_name, run_scratch_dir)
+from backupkit.restore.switch import SagaLog, SwitchFailed, plan_switch, switch_database
 from backupkit.restore.verify_rows import exact_row_counts
+from backupkit.storage.locks import Leases, LockBusy, SourceLock
+
+masking.register_masker(mask_secret)  # every secret the core finds is masked in task logs and errors
+RETRY = Retry()  # each rollback step: 5 attempts, 1 s doubling (tests make it instant)
+LOCK_WAIT_SECONDS = 900.0  # another restore of the same source: wait this long, then refuse
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -62,11 +73,28 @@ def live_counts_for(source: Source) -> Callable[[], dict[str, int]]:
 
 
 def make_scratch(config: Config, *, run_id: str, source_name: str, backup: str = "") -> ScratchDatabase:
-    """The configured back end's scratch database for one restore of one run."""
+    """The configured back end's scratch database for one restore of one run; a back end that cannot
+    be set up (no kube config, a scratch path too long) fails the task at once, without retries."""
     if config.restore.backend == "kubernetes":
-        core, _ = kube_clients(config.restore.kubernetes_conn_id)
-        return KubernetesScratch(core, config.restore, run_id=run_id, source=source_name, backup=backup)
-    return LocalScratch(base_dir=run_scratch_dir(config, run_id))
+        return KubernetesScratch(_core_client(config), config.restore, run_id=run_id, source=source_name,
+                                 backup=backup)
+    return LocalScratch(base_dir=scratch_dir(config, run_id))
+
+
+def scratch_dir(config: Config, run_id: str):
+    """:func:`~backupkit.restore.scratch.run_scratch_dir`, its configuration error made final."""
+    try:
+        return run_scratch_dir(config, run_id)
+    except ValueError as exc:
+        raise AirflowFailException(f"restore.scratch_dir: {exc}") from exc
+
+
+def _core_client(config: Config) -> Any:
+    try:
+        return kube_clients(config.restore.kubernetes_conn_id)[0]
+    except Exception as exc:  # noqa: BLE001 - kube config missing or invalid: retrying cannot fix it
+        raise AirflowFailException(f"restore.backend is 'kubernetes' but no client can be made from connection "
+                                   f"{config.restore.kubernetes_conn_id!r}: {type(exc).__name__}: {exc}") from exc
 
 
 def app_platform(config: Config, **kwargs: Any) -> Any:
@@ -92,6 +120,134 @@ def app_platform(config: Config, **kwargs: Any) -> Any:
             f"{config.restore.kubernetes_conn_id!r}: {type(exc).__name__}: {exc}. Configure the connection, or "
             "set restore.app.platform: local where the application runs on this machine") from exc
     return KubernetesAppPlatform(core, apps, app, **kwargs)
+
+
+def health_checks(config: Config) -> list[Callable[[], None]]:
+    app = config.restore.app
+    return [http_health_check(app.health_url, timeout=app.rollout_timeout_seconds)] if app.health_url else []
+
+
+# -- locks and leases ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def restore_lock(config: Config, source: str, run_id: str, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+    """One restore that changes something per source at a time -- a new database beside the live one,
+    the switch, a rollback, a file restore -- a second waits, then fails clearly (nothing was changed).
+    Restore tests only read their backup: they hold a lease on it instead, and may run side by side."""
+    try:
+        with SourceLock(config.state_dir, source, "restore", owner=run_id, timeout=wait):
+            yield
+    except LockBusy as exc:
+        raise AirflowException(str(exc)) from exc
+
+
+def lease_backups(config: Config, run_id: str, backups: Iterable[tuple[str, str]], *, purpose: str,
+                  hours: float) -> None:
+    """Hold these ``(source, backup)`` from retention until the run releases them (or ``hours`` pass)."""
+    leases = Leases(config.state_dir)
+    for source, backup in backups:
+        if backup:
+            leases.take(source, backup, run_id=run_id, purpose=purpose, for_=timedelta(hours=hours))
+
+
+def release_leases(config: Config, run_id: str) -> int:
+    leases = Leases(config.state_dir)
+    mine = [lease for lease in leases.active() if lease.run_id == run_id]
+    for lease in mine:
+        leases.release(lease.source, lease.backup, run_id=run_id)
+    return len(mine)
+
+
+# -- the replace saga ------------------------------------------------------------------------------
+class SwitchDatabaseOperator(BaseOperator):
+    """The approved switch of the replace saga (:func:`backupkit.restore.switch.switch_database`):
+    journal first, scale down, switch, scale up, health check; rolls back here on any failure.
+
+    :param request_task_id: the task whose XCom is the validated request (source, namespace, deployments, ...)
+    :param restored_task_id: the task whose XCom names the restored, verified new database
+    :param approval_task_id: the approval task (who approved goes into the journal)
+    :param config_path: the configuration file (default ``$BACKUPKIT_CONFIG``)
+    """
+
+    template_fields: Sequence[str] = ("request_task_id", "restored_task_id", "approval_task_id", "config_path")
+    ui_color = "#ffe0b2"
+
+    def __init__(self, *, request_task_id: str, restored_task_id: str, approval_task_id: str,
+                 config_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.request_task_id, self.restored_task_id = request_task_id, restored_task_id
+        self.approval_task_id, self.config_path = approval_task_id, config_path
+
+    def execute(self, context: Context) -> dict:
+        config, ti = backup_config(self.config_path), context["ti"]
+        request, restored = ti.xcom_pull(task_ids=self.request_task_id), ti.xcom_pull(task_ids=self.restored_task_id)
+        approval = ti.xcom_pull(task_ids=self.approval_task_id) or {}
+        with restore_lock(config, request["source"], context["run_id"]):
+            return run_switch(config, request, restored["new_database"], context["run_id"],
+                              approved_by=(approval.get("responded_by_user") or {}).get("name"))
+
+
+def run_switch(config: Config, request: Mapping[str, Any], new_database: str, run_id: str, *,
+               approved_by: str | None) -> dict:
+    source = config.source(request["source"])
+    platform = app_platform(config)
+    try:
+        plan = plan_switch(platform, namespace=request["namespace"], deployments=request["deployments"],
+                           old_database=source.database, new_database=new_database)
+    except ValueError as exc:  # the application's setting is not what the source says: nothing was changed
+        raise AirflowFailException(f"switch refused before any change: {exc}") from exc
+    log = SagaLog(RestoreJournal(config.state_dir), run_id, source.name, {
+        "triggered_by": request["triggered_by"], "reason": request["reason"], "backup": request["backup"],
+        "mode": "replace", "approved_by": approved_by})
+    try:
+        return switch_database(platform, plan, log=log, timeout=config.restore.app.rollout_timeout_seconds,
+                               health_checks=health_checks(config), retry=RETRY)
+    except SwitchFailed as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+class FinishRollbackOperator(BaseOperator):
+    """Finish any replace saga the restore journal shows unfinished, whatever stopped it (a timeout, a
+    kill, a failed rollback): settings back first, replicas only on restored settings, each step retried.
+
+    Runs with trigger rule ``all_done`` after the switch (``scope="this_run"``) and first thing in every
+    run (``scope="earlier_runs"``). Fails naming exactly the state left when it cannot finish.
+
+    :param scope: ``this_run`` (the saga of this run) or ``earlier_runs`` (every other run's)
+    :param config_path: the configuration file (default ``$BACKUPKIT_CONFIG``)
+    """
+
+    template_fields: Sequence[str] = ("scope", "config_path")
+    ui_color = "#ffcdd2"
+
+    def __init__(self, *, scope: str, config_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if scope not in ("this_run", "earlier_runs"):
+            raise ValueError(f"scope must be 'this_run' or 'earlier_runs', got {scope!r}")
+        self.scope, self.config_path = scope, config_path
+
+    def execute(self, context: Context) -> list[dict]:
+        config, run_id = backup_config(self.config_path), context["run_id"]
+        runs = {"runs": [run_id]} if self.scope == "this_run" else {"skip_runs": [run_id]}
+        try:
+            done = finish_rollbacks(config, run_id, **runs)
+        except RollbackIncomplete as exc:
+            raise AirflowException(str(exc)) from exc
+        for saga, outcome in done:
+            self.log.warning("replace of %s by run %s: %s", saga.source, saga.run_id, outcome.summary)
+        return [{"run_id": s.run_id, "source": s.source, "ok": o.ok, "state": o.state} for s, o in done]
+
+
+def finish_rollbacks(config: Config, run_id: str, **runs: Any) -> list:
+    """:func:`backupkit.restore.rollback.finish_unfinished` holding the restore lock of each source
+    concerned (a switch process still alive holds it: the rollback waits for it to end)."""
+    journal = RestoreJournal(config.state_dir)
+    sources = {s.source for s in sagas(journal) if not s.finished}
+    with contextlib.ExitStack() as locks:
+        for source in sorted(sources):
+            locks.enter_context(restore_lock(config, source, run_id, wait=LOCK_WAIT_SECONDS * 2))
+        return finish_unfinished(journal, lambda: app_platform(config), by=run_id,
+                                 timeout=config.restore.app.rollout_timeout_seconds,
+                                 health_checks=health_checks(config), retry=RETRY, **runs)
 
 
 # -- the restore test -------------------------------------------------------------------------
@@ -194,7 +350,7 @@ class ScratchRestoreOperator(BaseOperator):
         try:
             result = restore_test(config, source.name, self.backup, new_database=scratches.new, bucket=bucket(config),
                                   live_counts=live_counts_for(source), role=self.role, prefer=self.prefer,
-                                  work_dir=run_scratch_dir(config, run_id), jobs=jobs)
+                                  work_dir=scratch_dir(config, run_id), jobs=jobs)
         except BaseException:
             for problem in scratches.teardown():
                 self.log.error("%s", problem.line())
@@ -246,8 +402,7 @@ class ScratchCleanupOperator(BaseOperator):
     def _sweep(config: Config, backend: str, run_id: str | None, hours: float) -> dict:
         now = clock.now()
         if backend == "kubernetes":
-            core, _ = kube_clients(config.restore.kubernetes_conn_id)
-            return sweep_kubernetes(core, config.restore.namespace, now=now, run_id=run_id,
+            return sweep_kubernetes(_core_client(config), config.restore.namespace, now=now, run_id=run_id,
                                     max_age=None if run_id else timedelta(hours=hours))
         runs = local_scratch_root(config) / "runs"
         if run_id:
@@ -276,5 +431,7 @@ def triggered_by(context: Mapping[str, Any]) -> str:
     return f"unknown ({getattr(dr, 'run_type', 'run')})"
 
 
-__all__ = ["ScratchRestoreOperator", "ScratchCleanupOperator", "KubernetesScratchCleanupOperator", "make_scratch",
-           "kube_clients", "server_target", "live_counts_for", "app_platform", "triggered_by"]
+__all__ = ["ScratchRestoreOperator", "ScratchCleanupOperator", "KubernetesScratchCleanupOperator",
+           "SwitchDatabaseOperator", "FinishRollbackOperator", "make_scratch", "kube_clients", "server_target",
+           "live_counts_for", "app_platform", "health_checks", "scratch_dir", "restore_lock", "lease_backups", "release_leases",
+           "run_switch", "finish_rollbacks", "triggered_by", "RETRY"]

@@ -74,7 +74,7 @@ from backupkit.reports.render import human_seconds
 from backupkit.restore.health import smoke_check
 from backupkit.restore.pipeline import RestoreJob, restore_backup
 from backupkit.restore.scratch import ScratchDatabase
-from backupkit.restore.selection import parse_form_time
+from backupkit.restore.selection import parse_form_time, restorable
 from backupkit.storage.objectstore import Bucket
 
 SCENARIOS = ("database_corruption", "datacenter_loss", "ransomware", "failed_deployment")
@@ -368,7 +368,7 @@ def run_scenario(name: str, config: Config, *, plan: Mapping[str, Any], bucket: 
 
 
 def _databases(config: Config) -> list[Source]:
-    return [s for s in config.sources if s.kind_impl.restores_into == "database"]
+    return [config.source(name) for name in restorable(config, "database")]
 
 
 def _database_corruption(run: _Run, *, bucket: Bucket, tmp: Path, scratch) -> None:

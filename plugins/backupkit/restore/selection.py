@@ -150,6 +150,11 @@ def random_older(backups: Sequence[B], window_days: float, now: datetime, rng: r
 RESTORES_INTO_LABEL = {"database": "database", "files": "file set"}
 
 
+def restorable(config: Config, restores_into: str) -> list[str]:
+    """The sources whose kind restores into ``restores_into`` ("database", "files"), in configuration order."""
+    return [s.name for s in config.sources if s.kind_impl.restores_into == restores_into]
+
+
 def find_backup(config: Config, source: Source, name: str, bucket: Bucket | None) -> CatalogBackup:
     """The backup ``name`` of ``source`` on disk or in the bucket, or :class:`SelectionError`."""
     found = Catalog(source, bucket).find(name)
@@ -167,7 +172,7 @@ def resolve_request(config: Config, source_name: str, *, which: str, before: obj
     restores into ``restores_into`` (what its kind says), the key is well formed and under the
     source's prefix, a backup exists before the given time.
     """
-    names = [s.name for s in config.sources if s.kind_impl.restores_into == restores_into]
+    names = restorable(config, restores_into)
     if source_name not in names:
         what = RESTORES_INTO_LABEL.get(restores_into, restores_into)
         raise SelectionError(f"unknown {what} {source_name!r} (configured: {', '.join(names) or 'none'})")

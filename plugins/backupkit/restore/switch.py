@@ -1,10 +1,16 @@
-"""The replace saga: scale the application down, point it at the restored database, scale it up, check it.
+"""The replace saga, forward: scale the application down, point it at the restored database, scale it up, check it.
 
-The application keeps running until a person approves (the DAG's approval task); then
-:func:`switch_database` records replica counts, scales down, points the application at the new
-database, scales back up to the recorded counts and runs the health checks -- and on any
-failure after the first scale-down puts the previous setting and replica counts back before
-raising :class:`SwitchFailed`. Nothing here ever drops the application's current database.
+The application keeps running until a person approves (the DAG's approval task). Then
+:func:`switch_database` writes the plan to the restore journal (replica counts, setting
+targets, both database names; settings redacted) and, before each step, the step it is about
+to take: scale each deployment to 0, wait until none runs, point each setting at the new
+database, scale back to the recorded counts, wait until ready, run the health checks. Any
+failure -- an exception, a timeout, ``AirflowTaskTimeout``/``AirflowTaskTerminated`` (which
+are ``BaseException``) -- starts the rollback in the same process
+(:func:`backupkit.restore.rollback.roll_back`); whatever kills the process instead, the
+journal lets the rollback task, or the next run, put the application back
+(:func:`backupkit.restore.rollback.finish_unfinished`). The states and how each is
+recovered: docs/restore.md. Nothing here ever drops the application's current database.
 
 Where the application runs is an :class:`AppPlatform` (Kubernetes in production,
 :mod:`backupkit.restore.kubernetes.runtime`; local processes in the sandbox).
@@ -12,11 +18,19 @@ Where the application runs is an :class:`AppPlatform` (Kubernetes in production,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from backupkit.restore.conninfo import point_setting_at, redact
+from backupkit import masking
+from backupkit.restore.conninfo import point_setting_at, redact, secret_fragments
+from backupkit.restore.journal import RestoreJournal
+
+# Journal actions of a saga, in the order they happen (docs/restore.md, "The replace saga").
+PLANNED, STEP, DONE = "switch_planned", "switch_step", "switch_done"
+ROLLBACK_STARTED, ROLLBACK_STEP, ROLLED_BACK, ROLLBACK_FAILED = ("rollback_started", "rollback_step",
+                                                                 "rollback_done", "rollback_failed")
+TERMINAL = (DONE, ROLLED_BACK)
 
 
 class AppPlatform(Protocol):
@@ -37,7 +51,13 @@ class AppPlatform(Protocol):
 
 @dataclass(frozen=True)
 class SwitchPlan:
-    """What the switch will do, read before anything changes (shown for approval)."""
+    """What the switch will do, read before anything changes (shown for approval).
+
+    ``old``/``new`` hold the settings as read and as they will be written; only their redacted
+    forms leave this object (:meth:`to_dict`, :meth:`describe`). A plan read back from the
+    journal (:meth:`from_record`) holds the redacted forms only: a rollback never writes a
+    remembered setting, it points the current one back (:mod:`backupkit.restore.rollback`).
+    """
 
     namespace: str
     deployments: tuple[str, ...]
@@ -46,6 +66,10 @@ class SwitchPlan:
     new: dict[str, str]  # target -> setting pointing at the new database
     old_database: str
     new_database: str
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.old)
 
     def describe(self) -> list[str]:
         """Human-readable lines, passwords redacted."""
@@ -58,119 +82,103 @@ class SwitchPlan:
         lines.append(f"the old database {self.old_database!r} is kept (never dropped)")
         return lines
 
-    def to_dict(self, redacted: bool = True) -> dict:
-        show = redact if redacted else (lambda v: v)
+    def to_dict(self) -> dict:
         return {"namespace": self.namespace, "deployments": list(self.deployments), "replicas": dict(self.replicas),
-                "old": {t: show(v) for t, v in self.old.items()}, "new": {t: show(v) for t, v in self.new.items()},
+                "old": {t: redact(v) for t, v in self.old.items()}, "new": {t: redact(v) for t, v in self.new.items()},
                 "old_database": self.old_database, "new_database": self.new_database}
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> "SwitchPlan":
+        return cls(d["namespace"], tuple(d["deployments"]), {k: int(v) for k, v in d["replicas"].items()},
+                   dict(d["old"]), dict(d["new"]), d["old_database"], d["new_database"])
 
 
 def plan_switch(platform: AppPlatform, *, namespace: str, deployments: Sequence[str], old_database: str,
                 new_database: str) -> SwitchPlan:
-    """Read replica counts and current settings; compute the new settings. Changes nothing."""
+    """Read replica counts and current settings; compute the new settings. Changes nothing.
+
+    Every secret fragment of the settings read is handed to the secrets masker first.
+    """
     if not deployments:
         raise ValueError("no deployments to switch (give them in the form or restore.app.deployments)")
     if len(set(deployments)) != len(deployments):
         raise ValueError(f"deployments listed twice: {list(deployments)}")
     replicas = {d: int(platform.get_replicas(namespace, d)) for d in deployments}
     old = dict(platform.read_settings(namespace, list(deployments)))
+    for value in old.values():
+        masking.hide(secret_fragments(value))
     if not old:
         raise ValueError("the platform reported no database setting to switch")
     new = {t: point_setting_at(v, old_database, new_database) for t, v in old.items()}
     return SwitchPlan(namespace, tuple(deployments), replicas, old, new, old_database, new_database)
 
 
+@dataclass
+class SagaLog:
+    """One saga's records in the restore journal: the run, the source, and fields every record carries."""
+
+    journal: RestoreJournal
+    run_id: str
+    source: str
+    fields: dict[str, Any] = field(default_factory=dict)  # triggered_by, reason, backup, approved_by, ...
+
+    def write(self, action: str, **details: Any) -> dict:
+        return self.journal.append(run_id=self.run_id, source=self.source, action=action,
+                                   **{**self.fields, **details})
+
+
 class SwitchFailed(RuntimeError):
-    """A step after the first scale-down failed; the previous state was put back (or not: see
-    ``rollback_errors``). The message says which step failed and what the rollback did."""
+    """The switch failed; the message says at which step and exactly what the rollback left."""
 
-    def __init__(self, step: str, error: BaseException, rollback_errors: list[str], plan: SwitchPlan):
-        self.step, self.error, self.rollback_errors, self.plan = step, error, rollback_errors, plan
-        if rollback_errors:
-            after = ("ROLLBACK INCOMPLETE, act now: " + "; ".join(rollback_errors)
-                     + f". Recorded state: replicas {plan.replicas}, settings {plan.to_dict()['old']}")
-        else:
-            after = (f"rolled back: settings restored, replicas back to {plan.replicas}, healthy again "
-                     f"(database {plan.new_database!r} is left in place for inspection)")
-        super().__init__(f"switch to {plan.new_database!r} failed at '{step}': {type(error).__name__}: {error}; "
-                         f"{after}")
+    def __init__(self, step: str, error: BaseException, outcome: Any):
+        self.step, self.error, self.outcome = step, error, outcome
+        super().__init__(f"switch failed at '{step}': {type(error).__name__}: {error}; {outcome.summary}")
 
 
-Journal = Callable[[str, dict], None]
+def switch_database(platform: AppPlatform, plan: SwitchPlan, *, log: SagaLog, timeout: float,
+                    health_checks: Sequence[Callable[[], None]] = (), retry: Any = None) -> dict:
+    """Scale down, switch the setting, scale back up to the recorded counts, check health; journal first.
 
-
-def switch_database(platform: AppPlatform, plan: SwitchPlan, *, timeout: float,
-                    health_checks: Sequence[Callable[[], None]] = (), journal: Journal | None = None) -> dict:
-    """Scale down, switch the setting, scale back up to the recorded counts, check health.
-
-    ``journal(action, details)`` is called before the first change (with the recorded
-    state, so a crash mid-switch leaves what is needed to undo it by hand) and with the
-    outcome. On any failure from the first scale-down on, the previous settings and
-    replica counts are put back and :class:`SwitchFailed` is raised.
+    On any failure the rollback runs here (``retry``: :class:`backupkit.restore.rollback.Retry`);
+    an ``Exception`` becomes :class:`SwitchFailed`, a ``BaseException`` (a task timeout or kill)
+    is raised again once the rollback has been tried.
     """
-    journal = journal or (lambda action, details: None)
+    from backupkit.restore.rollback import roll_back
+
     ns = plan.namespace
+    log.write(PLANNED, plan=plan.to_dict(), changes=plan.describe())
     steps: list[str] = []
-    journal("switch_started", {"plan": plan.to_dict()})
-    step = "scale down"
+    step = "plan"
+
+    def run(name: str, target: str, action: Callable[[], None]) -> None:
+        nonlocal step
+        step = f"{name} {target}"
+        log.write(STEP, step=name, target=target)
+        action()
+        steps.append(step)
+
     try:
         for d in plan.deployments:
-            step = f"scale down {d}"
-            platform.scale(ns, d, 0)
-            steps.append(f"scaled {d} to 0")
+            run("scale_down", d, lambda d=d: platform.scale(ns, d, 0))
         for d in plan.deployments:
-            step = f"wait for {d} to stop"
-            platform.wait_for_replicas(ns, d, 0, timeout)
+            run("wait_stopped", d, lambda d=d: platform.wait_for_replicas(ns, d, 0, timeout))
         for target, value in plan.new.items():
-            step = f"switch {target}"
-            platform.write_setting(ns, target, value)
-            steps.append(f"set {target} to {redact(value)}")
+            run("switch_setting", target, lambda t=target, v=value: platform.write_setting(ns, t, v))
         for d in plan.deployments:
-            step = f"scale up {d}"
-            platform.scale(ns, d, plan.replicas[d])
-            steps.append(f"scaled {d} to {plan.replicas[d]}")
+            run("scale_up", d, lambda d=d: platform.scale(ns, d, plan.replicas[d]))
         for d in plan.deployments:
-            step = f"wait for {d} to be ready"
-            platform.wait_for_replicas(ns, d, plan.replicas[d], timeout)
+            run("wait_ready", d, lambda d=d: platform.wait_for_replicas(ns, d, plan.replicas[d], timeout))
         for i, check in enumerate(health_checks, 1):
-            step = f"health check {i}"
-            check()
-    except Exception as exc:
-        rollback_errors = _rollback(platform, plan, timeout, health_checks)
-        journal("switch_rollback_failed" if rollback_errors else "switch_rolled_back",
-                {"failed_step": step, "error": f"{type(exc).__name__}: {exc}", "steps": steps,
-                 "rollback_errors": rollback_errors, "plan": plan.to_dict()})
-        raise SwitchFailed(step, exc, rollback_errors, plan) from exc
-    result = {"ok": True, "steps": steps, "plan": plan.to_dict(), "changes": plan.describe()}
-    journal("switch_done", {"steps": steps, "plan": plan.to_dict()})
-    return result
+            run("health_check", str(i), check)
+    except BaseException as exc:  # noqa: B902 - a timeout or a kill must still roll back
+        outcome = roll_back(platform, plan, log=log, reason=f"{step} failed: {type(exc).__name__}: {exc}",
+                            timeout=timeout, health_checks=health_checks, retry=retry)
+        if not isinstance(exc, Exception):
+            raise
+        raise SwitchFailed(step, exc, outcome) from exc
+    log.write(DONE, steps=steps, changes=plan.describe())
+    return {"ok": True, "steps": steps, "plan": plan.to_dict(), "changes": plan.describe()}
 
 
-def _rollback(platform: AppPlatform, plan: SwitchPlan, timeout: float,
-              health_checks: Sequence[Callable[[], None]]) -> list[str]:
-    """Put the recorded state back; every step is attempted, errors are collected."""
-    errors: list[str] = []
-    ns = plan.namespace
-
-    def attempt(what: str, fn: Callable[[], None]) -> bool:
-        try:
-            fn()
-            return True
-        except Exception as exc:  # noqa: BLE001 - keep undoing the rest
-            errors.append(f"{what}: {type(exc).__name__}: {exc}")
-            return False
-
-    for target, value in plan.old.items():
-        attempt(f"restore {target}", lambda t=target, v=value: platform.write_setting(ns, t, v))
-    scaled = [d for d in plan.deployments
-              if attempt(f"scale {d} back to {plan.replicas[d]}",
-                         lambda d=d: platform.scale(ns, d, plan.replicas[d]))]
-    ready = all([attempt(f"wait for {d}", lambda d=d: platform.wait_for_replicas(ns, d, plan.replicas[d], timeout))
-                 for d in scaled])
-    if ready and len(scaled) == len(plan.deployments):
-        for i, check in enumerate(health_checks, 1):
-            attempt(f"health check {i} after rollback", check)
-    return errors
-
-
-__all__ = ["AppPlatform", "SwitchPlan", "SwitchFailed", "plan_switch", "switch_database"]
+__all__ = ["AppPlatform", "SwitchPlan", "SagaLog", "SwitchFailed", "plan_switch", "switch_database", "PLANNED",
+           "STEP", "DONE", "ROLLBACK_STARTED", "ROLLBACK_STEP", "ROLLED_BACK", "ROLLBACK_FAILED", "TERMINAL"]

@@ -39,6 +39,9 @@ from backupkit.restore.scratch import RESTORED_DB, ScratchDatabase, ScratchError
 
 SCRATCH_PORT = 5432
 SCRATCH_USER = "postgres"
+# (connect, read) seconds for every API call: a hung API server raises (urllib3's timeout), it never
+# holds a switch, a rollback or a teardown forever.
+REQUEST_TIMEOUT = (10.0, 30.0)
 
 
 def _status(exc: BaseException) -> int | None:
@@ -50,7 +53,7 @@ def _wait_pod_ready(core: Any, name: str, namespace: str, timeout: float, *, wha
     """The pod's IP once it runs and every container is ready; ScratchError if it ends or times out."""
     deadline = clock() + timeout
     while True:
-        pod = core.read_namespaced_pod(name, namespace)
+        pod = core.read_namespaced_pod(name, namespace, _request_timeout=REQUEST_TIMEOUT)
         status = pod.status
         phase = getattr(status, "phase", None)
         if phase in ("Failed", "Succeeded"):
@@ -70,13 +73,13 @@ def _delete_quietly(core: Any, namespace: str, pod: str | None, secret: str | No
     errors = []
     if pod:
         try:
-            core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
+            core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0, _request_timeout=REQUEST_TIMEOUT)
         except Exception as exc:  # noqa: BLE001
             if _status(exc) != 404:
                 errors.append(f"pod {pod}: {exc}")
     if secret:
         try:
-            core.delete_namespaced_secret(secret, namespace)
+            core.delete_namespaced_secret(secret, namespace, _request_timeout=REQUEST_TIMEOUT)
         except Exception as exc:  # noqa: BLE001
             if _status(exc) != 404:
                 errors.append(f"secret {secret}: {exc}")
@@ -127,9 +130,9 @@ class KubernetesScratch(ScratchDatabase):
         # Marked before the call: a timeout after the API server created the object must
         # still be cleaned up (deleting an absent object is a 404, ignored).
         self._secret_requested = True
-        self.core.create_namespaced_secret(self.namespace, secret)
+        self.core.create_namespaced_secret(self.namespace, secret, _request_timeout=REQUEST_TIMEOUT)
         self._pod_requested = True
-        self.core.create_namespaced_pod(self.namespace, pod)
+        self.core.create_namespaced_pod(self.namespace, pod, _request_timeout=REQUEST_TIMEOUT)
         self.pod_ip = self._wait_ready()
         return self
 
@@ -212,9 +215,9 @@ class SmokeApp:
         try:
             secret, pod = self.manifests(database)
             secret_requested = True  # before the call: a timed-out create may still have happened
-            self.core.create_namespaced_secret(self.namespace, secret)
+            self.core.create_namespaced_secret(self.namespace, secret, _request_timeout=REQUEST_TIMEOUT)
             pod_requested = True
-            self.core.create_namespaced_pod(self.namespace, pod)
+            self.core.create_namespaced_pod(self.namespace, pod, _request_timeout=REQUEST_TIMEOUT)
             ip = _wait_pod_ready(self.core, self.pod_name, self.namespace, self.settings.ready_timeout_seconds,
                                  what="application pod", poll_interval=self.poll_interval, sleep=self._sleep,
                                  clock=self._clock)
@@ -252,14 +255,14 @@ def sweep_kubernetes(core_v1: Any, namespace: str, *, now: datetime, run_id: str
             ("pods", core_v1.list_namespaced_pod, core_v1.delete_namespaced_pod, {"grace_period_seconds": 0}),
             ("secrets", core_v1.list_namespaced_secret, core_v1.delete_namespaced_secret, {})):
         items = [o.to_dict() if hasattr(o, "to_dict") else o
-                 for o in (lister(namespace, label_selector=selector).items or [])]
+                 for o in (lister(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items or [])]
         if run_id is not None:
             names = sorted(o["metadata"]["name"] for o in items if k8s.is_scratch(o))
         else:
             names = k8s.orphans(items, now=now, max_age=max_age)
         for name in names:
             try:
-                deleter(name, namespace, **extra)
+                deleter(name, namespace, **extra, _request_timeout=REQUEST_TIMEOUT)
                 report[kind].append(name)
             except Exception as exc:  # noqa: BLE001 - try the others, fail at the end
                 if _status(exc) == 404:
@@ -273,16 +276,20 @@ class KubernetesAppPlatform:
     """:class:`backupkit.restore.switch.AppPlatform` over AppsV1Api/CoreV1Api clients."""
 
     def __init__(self, core_v1: Any, apps_v1: Any, app: AppSwitch, *, poll_interval: float = 2.0,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                 request_timeout: tuple[float, float] = REQUEST_TIMEOUT):
         self.core, self.apps, self.app = core_v1, apps_v1, app
         self.poll_interval, self._sleep, self._clock = poll_interval, sleep, clock
+        self.request_timeout = request_timeout
 
     def get_replicas(self, namespace: str, deployment: str) -> int:
-        scale = self.apps.read_namespaced_deployment_scale(deployment, namespace)
+        scale = self.apps.read_namespaced_deployment_scale(deployment, namespace,
+                                                           _request_timeout=self.request_timeout)
         return int(scale.spec.replicas or 0)
 
     def scale(self, namespace: str, deployment: str, replicas: int) -> None:
-        self.apps.patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": int(replicas)}})
+        self.apps.patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": int(replicas)}},
+                                                    _request_timeout=self.request_timeout)
 
     @staticmethod
     def _settled(dep: Any, replicas: int) -> tuple[bool, str]:
@@ -300,7 +307,8 @@ class KubernetesAppPlatform:
     def wait_for_replicas(self, namespace: str, deployment: str, replicas: int, timeout: float) -> None:
         deadline = self._clock() + timeout
         while True:
-            ok, detail = self._settled(self.apps.read_namespaced_deployment(deployment, namespace), replicas)
+            dep = self.apps.read_namespaced_deployment(deployment, namespace, _request_timeout=self.request_timeout)
+            ok, detail = self._settled(dep, replicas)
             if ok:
                 return
             if self._clock() >= deadline:
@@ -327,7 +335,8 @@ class KubernetesAppPlatform:
         frontend that talks to the backend) are scaled down and up with the others but not
         switched; at least one must have it."""
         if self.app.setting == "secret":
-            secret = self.core.read_namespaced_secret(self.app.secret_name, namespace)
+            secret = self.core.read_namespaced_secret(self.app.secret_name, namespace,
+                                                      _request_timeout=self.request_timeout)
             data = secret.data or {}
             if self.app.secret_key not in data:
                 raise ValueError(f"secret {namespace}/{self.app.secret_name} has no key {self.app.secret_key!r}")
@@ -335,7 +344,8 @@ class KubernetesAppPlatform:
             return {f"secret/{self.app.secret_name}/{self.app.secret_key}": value}
         out = {}
         for d in deployments:
-            found = self._env(self.apps.read_namespaced_deployment(d, namespace), d)
+            dep = self.apps.read_namespaced_deployment(d, namespace, _request_timeout=self.request_timeout)
+            found = self._env(dep, d)
             if found is not None:
                 out[f"deployment/{d}/{found[0]}"] = found[1]
         if not out:
@@ -348,15 +358,16 @@ class KubernetesAppPlatform:
         kind, name, part = target.split("/", 2)
         if kind == "secret":
             self.core.patch_namespaced_secret(name, namespace,
-                                              {"data": {part: base64.b64encode(value.encode()).decode()}})
+                                              {"data": {part: base64.b64encode(value.encode()).decode()}},
+                                              _request_timeout=self.request_timeout)
         elif kind == "deployment":
             # Strategic merge patch: the env list merges by name, other variables stay.
             body = {"spec": {"template": {"spec": {"containers": [
                 {"name": part, "env": [{"name": self.app.env_var, "value": value}]}]}}}}
-            self.apps.patch_namespaced_deployment(name, namespace, body)
+            self.apps.patch_namespaced_deployment(name, namespace, body, _request_timeout=self.request_timeout)
         else:
             raise ValueError(f"unknown setting target {target!r}")
 
 
 __all__ = ["KubernetesScratch", "SmokeApp", "KubernetesAppPlatform", "sweep_kubernetes", "SCRATCH_PORT",
-           "SCRATCH_USER"]
+           "SCRATCH_USER", "REQUEST_TIMEOUT"]

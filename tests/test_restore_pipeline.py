@@ -1,11 +1,11 @@
-"""The restore orchestration without Airflow: real restores of real dumps (disk and loopback S3)
-into real scratch PostgreSQL servers, the replace procedure's state machine, file restores."""
+"""The restore pipeline without Airflow: real restores of real dumps (disk and loopback S3) into real
+scratch PostgreSQL servers and beside a live database, the monthly test's choice and metrics, file
+restores. (The replace saga: tests/test_restore_saga.py.)"""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import shutil
 import tarfile
 from datetime import datetime, timedelta, timezone
@@ -25,13 +25,11 @@ from backupkit.restore.scratch import LocalScratch
 from backupkit.restore.selection import SelectionError
 from backupkit.catalog import Catalog
 from backupkit.jobs.restore_test import monthly_targets, restore_test_metrics, summarize_restore_tests
-from backupkit.restore.conninfo import point_setting_at, redact
 from backupkit.restore.file_restore import restore_files
 from backupkit.restore.health import http_health_check
 from backupkit.restore.pipeline import new_database_name, restore_into_new_database, restore_test
 from backupkit.restore.scratch import ServerTarget, cleanup_local_scratch, local_scratch_root, run_scratch_dir
 from backupkit.restore.selection import resolve_request
-from backupkit.restore.switch import SwitchFailed, plan_switch, switch_database
 from backupkit.storage.objectstore import Bucket
 from backupkit.restore.verify_rows import RowManifest, exact_row_counts, manifest_path
 from sandbox.history import write_archive
@@ -279,119 +277,6 @@ def test_a_new_database_that_fails_verification_is_dropped(cfg, dumps, counts, p
     with pytest.raises(RestoreFailed, match="rows public.users"):
         restore_into_new_database(cfg, "trixtech-db", local.name, server=server, new_database=name)
     assert not server.database_exists(name)
-
-
-# -- replace: the switch -------------------------------------------------------------------------
-class Platform:
-    """The AppPlatform contract in plain Python; ``fail_at`` makes one call fail."""
-
-    def __init__(self, replicas: dict[str, int], urls: dict[str, str], fail_at: tuple | None = None,
-                 fail_rollback: bool = False):
-        self.replicas, self.urls, self.fail_at, self.fail_rollback = dict(replicas), dict(urls), fail_at, fail_rollback
-        self.log: list[tuple] = []
-        self.failed = False
-
-    def _maybe_fail(self, call: tuple) -> None:
-        self.log.append(call)
-        if self.fail_at and call[: len(self.fail_at)] == self.fail_at and (not self.failed or self.fail_rollback):
-            self.failed = True
-            raise RuntimeError(f"injected failure at {call}")
-
-    def get_replicas(self, ns, d):
-        return self.replicas[d]
-
-    def scale(self, ns, d, n):
-        self._maybe_fail(("scale", d, n))
-        self.replicas[d] = n
-
-    def wait_for_replicas(self, ns, d, n, timeout):
-        self._maybe_fail(("wait", d, n))
-        assert self.replicas[d] == n
-
-    def read_settings(self, ns, deployments):
-        return {f"deployment/{d}/app": self.urls[d] for d in deployments}
-
-    def write_setting(self, ns, target, value):
-        d = target.split("/")[1]
-        self._maybe_fail(("write", d))
-        self.urls[d] = value
-
-
-OLD = {"api": "postgresql://app:s3cret@db.internal:5432/trixtech?sslmode=require",
-       "worker": "postgresql://app:s3cret@db.internal:5432/trixtech"}
-REPLICAS = {"api": 3, "worker": 2}
-
-
-def make_plan(p: Platform):
-    return plan_switch(p, namespace="trixtech", deployments=["api", "worker"], old_database="trixtech",
-                       new_database="trixtech_restored_1")
-
-
-def test_switch_success_scales_down_switches_and_restores_recorded_replicas():
-    p = Platform(REPLICAS, OLD)
-    journal = []
-    plan = make_plan(p)
-    assert "s3cret" not in json.dumps(plan.to_dict()) + "\n".join(plan.describe())
-    out = switch_database(p, plan, timeout=5, health_checks=[lambda: None],
-                          journal=lambda a, d: journal.append((a, d)))
-    assert p.replicas == REPLICAS
-    assert p.urls == {"api": "postgresql://app:s3cret@db.internal:5432/trixtech_restored_1?sslmode=require",
-                      "worker": "postgresql://app:s3cret@db.internal:5432/trixtech_restored_1"}
-    # Order: everything down and stopped before the setting changes; up only after.
-    first_write = next(i for i, c in enumerate(p.log) if c[0] == "write")
-    assert {c for c in p.log[:first_write]} == {("scale", "api", 0), ("scale", "worker", 0), ("wait", "api", 0),
-                                                 ("wait", "worker", 0)}
-    assert [c for c in p.log[first_write:] if c[0] == "scale"] == [("scale", "api", 3), ("scale", "worker", 2)]
-    assert [a for a, _ in journal] == ["switch_started", "switch_done"]
-    assert journal[0][1]["plan"]["replicas"] == REPLICAS  # recorded before the first change
-    assert out["ok"] and "s3cret" not in json.dumps(out) and "s3cret" not in json.dumps(journal)
-
-
-@pytest.mark.parametrize("fail_at", [("scale", "worker", 0), ("wait", "api", 0), ("write", "worker"),
-                                     ("scale", "api", 3), ("wait", "worker", 2), "health"])
-def test_any_failure_after_scale_down_restores_settings_and_replicas(fail_at):
-    p = Platform(REPLICAS, OLD, fail_at=None if fail_at == "health" else fail_at)
-    health_calls = []
-
-    def health():
-        health_calls.append(dict(p.urls))
-        if fail_at == "health" and len(health_calls) == 1:
-            raise RuntimeError("HTTP 503 from /healthz")
-
-    journal = []
-    with pytest.raises(SwitchFailed) as err:
-        switch_database(p, make_plan(p), timeout=5, health_checks=[health], journal=lambda a, d: journal.append(a))
-    assert p.urls == OLD and p.replicas == REPLICAS  # back as it was
-    assert "rolled back" in str(err.value) and "s3cret" not in str(err.value)
-    assert journal == ["switch_started", "switch_rolled_back"]
-    assert health_calls[-1] == OLD  # the health check ran again against the restored setting
-
-
-def test_a_failing_rollback_says_what_to_put_back_by_hand():
-    p = Platform(REPLICAS, OLD, fail_at=("scale", "api", 3), fail_rollback=True)
-    journal = []
-    with pytest.raises(SwitchFailed) as err:
-        switch_database(p, make_plan(p), timeout=5, journal=lambda a, d: journal.append((a, d)))
-    msg = str(err.value)
-    assert "ROLLBACK INCOMPLETE" in msg and "scale api back to 3" in msg and "'api': 3" in msg
-    assert p.urls == OLD and p.replicas["worker"] == 2  # everything else was still undone
-    assert journal[-1][0] == "switch_rollback_failed" and journal[-1][1]["rollback_errors"]
-
-
-def test_a_setting_that_does_not_point_at_the_source_is_refused_before_any_change():
-    p = Platform(REPLICAS, dict(OLD, worker="postgresql://app:x@db/other"))
-    with pytest.raises(ValueError, match="points at database 'other'"):
-        make_plan(p)
-    assert p.log == []
-
-
-def test_settings_are_switched_and_redacted_in_every_form():
-    assert point_setting_at("host=db dbname=trixtech user=app password=pw", "trixtech", "n1") == \
-        "host=db dbname=n1 user=app password=pw"
-    assert point_setting_at("trixtech", "trixtech", "n1") == "n1"
-    assert redact("host=db dbname=x password=pw") == "host=db dbname=x password=***"
-    assert redact("postgresql://u:pw@h:5/d?password=pw2") == "postgresql://u:***@h:5/d?password=***"
-    assert redact("postgresql://h/d") == "postgresql://h/d"
 
 
 # -- file restores -------------------------------------------------------------------------------
