@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from backupkit.pgbin import pg_bin
-from backupkit.restore.database import RestoreFailed, check_plain, restore_dump
+from backupkit.restore import database
+from backupkit.restore.database import DumpUnusable, RestoreFailed, check_plain, restore_dump
 from backupkit.restore.scratch import RESTORE_ROLE_PREFIX, LocalScratch, ServerTarget
 from backupkit.restore.verify_rows import exact_row_counts
 
@@ -73,6 +74,11 @@ def attacks(tmp: Path) -> dict[str, tuple[bytes, Path]]:
     }
 
 
+def own_key(clean: bytes) -> str:
+    """The key of the dump's own \\restrict line (what the statement reader returns)."""
+    return clean.split(b"\n\\restrict ", 1)[1].split(b"\n", 1)[0].decode()
+
+
 def roles_left(server) -> list[str]:
     return server.psql(f"SELECT rolname FROM pg_roles WHERE rolname LIKE '{RESTORE_ROLE_PREFIX}%'").split()
 
@@ -95,25 +101,39 @@ def test_meta_command_lines_are_refused_before_anything_runs(attack, gz, clean_s
     msg = str(err.value)
     assert "refused before anything ran" in msg and str(dump) in msg
     if attack == "shell":
-        assert "\\! runs a shell command" in msg
+        assert "\\! at line" in msg and "runs a shell command" in msg
     if attack == "connect":
-        assert "\\connect connects to another database" in msg
+        assert "\\connect at line" in msg and "connects to another database" in msg
     assert not marker.exists()
     assert tables(scratch, f"evil_{attack}_{int(gz)}") == []  # not one statement of the dump ran
     assert exact_row_counts(pg, live) == before
     assert roles_left(scratch) == []
 
 
-def test_a_meta_command_in_the_middle_of_a_line_is_stopped_by_psqls_restriction(clean_sql, scratch, tmp_path):
-    """A line scan cannot see ``\\!`` after SQL on the same line; psql's \\restrict does."""
+@pytest.mark.parametrize("line", ["SELECT 1; \\! touch {m}", "SELECT 1 \\gexec", "SELECT '\\x' \\g {m}"])
+def test_a_meta_command_after_sql_on_the_same_line_is_refused_too(line, clean_sql, scratch, tmp_path):
     marker = tmp_path / "midline.marker"
     dump = tmp_path / "midline.sql"
-    dump.write_bytes(hostile(clean_sql, f"SELECT 1; \\! touch {marker}\n".encode()))
-    check_plain(dump)  # the line scan lets it through ...
-    with pytest.raises(RestoreFailed, match="backslash commands are restricted"):
+    dump.write_bytes(hostile(clean_sql, line.format(m=marker).encode() + b"\n"))
+    with pytest.raises(RestoreFailed, match="refused before anything ran: sql_dump: psql meta-command"):
         restore_dump(dump, scratch, fmt="plain", database="evil_midline")
-    assert not marker.exists()  # ... and psql refused to run it
-    assert tables(scratch, "evil_midline") == []  # one transaction: nothing committed
+    assert not marker.exists() and tables(scratch, "evil_midline") == []
+
+
+def test_psqls_restriction_holds_even_if_the_reader_missed_one(clean_sql, scratch, tmp_path, monkeypatch):
+    """Defence in depth: with the statement reader switched off, psql 18's \\restrict (with the
+    restorer's key, sent before the dump) still refuses every meta-command, and nothing commits."""
+    key = own_key(clean_sql)
+    monkeypatch.setattr(database, "check_plain", lambda path: key)  # "accepted", the dump's key as read
+    for n, line in enumerate((b"\\! touch {m}", b"SELECT 1; \\! touch {m}", b"\\restrict mine\n\\! touch {m}",
+                              b"\\o {m}\nSELECT 1;")):
+        marker = tmp_path / f"depth{n}.marker"
+        dump = tmp_path / f"depth{n}.sql"
+        dump.write_bytes(hostile(clean_sql, line.replace(b"{m}", str(marker).encode()) + b"\n"))
+        with pytest.raises(RestoreFailed, match="backslash commands are restricted"):
+            restore_dump(dump, scratch, fmt="plain", database=f"evil_depth_{n}")
+        assert not marker.exists()
+        assert tables(scratch, f"evil_depth_{n}") == []  # one transaction: nothing committed
     assert roles_left(scratch) == []
 
 
@@ -122,16 +142,22 @@ def test_a_second_restrict_pair_cannot_lift_the_restriction(clean_sql, scratch, 
     key = clean_sql.split(b"\\restrict ", 1)[1].split(b"\n", 1)[0]
     dump = tmp_path / "lift.sql"
     dump.write_bytes(hostile(clean_sql, b"\\unrestrict " + key + b"\n\\! touch " + str(marker).encode() + b"\n"))
-    with pytest.raises(RestoreFailed, match=r"\\! runs a shell command"):
+    with pytest.raises(RestoreFailed, match=r"refused before anything ran: sql_dump: \\unrestrict at line"):
         restore_dump(dump, scratch, fmt="plain", database="evil_lift")
     assert not marker.exists()
 
 
-def test_copy_to_program_fails_because_the_restore_role_is_not_a_superuser(clean_sql, scratch, tmp_path):
+def test_copy_to_program_fails_because_the_restore_role_is_not_a_superuser(clean_sql, scratch, tmp_path,
+                                                                          monkeypatch):
+    """The statement reader refuses these (pg_dump writes no such COPY); with it switched off, the
+    restore role refuses them: not a superuser, no server file or program access, no other role."""
     marker = tmp_path / "program.marker"
     dump = tmp_path / "program.sql"
     dump.write_bytes(hostile(clean_sql, f"COPY (SELECT 1) TO PROGRAM 'touch {marker}';\n".encode()))
-    check_plain(dump)  # pure SQL: the scan has nothing to say
+    with pytest.raises(DumpUnusable, match="not pg_dump's 'COPY table"):
+        check_plain(dump)
+    key = own_key(clean_sql)
+    monkeypatch.setattr(database, "check_plain", lambda path: key)
     with pytest.raises(RestoreFailed) as err:
         restore_dump(dump, scratch, fmt="plain", database="evil_program")
     assert "pg_execute_server_program" in str(err.value) or "permission denied" in str(err.value)

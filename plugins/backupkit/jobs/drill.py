@@ -68,6 +68,8 @@ from backupkit.catalog import Catalog
 from backupkit.clock import now as utc_now
 from backupkit.config import Config, Drill, Source
 from backupkit.jobs.drill_lock import lock_status, object_lock_proof
+from backupkit.metric_names import (DRILL_LAST_RUN, DRILL_LAST_SUCCESS, DRILL_RPO, DRILL_RPO_TARGET, DRILL_RTO,
+                                    DRILL_RTO_TARGET, DRILL_STATUS, help_of)
 from backupkit.metrics import LastSuccessStore, MetricSet, SourceStatus
 from backupkit.model import Backup, CheckResult
 from backupkit.reports.render import human_seconds
@@ -98,14 +100,6 @@ PROVES = {
 MAX_ATTEMPTS = 3  # the newest backup and up to two older ones per source
 LAST_SUCCESS_KEY = "dr_drill"
 
-# Metric names (the Prometheus rules read the last-success one).
-DRILL_LAST_SUCCESS = "backup_dr_drill_last_success_timestamp_seconds"
-DRILL_LAST_RUN = "backup_dr_drill_last_run_timestamp_seconds"
-DRILL_STATUS = "backup_dr_drill_status"
-DRILL_RTO = "backup_dr_drill_rto_seconds"
-DRILL_RPO = "backup_dr_drill_rpo_seconds"
-DRILL_RTO_TARGET = "backup_dr_drill_rto_target_seconds"
-DRILL_RPO_TARGET = "backup_dr_drill_rpo_target_seconds"
 
 
 class DrillError(ValueError):
@@ -484,18 +478,14 @@ def drill_metrics(results: Sequence[Mapping[str, Any]], *, now: float, store: La
     success = complete and bool(results) and all(r.get("ok") for r in results)
     last = store.update([SourceStatus(LAST_SUCCESS_KEY, ok=success, problems=0 if success else 1)], now)
     m = MetricSet()
-    m.gauge(DRILL_LAST_RUN, "Unix time of the last disaster-recovery drill run (whatever its outcome)").set(now)
+    m.gauge(DRILL_LAST_RUN, help_of(DRILL_LAST_RUN)).set(now)
     if LAST_SUCCESS_KEY in last:
-        m.gauge(DRILL_LAST_SUCCESS, "Unix time of the last complete disaster-recovery drill in which every "
-                                    "scenario met its RTO and RPO targets").set(last[LAST_SUCCESS_KEY])
-    status = m.gauge(DRILL_STATUS, "1 if the scenario passed and met its targets in the last drill, else 0",
-                     ["scenario"])
-    rto = m.gauge(DRILL_RTO, "Seconds from the scenario's start to a verified restore in the last drill",
-                  ["scenario"])
-    rpo = m.gauge(DRILL_RPO, "Disaster time minus the timestamp of the newest restorable backup, seconds",
-                  ["scenario"])
-    rto_t = m.gauge(DRILL_RTO_TARGET, "The RTO target the scenario was judged against, seconds", ["scenario"])
-    rpo_t = m.gauge(DRILL_RPO_TARGET, "The RPO target the scenario was judged against, seconds", ["scenario"])
+        m.gauge(DRILL_LAST_SUCCESS, help_of(DRILL_LAST_SUCCESS)).set(last[LAST_SUCCESS_KEY])
+    status = m.gauge(DRILL_STATUS, help_of(DRILL_STATUS), ["scenario"])
+    rto = m.gauge(DRILL_RTO, help_of(DRILL_RTO), ["scenario"])
+    rpo = m.gauge(DRILL_RPO, help_of(DRILL_RPO), ["scenario"])
+    rto_t = m.gauge(DRILL_RTO_TARGET, help_of(DRILL_RTO_TARGET), ["scenario"])
+    rpo_t = m.gauge(DRILL_RPO_TARGET, help_of(DRILL_RPO_TARGET), ["scenario"])
     for r in results:
         s = r["name"]
         status.labels(scenario=s).set(1 if r.get("ok") else 0)
@@ -510,5 +500,4 @@ def drill_metrics(results: Sequence[Mapping[str, Any]], *, now: float, store: La
 
 __all__ = ["SCENARIOS", "TITLES", "PROVES", "Targets", "DrillError", "parse_time", "select_scenarios", "plan_drill",
            "rpo_seconds", "judge", "attempt_order", "run_scenario", "missing_result", "summarize", "audit_scenarios",
-           "drill_metrics", "DRILL_LAST_SUCCESS", "DRILL_STATUS", "DRILL_RTO", "DRILL_RPO", "DRILL_LAST_RUN",
-           "DRILL_RTO_TARGET", "DRILL_RPO_TARGET"]
+           "drill_metrics"]

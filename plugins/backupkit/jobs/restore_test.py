@@ -16,6 +16,8 @@ from typing import Any
 
 from backupkit.catalog import Catalog
 from backupkit.config import Config
+from backupkit.metric_names import (RESTORE_TEST_DURATION, RESTORE_TEST_FILES, RESTORE_TEST_LAST_RUN,
+                                    RESTORE_TEST_LAST_SUCCESS, RESTORE_TEST_ROWS, RESTORE_TEST_STATUS, help_of)
 from backupkit.metrics import LastSuccessStore, MetricSet, SourceStatus
 from backupkit.restore.selection import random_older
 from backupkit.storage.objectstore import Bucket
@@ -61,12 +63,6 @@ def summarize_restore_tests(results: Sequence[Mapping[str, Any]]) -> dict:
             "problems": problems, "table": "\n".join(lines)}
 
 
-RT_LAST_SUCCESS = "backup_restore_test_last_success_timestamp_seconds"
-RT_DURATION = "backup_restore_test_duration_seconds"
-RT_STATUS = "backup_restore_test_status"
-RT_ROWS = "backup_restore_test_verified_rows"
-RT_FILES = "backup_restore_test_verified_files"
-RT_LAST_RUN = "backup_restore_test_last_run_timestamp_seconds"
 
 
 def restore_test_metrics(results: Sequence[Mapping[str, Any]], *, now: float, store: LastSuccessStore,
@@ -82,14 +78,12 @@ def restore_test_metrics(results: Sequence[Mapping[str, Any]], *, now: float, st
                 for name, rs in by_source.items()]
     last = store.update(statuses, now)
     m = MetricSet()
-    m.gauge(RT_LAST_RUN, "Unix time of the last restore-test run").set(now)
-    status = m.gauge(RT_STATUS, "1 if every restore test of the source passed in the last run, else 0", ["source"])
-    duration = m.gauge(RT_DURATION, "Download plus restore time of the newest backup of the source, seconds",
-                       ["source"])
-    rows = m.gauge(RT_ROWS, "Rows verified in the restore of the newest backup of the source", ["source"])
-    files = m.gauge(RT_FILES, "Files extracted and checked from the newest archive of the file set", ["source"])
-    success = m.gauge(RT_LAST_SUCCESS, "Unix time of the last run in which every restore test of the source passed",
-                      ["source"])
+    m.gauge(RESTORE_TEST_LAST_RUN, help_of(RESTORE_TEST_LAST_RUN)).set(now)
+    status = m.gauge(RESTORE_TEST_STATUS, help_of(RESTORE_TEST_STATUS), ["source"])
+    duration = m.gauge(RESTORE_TEST_DURATION, help_of(RESTORE_TEST_DURATION), ["source"])
+    rows = m.gauge(RESTORE_TEST_ROWS, help_of(RESTORE_TEST_ROWS), ["source"])
+    files = m.gauge(RESTORE_TEST_FILES, help_of(RESTORE_TEST_FILES), ["source"])
+    success = m.gauge(RESTORE_TEST_LAST_SUCCESS, help_of(RESTORE_TEST_LAST_SUCCESS), ["source"])
     for st in statuses:
         status.labels(source=st.source).set(1 if st.ok else 0)
         newest = next((r for r in by_source[st.source] if r.get("role") == "newest"), None)
@@ -104,5 +98,4 @@ def restore_test_metrics(results: Sequence[Mapping[str, Any]], *, now: float, st
     return m
 
 
-__all__ = ["monthly_targets", "summarize_restore_tests", "restore_test_metrics", "RT_LAST_SUCCESS", "RT_DURATION",
-           "RT_STATUS", "RT_ROWS", "RT_FILES", "RT_LAST_RUN"]
+__all__ = ["monthly_targets", "summarize_restore_tests", "restore_test_metrics"]

@@ -61,15 +61,46 @@ class SourceKind:
         return ()
 
     # -- restores (backupkit.restore.pipeline calls these) ------------------------------------
+    # The default is an archive of files (file sets, Kubernetes resource backups): extracted safely
+    # into a scratch directory, its checksums and the kind's coverage paths checked. A kind whose
+    # backups restore otherwise (a database) overrides both.
     def scratch_target(self, source: Any, new_database: Callable[[], Any] | None, work_dir: Any) -> Any:
         """The throwaway target a restore test of ``source`` goes into (started and torn down by the
-        caller): a scratch database from ``new_database``, or a scratch directory under ``work_dir``."""
-        raise NotImplementedError(f"source kind {self.id!r} cannot be restored")
+        caller): a scratch directory under ``work_dir`` by default."""
+        from backupkit.restore.scratch import ScratchDirectory
+
+        return ScratchDirectory(work_dir)
 
     def restore(self, job: Any, fetched: Any, target: Any) -> KindRestore:
         """Restore the fetched backup (:class:`backupkit.restore.fetch.Fetched`) into ``target`` and
-        verify it; every finding is a check of the result, never an exception."""
-        raise NotImplementedError(f"source kind {self.id!r} cannot be restored")
+        verify it; every finding is a check of the result, never an exception. By default: safe
+        extraction (:mod:`backupkit.restore.files`), checksums from its SHA256SUMS, the coverage
+        paths present."""
+        import time
+
+        from backupkit.restore.files import ExtractRefused, normalize_name, safe_extract
+
+        out = KindRestore(job.artifact)
+        limits = job.config.restore
+        extracted = target.path / "extract"
+        t0 = time.monotonic()
+        try:
+            er = safe_extract(fetched.path, extracted, max_total_bytes=limits.max_extract_bytes,
+                              max_files=limits.max_extract_files, existing="fail")
+        except (ExtractRefused, ValueError) as exc:
+            out.add("extract", False, str(exc).replace(str(fetched.path), fetched.label)[:4000])
+            return out
+        out.checks += er.checks(job.artifact)
+        for p in self.coverage_paths(job.source):
+            rel = normalize_name(p)
+            present = (extracted / rel).exists()
+            out.add(f"path {rel}", present, "restored" if present else "missing from the archive")
+        if not er.written:
+            out.add("files", False, "the archive holds no files")
+        out.info.update(restore_seconds=round(time.monotonic() - t0, 3), files=len(er.written),
+                        bytes_written=er.bytes_written, verified_files=len(er.verified),
+                        checksum_manifest=er.checksum_manifest)
+        return out
 
     def __repr__(self) -> str:
         return f"<source kind {self.id}>"

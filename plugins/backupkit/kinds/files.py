@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from backupkit.config.reader import Reader
-from backupkit.kinds.base import KindRestore, SourceKind
+from backupkit.kinds.base import SourceKind
 
 
 @dataclass(frozen=True)
@@ -29,40 +29,6 @@ class FilesKind(SourceKind):
 
     def coverage_paths(self, source) -> tuple[str, ...]:
         return source.spec.paths
-
-    # -- restores -----------------------------------------------------------------------------
-    def scratch_target(self, source, new_database, work_dir):
-        from backupkit.restore.scratch import ScratchDirectory
-
-        return ScratchDirectory(work_dir)
-
-    def restore(self, job, fetched, target) -> KindRestore:
-        """Safe extraction into the scratch directory; checksums from SHA256SUMS, the configured paths present."""
-        import time
-
-        from backupkit.restore.files import ExtractRefused, normalize_name, safe_extract
-
-        out = KindRestore(job.artifact)
-        limits = job.config.restore
-        extracted = target.path / "extract"
-        t0 = time.monotonic()
-        try:
-            er = safe_extract(fetched.path, extracted, max_total_bytes=limits.max_extract_bytes,
-                              max_files=limits.max_extract_files, existing="fail")
-        except (ExtractRefused, ValueError) as exc:
-            out.add("extract", False, str(exc).replace(str(fetched.path), fetched.label)[:4000])
-            return out
-        out.checks += er.checks(job.artifact)
-        for p in job.source.spec.paths:
-            rel = normalize_name(p)
-            present = (extracted / rel).exists()
-            out.add(f"path {rel}", present, "restored" if present else "missing from the archive")
-        if not er.written:
-            out.add("files", False, "the archive holds no files")
-        out.info.update(restore_seconds=round(time.monotonic() - t0, 3), files=len(er.written),
-                        bytes_written=er.bytes_written, verified_files=len(er.verified),
-                        checksum_manifest=er.checksum_manifest)
-        return out
 
 
 KIND = FilesKind()

@@ -13,13 +13,14 @@ first). Nothing in a backup is trusted to run with more than the restore needs
   only; it runs no psql meta-command).
 - tar: the same, but pg_restore cannot restore a tar archive in parallel, so it runs with
   one job (the result says so).
-- plain (``.sql`` or ``.sql.gz``, detected by the gzip magic, not the name): read whole first
-  -- the gzip stream must be intact, pg_dump's completion comment present, and no
-  meta-command line other than the dump's own ``\\restrict``/``\\unrestrict``
-  (:mod:`backupkit.restore.plainscan`) -- before psql starts; then streamed into
-  ``psql -X -v ON_ERROR_STOP=1 --single-transaction`` behind ``\\restrict KEY`` with a key
-  drawn for the run, sent before the dump's first byte, so psql refuses every backslash
-  command. Should the second reading differ, psql is killed before its transaction commits.
+- plain (``.sql``, ``.sql.gz``, ``.sql.zst``, ``.sql.lz4``: the compression from the content,
+  not the name): read whole before psql starts by the dump verification's statement reader
+  (:mod:`backupkit.checks.plainsql`, docs/dump-rules.md: pg_dump's statements and COPY blocks
+  only, no psql meta-command but pg_dump's own restrict pair, its completion line last); then
+  streamed into ``psql -X -v ON_ERROR_STOP=1 --single-transaction`` behind ``\\restrict KEY``
+  with a key drawn for the run, sent before the dump's first byte, so psql refuses every
+  backslash command (the dump's own pair is left out: psql refuses a nested ``\\restrict``).
+  Should the second reading differ, psql is killed before its transaction commits.
 
 Every failure raises :class:`RestoreFailed` naming the backup and carrying the client's
 stderr, bounded (its start, and its end where the error is).
@@ -27,27 +28,23 @@ stderr, bounded (its start, and its end where the error is).
 
 from __future__ import annotations
 
-import gzip
 import secrets
 import subprocess
 import tempfile
 import time
-import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from backupkit.checks.detect import DESCRIPTIONS, HEAD, detect_head
+from backupkit.checks.pgdump import check_sql
+from backupkit.checks.stream import StreamProblem, Tap, decoded_pieces
 from backupkit.pgbin import pg_bin
-from backupkit.restore.plainscan import MetaCommandRefused, guarded
 from backupkit.restore.scratch import RoleSession, ScratchDatabase, check_identifier
 
-CHUNK = 1 << 20
 FORMATS = ("custom", "tar", "directory", "plain")
-COMPLETION_MARKER = b"-- PostgreSQL database dump complete"
-# PostgreSQL 18 writes "\unrestrict <key>" after the completion comment, so look for the
-# marker in the last few KiB rather than on the last line.
-_TAIL = 8192
+PLAIN_KINDS = {"sql": None, "sql_gzip": "gzip", "sql_zstd": "zstd", "sql_lz4": "lz4"}
 
 
 class RestoreFailed(RuntimeError):
@@ -98,58 +95,66 @@ class DumpUnusable(ValueError):
     """The plain dump must not or cannot be restored; the message says why."""
 
 
-def _sql_pieces(path: Path) -> Iterator[bytes]:
-    """The SQL text of a plain dump in 1 MiB pieces: gunzipped when it starts with the gzip magic."""
-    with open(path, "rb") as raw:
-        gz = raw.read(2) == b"\x1f\x8b"
-        raw.seek(0)
-        stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
-        try:
-            while chunk := stream.read(CHUNK):
-                yield chunk
-        except (EOFError, OSError, zlib.error) as exc:
-            raise DumpUnusable(f"the compressed stream is damaged ({exc})") from None
+def _compression(path: Path) -> str | None:
+    """The compression of a plain dump from its content (gzip, zstd, lz4 or none), or DumpUnusable."""
+    with open(path, "rb") as f:
+        kind, detail = detect_head(f.read(HEAD))
+    if kind not in PLAIN_KINDS:
+        raise DumpUnusable(f"not plain SQL: {DESCRIPTIONS.get(kind, detail or kind)}")
+    return PLAIN_KINDS[kind]
 
 
-def _judged(path: Path, require_complete: bool) -> Iterator[bytes]:
-    """The bytes psql may receive, checked on the way: no meta-command, complete if required."""
-    tail = b""
-    try:
-        for piece in guarded(_sql_pieces(path)):
-            tail = (tail + piece)[-_TAIL:]
-            yield piece
-    except MetaCommandRefused as exc:
-        raise DumpUnusable(str(exc)) from None
-    if require_complete and COMPLETION_MARKER not in tail:
-        raise DumpUnusable("the dump is incomplete (pg_dump's completion comment is missing)")
+def check_plain(path: Path) -> str | None:
+    """The whole first reading, before anything runs, by the dump verification's statement reader
+    (:func:`backupkit.checks.pgdump.check_sql`, rules in docs/dump-rules.md): the stream intact,
+    only pg_dump's statements, COPY blocks and restrict pair, its completion line last. Returns the
+    dump's ``\\restrict`` key (None for a pg_dump before 18); raises :class:`DumpUnusable`."""
+    compression = _compression(path)
+    with open(path, "rb") as f:
+        results, scan = check_sql(Tap(f), str(path), compression)
+    failed = [r for r in results if not r.ok]
+    if failed or scan is None:
+        raise DumpUnusable("; ".join(f"{r.check}: {r.detail}" for r in failed[:3]))
+    return scan.restrict_key
 
 
-def check_plain(path: Path, *, require_complete: bool = True) -> None:
-    """The whole first reading, before anything runs; raises :class:`DumpUnusable`."""
-    for _ in _judged(path, require_complete):
-        pass
+def without_restrict(pieces: Iterable[bytes], key: str | None) -> Iterator[bytes]:
+    """The dump's bytes without its own ``\\restrict KEY`` and ``\\unrestrict KEY`` lines: the
+    restorer's restriction is in force, and psql refuses a nested one."""
+    if not key:
+        yield from pieces
+        return
+    lines = [b"\n\\restrict " + key.encode() + b"\n", b"\n\\unrestrict " + key.encode() + b"\n"]
+    keep = max(len(line) for line in lines)
+    buf, first = b"\n", True  # a virtual newline: a line at the very start is a line start too
+    for piece in pieces:
+        buf += piece
+        for line in lines:
+            buf = buf.replace(line, b"\n")
+        if len(buf) > keep:
+            out, buf = buf[:-keep], buf[-keep:]
+            yield out[1:] if first else out
+            first = False
+    yield buf[1:] if first else buf
 
 
-def _restore_plain(path: Path, session: RoleSession, database: str, label: str, stderr_limit: int,
-                   require_complete: bool) -> int:
-    try:
-        check_plain(path, require_complete=require_complete)
-    except DumpUnusable as exc:
-        raise RestoreFailed(label, f"refused before anything ran: {exc}") from None
+def _restore_plain(path: Path, key: str | None, session: RoleSession, database: str, label: str,
+                   stderr_limit: int) -> int:
+    compression = _compression(path)
     args = [pg_bin("psql"), *session.conn_args(database), "-X", "-q", "-v", "ON_ERROR_STOP=1",
             "--single-transaction", "-f", "-"]
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, open(path, "rb") as raw:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
                                 env=session.client_env())
         problem = None
         try:
             proc.stdin.write(b"\\restrict " + secrets.token_hex(32).encode() + b"\n")
-            for piece in _judged(path, require_complete):
+            for piece in without_restrict(decoded_pieces(Tap(raw), compression), key):
                 proc.stdin.write(piece)
         except BrokenPipeError:  # psql stopped on an error: its stderr says which
             pass
-        except DumpUnusable as exc:  # the file changed between the two readings
-            problem = str(exc)
+        except StreamProblem as exc:  # the file changed between the two readings
+            problem = f"the dump changed while it was restored: {exc}"
         except BaseException:
             proc.kill()
             proc.wait()
@@ -187,7 +192,7 @@ def _pg_restore(path: Path, session: RoleSession, database: str, fmt: str, jobs:
 
 def restore_dump(path: str | Path, scratch: ScratchDatabase, *, fmt: str, jobs: int = 1,
                  database: str = "restored", label: str | None = None, roles: tuple[str, ...] = (),
-                 no_privileges: bool = True, require_complete: bool = True, stderr_limit: int = 4000) -> RestoreResult:
+                 no_privileges: bool = True, stderr_limit: int = 4000) -> RestoreResult:
     """Restore the dump at ``path`` into a new database ``database`` on ``scratch``, as a role
     of its own (module doc), and measure it.
 
@@ -212,6 +217,12 @@ def restore_dump(path: str | Path, scratch: ScratchDatabase, *, fmt: str, jobs: 
     if not path.exists():
         raise RestoreFailed(label, "backup not found")
 
+    key = None
+    if fmt == "plain":  # judged whole before anything happens, the new database included
+        try:
+            key = check_plain(path)
+        except DumpUnusable as exc:
+            raise RestoreFailed(label, f"refused before anything ran: {exc}") from None
     start = time.monotonic()
     try:
         created = scratch.create_roles(roles)
@@ -221,7 +232,7 @@ def restore_dump(path: str | Path, scratch: ScratchDatabase, *, fmt: str, jobs: 
     t0 = time.monotonic()
     try:
         if fmt == "plain":
-            n = _restore_plain(path, session, database, label, stderr_limit, require_complete)
+            n = _restore_plain(path, key, session, database, label, stderr_limit)
         else:
             n = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*")
                                                                if p.is_file())
