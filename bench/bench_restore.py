@@ -8,7 +8,7 @@ data and quick to make), plus its row-count manifest (docs/manifest.md). Then, o
 local scratch PostgreSQL, page cache warm, for --rounds rounds:
 
 * bare ``pg_restore --jobs N --no-owner --exit-on-error`` into a fresh database;
-* the operator's code path: ``backupkit.restore.service.restore_test`` -- the function
+* the operator's code path: ``backupkit.restore.pipeline.restore_test`` -- the function
   ``ScratchRestoreOperator.execute`` calls after loading the configuration -- which finds
   the backup, creates the database, runs ``pg_restore`` with the source's ``restore.jobs``,
   then verifies (exact ``count(*)`` of every table against the manifest, key tables);
@@ -46,7 +46,7 @@ from backupkit.config import load_config  # noqa: E402
 from backupkit.pgbin import pg_bin  # noqa: E402
 from backupkit.pgserver import LocalPostgres  # noqa: E402
 from backupkit.restore.scratch import LocalScratch, ScratchDatabase  # noqa: E402
-from backupkit.restore.service import restore_test  # noqa: E402
+from backupkit.restore.pipeline import restore_test  # noqa: E402
 from backupkit.restore.verify_rows import RowManifest, exact_row_counts, manifest_path  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -126,6 +126,9 @@ class SharedServer(ScratchDatabase):
     def uri(self, database: str = "postgres") -> str:
         return self.inner.uri(database)
 
+    def client_env(self) -> dict[str, str]:
+        return self.inner.client_env()
+
 
 def write_config(dump: Path, jobs: int, work: Path) -> Path:
     cfg = work / "backups.yaml"
@@ -187,7 +190,7 @@ def main() -> int:
                 drop(scratch, "bare_n")
                 settle(scratch)
                 t0 = time.monotonic()
-                r = restore_test(config, "bench-db", NAME, scratch=SharedServer(scratch), role="bench")
+                r = restore_test(config, "bench-db", NAME, new_database=lambda: SharedServer(scratch), role="bench")
                 runs["operator_total"].append(time.monotonic() - t0)
                 if not r["ok"]:
                     raise SystemExit(f"operator path failed: {r['problems']}")

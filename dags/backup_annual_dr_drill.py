@@ -1,7 +1,7 @@
 """Annual disaster-recovery drill: the runbook's *Annual Disaster Recovery Test*, each scenario measured.
 
 Parse time reads only the configuration file (the drill date becomes the schedule); the
-scenarios themselves are :mod:`backupkit.drill`, one task each.
+scenarios themselves are :mod:`backupkit.jobs.drill`, one task each.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from airflow.sdk import CronTriggerTimetable, Param, TaskGroup, TriggerRule, dag
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
-from backup_airflow.hooks import backup_config, bucket, s3_client
+from backup_airflow.hooks import backup_config, bucket
 from backup_airflow.restore_operators import ScratchCleanupOperator, make_scratch
 from backupkit import clock
-from backupkit import drill
+from backupkit.jobs import drill
 from backupkit.metrics import LastSuccessStore
 from backupkit.reports.audit import record_dr_drill
+from backupkit.reports.drill import drill_doc
 from backupkit.reports.render import publish_files, report_prefix
-from backupkit.restore.service import run_scratch_dir
+from backupkit.restore.scratch import run_scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def _scenario_task(name: str):
             raise AirflowSkipException(f"{name} not selected for this run")
         config, run_id = backup_config(), context["run_id"]
         result = drill.run_scenario(
-            name, config, plan=plan, s3_client=s3_client(config.aws_conn_id),
+            name, config, plan=plan, bucket=bucket(config),
             scratch_factory=lambda: make_scratch(config, run_id=run_id, source_name=f"drill-{name}"),
             work_dir=run_scratch_dir(config, run_id))
         for r in result["restores"]:
@@ -190,7 +191,7 @@ def backup_annual_dr_drill():
         report_date = _report_date(context)
         prefix = report_prefix(config.reports.prefix, "dr-drill", report_date)
         location = f"s3://{config.bucket}/{prefix}report.md"
-        doc = drill.drill_doc(results, plan, report_date=report_date, location=location)
+        doc = drill_doc(results, plan, summary=summary, report_date=report_date, location=location)
         files = {**doc.files(), "drill.json": json.dumps({"plan": plan, "summary": summary, "results": results},
                                                          indent=1, default=str) + "\n"}
         where = publish_files(files, bucket=bucket(config), prefix=prefix,

@@ -11,19 +11,22 @@ from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import VerificationFailed, dag_tags
-from backup_airflow.hooks import backup_config, s3_client
+from backup_airflow.hooks import backup_config, bucket
+from backup_airflow.restore_operators import lease_backups, release_leases, restore_lock
 from backup_airflow.restore_params import (VALIDATE, check_reason, on_demand_dag_args, read_request,
                                             reason_param, which_params)
 from backupkit import clock
 from backupkit.config import ConfigError
+from backupkit.restore.file_restore import check_file_request, restore_files
 from backupkit.restore.files import ExtractRefused
-from backupkit.restore.selection import SelectionError
-from backupkit.restore.service import audit, check_file_request, resolve_request, restore_files, run_scratch_dir
+from backupkit.restore.journal import RestoreJournal
+from backupkit.restore.scratch import run_scratch_dir
+from backupkit.restore.selection import SelectionError, resolve_request, restorable
 
 log = logging.getLogger(__name__)
 
 CONFIG = backup_config()  # parse time: the YAML only
-_FILE_SETS = [s.name for s in CONFIG.file_sets] or ["(no file set configured)"]
+_FILE_SETS = restorable(CONFIG, "files") or ["(no file set configured)"]
 
 DOC_MD = """
 # Restore files from a file-set archive (on demand)
@@ -47,8 +50,7 @@ the listed paths, into a **target directory that must lie under `restore.allowed
 | `validate_request` | unknown file set, no archive before the time, malformed key or one outside the prefix, target outside the allowed roots, bad paths: fails here, nothing changed |
 | `restore_files` | downloads (or reads) the archive, extracts safely, verifies checksums; result and audit record |
 
-Every request (refused ones too) is recorded in the audit log (`<state_dir>/audit/retention.jsonl`,
-`"kind": "restore"`): who, why, which archive, what was written, skipped and replaced.
+Every request (refused ones too) is recorded in the audit log (`<state_dir>/audit/restore.jsonl`): who, why, which archive, what was written, skipped and replaced.
 
 ## When it fails
 
@@ -99,40 +101,47 @@ def backup_file_restore():
             target = check_file_request(config, target=request["target_directory"], paths=request["paths"],
                                         existing=request["existing"])
             ref = resolve_request(config, request["file_set"], which=request["which"], before=request["before"],
-                                  key=request["key"], s3_client=s3_client(config.aws_conn_id), kind="files")
+                                  key=request["key"], bucket=bucket(config), restores_into="files")
         except (SelectionError, ExtractRefused, ConfigError, ValueError) as exc:
-            audit(config, run_id=context["run_id"], source=str(request["file_set"]), action="files_restore_refused",
-                  triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc))
+            RestoreJournal(config.state_dir).append(
+                run_id=context["run_id"], source=str(request["file_set"]), action="files_restore_refused",
+                triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc))
             raise AirflowFailException(f"invalid file restore request (nothing was changed): {exc}") from exc
         request.update(backup=ref.name, target=str(target), locations=ref.where(config.bucket))
-        audit(config, run_id=context["run_id"], source=ref.source, action="files_restore_requested",
-              triggered_by=request["triggered_by"], reason=request["reason"], backup=ref.name, target=str(target),
-              paths=request["paths"] or "all", existing=request["existing"])
+        lease_backups(config, context["run_id"], [(ref.source, ref.name)], purpose="file restore", hours=7)
+        RestoreJournal(config.state_dir).append(
+            run_id=context["run_id"], source=ref.source, action="files_restore_requested",
+            triggered_by=request["triggered_by"], reason=request["reason"], backup=ref.name, target=str(target),
+            paths=request["paths"] or "all", existing=request["existing"])
         return request
 
     @task(retries=0)
     def restore(request: dict, **context) -> dict:
         """Safe extraction into the target; checksum mismatches fail the task (those files are not installed)."""
         config = backup_config()
+        journal = RestoreJournal(config.state_dir)
         base = dict(run_id=context["run_id"], source=request["file_set"], triggered_by=request["triggered_by"],
                     reason=request["reason"], backup=request["backup"], target=request["target"])
         try:
-            result = restore_files(config, request["file_set"], request["backup"], target=request["target"],
-                                   paths=request["paths"] or None, existing=request["existing"],
-                                   s3_client=s3_client(config.aws_conn_id), now=clock.now(),
-                                   work_dir=run_scratch_dir(config, context["run_id"]))
+            with restore_lock(config, request["file_set"], context["run_id"]):
+                result = restore_files(config, request["file_set"], request["backup"], target=request["target"],
+                                       paths=request["paths"] or None, existing=request["existing"],
+                                       bucket=bucket(config), now=clock.now(),
+                                       work_dir=run_scratch_dir(config, context["run_id"]))
         except (ExtractRefused, SelectionError, ValueError) as exc:
             # The message says whether anything was written ("nothing extracted" / "stopped after N").
-            audit(config, action="files_restore_failed", detail=str(exc)[:2000], **base)
+            journal.append(action="files_restore_failed", detail=str(exc)[:2000], **base)
             raise AirflowFailException(str(exc)) from exc
+        finally:
+            release_leases(config, context["run_id"])
         changes = [f"wrote {result['written']} files into {request['target']}"]
         if result["replaced"]:
             changes.append(f"replaced {len(result['replaced'])} files, originals kept in {result['backup_dir']}")
         if result["skipped"]:
             changes.append(f"skipped {len(result['skipped'])} existing files")
         problems = [c for c in result["checks"] if not c["ok"]]
-        audit(config, action="files_restored" if not problems else "files_restore_failed", changes=changes,
-              detail="; ".join(f"{c['check']}: {c['detail']}" for c in problems)[:2000], **base)
+        journal.append(action="files_restored" if not problems else "files_restore_failed", changes=changes,
+                       detail="; ".join(f"{c['check']}: {c['detail']}" for c in problems)[:2000], **base)
         for line in changes:
             log.info("%s", line)
         if problems:

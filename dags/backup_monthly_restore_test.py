@@ -13,12 +13,14 @@ from airflow.sdk import CronTriggerTimetable, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import VerificationFailed, dag_tags, default_args
-from backup_airflow.hooks import backup_config, s3_client
-from backup_airflow.restore_operators import ScratchCleanupOperator, ScratchRestoreOperator, triggered_by
+from backup_airflow.hooks import backup_config, bucket
+from backup_airflow.restore_operators import (ScratchCleanupOperator, ScratchRestoreOperator, lease_backups,
+                                              release_leases, triggered_by)
 from backupkit import clock
 from backupkit.metrics import LastSuccessStore
 from backupkit.reports.audit import record_restore_tests
-from backupkit.restore.service import audit, monthly_targets, restore_test_metrics, summarize_restore_tests
+from backupkit.jobs.restore_test import monthly_targets, restore_test_metrics, summarize_restore_tests
+from backupkit.restore.journal import RestoreJournal
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ METRICS_JOB = "backup_monthly_restore_test"
 # First Monday of the month. Not "0 9 1-7 * 1": in cron, a day-of-month range together with
 # a weekday means EITHER (days 1-7, and every Monday), eight or more runs a month.
 SCHEDULE = "0 9 * * 1#1"
+DAGRUN_TIMEOUT = timedelta(hours=12)
 
 DOC_MD = """
 # Monthly restore test (runbook: *Monthly Restore Test*)
@@ -48,7 +51,7 @@ throwaway target that is always torn down:
 
 | Task | What it does |
 |---|---|
-| `plan_restores` | lists the backups (disk and bucket) and picks newest + random older per source |
+| `plan_restores` | lists the backups (disk and bucket), picks newest + random older per source, and holds them from retention until `summarize` |
 | `restore_test` (mapped, one per backup) | restore, verify, tear down; the result is XCom `result`; a failed verification fails the instance |
 | `teardown_scratch` (all_done) | removes whatever this run's scratch databases left (a crashed worker) |
 | `sweep_orphans` (all_done) | removes scratch databases of any run older than `orphan_max_age_hours` |
@@ -81,7 +84,7 @@ Open `summarize`: each failed test is listed with its backup and check.
     start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
-    dagrun_timeout=timedelta(hours=12),
+    dagrun_timeout=DAGRUN_TIMEOUT,
     default_args=default_args(CONFIG, execution_timeout=timedelta(hours=4)),
     tags=dag_tags("restore", "monthly"),
     doc_md=DOC_MD,
@@ -92,7 +95,9 @@ def backup_monthly_restore_test():
         """Newest + one random older backup per source (seeded by the run id: reruns repeat it)."""
         config = backup_config()
         now = clock.now()
-        targets = monthly_targets(config, s3_client(config.aws_conn_id), now=now, seed=context["run_id"])
+        targets = monthly_targets(config, bucket(config), now=now, seed=context["run_id"])
+        lease_backups(config, context["run_id"], [(t["source_name"], t["backup"]) for t in targets],
+                      purpose="monthly restore test", hours=DAGRUN_TIMEOUT.total_seconds() / 3600)
         for t in targets:
             log.info("will restore %s %s (%s)", t["source_name"], t["backup"] or "(no backup!)", t["role"])
         return targets
@@ -100,17 +105,20 @@ def backup_monthly_restore_test():
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def summarize(targets: list[dict] | None, **context) -> dict:
         """A result per source; fails the run (no retry) when any restore test failed."""
+        config = backup_config()
+        release_leases(config, context["run_id"])  # the backups may be swept again
         if targets is None:
             raise AirflowFailException("plan_restores failed: nothing was restored (see its log)")
         results = collect(context["ti"], targets)
         report = summarize_restore_tests(results)
         log.info("Restore tests of %d backups:\n%s", len(results), report["table"])
-        config, who = backup_config(), triggered_by(context)
-        for r in results:  # every restore is in the audit log, tests included
-            audit(config, run_id=context["run_id"], source=r["source"], action="restore_test", triggered_by=who,
-                  reason="monthly restore test", backup=r.get("backup") or None, mode="restore_test",
-                  outcome="passed" if r.get("ok") else "failed", location=r.get("location"),
-                  changes=["nothing: restored into a scratch target that was torn down"])
+        who = triggered_by(context)
+        journal = RestoreJournal(config.state_dir)
+        for r in results:  # every restore is in the restore journal, tests included
+            journal.append(run_id=context["run_id"], source=r["source"], action="restore_test", triggered_by=who,
+                           reason="monthly restore test", backup=r.get("backup") or None, mode="restore_test",
+                           outcome="passed" if r.get("ok") else "failed", location=r.get("location"),
+                           changes=["nothing: restored into a scratch target that was torn down"])
         # The quarterly audit's recoverability control reads these records.
         record_restore_tests(config.state_dir, [{**r, "duration_seconds": r.get("restore_seconds")} for r in results],
                              run_id=context["run_id"], now=clock.now())

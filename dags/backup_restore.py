@@ -14,42 +14,40 @@ from airflow.sdk import Param, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import dag_tags
-from backup_airflow.hooks import backup_config, s3_client
+from backup_airflow.hooks import backup_config, bucket
 from backup_airflow.restore_operators import (
+    FinishRollbackOperator,
     ScratchRestoreOperator,
+    SwitchDatabaseOperator,
     app_platform,
+    lease_backups,
     live_counts_for,
+    release_leases,
+    restore_lock,
     server_target,
 )
-from backup_airflow.restore_params import (VALIDATE, check_reason, on_demand_dag_args, read_request,
-                                            reason_param, which_params)
-from backupkit import clock
+from backup_airflow.restore_params import (MODES, VALIDATE, approval_text, check_request, on_demand_dag_args,
+                                            outcome_of, read_request, reason_param, which_params)
 from backupkit.config import ConfigError
 from backupkit.restore.database import RestoreFailed
-from backupkit.restore.selection import SelectionError
-from backupkit.restore.service import (
-    SwitchFailed,
-    audit,
-    http_health_check,
-    new_database_name,
-    plan_switch,
-    resolve_request,
-    restore_into_new_database,
-    run_scratch_dir,
-    switch_database,
-)
+from backupkit.restore.journal import RestoreJournal
+from backupkit.restore.pipeline import restore_into_new_database
+from backupkit.restore.scratch import run_scratch_dir
+from backupkit.restore.selection import SelectionError, restorable
+from backupkit.restore.switch import plan_switch
 
 log = logging.getLogger(__name__)
 
 CONFIG = backup_config()  # parse time: the YAML only (choices and defaults of the form)
-MODES = ("verify_only", "replace")
 K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-_DATABASES = [s.name for s in CONFIG.databases] or ["(no database configured)"]
+_DATABASES = restorable(CONFIG, "database") or ["(no database configured)"]
 # The form offers only the platform the configuration names, and replace only when it names
 # deployments to switch.
 PLATFORM = {"kubernetes": "Kubernetes", "local": "the local platform (processes on this machine)"}[
     CONFIG.restore.app.platform]
 _OFFERED = MODES if CONFIG.restore.app.deployments else MODES[:1]
+LEASE_HOURS = 26.0  # the run's longest path: restore, up to 24 h waiting for approval, switch
+SWITCH_TIMEOUT = timedelta(seconds=max(1800, 4 * CONFIG.restore.app.rollout_timeout_seconds))
 
 DOC_MD = """
 # Restore a database backup (on demand)
@@ -59,35 +57,45 @@ database, verifies it (row counts against the backup's manifest, key tables, ass
 tears it down: nothing else changes. **replace** follows the runbook's *Emergency Restore*, made
 reversible:
 
+0. `recover_unfinished` first finishes any replace an earlier run left half done (its switch was
+   killed and its rollback never completed): the application goes back on its old database with
+   its replicas before anything new starts. If that cannot be done, the run stops here.
 1. `validate_request` checks the form before anything changes: unknown database, no backup
    before the given time, a malformed key or one outside the source's S3 prefix fail here with
-   a message saying why.
+   a message saying why. The chosen backup is held from retention until the run ends.
 2. `restore_new_database` restores into a **new** database on the application's server
-   (`<db>_restored_<UTC time>`, through the source's connection) and verifies it while the
-   application keeps running on the old one.
+   (`<db>_restored_<UTC time>`, through the source's connection, as a role of its own that is
+   not a superuser) and verifies it while the application keeps running on the old one.
 3. `plan_switch` reads the deployments' replica counts and database setting (no change), and
    `approve_switch` waits for a person to **Approve** in *Required Actions*, showing exactly what
-   will change. Reject (or no answer in 24 h) changes nothing.
-4. `switch_database` records the replica counts, scales the deployments to 0, points the
-   setting (`DATABASE_URL` env var, or a Secret key: `restore.app`) at the new database, scales
-   back up to the recorded counts and runs the health checks (ready pods; `restore.app.health_url`).
-   **If any step after the scale-down fails, the previous setting and replica counts are put
-   back** and the task fails, which alerts. The old database is never dropped.
-5. `finish` appends the outcome to the audit log and fails the run unless the restore succeeded
-   (or was rejected by the approver).
+   will change (passwords never shown). Reject (or no answer in 24 h) changes nothing.
+4. `switch_database` writes the plan to the restore journal, then each step before taking it:
+   scale the deployments to 0, point the setting (`DATABASE_URL` env var, or a Secret key:
+   `restore.app`) at the new database, scale back to the recorded counts, health checks (ready
+   pods; `restore.app.health_url`). **On any failure -- a timeout or a kill included -- the previous
+   setting and replica counts are put back.** The old database is never dropped.
+5. `rollback` (runs whatever happened before it, with its own retries) reads the journal and
+   finishes any rollback the switch could not: settings first, replicas only on a restored setting,
+   every step retried with backoff.
+6. `finish` records the outcome and fails the run unless the restore did what was asked (or was
+   rejected by the approver).
 
-Every step is recorded in the audit log (`<state_dir>/audit/retention.jsonl`, records with
-`"kind": "restore"`): who triggered it, the reason, the backup, what changed.
+Every step is in the restore journal (`<state_dir>/audit/restore.jsonl`): who triggered it, the
+reason, the backup, what changed, each saga step (docs/restore.md).
 
 ## When it fails
 
+* `recover_unfinished` / `rollback`: the message says exactly what state the application is left
+  in (replicas per deployment, database per setting) and what could not be undone. A setting that
+  could not be restored leaves the application scaled down on purpose: fix the setting by hand
+  (`kubectl set env`), then rerun or scale up (`kubectl scale`).
 * `validate_request`: the message says what is wrong with the form; nothing was changed.
 * `restore_new_database`: the backup did not restore or verify; the new database was dropped,
   the application was never touched. Try the previous backup (`latest_before`).
-* `switch_database`: read the message. "rolled back" means the application runs on the old
-  database again with its previous replica counts; "ROLLBACK INCOMPLETE" lists what could not be
-  undone and the recorded state to put back by hand (`kubectl scale`, `kubectl set env`; on the
-  local platform, `replicas` and `env` in `<control_dir>/<namespace>/<deployment>/spec.json`).
+* `switch_database`: read the message: "rolled back" means the application runs on the old
+  database again with its previous replica counts; "ROLLBACK INCOMPLETE" is finished by `rollback`
+  (by hand: `kubectl scale`, `kubectl set env`; on the local platform, `replicas` and `env` in
+  `<control_dir>/<namespace>/<deployment>/spec.json`).
 * A platform that is not set up (no Kubernetes client, no local control directory) fails
   `validate_request` at once, without retries, before anything is restored.
 """
@@ -124,9 +132,9 @@ def _request(ti) -> dict:
 
 
 def _audit(request: dict, context, action: str, **fields) -> None:
-    audit(backup_config(), run_id=context["run_id"], source=request["source"], action=action,
-          triggered_by=request["triggered_by"], reason=request["reason"], backup=request.get("backup"),
-          mode=request.get("mode"), **fields)
+    RestoreJournal(backup_config().state_dir).append(
+        run_id=context["run_id"], source=request["source"], action=action, triggered_by=request["triggered_by"],
+        reason=request["reason"], backup=request.get("backup"), mode=request.get("mode"), **fields)
 
 
 @dag(
@@ -138,34 +146,24 @@ def _audit(request: dict, context, action: str, **fields) -> None:
     render_template_as_native_obj=False,
 )
 def backup_restore():
+    recover = FinishRollbackOperator(task_id="recover_unfinished", scope="earlier_runs")
+
     @task(task_id=VALIDATE, retries=0)
     def validate_request(**context) -> dict:
         """Every check that needs no change, before any change: fail here with a clear message."""
         config = backup_config()
         request = read_request(context, ("source", "which", "before", "key", "mode", "namespace"), "deployments")
         try:
-            check_reason(request)
-            if request["mode"] not in MODES:
-                raise SelectionError(f"unknown mode {request['mode']!r}")
-            ref = resolve_request(config, request["source"], which=request["which"], before=request["before"],
-                                  key=request["key"], s3_client=s3_client(config.aws_conn_id))
-            source = config.source(request["source"])
-            if request["mode"] == "replace":
-                if not request["deployments"]:
-                    raise SelectionError("replace needs the deployments to scale (none given)")
-                if not source.database or not source.conn_id:
-                    raise SelectionError(f"source {source.name!r} has no database/conn_id: cannot restore beside it")
-                request["new_database"] = new_database_name(source, clock.now())
-                # The platform and the setting to switch are checked now, before a database is restored.
-                plan_switch(app_platform(config), namespace=request["namespace"], deployments=request["deployments"],
-                            old_database=source.database, new_database=request["new_database"])
+            request.update(check_request(config, request))
         except (SelectionError, ConfigError, ValueError) as exc:
-            audit(config, run_id=context["run_id"], source=str(request["source"]), action="restore_refused",
-                  triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc), mode=request["mode"])
+            RestoreJournal(config.state_dir).append(
+                run_id=context["run_id"], source=str(request["source"]), action="restore_refused",
+                triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc), mode=request["mode"])
             raise AirflowFailException(f"invalid restore request (nothing was changed): {exc}") from exc
-        request.update(backup=ref.name, backup_time=ref.timestamp.isoformat(), locations=ref.where(config.bucket))
-        log.info("restore of %s requested by %s (%s): %s", ref.name, request["triggered_by"], request["mode"],
-                 request["reason"])
+        lease_backups(config, context["run_id"], [(request["source"], request["backup"])],
+                      purpose=f"restore ({request['mode']})", hours=LEASE_HOURS)
+        log.info("restore of %s requested by %s (%s): %s", request["backup"], request["triggered_by"],
+                 request["mode"], request["reason"])
         _audit(request, context, "restore_requested", locations=request["locations"],
                new_database=request.get("new_database"))
         return request
@@ -185,13 +183,13 @@ def backup_restore():
         """Restore into a new database beside the live one and verify it; the app keeps running."""
         config = backup_config()
         source = config.source(request["source"])
-        server = server_target(source.conn_id)
         try:
-            result = restore_into_new_database(config, source.name, request["backup"], server=server,
-                                               new_database=request["new_database"],
-                                               s3_client=s3_client(config.aws_conn_id),
-                                               live_counts=live_counts_for(source),
-                                               work_dir=run_scratch_dir(config, context["run_id"]))
+            with restore_lock(config, source.name, context["run_id"]):
+                result = restore_into_new_database(config, source.name, request["backup"],
+                                                   server=server_target(source.conn_id),
+                                                   new_database=request["new_database"], bucket=bucket(config),
+                                                   live_counts=live_counts_for(source),
+                                                   work_dir=run_scratch_dir(config, context["run_id"]))
         except (RestoreFailed, SelectionError) as exc:
             _audit(request, context, "restore_failed", detail=str(exc)[:2000],
                    changes=[f"nothing: database {request['new_database']} was not kept"])
@@ -213,19 +211,7 @@ def backup_restore():
         except ValueError as exc:  # the platform's setting changed since validate_request
             raise AirflowFailException(f"cannot plan the switch (nothing was changed; database "
                                        f"{restored['new_database']} stays for inspection): {exc}") from exc
-        body = "\n".join([
-            f"**Backup** `{request['backup']}` of `{request['source']}` was restored into the new database "
-            f"`{restored['new_database']}` and verified ({restored['verified_rows']} rows in {restored['tables']} "
-            f"tables, compared with {restored['compared_with']}).",
-            "",
-            f"**Requested by** {request['triggered_by']}: {request['reason']}",
-            "",
-            "**Approve to:**",
-            *[f"1. {line}" for line in plan.describe()],
-            "",
-            "If any step after the scale-down fails, the previous setting and replica counts are put back.",
-        ])
-        return {"plan": plan.to_dict(), "changes": plan.describe(), "body": body}
+        return {"plan": plan.to_dict(), "changes": plan.describe(), "body": approval_text(request, restored, plan)}
 
     approve = ApprovalOperator(
         task_id="approve_switch",
@@ -238,74 +224,40 @@ def backup_restore():
         retries=0,
     )
 
-    @task(retries=0)
-    def switch(request: dict, restored: dict, **context) -> dict:
-        """Record, scale down, switch, scale up, check health; roll back on any failure."""
-        config = backup_config()
-        source = config.source(request["source"])
-        approval = context["ti"].xcom_pull(task_ids="approve_switch") or {}
-        approver = (approval.get("responded_by_user") or {}).get("name")
-        platform = app_platform(config)
-        plan = plan_switch(platform, namespace=request["namespace"], deployments=request["deployments"],
-                           old_database=source.database, new_database=restored["new_database"])
-        app = config.restore.app
-        checks = [http_health_check(app.health_url, timeout=app.rollout_timeout_seconds)] if app.health_url else []
+    switched = SwitchDatabaseOperator(task_id="switch", request_task_id=VALIDATE,
+                                      restored_task_id="restore_new_database", approval_task_id="approve_switch",
+                                      retries=0, execution_timeout=SWITCH_TIMEOUT)
+    rollback = FinishRollbackOperator(task_id="rollback", scope="this_run", trigger_rule=TriggerRule.ALL_DONE,
+                                      retries=3, retry_delay=timedelta(minutes=1))
 
-        def journal(action: str, details: dict) -> None:
-            _audit(request, context, action, approved_by=approver,
-                   changes=plan.describe() if action in ("switch_started", "switch_done") else [], **details)
-
-        try:
-            return switch_database(platform, plan, timeout=app.rollout_timeout_seconds, health_checks=checks,
-                                   journal=journal)
-        except SwitchFailed as exc:
-            raise AirflowFailException(str(exc)) from exc
-
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def finish(**context) -> dict:
-        """The outcome in the audit log; the run fails unless the restore did what was asked."""
-        ti = context["ti"]
+        """The outcome in the journal; the backup's lease released; the run fails unless the restore did
+        what was asked."""
+        ti, config = context["ti"], backup_config()
+        release_leases(config, context["run_id"])
         request = _request(ti)
         if request is None:
             raise AirflowFailException("the request was invalid or could not be checked: nothing was changed "
                                        "(see validate_request)")
-        if request["mode"] == "verify_only":
-            result = ti.xcom_pull(task_ids="restore_verify", key="result")
-            outcome = "verified" if result and result.get("ok") else "failed"
-            summary = {"outcome": outcome, "result": result}
-        else:
-            restored = ti.xcom_pull(task_ids="restore_new_database")
-            approval = ti.xcom_pull(task_ids="approve_switch")  # absent when rejected (it skips, then stops)
-            switched = ti.xcom_pull(task_ids="switch")
-            states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[context["run_id"]]).get(context["run_id"], {})
-            if restored is None:
-                outcome = "failed"
-            elif switched is not None:
-                outcome = "switched"
-            elif states.get("approve_switch") == "success" and states.get("switch") == "skipped":
-                outcome = "rejected"  # by the approver, or no answer before the timeout (default Reject)
-            else:
-                outcome = "failed"
-            summary = {"outcome": outcome, "new_database": (restored or {}).get("new_database"),
-                       "approved_by": ((approval or {}).get("responded_by_user") or {}).get("name"),
-                       "changes": (switched or {}).get("changes", [])}
-        _audit(request, context, "restore_finished", outcome=outcome, changes=summary.get("changes", []))
-        log.info("restore of %s (%s): %s", request["backup"], request["mode"], outcome)
-        if outcome == "failed":
-            raise AirflowFailException(f"restore of {request['backup']} ({request['mode']}) failed; "
+        summary = outcome_of(ti, request, context["run_id"], config)
+        _audit(request, context, "restore_finished", outcome=summary["outcome"], changes=summary.get("changes", []))
+        log.info("restore of %s (%s): %s", request["backup"], request["mode"], summary["outcome"])
+        if summary["outcome"] not in ("verified", "switched", "rejected"):
+            raise AirflowFailException(f"restore of {request['backup']} ({request['mode']}): {summary['outcome']}; "
                                        "see the failed task above")
         return summary
 
     request = validate_request()
+    recover >> request
     restored = restore_new_database(request)
     branch = choose_mode(request)
     branch >> [restore_verify, restored]
     plan = plan_switch_task(request, restored)
-    switched = switch(request, restored)
-    plan >> approve >> switched
+    plan >> approve >> switched >> rollback
     # finish is the only leaf: the run's state is its verdict. It must not be a direct
     # downstream of approve_switch (a rejection skips those).
-    [restore_verify, switched] >> finish()
+    [restore_verify, rollback] >> finish()
 
 
 backup_restore()

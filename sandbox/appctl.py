@@ -18,7 +18,7 @@ from backupkit.config import Config
 from backupkit.pgserver import LocalPostgres
 from backupkit.restore.local_platform import LocalAppPlatform
 from backupkit.restore.scratch import check_identifier
-from backupkit.restore.service import point_setting_at, setting_database
+from backupkit.restore.conninfo import point_setting_at, setting_database
 
 
 def settle(config: Config, pg: LocalPostgres, *, database: str, say=print, timeout: float = 120) -> dict[str, Any]:

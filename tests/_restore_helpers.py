@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from urllib3.exceptions import ReadTimeoutError
 from kubernetes.client import (
     ApiException,
     V1Container,
@@ -84,11 +85,28 @@ class FakeCluster:
     pod_ip: str = "127.0.0.1"
     polls_until_ready: int = 1
     fail: dict[str, Exception] = field(default_factory=dict)  # method name -> exception to raise
+    flaky: dict[str, list[BaseException | None]] = field(default_factory=dict)  # method -> next calls (None: passes)
+    hang: dict[str, int] = field(default_factory=dict)  # method -> how many next calls hang (until their timeout)
+    timeouts: list[tuple[str, Any]] = field(default_factory=list)  # (method, _request_timeout) of every call
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, method: str, *args: Any) -> None:
+    def record(self, method: str, *args: Any, **kw: Any) -> None:
+        """Record the call; a call without a request timeout fails the test (a hung API would hold it
+        forever); injected hangs last the call's read timeout, then raise urllib3's ReadTimeoutError."""
         with self.lock:
             self.calls.append((method, *args))
+            self.timeouts.append((method, kw.get("_request_timeout")))
+        timeout = kw.get("_request_timeout")
+        if not timeout:
+            raise AssertionError(f"{method} called without _request_timeout")
+        if self.hang.get(method, 0) > 0:
+            self.hang[method] -= 1
+            time.sleep(timeout[1] if isinstance(timeout, tuple) else timeout)
+            raise ReadTimeoutError(None, "/apis", "Read timed out. (injected hang)")
+        if self.flaky.get(method):
+            exc = self.flaky[method].pop(0)
+            if exc is not None:
+                raise exc
         if method in self.fail:
             raise self.fail[method]
 
@@ -97,14 +115,14 @@ class FakeCluster:
 
     # -- CoreV1Api ------------------------------------------------------------------------
     def create_namespaced_secret(self, namespace, body, **kw):
-        self.record("create_namespaced_secret", namespace, copy.deepcopy(body))
+        self.record("create_namespaced_secret", namespace, copy.deepcopy(body), **kw)
         name = body["metadata"]["name"]
         data = {k: base64.b64encode(v.encode()).decode() for k, v in (body.get("stringData") or {}).items()}
         self.secrets[name] = {"data": data, "body": body, "created": clock.now()}
         return V1Secret(metadata=_meta(body, self.secrets[name]["created"]), data=data)
 
     def create_namespaced_pod(self, namespace, body, **kw):
-        self.record("create_namespaced_pod", namespace, copy.deepcopy(body))
+        self.record("create_namespaced_pod", namespace, copy.deepcopy(body), **kw)
         self.pods[body["metadata"]["name"]] = {"body": body, "created": clock.now(), "polls": 0}
         return self._pod(body["metadata"]["name"])
 
@@ -118,24 +136,24 @@ class FakeCluster:
                                         container_statuses=statuses))
 
     def read_namespaced_pod(self, name, namespace, **kw):
-        self.record("read_namespaced_pod", name, namespace)
+        self.record("read_namespaced_pod", name, namespace, **kw)
         if name not in self.pods:
             raise ApiException(status=404, reason="Not Found")
         self.pods[name]["polls"] += 1
         return self._pod(name)
 
     def delete_namespaced_pod(self, name, namespace, **kw):
-        self.record("delete_namespaced_pod", name, namespace, kw)
+        self.record("delete_namespaced_pod", name, namespace, kw, **kw)
         if self.pods.pop(name, None) is None:
             raise ApiException(status=404, reason="Not Found")
 
     def delete_namespaced_secret(self, name, namespace, **kw):
-        self.record("delete_namespaced_secret", name, namespace)
+        self.record("delete_namespaced_secret", name, namespace, **kw)
         if self.secrets.pop(name, None) is None:
             raise ApiException(status=404, reason="Not Found")
 
     def list_namespaced_pod(self, namespace, label_selector=None, **kw):
-        self.record("list_namespaced_pod", namespace, label_selector)
+        self.record("list_namespaced_pod", namespace, label_selector, **kw)
         return V1PodList(items=[self._pod_listed(n) for n, p in sorted(self.pods.items())
                                 if _matches(p["body"]["metadata"].get("labels") or {}, label_selector)])
 
@@ -144,7 +162,7 @@ class FakeCluster:
         return V1Pod(metadata=_meta(p["body"], p["created"]), status=V1PodStatus(phase="Running"))
 
     def list_namespaced_secret(self, namespace, label_selector=None, **kw):
-        self.record("list_namespaced_secret", namespace, label_selector)
+        self.record("list_namespaced_secret", namespace, label_selector, **kw)
         items = []
         for name, s in sorted(self.secrets.items()):
             body = s.get("body") or {"metadata": {"name": name}}
@@ -153,13 +171,13 @@ class FakeCluster:
         return V1SecretList(items=items)
 
     def read_namespaced_secret(self, name, namespace, **kw):
-        self.record("read_namespaced_secret", name, namespace)
+        self.record("read_namespaced_secret", name, namespace, **kw)
         if name not in self.secrets:
             raise ApiException(status=404, reason="Not Found")
         return V1Secret(metadata=V1ObjectMeta(name=name), data=dict(self.secrets[name]["data"]))
 
     def patch_namespaced_secret(self, name, namespace, body, **kw):
-        self.record("patch_namespaced_secret", name, namespace, copy.deepcopy(body))
+        self.record("patch_namespaced_secret", name, namespace, copy.deepcopy(body), **kw)
         self.secrets[name]["data"].update(body.get("data") or {})
 
     # -- AppsV1Api ------------------------------------------------------------------------
@@ -169,17 +187,17 @@ class FakeCluster:
         return self.deployments[name]
 
     def read_namespaced_deployment_scale(self, name, namespace, **kw):
-        self.record("read_namespaced_deployment_scale", name, namespace)
+        self.record("read_namespaced_deployment_scale", name, namespace, **kw)
         return V1Scale(spec=V1ScaleSpec(replicas=self._dep(name).replicas))
 
     def patch_namespaced_deployment_scale(self, name, namespace, body, **kw):
-        self.record("patch_namespaced_deployment_scale", name, namespace, copy.deepcopy(body))
+        self.record("patch_namespaced_deployment_scale", name, namespace, copy.deepcopy(body), **kw)
         d = self._dep(name)
         d.replicas = int(body["spec"]["replicas"])
         d.generation += 1
 
     def read_namespaced_deployment(self, name, namespace, **kw):
-        self.record("read_namespaced_deployment", name, namespace)
+        self.record("read_namespaced_deployment", name, namespace, **kw)
         d = self._dep(name)
         healthy = d.healthy_with is None or d.env.get("DATABASE_URL") in d.healthy_with
         ready = d.replicas if healthy else 0
@@ -193,7 +211,7 @@ class FakeCluster:
                                       available_replicas=ready, observed_generation=d.generation))
 
     def patch_namespaced_deployment(self, name, namespace, body, **kw):
-        self.record("patch_namespaced_deployment", name, namespace, copy.deepcopy(body))
+        self.record("patch_namespaced_deployment", name, namespace, copy.deepcopy(body), **kw)
         d = self._dep(name)
         for c in body["spec"]["template"]["spec"]["containers"]:
             assert c["name"] == d.container, f"patched container {c['name']!r}, the app's is {d.container!r}"

@@ -21,7 +21,7 @@ from _daily_helpers import RecordingServer, airflow_db  # noqa: F401  (fixture)
 from _drill_helpers import damage_newest_in_s3, drill_config_yaml, history_now, short_dir
 from airflow.sdk.exceptions import ParamValidationError
 from backupkit import clock
-from backupkit import drill
+from backupkit.jobs import drill
 from backupkit.config import load_config
 from backupkit.reports.audit import dr_drill_control, read_jsonl
 from backupkit.reports.render import human_seconds

@@ -1,4 +1,4 @@
-"""The DR drill's core (backupkit.drill): RTO/RPO arithmetic and verdicts, backup selection, the
+"""The DR drill's core (backupkit.jobs.drill): RTO/RPO arithmetic and verdicts, backup selection, the
 configuration block, and each scenario against real parts -- a history made by the real pg_dump,
 its copies in a loopback S3 with object lock (moto server), restores into real scratch PostgreSQL.
 
@@ -26,13 +26,17 @@ from _clock import SESSION_NOW
 from _daily_helpers import RecordingServer
 from _drill_helpers import damage_newest_in_s3, drill_config_yaml, encrypt_all, history_now, short_dir
 from backupkit import clock
-from backupkit import drill
+from backupkit.jobs import drill, drill_lock
 from backupkit.config import DEFAULT_CONFIG, ConfigError, load_config
 from backupkit.metrics import LastSuccessStore
 from backupkit.reports.audit import dr_drill_control, record_dr_drill
+from backupkit.reports.drill import drill_doc
+from backupkit.restore import fetch
+from backupkit.restore.health import smoke_check
 from backupkit.restore.scratch import LocalScratch
 from backupkit.restore.verify_rows import read_manifest
-from backupkit.model import CheckResult
+from backupkit.model import Backup, CheckResult
+from backupkit.storage.objectstore import Bucket
 from sandbox.bookingdb import create_booking_db
 from sandbox.history import generate_history
 from sandbox.s3server import create_production_bucket, reset
@@ -120,7 +124,7 @@ def test_a_problem_fails_a_scenario_that_met_its_targets():
 
 
 def test_attempts_go_newest_first_strictly_before_the_compromise_and_are_bounded():
-    cands = [drill.Candidate("db", f"n{i}", T - timedelta(days=i)) for i in range(6)]
+    cands = [Backup("db", f"n{i}", T - timedelta(days=i)) for i in range(6)]
     assert [c.name for c in drill.attempt_order(cands)] == ["n0", "n1", "n2"]
     assert [c.name for c in drill.attempt_order(cands, before=T - timedelta(days=1))] == ["n2", "n3", "n4"]
     assert [c.name for c in drill.attempt_order(cands, before=T - timedelta(days=1, seconds=-1))] == ["n1", "n2",
@@ -208,8 +212,8 @@ def test_the_last_success_survives_failed_and_partial_drills(tmp_path):
 
 def test_the_report_shows_rto_and_rpo_of_every_scenario_and_the_checklists():
     results = _results(ok_ransomware=False)
-    doc = drill.drill_doc(results, {"scenarios": list(drill.SCENARIOS), "complete": True,
-                                    "started_at": T.isoformat()}, report_date=T.date(), location="s3://b/r.md")
+    doc = drill_doc(results, {"scenarios": list(drill.SCENARIOS), "complete": True, "started_at": T.isoformat()},
+                    summary=drill.summarize(results), report_date=T.date(), location="s3://b/r.md")
     md = doc.markdown()
     assert "Verdict: FAILED: ransomware." in md
     assert "| Database corruption | PASS | 100 s | 30.0 min | 60.0 min | 24.0 h | - |" in md
@@ -236,12 +240,13 @@ def test_a_multipart_copy_is_checked_against_s3s_composite_checksum(moto_server,
     src.write_bytes(data)
     s3.upload_file(str(src), bucket, "db/big.dump", ExtraArgs={"ChecksumAlgorithm": "SHA256"},
                    Config=TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20))
-    fetched = drill.download(s3, bucket, "db/big.dump", None, tmp_path / "dl" / "big.dump")
-    assert fetched.size == len(data) and fetched.version_id
-    check = drill.stored_checksum_check(s3, bucket, fetched, "db/big.dump")
+    store, dest = Bucket(s3, bucket), tmp_path / "dl" / "big.dump"
+    digest, size, version_id = fetch.download_object(store, "db/big.dump", None, dest)
+    assert size == len(data) and version_id
+    check = fetch.stored_checksum_check(store, "db/big.dump", version_id, dest, digest, "db/big.dump")
     assert check.ok and "composite SHA-256 of 3 parts matches" in check.detail, check
-    fetched.path.write_bytes(data[:100] + b"X" + data[101:])  # the download got damaged on the way
-    check = drill.stored_checksum_check(s3, bucket, fetched, "db/big.dump")
+    dest.write_bytes(data[:100] + b"X" + data[101:])  # the download got damaged on the way
+    check = fetch.stored_checksum_check(store, "db/big.dump", version_id, dest, digest, "db/big.dump")
     assert not check.ok and "differs from S3's stored" in check.detail
 
 
@@ -253,28 +258,30 @@ def test_versions_original_and_current(moto_server, tmp_path):
     s3.put_object(Bucket=bucket, Key="a/x.sha256", Body=b"sidecar")  # a longer key with the same prefix
     time.sleep(1.05)  # S3 times have whole seconds
     s3.put_object(Bucket=bucket, Key="a/x", Body=b"two")
-    assert [v["VersionId"] for v in drill.object_versions(s3, bucket, "a/x")][0] == first
-    assert len(drill.object_versions(s3, bucket, "a/x")) == 2
-    vid, note, written = drill.pick_version(s3, bucket, "a/x", "original")
-    assert vid == first and "1 later version(s) ignored" in note
-    assert written == drill.object_versions(s3, bucket, "a/x")[0]["LastModified"]
-    assert drill.download(s3, bucket, "a/x", vid, tmp_path / "x").path.read_bytes() == b"one"
-    assert drill.pick_version(s3, bucket, "a/x", "current") == (None, "current version", None)
+    store = Bucket(s3, bucket)
+    versions = sorted((v for v in store.versions("a/x") if v.key == "a/x"), key=lambda v: v.last_modified)
+    assert [v.version_id for v in versions][0] == first and len(versions) == 2
+    vid, note, written = fetch.pick_version(store, "a/x", "original")
+    assert vid == first and "1 later version(s) ignored" in note  # a/x.sha256 is not a version of a/x
+    assert written == versions[0].last_modified
+    fetch.download_object(store, "a/x", vid, tmp_path / "x")
+    assert (tmp_path / "x").read_bytes() == b"one"
+    assert fetch.pick_version(store, "a/x", "current") == (None, "current version", None)
 
 
 def test_the_smoke_check_passes_on_2xx_fails_otherwise_and_is_skipped_without_a_url():
     server = RecordingServer(status=204)
     try:
-        ok = drill.smoke_check(f"{server.url}/health", timeout=2)
+        ok = smoke_check(f"{server.url}/health", timeout=2)
         assert ok.ok and ok.detail == f"GET {server.url}/health answered 2xx"
         assert [(r.method, r.path) for r in server.requests] == [("GET", "/health")]
         server.status = 503
         t0 = time.monotonic()
-        bad = drill.smoke_check(f"{server.url}/health", timeout=1)
+        bad = smoke_check(f"{server.url}/health", timeout=1)
         assert not bad.ok and "HTTP 503" in bad.detail and time.monotonic() - t0 < 10
     finally:
         server.close()
-    skipped = drill.smoke_check(None, timeout=1)
+    skipped = smoke_check(None, timeout=1)
     assert skipped.ok and skipped.detail == "skipped: no smoke check configured"
 
 
@@ -307,7 +314,7 @@ def sandbox(pg, moto_server, tmp_path_factory):
 def run(sb, name: str, config=None, **plan_kw) -> dict:
     config = config or sb.config
     plan = plan_for(config, **plan_kw)
-    return drill.run_scenario(name, config, plan=plan, s3_client=sb.s3,
+    return drill.run_scenario(name, config, plan=plan, bucket=Bucket(sb.s3, config.bucket),
                               scratch_factory=lambda: LocalScratch(base_dir=sb.scratch), work_dir=sb.scratch)
 
 
@@ -420,8 +427,8 @@ def test_the_lock_proof_fails_on_a_bucket_without_object_lock(sandbox, tmp_path)
     config = dataclasses.replace(sandbox.config, bucket=bucket)
     body = tmp_path / "probe.dump"
     body.write_bytes(b"backup bytes")
-    checks, evidence, _ = drill.object_lock_proof(s3, config, probe_body=body, probe_key="p/probe.dump",
-                                                  now=clock.now())
+    checks, evidence, _ = drill_lock.object_lock_proof(Bucket(s3, bucket), config, probe_body=body,
+                                                       probe_key="p/probe.dump", now=clock.now())
     assert [(c.check, c.ok) for c in checks] == [("bucket object lock", False)]
     assert "has no object lock configuration" in evidence[0]
 
@@ -435,13 +442,14 @@ def test_the_lock_proof_sets_its_own_retention_where_the_bucket_has_no_default(s
     body = tmp_path / "trixtech_20260101_020000.dump"
     shutil.copyfile(sandbox.history.newest("trixtech-db"), body)
     now = SESSION_NOW
-    checks, evidence, notes = drill.object_lock_proof(s3, config, probe_body=body, probe_key="p/probe.dump", now=now)
+    checks, evidence, notes = drill_lock.object_lock_proof(Bucket(s3, bucket), config, probe_body=body,
+                                                           probe_key="p/probe.dump", now=now)
     by = {c.check: c for c in checks}
     assert [c.check for c in checks] == ["bucket object lock", "retention set", "delete refused",
                                          "overwrite adds a version", "locked version unchanged"]
     assert all(c.ok for c in checks), checks
     assert "no default retention" in by["bucket object lock"].detail
-    until = (now + drill.PROBE_RETENTION).strftime("%Y-%m-%dT%H:%M:%SZ")
+    until = (now + drill_lock.PROBE_RETENTION).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert f"GOVERNANCE retention until {until}" in by["retention set"].detail
     assert not s3.list_object_versions(Bucket=bucket, Prefix="p/").get("Versions")  # cleaned up
     assert len(evidence) == 5 and any("BypassGovernanceRetention" in n for n in notes)

@@ -26,7 +26,10 @@ from backupkit.config import AppSwitch, ConfigError, load_config
 from backupkit.pgserver import free_port
 from backupkit.restore.local_platform import (ControlError, LocalAppPlatform, Spec, Status, read_spec, read_status,
                                               settled, write_json)
-from backupkit.restore.service import SwitchFailed, http_health_check, plan_switch, switch_database
+from backupkit.restore.health import http_health_check
+from backupkit.restore.journal import RestoreJournal
+from backupkit.restore.rollback import Retry
+from backupkit.restore.switch import SagaLog, SwitchFailed, plan_switch, switch_database
 from sandbox import appsupervisor
 from sandbox.bookingdb import create_booking_db
 
@@ -105,11 +108,14 @@ def test_scale_to_zero_and_back(app):
     assert app.platform.get_replicas(NS, FRONTEND) == 1
 
 
-def test_switch_and_a_failing_switch_that_rolls_back(app, pg):
+def test_switch_and_a_failing_switch_that_rolls_back(app, pg, tmp_path):
+    log = SagaLog(RestoreJournal(tmp_path / "state"), "run-lp", "trixtech-db")
+    fast = Retry(attempts=3, backoff=0.1)
     plan = _plan(app, DB, OTHER)
     assert plan.replicas == {BACKEND: 2, FRONTEND: 1}
     assert list(plan.old) == [f"deployment/{BACKEND}/app"]  # the frontend has no DATABASE_URL: scaled, not switched
-    result = switch_database(app.platform, plan, timeout=30, health_checks=[http_health_check(app.health, timeout=10)])
+    result = switch_database(app.platform, plan, log=log, timeout=30, retry=fast,
+                             health_checks=[http_health_check(app.health, timeout=10)])
     assert result["ok"] and get_json(app.health)[1]["database"] == OTHER
     assert read_spec(app.control / NS / BACKEND).env["DATABASE_URL"].endswith("/" + OTHER)
 
@@ -118,13 +124,14 @@ def test_switch_and_a_failing_switch_that_rolls_back(app, pg):
     pg.psql("CREATE DATABASE trixtech_lp_empty")
     try:
         broken = _plan(app, OTHER, "trixtech_lp_empty")
-        with pytest.raises(SwitchFailed, match="wait for trixtech-backend to be ready.*rolled back") as err:
-            switch_database(app.platform, broken, timeout=5, health_checks=[http_health_check(app.health, timeout=3)])
-        assert err.value.rollback_errors == []
+        with pytest.raises(SwitchFailed, match="wait_ready trixtech-backend.*rolled back") as err:
+            switch_database(app.platform, broken, log=log, timeout=5, retry=fast,
+                            health_checks=[http_health_check(app.health, timeout=3)])
+        assert err.value.outcome.ok and err.value.outcome.errors == []
         assert get_json(app.health)[1]["database"] == OTHER
         assert app.platform.get_replicas(NS, BACKEND) == 2
         # and back to where the module started
-        switch_database(app.platform, _plan(app, OTHER, DB), timeout=30)
+        switch_database(app.platform, _plan(app, OTHER, DB), log=log, timeout=30, retry=fast)
         assert get_json(app.health)[1]["database"] == DB
     finally:
         pg.psql('DROP DATABASE IF EXISTS "trixtech_lp_empty" WITH (FORCE)', check=False)

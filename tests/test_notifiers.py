@@ -110,6 +110,49 @@ def test_webhook_details_retry_and_error(http_server, monkeypatch):
         JsonWebhookNotifier(webhook_conn_id="backup_alerts")(failure_context())
 
 
+def test_the_webhook_token_is_in_no_error_message(monkeypatch):
+    """Airflow masks the connection's password, but requests names the URL -- whose path is the token --
+    in its errors, and a receiver may echo the path: neither reaches the message (issue 9.4)."""
+    import socket
+
+    token = "T77777/B77777/Zsecrettoken42"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens there once the socket is closed
+    monkeypatch.setenv("AIRFLOW_CONN_BACKUP_ALERTS", f"http://127.0.0.1:{closed}/services/{token}")
+    with pytest.raises(RuntimeError) as err:
+        JsonWebhookNotifier(webhook_conn_id="backup_alerts", retries=0, timeout=2)(failure_context())
+    message = str(err.value)
+    assert "could not be reached: ConnectionError" in message and f"127.0.0.1:{closed}" in message
+    assert "Zsecrettoken42" not in message and "B77777" not in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained error carrying the URL
+
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echo(BaseHTTPRequestHandler):  # a receiver that echoes the path it did not know
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = f"no route for {self.path}".encode()
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_BACKUP_ALERTS", f"http://127.0.0.1:{server.server_address[1]}/services/{token}")
+        with pytest.raises(RuntimeError, match="answered HTTP 404: no route for \\*\\*\\*") as err:
+            JsonWebhookNotifier(webhook_conn_id="backup_alerts", retries=0)(failure_context())
+        assert "Zsecrettoken42" not in str(err.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_no_channel_configured_logs_a_clear_error(caplog):
     callbacks = failure_callbacks(config_with())
     assert len(callbacks) == 1 and isinstance(callbacks[0], UnalertedFailureLogger)

@@ -29,7 +29,11 @@ from _restore_helpers import DATABASE, Approver, Deployment, FakeCluster, hitl_d
 from airflow.sdk.exceptions import ParamValidationError
 from backup_airflow import restore_operators as ro
 from backupkit.config import load_config
-from backupkit.restore.service import restore_records, run_dir_name
+from backupkit.restore.journal import RestoreJournal
+from backupkit.restore.rollback import Retry
+from backupkit.restore.switch import PLANNED, STEP, SagaLog
+from backupkit.storage.locks import Leases
+from backupkit.restore.scratch import run_dir_name
 from backupkit.restore.verify_rows import exact_row_counts, read_manifest
 from sandbox.bookingdb import create_booking_db
 from sandbox.history import generate_history
@@ -98,7 +102,7 @@ def state(dr) -> str:
 
 
 def records(sandbox, run_id) -> list[dict]:
-    return [r for r in restore_records(sandbox.config) if r["run_id"] == run_id]
+    return [r for r in RestoreJournal(sandbox.config.state_dir).records() if r["run_id"] == run_id]
 
 
 def no_leftover_scratch(sandbox) -> None:
@@ -157,6 +161,7 @@ def test_verify_only_end_to_end(sandbox):
     assert state(dr) == "success", states
     assert states["restore_verify"] == "success" and states["restore_new_database"] == "skipped"
     assert states["switch"] == "skipped" and states["approve_switch"] == "skipped"
+    assert states["recover_unfinished"] == "success" and states["rollback"] == "success"  # nothing to do
     result = xcom(dr, "restore_verify", "result")
     manifest = read_manifest(older)
     assert result["ok"] and result["backup"] == older.name
@@ -179,10 +184,10 @@ def app_cluster(**kw) -> FakeCluster:
         "trixtech-frontend": Deployment(2, {"API_URL": "http://trixtech-backend"}, container="web")})
 
 
-def run_replace(sandbox, monkeypatch, cluster, choice="Approve"):
+def run_replace(sandbox, monkeypatch, cluster, choice="Approve", before=None):
     monkeypatch.setattr(ro, "kube_clients", lambda conn_id: (cluster, cluster))
     monkeypatch.setattr(ro.KubernetesAppPlatform, "__init__", _fast_platform_init)
-    with Approver("backup_restore", "approve_switch", choice) as approver:
+    with Approver("backup_restore", "approve_switch", choice, before=before) as approver:
         dr = sandbox.dag("backup_restore").test(run_conf={"mode": "replace", "reason": REASON})
     assert approver.error is None and approver.answered is not None, approver.error
     return dr
@@ -205,9 +210,12 @@ def test_replace_end_to_end_with_approval(sandbox, monkeypatch):
     before = exact_row_counts(sandbox.pg, DATABASE)
     existing = set(new_databases(sandbox))
     cluster = app_cluster()
-    dr = run_replace(sandbox, monkeypatch, cluster)
+    held: dict[str, str] = {}  # what retention must not delete while the approval is pending
+    dr = run_replace(sandbox, monkeypatch, cluster,
+                     before=lambda: held.update(Leases(sandbox.config.state_dir).held("trixtech-db")))
     states = task_states(dr)
     assert state(dr) == "success", states
+    assert list(held) == [sandbox.newest("trixtech-db").name] and "restore (replace)" in held[list(held)[0]]
     assert {t: states[t] for t in ("restore_new_database", "plan_switch", "approve_switch", "switch", "finish")} == \
         dict.fromkeys(("restore_new_database", "plan_switch", "approve_switch", "switch", "finish"), "success")
     [new_db] = sorted(set(new_databases(sandbox)) - existing)
@@ -226,14 +234,16 @@ def test_replace_end_to_end_with_approval(sandbox, monkeypatch):
     assert cluster.deployments["trixtech-backend"].env["TZ"] == "UTC"
     assert [c[1] for c in cluster.called("patch_namespaced_deployment")] == ["trixtech-backend"]
     recs = records(sandbox, dr.run_id)
-    assert [r["action"] for r in recs] == ["restore_requested", "restore_verified", "switch_started", "switch_done",
-                                          "restore_finished"]
+    assert [r["action"] for r in recs] == ["restore_requested", "restore_verified", "switch_planned",
+                                          *["switch_step"] * 9, "switch_done", "restore_finished"]
     assert all(r["triggered_by"] == "dag_test" and r["reason"] == REASON and r["backup"] == newest.name
                for r in recs)
     assert recs[2]["plan"]["replicas"] == {"trixtech-backend": 3, "trixtech-frontend": 2}
-    assert recs[3]["approved_by"] == "oncall-approver" and any(new_db in c for c in recs[3]["changes"])
+    assert recs[-2]["approved_by"] == "oncall-approver" and any(new_db in c for c in recs[-2]["changes"])
     assert "app-secret" not in str(recs)
     assert recs[-1]["outcome"] == "switched"
+    assert all(t for _, t in cluster.timeouts)  # every Kubernetes call carried a request timeout
+    assert Leases(sandbox.config.state_dir).active() == []  # the backup's lease ended with the run
 
 
 def test_replace_failing_after_scale_down_rolls_back(sandbox, monkeypatch):
@@ -248,9 +258,10 @@ def test_replace_failing_after_scale_down_rolls_back(sandbox, monkeypatch):
     assert scale_calls[:2] == [("trixtech-backend", 0), ("trixtech-frontend", 0)]  # it did get scaled down
     assert scale_calls[-2:] == [("trixtech-backend", 3), ("trixtech-frontend", 2)]
     recs = records(sandbox, dr.run_id)
-    assert [r["action"] for r in recs][-2:] == ["switch_rolled_back", "restore_finished"]
-    assert "wait for trixtech-backend to be ready" in recs[-2]["failed_step"] and recs[-2]["rollback_errors"] == []
-    assert recs[-1]["outcome"] == "failed"
+    assert [r["action"] for r in recs][-2:] == ["rollback_done", "restore_finished"]
+    started = next(r for r in recs if r["action"] == "rollback_started")
+    assert started["reason"].startswith("wait_ready trixtech-backend failed") and recs[-2]["errors"] == []
+    assert states["rollback"] == "success" and recs[-1]["outcome"] == "rolled_back"
 
 
 def test_replace_rejected_changes_nothing(sandbox, monkeypatch):
@@ -263,11 +274,54 @@ def test_replace_rejected_changes_nothing(sandbox, monkeypatch):
     assert records(sandbox, dr.run_id)[-1]["outcome"] == "rejected"
 
 
+def test_a_rollback_the_switch_could_not_finish_is_finished_by_the_rollback_task(sandbox, monkeypatch):
+    """The pods on the new database never get ready, and the API refuses the first rollback writes
+    more often than the switch retries: the switch fails with ROLLBACK INCOMPLETE, the rollback task
+    (all_done, its own retries) puts the application back."""
+    cluster = app_cluster(healthy_with={OLD_URL})
+    monkeypatch.setattr(ro, "RETRY", Retry(attempts=2, backoff=0.0, sleep=lambda s: None))
+    # The forward write passes; the next three (the rollback's) fail: two in the switch, one in the task.
+    cluster.flaky["patch_namespaced_deployment"] = [None] + [RuntimeError("etcd leader changed")] * 3
+    dr = run_replace(sandbox, monkeypatch, cluster)
+    states = task_states(dr)
+    assert states["switch"] == "failed" and states["rollback"] == "success" and state(dr) == "failed", states
+    assert {n: (d.replicas, d.env.get("DATABASE_URL")) for n, d in cluster.deployments.items()} == {
+        "trixtech-backend": (3, OLD_URL), "trixtech-frontend": (2, None)}
+    actions_ = [r["action"] for r in records(sandbox, dr.run_id)]
+    assert "rollback_failed" in actions_ and actions_[-2:] == ["rollback_done", "restore_finished"]
+    assert records(sandbox, dr.run_id)[-1]["outcome"] == "rolled_back"
+
+
+def test_the_next_run_first_finishes_a_switch_that_was_killed(sandbox, monkeypatch):
+    """A worker died mid-switch (journal: planned, scaled down, switched; no rollback): the next run's
+    first task puts the application back before anything else happens."""
+    cluster = app_cluster()
+    new_url = OLD_URL.rsplit("/", 1)[0] + f"/{DATABASE}_restored_20990101000000"
+    log = SagaLog(RestoreJournal(sandbox.config.state_dir), "manual__killed-run", "trixtech-db")
+    log.write(PLANNED, plan={"namespace": "trixtech", "deployments": ["trixtech-backend", "trixtech-frontend"],
+                             "replicas": {"trixtech-backend": 3, "trixtech-frontend": 2},
+                             "old": {"deployment/trixtech-backend/app": "***"},
+                             "new": {"deployment/trixtech-backend/app": "***"},
+                             "old_database": DATABASE, "new_database": f"{DATABASE}_restored_20990101000000"})
+    log.write(STEP, step="switch_setting", target="deployment/trixtech-backend/app")
+    cluster.deployments["trixtech-backend"].replicas = cluster.deployments["trixtech-frontend"].replicas = 0
+    cluster.deployments["trixtech-backend"].env["DATABASE_URL"] = new_url
+    monkeypatch.setattr(ro, "kube_clients", lambda conn_id: (cluster, cluster))
+    monkeypatch.setattr(ro.KubernetesAppPlatform, "__init__", _fast_platform_init)
+    dr = sandbox.dag("backup_restore").test(run_conf={"mode": "verify_only", "reason": REASON})
+    states = task_states(dr)
+    assert state(dr) == "success" and states["recover_unfinished"] == "success", states
+    assert {n: (d.replicas, d.env.get("DATABASE_URL")) for n, d in cluster.deployments.items()} == {
+        "trixtech-backend": (3, OLD_URL), "trixtech-frontend": (2, None)}
+    done = records(sandbox, "manual__killed-run")[-1]
+    assert done["action"] == "rollback_done" and done["recovered_by"] == dr.run_id
+
+
 # -- file restore ---------------------------------------------------------------------------------------------
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` but the audit log (which records the refusal)."""
+    """Every file under ``root`` but the journal (which records the refusal) and the locks and leases."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-            for p in sorted(root.rglob("*")) if p.is_file() and "audit" not in p.relative_to(root).parts}
+            for p in sorted(root.rglob("*")) if p.is_file() and not {"audit", "locks"} & set(p.relative_to(root).parts)}
 
 
 def test_file_restore_dag(sandbox):
@@ -317,8 +371,9 @@ def test_file_restore_dag(sandbox):
 
 # -- the monthly restore test ------------------------------------------------------------------------------------
 def test_monthly_restore_test_end_to_end(sandbox):
-    """The S3 copy of the newest database backup is cut short: that test fails, naming it; the
-    random older backup and the file set pass; metrics say which; every scratch is gone."""
+    """The S3 copy of the newest database backup is cut short: that test fails before anything is
+    restored (its SHA-256 is not the sidecar's), naming it; the random older backup and the file set
+    pass; metrics say which; every scratch is gone."""
     config = sandbox.config
     newest = sandbox.newest("trixtech-db")
     key = f"database/{newest.name}"
@@ -343,8 +398,8 @@ def test_monthly_restore_test_end_to_end(sandbox):
     report = xcom(dr, "summarize", "report")
     assert report["sources"]["trixtech-files"]["ok"] and not report["sources"]["trixtech-db"]["ok"]
     [problem] = report["problems"]
-    assert problem["artifact"] == f"trixtech-db/{newest.name}" and problem["check"] == "restore"
-    assert f"s3://{config.bucket}/{key}" in problem["detail"]
+    assert problem["artifact"] == f"trixtech-db/{newest.name}" and problem["check"] == "sidecar"
+    assert f"s3://{config.bucket}/{key}.sha256" in problem["detail"] and "differs from the sidecar's" in problem["detail"]
     older = [t for t in report["sources"]["trixtech-db"]["tests"] if t["role"] == "random_older"][0]
     assert older["ok"] and older["verified_rows"] > 0
     prom = config.state_dir / "metrics" / "restore_test.prom"
@@ -364,3 +419,4 @@ def test_monthly_restore_test_end_to_end(sandbox):
         (t["source_name"], t["backup"], i != 0) for i, t in enumerate(targets)]
     assert not (config.restore.scratch_dir / "runs" / run_dir_name(dr.run_id)).exists()  # teardown_scratch
     no_leftover_scratch(sandbox)
+    assert Leases(config.state_dir).active() == []  # the four backups were held until summarize

@@ -16,7 +16,9 @@ import pytest
 from backupkit import clock
 from backupkit.pgbin import bin_dir, pg_bin
 from backupkit.pgserver import port_free
-from backupkit.restore.database import RestoreFailed, S3Source, restore_dump
+from backupkit.model import Backup, S3Copy
+from backupkit.restore.database import RestoreFailed, restore_dump
+from backupkit.restore.fetch import fetch
 from backupkit.restore.scratch import LocalScratch, ScratchError
 from backupkit.restore.verify_rows import (
     MANIFEST_QUERY_SQL,
@@ -31,6 +33,7 @@ from backupkit.restore.verify_rows import (
     read_s3_manifest,
     run_assertions,
 )
+from backupkit.storage.objectstore import Bucket
 from sandbox.bookingdb import create_booking_db
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "manifest.md"
@@ -102,14 +105,18 @@ def test_plain_dump_stops_at_the_first_error_and_commits_nothing(dumps, scratch,
     assert exact_row_counts(scratch, db) == {}
 
 
+def database_exists(scratch, db: str) -> bool:
+    return scratch.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'").strip() == "1"
+
+
 def test_plain_dump_cut_at_a_statement_boundary_is_not_taken_for_complete(dumps, scratch, tmp_path):
     text = dumps["plain"].read_text()
     cut = tmp_path / "cut.sql"
     cut.write_text(text[:text.index("COPY public.bookings")])
     db = fresh_db("plain_cut")
-    with pytest.raises(RestoreFailed, match="incomplete"):
+    with pytest.raises(RestoreFailed, match="refused before anything ran: .*without pg_dump's completion line"):
         restore_dump(cut, scratch, fmt="plain", database=db)
-    assert exact_row_counts(scratch, db) == {}
+    assert not database_exists(scratch, db)  # judged before the database was even made
 
 
 def test_truncated_gzip_fails_and_commits_nothing(dumps, scratch, tmp_path):
@@ -117,9 +124,9 @@ def test_truncated_gzip_fails_and_commits_nothing(dumps, scratch, tmp_path):
     bad = tmp_path / "bad.sql.gz"
     bad.write_bytes(data[: len(data) * 2 // 3])
     db = fresh_db("gz_cut")
-    with pytest.raises(RestoreFailed, match="compressed stream is damaged"):
+    with pytest.raises(RestoreFailed, match="refused before anything ran: gzip: gzip stream truncated"):
         restore_dump(bad, scratch, fmt="plain", database=db)
-    assert exact_row_counts(scratch, db) == {}
+    assert not database_exists(scratch, db)
 
 
 def test_damaged_dump_names_the_backup_and_the_scratch_server_is_gone(dumps, tmp_path):
@@ -155,10 +162,11 @@ def test_scratch_is_torn_down_on_any_exception_and_teardown_is_idempotent():
 
 def test_stderr_is_bounded(dumps, scratch, tmp_path):
     bad = tmp_path / "noise.sql"
-    bad.write_text("SELECT 1/0 AS " + "x" * 20000 + ";\n")
+    text = dumps["plain"].read_text()
+    bad.write_text(text.replace("SET statement_timeout = 0;\n", "SET statement_timeout = 0;\nSELECT 1/0 AS "
+                                + "x" * 20000 + ";\n", 1))
     with pytest.raises(RestoreFailed) as err:
-        restore_dump(bad, scratch, fmt="plain", database=fresh_db("noise"), require_complete=False,
-                     stderr_limit=500)
+        restore_dump(bad, scratch, fmt="plain", database=fresh_db("noise"), stderr_limit=500)
     assert "division by zero" in err.value.stderr  # the error, which comes last, is kept
     assert "bytes omitted" in err.value.stderr and len(err.value.stderr) < 600
 
@@ -196,28 +204,39 @@ def test_roles_named_by_the_dump_can_be_created_first(pg, scratch, tmp_path):
         pg.psql("DROP DATABASE IF EXISTS h4_owned")
 
 
-# -- from S3 -------------------------------------------------------------------------------
-def test_restore_from_s3_of_each_single_object_format(dumps, scratch, s3, bucket, live_counts):
+# -- from S3 (fetched first: backupkit.restore.fetch) -------------------------------------------
+def s3_backup(key: str, size: int, is_dir: bool = False) -> Backup:
+    return Backup("trixtech-db", key.rsplit("/", 1)[-1], datetime(2025, 3, 1, tzinfo=timezone.utc),
+                  s3=S3Copy(key, size, is_dir))
+
+
+def test_restore_from_s3_of_each_single_object_format(dumps, scratch, s3, bucket, live_counts, tmp_path):
     for kind in ("custom", "tar", "plain_gz"):
         key = f"database/{dumps[kind].name}"
         s3.upload_file(str(dumps[kind]), bucket, key)
+        fetched = fetch(s3_backup(key, dumps[kind].stat().st_size), bucket=Bucket(s3, bucket), work_dir=tmp_path)
+        assert fetched.ok and fetched.label == f"s3://{bucket}/{key}", fetched.checks
+        assert fetched.info["bytes"] == dumps[kind].stat().st_size and fetched.info["download_seconds"] > 0
         db = fresh_db(f"s3_{kind}")
-        result = restore_dump((s3, bucket, key), scratch, fmt=FORMATS[kind], jobs=2, database=db)
+        result = restore_dump(fetched.path, scratch, fmt=FORMATS[kind], jobs=2, database=db, label=fetched.label)
         assert result.backup == f"s3://{bucket}/{key}"
-        assert result.bytes_read == dumps[kind].stat().st_size
-        if kind != "plain_gz":
-            assert result.download_seconds > 0
         assert exact_row_counts(scratch, db) == live_counts
+        fetched.remove_download()
+        assert not fetched.path.exists()
 
 
-def test_restore_from_s3_directory_format_and_missing_key(dumps, scratch, s3, bucket, live_counts):
+def test_restore_from_s3_directory_format_and_missing_key(dumps, scratch, s3, bucket, live_counts, tmp_path):
     for f in dumps["directory"].iterdir():
         s3.upload_file(str(f), bucket, f"database/trixtech.dir/{f.name}")
+    fetched = fetch(s3_backup("database/trixtech.dir", 0, is_dir=True), bucket=Bucket(s3, bucket), work_dir=tmp_path)
+    assert fetched.ok, fetched.checks
     db = fresh_db("s3_dir")
-    restore_dump(S3Source(s3, bucket, "database/trixtech.dir"), scratch, fmt="directory", jobs=2, database=db)
+    restore_dump(fetched.path, scratch, fmt="directory", jobs=2, database=db)
     assert exact_row_counts(scratch, db) == live_counts
-    with pytest.raises(RestoreFailed, match=r"s3://trixtech-backups/database/absent\.dump"):
-        restore_dump((s3, bucket, "database/absent.dump"), scratch, fmt="custom", database=fresh_db("s3_nf"))
+    missing = fetch(s3_backup("database/absent.dump", 1), bucket=Bucket(s3, bucket), work_dir=tmp_path)
+    assert not missing.ok and missing.path is None
+    assert [c.check for c in missing.checks] == ["download"]
+    assert "s3://trixtech-backups/database/absent.dump: no such S3 object" in missing.checks[0].detail
 
 
 # -- manifest and verification ---------------------------------------------------------------
@@ -297,10 +316,11 @@ def test_manifest_parsing_refuses_what_it_cannot_trust():
 
 
 def test_s3_manifest_is_read_beside_the_key(s3, bucket):
-    assert read_s3_manifest(s3, bucket, "database/x.dump") is None
+    store = Bucket(s3, bucket)
+    assert read_s3_manifest(store, "database/x.dump") is None
     m = RowManifest("trixtech", datetime(2025, 3, 1, tzinfo=timezone.utc), {"public.users": 5})
     s3.put_object(Bucket=bucket, Key="database/x.dump.manifest.json", Body=m.to_json().encode())
-    assert read_s3_manifest(s3, bucket, "database/x.dump").tables == {"public.users": 5}
+    assert read_s3_manifest(store, "database/x.dump").tables == {"public.users": 5}
 
 
 # -- the shell lines of docs/manifest.md ------------------------------------------------------

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from backupkit.restore.kubernetes import (
+from backupkit.restore.scratch import generate_password
+from backupkit.restore.kubernetes.manifests import (
     MANAGED_BY_LABEL,
     ROLE_LABEL,
     RUN_ID_LABEL,
-    generate_password,
     label_value,
     orphans,
     scratch_pod_manifest,
@@ -95,6 +95,8 @@ def test_password_only_by_secret_reference_never_in_the_pod():
         "name": "POSTGRES_PASSWORD",
         "valueFrom": {"secretKeyRef": {"name": "backupkit-scratch-pw-1", "key": "password", "optional": False}}}
     assert "value" not in env["POSTGRES_PASSWORD"]
+    assert env["POSTGRES_HOST_AUTH_METHOD"]["value"] == "scram-sha-256"  # never trust, not even locally
+    assert env["POSTGRES_INITDB_ARGS"]["value"] == "--auth-local=scram-sha-256 --auth-host=scram-sha-256"
     assert not any(password in s for s in all_strings(pod))
     assert password not in json.dumps(pod)
     assert secret["stringData"] == {"password": secret["stringData"]["password"]}

@@ -14,7 +14,7 @@ from _daily_helpers import airflow_db  # noqa: F401  (fixture)
 from _restore_helpers import DATABASE, Approver, restore_config_yaml, short_dir
 from backupkit.config import load_config
 from backupkit.restore.local_platform import read_spec
-from backupkit.restore.service import restore_records
+from backupkit.restore.journal import RestoreJournal
 from sandbox.bookingdb import create_booking_db
 from sandbox.history import generate_history
 from sandbox.s3server import create_production_bucket, reset
@@ -89,8 +89,9 @@ def test_replace_switches_the_running_app_after_approval(env):
     status, health = get_json(app.health)
     assert status == 200 and health["database"].startswith(f"{DATABASE}_restored_")
     assert read_spec(app.control / NS / BACKEND).replicas == 2
-    actions = [r["action"] for r in restore_records(config) if r["run_id"] == dr.run_id]
-    assert actions == ["restore_requested", "restore_verified", "switch_started", "switch_done", "restore_finished"]
+    actions = [r["action"] for r in RestoreJournal(config.state_dir).records() if r["run_id"] == dr.run_id]
+    assert actions == ["restore_requested", "restore_verified", "switch_planned", *["switch_step"] * 10,
+                       "switch_done", "restore_finished"]
 
 
 def test_replace_rolls_back_when_the_app_cannot_use_the_restored_database(env):
@@ -111,8 +112,8 @@ def test_replace_rolls_back_when_the_app_cannot_use_the_restored_database(env):
     assert approver.error is None
     states = task_states(dr)
     assert states["switch"] == "failed" and states["finish"] == "failed", states
-    recs = [r for r in restore_records(config) if r["run_id"] == dr.run_id]
-    assert recs[-2]["action"] == "switch_rolled_back" and recs[-2]["rollback_errors"] == []
+    recs = [r for r in RestoreJournal(config.state_dir).records() if r["run_id"] == dr.run_id]
+    assert recs[-2]["action"] == "rollback_done" and recs[-2]["errors"] == [] and recs[-1]["outcome"] == "rolled_back"
     assert get_json(app.health)[1]["database"] == before  # serving from the database it had
     assert read_spec(app.control / NS / BACKEND).replicas == 2
 

@@ -26,14 +26,19 @@ from backup_airflow.common import VerificationFailed
 from backupkit import clock
 from backupkit.config import load_config
 from backupkit.pgserver import LocalPostgres
-from backupkit.restore import kubernetes as k8s
+from backupkit.restore.kubernetes import manifests as k8s
 from backupkit.restore.scratch import ScratchError
-from backupkit.restore.service import SwitchFailed, plan_switch, restore_test, run_dir_name, switch_database
+from backupkit.restore.pipeline import restore_test
+from backupkit.restore.scratch import run_dir_name
+from backupkit.restore.journal import RestoreJournal
+from backupkit.restore.rollback import Retry
+from backupkit.restore.switch import SagaLog, SwitchFailed, plan_switch, switch_database
 from backupkit.restore.verify_rows import RowManifest, exact_row_counts, manifest_path
 from sandbox.s3server import env_for_airflow
 from kubernetes.client import ApiException
 
 RUN_ID = "scheduled__2025-03-03T09:00:00+00:00"
+SEED = (1.0, 1.0)  # the request timeout of calls a test makes itself to seed the stand-in
 T0 = datetime(2025, 3, 1, 2, 0, tzinfo=timezone.utc)
 
 
@@ -143,7 +148,7 @@ def test_kubernetes_scratch_restores_verifies_and_is_deleted(cfg, kube, dumps, p
         kube.polls_until_ready = 3  # Pending, Pending, Running
         scratch = ro.KubernetesScratch(kube, cfg.restore, run_id=RUN_ID, source="trixtech-db", port=server.port,
                                        sleep=lambda s: None)
-        r = restore_test(cfg, "trixtech-db", dump.name, scratch=scratch, role="newest")
+        r = restore_test(cfg, "trixtech-db", dump.name, new_database=lambda: scratch, role="newest")
         assert r["ok"], r["problems"]
         assert r["backend"] == "kubernetes" and r["verified_rows"] == sum(counts.values())
         assert len(kube.called("read_namespaced_pod")) == 3
@@ -172,7 +177,7 @@ def test_a_failed_restore_in_a_pod_is_a_result_and_the_pod_is_deleted(cfg, kube,
     kube.pod_ip = "127.0.0.1"
     scratch = ro.KubernetesScratch(kube, cfg.restore, run_id=RUN_ID, source="trixtech-db", port=1,
                                    sleep=lambda s: None)
-    r = restore_test(cfg, "trixtech-db", dump.name, scratch=scratch)
+    r = restore_test(cfg, "trixtech-db", dump.name, new_database=lambda: scratch)
     assert not r["ok"] and [p["check"] for p in r["problems"]] == ["restore"]
     assert str(dump) in r["problems"][0]["detail"]
     assert kube.pods == {} and kube.secrets == {}
@@ -180,7 +185,7 @@ def test_a_failed_restore_in_a_pod_is_a_result_and_the_pod_is_deleted(cfg, kube,
     kube.fail["delete_namespaced_pod"] = ApiException(status=500, reason="etcd timeout")
     scratch = ro.KubernetesScratch(kube, cfg.restore, run_id=RUN_ID, source="trixtech-db", port=1,
                                    sleep=lambda s: None)
-    r = restore_test(cfg, "trixtech-db", dump.name, scratch=scratch)
+    r = restore_test(cfg, "trixtech-db", dump.name, new_database=lambda: scratch)
     assert [p["check"] for p in r["problems"]] == ["restore", "teardown"]
     assert "orphan sweep" in r["problems"][1]["detail"]
     assert kube.secrets == {}  # the secret was still deleted
@@ -211,8 +216,8 @@ def test_operator_local_backend_pass_and_fail(cfg, dumps, pg, s3, bucket):
 def _scratch_objects(kube, cfg, run_id, age: timedelta, source="trixtech-db"):
     s = ro.KubernetesScratch(kube, cfg.restore, run_id=run_id, source=source, sleep=lambda s: None)
     secret, pod = s.manifests()
-    kube.create_namespaced_secret(s.namespace, secret)
-    kube.create_namespaced_pod(s.namespace, pod)
+    kube.create_namespaced_secret(s.namespace, secret, _request_timeout=SEED)
+    kube.create_namespaced_pod(s.namespace, pod, _request_timeout=SEED)
     created = clock.now() - age
     kube.pods[s.pod_name]["created"] = kube.secrets[s.secret_name]["created"] = created
     return s.pod_name, s.secret_name
@@ -222,7 +227,7 @@ def test_orphan_sweep_deletes_only_old_scratch_objects_and_reports_failures(cfg,
     old = _scratch_objects(kube, cfg, "crashed-run", timedelta(hours=30))
     young = _scratch_objects(kube, cfg, "running-run", timedelta(minutes=10))
     foreign = {"metadata": {"name": "app-db", "labels": {"app": "trixtech"}}, "spec": {}}
-    kube.create_namespaced_pod("backup-tests", foreign)
+    kube.create_namespaced_pod("backup-tests", foreign, _request_timeout=SEED)
     kube.pods["app-db"]["created"] = clock.now() - timedelta(days=90)
     report = ro.KubernetesScratchCleanupOperator(task_id="sweep").execute({})
     assert report == {"pods": [old[0]], "secrets": [old[1]], "failed": []}
@@ -264,6 +269,13 @@ def app_cluster(**healthy) -> FakeCluster:
         "trixtech-worker": Deployment(2, {"DATABASE_URL": url}, container="worker", **healthy)})
 
 
+FAST = Retry(attempts=3, backoff=0.0, sleep=lambda s: None)
+
+
+def saga_log(cfg) -> SagaLog:
+    return SagaLog(RestoreJournal(cfg.state_dir), RUN_ID, "trixtech-db")
+
+
 def platform(cluster, cfg, app=None):
     clock = iter(range(0, 10_000)).__next__  # one second per look: timeouts pass without waiting
     return ro.KubernetesAppPlatform(cluster, cluster, app or cfg.restore.app, sleep=lambda s: None,
@@ -277,7 +289,7 @@ def test_kubernetes_switch_and_rollback(cfg):
                        old_database="trixtech", new_database="trixtech_restored_1")
     assert plan.replicas == {"trixtech-api": 3, "trixtech-worker": 2}
     assert set(plan.old) == {"deployment/trixtech-api/app", "deployment/trixtech-worker/worker"}
-    switch_database(p, plan, timeout=5)
+    switch_database(p, plan, log=saga_log(cfg), timeout=5, retry=FAST)
     assert {n: (d.replicas, d.env["DATABASE_URL"]) for n, d in cluster.deployments.items()} == {
         "trixtech-api": (3, "postgresql://app:pw@db.trixtech.svc:5432/trixtech_restored_1"),
         "trixtech-worker": (2, "postgresql://app:pw@db.trixtech.svc:5432/trixtech_restored_1")}
@@ -292,8 +304,8 @@ def test_kubernetes_switch_and_rollback(cfg):
     p = platform(cluster, cfg)
     plan = plan_switch(p, namespace="trixtech", deployments=["trixtech-api", "trixtech-worker"],
                        old_database="trixtech", new_database="trixtech_restored_1")
-    with pytest.raises(SwitchFailed, match="wait for trixtech-api to be ready.*0/3 ready.*rolled back"):
-        switch_database(p, plan, timeout=5)
+    with pytest.raises(SwitchFailed, match="wait_ready trixtech-api.*0/3 ready.*rolled back"):
+        switch_database(p, plan, log=saga_log(cfg), timeout=5, retry=FAST)
     assert {n: (d.replicas, d.env["DATABASE_URL"]) for n, d in cluster.deployments.items()} == {
         "trixtech-api": (3, old), "trixtech-worker": (2, old)}
     scales = [(c[1], c[3]["spec"]["replicas"]) for c in cluster.called("patch_namespaced_deployment_scale")]
@@ -326,7 +338,45 @@ def test_kubernetes_switch_through_a_secret(cfg):
     plan = plan_switch(p, namespace="trixtech", deployments=["trixtech-api"], old_database="trixtech",
                        new_database="trixtech_restored_2")
     assert list(plan.old) == ["secret/trixtech-db/url"]
-    switch_database(p, plan, timeout=5)
+    switch_database(p, plan, log=saga_log(cfg), timeout=5, retry=FAST)
     assert base64.b64decode(cluster.secrets["trixtech-db"]["data"]["url"]).decode() == \
         "postgresql://app:pw@db:5432/trixtech_restored_2"
     assert cluster.deployments["trixtech-api"].replicas == 2
+
+
+# -- configuration errors, locks, leases ---------------------------------------------------------------
+def test_configuration_errors_fail_the_task_at_once(cfg, monkeypatch):
+    """A missing kube config is not transient: AirflowFailException (no retries), before any change."""
+    from dataclasses import replace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    def broken(conn_id):
+        raise RuntimeError("Invalid kube-config file. No configuration found.")
+
+    monkeypatch.setattr(ro, "kube_clients", broken)
+    with pytest.raises(AirflowFailException, match="no Kubernetes client .*Invalid kube-config"):
+        ro.app_platform(cfg)
+    on_k8s = replace(cfg, restore=replace(cfg.restore, backend="kubernetes"))
+    with pytest.raises(AirflowFailException, match="restore.backend is 'kubernetes'"):
+        ro.make_scratch(on_k8s, run_id=RUN_ID, source_name="trixtech-db")
+    with pytest.raises(AirflowFailException, match="restore.backend is 'kubernetes'"):
+        ro.ScratchCleanupOperator(task_id="t", run_id=RUN_ID).__class__._sweep(on_k8s, "kubernetes", RUN_ID, 1)
+
+
+def test_one_changing_restore_per_source_and_leases_until_the_run_ends(cfg):
+    from backupkit.storage.locks import Leases
+
+    with ro.restore_lock(cfg, "trixtech-db", "run-A"):
+        with pytest.raises(AirflowException, match="restore of trixtech-db refused: run run-A"):
+            with ro.restore_lock(cfg, "trixtech-db", "run-B", wait=0.2):
+                pass
+        with ro.restore_lock(cfg, "trixtech-files", "run-B", wait=0):  # another source: no wait
+            pass
+    ro.lease_backups(cfg, "run-A", [("trixtech-db", "trixtech_20250301_020000.dump"), ("trixtech-files", "")],
+                     purpose="monthly restore test", hours=12)
+    held = Leases(cfg.state_dir).held("trixtech-db")
+    assert list(held) == ["trixtech_20250301_020000.dump"] and "monthly restore test (run run-A)" in held[
+        "trixtech_20250301_020000.dump"]
+    assert ro.release_leases(cfg, "run-B") == 0 and ro.release_leases(cfg, "run-A") == 1
+    assert Leases(cfg.state_dir).active() == []

@@ -23,15 +23,17 @@ import pytest
 import airflow_env  # noqa: F401  (before anything imports airflow)
 from _restore_helpers import FakeCluster, short_dir
 from backup_airflow import restore_operators as ro
+from backupkit.restore.kubernetes import runtime
+from backupkit.restore.kubernetes.runtime import SmokeApp, sweep_kubernetes
 from backup_airflow.common import VerificationFailed
 from backupkit import clock
 from backupkit.config import ConfigError, SmokeCheck, load_config
 from backupkit.pgbin import pg_bin
 from backupkit.pgserver import LocalPostgres
-from backupkit.restore import kubernetes as k8s
+from backupkit.restore.kubernetes import manifests as k8s
 from backupkit.restore.verify_rows import exact_row_counts
 from kubernetes.client import ApiException
-from test_restore_operators import RUN_ID, TI, backup, cfg, kube, scratch_base, strings  # noqa: F401 - fixtures
+from test_restore_operators import RUN_ID, SEED, TI, backup, cfg, kube, scratch_base, strings  # noqa: F401 - fixtures
 
 RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 SECRET_URL = "postgresql://postgres:s3cr3t-Pa55@10.1.2.3:5432/restored"
@@ -189,7 +191,7 @@ def scratch_server(monkeypatch):
     """The scratch "pod"'s PostgreSQL: a real local server on the port the operator connects to."""
     server = LocalPostgres(short_dir() / "data")
     server.start()
-    monkeypatch.setattr(ro, "SCRATCH_PORT", server.port)
+    monkeypatch.setattr(runtime, "SCRATCH_PORT", server.port)
     yield server
     server.destroy()
     shutil.rmtree(server.data_dir.parent, ignore_errors=True)
@@ -264,7 +266,7 @@ def test_operator_smoke_failure_fails_the_task_and_still_deletes_everything(cfg,
 
     def create(namespace, body, **kw):
         if body["metadata"]["name"].startswith("backupkit-smoke-"):
-            kube.record("create_namespaced_pod", namespace, body)
+            kube.record("create_namespaced_pod", namespace, body, **kw)
             raise ApiException(status=403, reason="Forbidden by admission policy")
         return real_create(namespace, body, **kw)
 
@@ -284,14 +286,14 @@ def test_operator_smoke_failure_fails_the_task_and_still_deletes_everything(cfg,
 def test_the_sweep_deletes_this_runs_smoke_objects(cfg, kube):
     scratch = ro.KubernetesScratch(kube, cfg.restore, run_id=RUN_ID, source="trixtech-db", sleep=lambda s: None)
     scratch.start()
-    smoke = ro.SmokeApp(scratch, SmokeCheck(image="app:1"))
+    smoke = SmokeApp(scratch, SmokeCheck(image="app:1"))
     secret, pod = smoke.manifests()
-    kube.create_namespaced_secret(scratch.namespace, secret)
-    kube.create_namespaced_pod(scratch.namespace, pod)
+    kube.create_namespaced_secret(scratch.namespace, secret, _request_timeout=SEED)
+    kube.create_namespaced_pod(scratch.namespace, pod, _request_timeout=SEED)
     scratch.hold_teardown = True
     scratch.teardown()  # held: nothing deleted
     assert len(kube.pods) == 2
-    report = ro.sweep_kubernetes(kube, scratch.namespace, now=clock.now(), run_id=RUN_ID)
+    report = sweep_kubernetes(kube, scratch.namespace, now=clock.now(), run_id=RUN_ID)
     assert report == {"pods": sorted([scratch.pod_name, smoke.pod_name]),
                       "secrets": sorted([scratch.secret_name, smoke.secret_name]), "failed": []}
     assert kube.pods == {} and kube.secrets == {}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 from airflow.sdk import BaseHook, BaseNotifier
+from airflow.sdk.log import mask_secret
 
 from backupkit import alerts
 from backupkit.config import Config, ConfigError
@@ -101,6 +102,23 @@ def webhook_url(conn: Connection) -> str:
     return base
 
 
+def webhook_secrets(url: str) -> tuple[str, list[str]]:
+    """(``scheme://host[:port]``, the secret parts: the path, its segments, the query, the userinfo)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    found = [parts.path, parts.path.strip("/"), parts.query, parts.password or "", unquote(parts.path)]
+    found += [seg for seg in parts.path.split("/") if len(seg) >= 4]
+    return origin, [f for f in dict.fromkeys(found) if f and f != "/"]
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for fragment in sorted(secrets, key=len, reverse=True):
+        text = text.replace(fragment, "***")
+    return text
+
+
 class JsonWebhookNotifier(BaseNotifier):
     """POST a Slack-compatible ``{"text": ...}`` JSON alert to the webhook of an Airflow connection.
 
@@ -135,16 +153,25 @@ class JsonWebhookNotifier(BaseNotifier):
         from urllib3.util.retry import Retry
 
         url, payload = self.build_request(context)
+        origin, secrets = webhook_secrets(url)
+        for fragment in secrets:  # the token is the path: Airflow masks the password field, not the URL's path
+            mask_secret(fragment)
         # Retry throttling and server errors (Slack answers 429 with Retry-After), POST included.
         retry = Retry(total=self.retries, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
                       allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)
         with requests.Session() as session:
             session.mount("http://", HTTPAdapter(max_retries=retry))
             session.mount("https://", HTTPAdapter(max_retries=retry))
-            response = session.post(url, json=payload, timeout=self.timeout)
+            try:
+                response = session.post(url, json=payload, timeout=self.timeout)
+            except requests.RequestException as exc:
+                # requests names the URL (its path: the token) in its messages: say only what failed, and
+                # drop the chained exception, which would carry it into the task log.
+                raise RuntimeError(f"webhook {self.webhook_conn_id!r} at {origin} could not be reached: "
+                                   f"{type(exc).__name__}") from None
         if response.status_code >= 400:
-            raise RuntimeError(f"webhook {self.webhook_conn_id!r} answered HTTP {response.status_code}: "
-                               f"{response.text[:200]}")
+            raise RuntimeError(f"webhook {self.webhook_conn_id!r} at {origin} answered HTTP {response.status_code}: "
+                               f"{_scrub(response.text[:200], secrets)}")
         log.info("alert sent to webhook connection %s (HTTP %s)", self.webhook_conn_id, response.status_code)
 
     async def async_notify(self, context: Context) -> None:
@@ -218,4 +245,4 @@ def failure_callbacks(config: Config) -> list[Callable[..., None]]:
 
 
 __all__ = ["JsonWebhookNotifier", "BackupEmailNotifier", "UnalertedFailureLogger", "failure_callbacks",
-           "failure_summary", "webhook_url"]
+           "failure_summary", "webhook_url", "webhook_secrets"]

@@ -1,5 +1,6 @@
 """What the on-demand restore DAGs (database and files) share: the DAG settings, the form's
-"which backup" and "reason" fields, and reading the form into a request.
+"which backup" and "reason" fields, reading the form into a request and checking it, and (for
+``backup_restore``) the approver's text and the run's outcome.
 
 One place so both forms offer the same choices, enforce the same minimum reason and record the
 same "who and why" in the audit log.
@@ -13,12 +14,19 @@ from typing import Any, Iterable, Mapping
 from airflow.sdk import Param
 
 from backup_airflow.common import default_args
-from backup_airflow.restore_operators import triggered_by
+from backup_airflow.hooks import bucket
+from backup_airflow.restore_operators import app_platform, triggered_by
+from backupkit import clock
 from backupkit.config import Config
-from backupkit.restore.selection import WHICH, SelectionError
+from backupkit.restore.journal import RestoreJournal
+from backupkit.restore.pipeline import new_database_name
+from backupkit.restore.rollback import sagas
+from backupkit.restore.selection import WHICH, SelectionError, resolve_request
+from backupkit.restore.switch import plan_switch
 
 MIN_REASON = 10
 VALIDATE = "validate_request"
+MODES = ("verify_only", "replace")
 
 
 def on_demand_dag_args(config: Config) -> dict[str, Any]:
@@ -68,5 +76,67 @@ def check_reason(request: Mapping[str, Any]) -> None:
         raise SelectionError(f"give a reason of at least {MIN_REASON} characters")
 
 
-__all__ = ["MIN_REASON", "VALIDATE", "check_reason", "on_demand_dag_args", "read_request", "reason_param",
-           "which_params"]
+def check_request(config: Config, request: dict) -> dict:
+    """What a request adds once checked: the backup, where it is, the new database's name."""
+    check_reason(request)
+    if request["mode"] not in MODES:
+        raise SelectionError(f"unknown mode {request['mode']!r}")
+    ref = resolve_request(config, request["source"], which=request["which"], before=request["before"],
+                          key=request["key"], bucket=bucket(config))
+    out = {"backup": ref.name, "backup_time": ref.timestamp.isoformat(), "locations": ref.where(config.bucket)}
+    if request["mode"] == "replace":
+        source = config.source(request["source"])
+        if not request["deployments"]:
+            raise SelectionError("replace needs the deployments to scale (none given)")
+        if not source.database or not source.conn_id:
+            raise SelectionError(f"source {source.name!r} has no database/conn_id: cannot restore beside it")
+        out["new_database"] = new_database_name(source, clock.now())
+        # The platform and the setting to switch are checked now, before a database is restored.
+        plan_switch(app_platform(config), namespace=request["namespace"], deployments=request["deployments"],
+                    old_database=source.database, new_database=out["new_database"])
+    return out
+
+
+def approval_text(request: dict, restored: dict, plan: Any) -> str:
+    return "\n".join([
+        f"**Backup** `{request['backup']}` of `{request['source']}` was restored into the new database "
+        f"`{restored['new_database']}` and verified ({restored['verified_rows']} rows in {restored['tables']} "
+        f"tables, compared with {restored['compared_with']}).",
+        "",
+        f"**Requested by** {request['triggered_by']}: {request['reason']}",
+        "",
+        "**Approve to:**",
+        *[f"1. {line}" for line in plan.describe()],
+        "",
+        "If any step after the scale-down fails (a timeout or a killed worker included), the previous setting "
+        "and replica counts are put back.",
+    ])
+
+
+def outcome_of(ti: Any, request: dict, run_id: str, config: Config) -> dict:
+    """verified / failed (verify_only); switched / rolled_back / rollback_incomplete / rejected / failed (replace)."""
+    if request["mode"] == "verify_only":
+        result = ti.xcom_pull(task_ids="restore_verify", key="result")
+        return {"outcome": "verified" if result and result.get("ok") else "failed", "result": result}
+    restored = ti.xcom_pull(task_ids="restore_new_database")
+    approval = ti.xcom_pull(task_ids="approve_switch")  # absent when rejected (it skips, then stops)
+    switched = ti.xcom_pull(task_ids="switch")
+    states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]).get(run_id, {})
+    saga = next((s for s in sagas(RestoreJournal(config.state_dir)) if s.run_id == run_id), None)
+    if restored is None:
+        outcome = "failed"
+    elif switched is not None:
+        outcome = "switched"
+    elif saga is not None:
+        outcome = {"rollback_done": "rolled_back"}.get(saga.last, "rollback_incomplete")
+    elif states.get("approve_switch") == "success" and states.get("switch") == "skipped":
+        outcome = "rejected"  # by the approver, or no answer before the timeout (default Reject)
+    else:
+        outcome = "failed"
+    return {"outcome": outcome, "new_database": (restored or {}).get("new_database"),
+            "approved_by": ((approval or {}).get("responded_by_user") or {}).get("name"),
+            "changes": (switched or {}).get("changes", [])}
+
+
+__all__ = ["MIN_REASON", "VALIDATE", "MODES", "check_reason", "check_request", "approval_text", "outcome_of",
+           "on_demand_dag_args", "read_request", "reason_param", "which_params"]

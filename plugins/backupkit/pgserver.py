@@ -14,12 +14,14 @@ goes through :class:`LocalPostgres`, which calls it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,11 +107,14 @@ def _quote_option(value: str) -> str:
 
 @dataclass
 class LocalPostgres:
-    """A PostgreSQL cluster in ``data_dir`` listening on 127.0.0.1:``port`` (trust auth).
+    """A PostgreSQL cluster in ``data_dir`` listening on 127.0.0.1:``port``.
 
-    ``initdb_args`` are added to initdb's (e.g. ``["--wal-segsize=1"]``); ``settings`` are
-    server parameters given at every start (e.g. ``{"archive_mode": "on"}``), after and so
-    over the defaults below.
+    Authentication: ``trust`` (the sandbox's and the tests' own servers), or, with a
+    ``password``, scram-sha-256 for every local and host connection -- the password given to
+    initdb in a file (never in argv) and to clients in ``PGPASSWORD`` of their environment
+    (:meth:`client_env`). ``initdb_args`` are added to initdb's (e.g. ``["--wal-segsize=1"]``);
+    ``settings`` are server parameters given at every start (e.g. ``{"archive_mode": "on"}``),
+    after and so over the defaults below.
     """
 
     data_dir: Path
@@ -117,6 +122,7 @@ class LocalPostgres:
     user: str = "postgres"
     initdb_args: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
+    password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -157,13 +163,31 @@ class LocalPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._chown(self.data_dir)
         os.chmod(self.data_dir, 0o700)
-        proc = subprocess.run(
-            [pg_bin("initdb"), "-D", str(self.data_dir), "-U", self.user, "--auth=trust",
-             "-E", "UTF8", "--locale=C", "--no-sync", *self.initdb_args],
-            capture_output=True, text=True, **self._server_identity(),
-        )
+        with self._pwfile() as auth:
+            proc = subprocess.run(
+                [pg_bin("initdb"), "-D", str(self.data_dir), "-U", self.user, *auth,
+                 "-E", "UTF8", "--locale=C", "--no-sync", *self.initdb_args],
+                capture_output=True, text=True, **self._server_identity(),
+            )
         if proc.returncode != 0:
             raise RuntimeError(f"initdb of {self.data_dir} failed: {proc.stderr.strip()}")
+
+    @contextlib.contextmanager
+    def _pwfile(self):
+        """initdb's authentication arguments; with a password, a file holding it for the call only."""
+        if self.password is None:
+            yield ["--auth=trust"]
+            return
+        fd, name = tempfile.mkstemp(prefix=".pw-", dir=self.data_dir.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.password + "\n")
+            if self._run_as:  # initdb runs as the server's user and must read it
+                pw = pwd.getpwnam(self._run_as)
+                os.chown(name, pw.pw_uid, pw.pw_gid)
+            yield ["--auth-local=scram-sha-256", "--auth-host=scram-sha-256", f"--pwfile={name}"]
+        finally:
+            os.unlink(name)
 
     def start(self, timeout: float = 30) -> "LocalPostgres":
         self.init()
@@ -207,6 +231,14 @@ class LocalPostgres:
         self.destroy()
 
     # -- clients ---------------------------------------------------------------------
+    def client_env(self) -> dict[str, str]:
+        """The environment for client programs: the caller's, with this server's password (if any)."""
+        env = dict(os.environ)
+        env.pop("PGPASSWORD", None)
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        return env
+
     def uri(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
@@ -217,7 +249,7 @@ class LocalPostgres:
         """Run SQL through psql (stop on first error) and return unaligned, tuples-only output."""
         proc = subprocess.run(
             [pg_bin("psql"), *self.conn_args(database), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"],
-            input=sql, capture_output=True, text=True,
+            input=sql, capture_output=True, text=True, env=self.client_env(),
         )
         if check and proc.returncode != 0:
             raise RuntimeError(f"psql on {database} failed: {proc.stderr.strip()}")

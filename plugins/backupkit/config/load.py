@@ -257,9 +257,9 @@ def _restore_settings(r: Reader) -> RestoreSettings:
         raise ConfigError(r.file, r.at("backend"), f"must be one of {', '.join(RESTORE_BACKENDS)}; got {backend!r}")
     resources = r.get("resources", dict, base.resources)
     try:
-        from backupkit.restore.kubernetes import _check_resources
+        from backupkit.restore.kubernetes.manifests import check_resources
 
-        resources = _check_resources(resources)
+        resources = check_resources(resources)
     except ValueError as exc:
         raise ConfigError(r.file, r.at("resources"), str(exc)) from None
     image = r.get("image", str, base.image)

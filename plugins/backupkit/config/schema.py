@@ -257,7 +257,7 @@ DRILL_HOUR_UTC = 9  # the annual DR drill starts at 09:00 UTC on drill.date
 
 @dataclass(frozen=True)
 class Drill:
-    """``drill``: the annual disaster-recovery drill (backupkit.drill, DAG backup_annual_dr_drill).
+    """``drill``: the annual disaster-recovery drill (backupkit.jobs.drill, DAG backup_annual_dr_drill).
 
     ``date`` is ``MM-DD``; the drill runs every year on that day at 09:00 UTC, whatever the
     weekday (the automated part needs nobody; the team's evaluation follows). The default,

@@ -8,11 +8,25 @@ branch on ``source.kind`` themselves.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from backupkit.config.reader import Reader
 from backupkit.model import CheckResult
+
+
+@dataclass
+class KindRestore:
+    """What a kind's restore found: its checks and the numbers it measured (seconds, rows, files)."""
+
+    artifact: str
+    checks: list[CheckResult] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, check: str, ok: bool, detail: str) -> bool:
+        self.checks.append(CheckResult(self.artifact, check, ok, detail))
+        return ok
 
 
 class SourceKind:
@@ -46,8 +60,50 @@ class SourceKind:
         """Paths the newest backup must contain (the audit's coverage control); none by default."""
         return ()
 
+    # -- restores (backupkit.restore.pipeline calls these) ------------------------------------
+    # The default is an archive of files (file sets, Kubernetes resource backups): extracted safely
+    # into a scratch directory, its checksums and the kind's coverage paths checked. A kind whose
+    # backups restore otherwise (a database) overrides both.
+    def scratch_target(self, source: Any, new_database: Callable[[], Any] | None, work_dir: Any) -> Any:
+        """The throwaway target a restore test of ``source`` goes into (started and torn down by the
+        caller): a scratch directory under ``work_dir`` by default."""
+        from backupkit.restore.scratch import ScratchDirectory
+
+        return ScratchDirectory(work_dir)
+
+    def restore(self, job: Any, fetched: Any, target: Any) -> KindRestore:
+        """Restore the fetched backup (:class:`backupkit.restore.fetch.Fetched`) into ``target`` and
+        verify it; every finding is a check of the result, never an exception. By default: safe
+        extraction (:mod:`backupkit.restore.files`), checksums from its SHA256SUMS, the coverage
+        paths present."""
+        import time
+
+        from backupkit.restore.files import ExtractRefused, normalize_name, safe_extract
+
+        out = KindRestore(job.artifact)
+        limits = job.config.restore
+        extracted = target.path / "extract"
+        t0 = time.monotonic()
+        try:
+            er = safe_extract(fetched.path, extracted, max_total_bytes=limits.max_extract_bytes,
+                              max_files=limits.max_extract_files, existing="fail")
+        except (ExtractRefused, ValueError) as exc:
+            out.add("extract", False, str(exc).replace(str(fetched.path), fetched.label)[:4000])
+            return out
+        out.checks += er.checks(job.artifact)
+        for p in self.coverage_paths(job.source):
+            rel = normalize_name(p)
+            present = (extracted / rel).exists()
+            out.add(f"path {rel}", present, "restored" if present else "missing from the archive")
+        if not er.written:
+            out.add("files", False, "the archive holds no files")
+        out.info.update(restore_seconds=round(time.monotonic() - t0, 3), files=len(er.written),
+                        bytes_written=er.bytes_written, verified_files=len(er.verified),
+                        checksum_manifest=er.checksum_manifest)
+        return out
+
     def __repr__(self) -> str:
         return f"<source kind {self.id}>"
 
 
-__all__ = ["SourceKind"]
+__all__ = ["SourceKind", "KindRestore"]

@@ -2,7 +2,7 @@
 
 Checked as safe archives (:mod:`backupkit.checks.archive`), restored by safe extraction of
 chosen paths (:mod:`backupkit.restore.files`); ``paths`` are what the newest archive must
-contain (the quarterly audit's coverage control).
+contain (the quarterly audit's coverage control, and every restore test's check).
 """
 
 from __future__ import annotations

@@ -1,15 +1,26 @@
-"""Restore a pg_dump backup, from disk or S3, into a scratch database.
+"""Restore a pg_dump backup on local disk into a database (a scratch server's, or a new one beside the app's).
 
-- custom, directory: ``pg_restore --jobs N --no-owner --exit-on-error``. Parallel restore
-  needs a seekable input, so an S3 object is first streamed to a temporary file (1 MiB
-  chunks; memory stays flat whatever the dump's size).
+The bytes come from :mod:`backupkit.restore.fetch` (an S3 copy is downloaded and checked
+first). Nothing in a backup is trusted to run with more than the restore needs
+(docs/restore.md, "What a restore may execute"):
+
+- every restore connects as a **role of its own** (:meth:`ScratchDatabase.open_restore_role`):
+  a login role, not a superuser, no CREATEDB/CREATEROLE/REPLICATION/BYPASSRLS, owner of the
+  new database only; so ``COPY ... TO/FROM PROGRAM``, server-side file access, ``ALTER SYSTEM``
+  and untrusted extensions fail whatever the dump says. Afterwards its objects go to the
+  connection's user and the role is dropped.
+- custom, directory: ``pg_restore --jobs N --no-owner --exit-on-error`` (pg_restore sends SQL
+  only; it runs no psql meta-command).
 - tar: the same, but pg_restore cannot restore a tar archive in parallel, so it runs with
   one job (the result says so).
-- plain (``.sql`` or ``.sql.gz``, detected by the gzip magic, not the name): streamed
-  through gzip decompression into ``psql -v ON_ERROR_STOP=1 --single-transaction``.
-  A plain dump cut short at a statement boundary would otherwise restore "successfully",
-  so the stream must contain pg_dump's completion comment; if it does not (or the gzip
-  stream is damaged) psql is killed before its transaction commits.
+- plain (``.sql``, ``.sql.gz``, ``.sql.zst``, ``.sql.lz4``: the compression from the content,
+  not the name): read whole before psql starts by the dump verification's statement reader
+  (:mod:`backupkit.checks.plainsql`, docs/dump-rules.md: pg_dump's statements and COPY blocks
+  only, no psql meta-command but pg_dump's own restrict pair, its completion line last); then
+  streamed into ``psql -X -v ON_ERROR_STOP=1 --single-transaction`` behind ``\\restrict KEY``
+  with a key drawn for the run, sent before the dump's first byte, so psql refuses every
+  backslash command (the dump's own pair is left out: psql refuses a nested ``\\restrict``).
+  Should the second reading differ, psql is killed before its transaction commits.
 
 Every failure raises :class:`RestoreFailed` naming the backup and carrying the client's
 stderr, bounded (its start, and its end where the error is).
@@ -17,35 +28,23 @@ stderr, bounded (its start, and its end where the error is).
 
 from __future__ import annotations
 
-import gzip
+import secrets
 import subprocess
 import tempfile
 import time
-import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO
 
+from backupkit.checks.detect import DESCRIPTIONS, HEAD, detect_head
+from backupkit.checks.pgdump import check_sql
+from backupkit.checks.stream import StreamProblem, Tap, decoded_pieces
 from backupkit.pgbin import pg_bin
-from backupkit.restore.scratch import ScratchDatabase, check_identifier
+from backupkit.restore.scratch import RoleSession, ScratchDatabase, check_identifier
 
-CHUNK = 1 << 20
 FORMATS = ("custom", "tar", "directory", "plain")
-COMPLETION_MARKER = b"-- PostgreSQL database dump complete"
-# PostgreSQL 18 writes "\unrestrict <key>" after the completion comment, so look for the
-# marker in the last few KiB rather than on the last line.
-_TAIL = 8192
-
-
-class S3Source(NamedTuple):
-    """A backup in S3: a boto3 client, the bucket and the key (a plain tuple works too)."""
-
-    client: Any
-    bucket: str
-    key: str
-
-
-DumpSource = str | Path | S3Source | tuple
+PLAIN_KINDS = {"sql": None, "sql_gzip": "gzip", "sql_zstd": "zstd", "sql_lz4": "lz4"}
 
 
 class RestoreFailed(RuntimeError):
@@ -65,9 +64,8 @@ class RestoreResult:
     database: str
     fmt: str
     jobs: int
-    duration_seconds: float  # download (if any) plus restore: what a recovery would take
+    duration_seconds: float  # preparing the database plus the restore
     restore_seconds: float  # pg_restore / psql alone
-    download_seconds: float = 0.0
     bytes_read: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -75,16 +73,7 @@ class RestoreResult:
         return {"backup": self.backup, "database": self.database, "fmt": self.fmt, "jobs": self.jobs,
                 "duration_seconds": round(self.duration_seconds, 3),
                 "restore_seconds": round(self.restore_seconds, 3),
-                "download_seconds": round(self.download_seconds, 3),
                 "bytes_read": self.bytes_read, "notes": list(self.notes)}
-
-
-def describe(source: DumpSource) -> str:
-    """How a backup is named in messages: its path or ``s3://bucket/key``."""
-    if isinstance(source, tuple):
-        s = S3Source(*source)
-        return f"s3://{s.bucket}/{s.key}"
-    return str(source)
 
 
 def _read_stderr(f: IO[bytes], limit: int) -> str:
@@ -101,93 +90,71 @@ def _read_stderr(f: IO[bytes], limit: int) -> str:
     return f"{head}\n... ({size - limit} bytes omitted) ...\n{tail}".strip()
 
 
-# -- S3 downloads ------------------------------------------------------------------------
-def _download_object(src: S3Source, dest: Path) -> int:
-    body = src.client.get_object(Bucket=src.bucket, Key=src.key)["Body"]
-    n = 0
-    try:
-        with open(dest, "wb") as out:
-            for chunk in body.iter_chunks(CHUNK):
-                out.write(chunk)
-                n += len(chunk)
-    finally:
-        body.close()
-    return n
+# -- plain SQL ------------------------------------------------------------------------------------
+class DumpUnusable(ValueError):
+    """The plain dump must not or cannot be restored; the message says why."""
 
 
-def _download_directory(src: S3Source, dest: Path) -> int:
-    """A directory-format dump stored as the objects under ``key/`` (toc.dat, NNNN.dat.gz)."""
-    prefix = src.key.rstrip("/") + "/"
-    n = 0
-    paginator = src.client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=src.bucket, Prefix=prefix):
-        for obj in page.get("Contents", ()):
-            rel = obj["Key"][len(prefix):]
-            if not rel:
-                continue
-            if "/" in rel or rel in (".", ".."):
-                raise ValueError(f"s3://{src.bucket}/{obj['Key']}: unexpected object in a directory-format dump")
-            n += _download_object(S3Source(src.client, src.bucket, obj["Key"]), dest / rel)
-    if not (dest / "toc.dat").exists():
-        raise FileNotFoundError(f"s3://{src.bucket}/{prefix}toc.dat not found (not a directory-format dump)")
-    return n
+def _compression(path: Path) -> str | None:
+    """The compression of a plain dump from its content (gzip, zstd, lz4 or none), or DumpUnusable."""
+    with open(path, "rb") as f:
+        kind, detail = detect_head(f.read(HEAD))
+    if kind not in PLAIN_KINDS:
+        raise DumpUnusable(f"not plain SQL: {DESCRIPTIONS.get(kind, detail or kind)}")
+    return PLAIN_KINDS[kind]
 
 
-# -- plain SQL streams --------------------------------------------------------------------
-class _Counted:
-    """``head`` followed by the rest of ``raw``, counting the raw bytes read."""
-
-    def __init__(self, head: bytes, raw: IO[bytes]):
-        self.head, self.raw, self.count = head, raw, len(head)
-
-    def _raw(self, n: int) -> bytes:
-        data = self.raw.read() if n < 0 else self.raw.read(n)
-        self.count += len(data)
-        return data
-
-    def read(self, n: int | None = -1) -> bytes:
-        n = -1 if n is None else n
-        head = self.head[:n] if n >= 0 else self.head
-        self.head = self.head[len(head):]
-        if n < 0:
-            return head + self._raw(-1)
-        return head + (self._raw(n - len(head)) if len(head) < n else b"")
+def check_plain(path: Path) -> str | None:
+    """The whole first reading, before anything runs, by the dump verification's statement reader
+    (:func:`backupkit.checks.pgdump.check_sql`, rules in docs/dump-rules.md): the stream intact,
+    only pg_dump's statements, COPY blocks and restrict pair, its completion line last. Returns the
+    dump's ``\\restrict`` key (None for a pg_dump before 18); raises :class:`DumpUnusable`."""
+    compression = _compression(path)
+    with open(path, "rb") as f:
+        results, scan = check_sql(Tap(f), str(path), compression)
+    failed = [r for r in results if not r.ok]
+    if failed or scan is None:
+        raise DumpUnusable("; ".join(f"{r.check}: {r.detail}" for r in failed[:3]))
+    return scan.restrict_key
 
 
-def _sql_stream(raw: IO[bytes]) -> tuple[IO[bytes], _Counted]:
-    """The SQL text of a plain dump: gunzipped when it starts with the gzip magic."""
-    head = raw.read(2)
-    counted = _Counted(head, raw)
-    if head == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=counted, mode="rb"), counted
-    return counted, counted
+def without_restrict(pieces: Iterable[bytes], key: str | None) -> Iterator[bytes]:
+    """The dump's bytes without its own ``\\restrict KEY`` and ``\\unrestrict KEY`` lines: the
+    restorer's restriction is in force, and psql refuses a nested one."""
+    if not key:
+        yield from pieces
+        return
+    lines = [b"\n\\restrict " + key.encode() + b"\n", b"\n\\unrestrict " + key.encode() + b"\n"]
+    keep = max(len(line) for line in lines)
+    buf, first = b"\n", True  # a virtual newline: a line at the very start is a line start too
+    for piece in pieces:
+        buf += piece
+        for line in lines:
+            buf = buf.replace(line, b"\n")
+        if len(buf) > keep:
+            out, buf = buf[:-keep], buf[-keep:]
+            yield out[1:] if first else out
+            first = False
+    yield buf[1:] if first else buf
 
 
-def _restore_plain(raw: IO[bytes], scratch: ScratchDatabase, database: str, label: str,
-                   stderr_limit: int, require_complete: bool) -> int:
-    args = [pg_bin("psql"), *scratch.conn_args(database), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+def _restore_plain(path: Path, key: str | None, session: RoleSession, database: str, label: str,
+                   stderr_limit: int) -> int:
+    compression = _compression(path)
+    args = [pg_bin("psql"), *session.conn_args(database), "-X", "-q", "-v", "ON_ERROR_STOP=1",
             "--single-transaction", "-f", "-"]
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, open(path, "rb") as raw:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
-                                env=scratch.client_env())
-        tail, problem = b"", None
+                                env=session.client_env())
+        problem = None
         try:
-            stream, counted = _sql_stream(raw)
-            while True:
-                try:
-                    chunk = stream.read(CHUNK)
-                except (EOFError, OSError, zlib.error) as exc:
-                    problem = f"the compressed stream is damaged ({exc})"
-                    break
-                if not chunk:
-                    break
-                tail = (tail + chunk)[-_TAIL:]
-                try:
-                    proc.stdin.write(chunk)
-                except BrokenPipeError:  # psql stopped on an error: its stderr says which
-                    break
-            if problem is None and proc.poll() is None and require_complete and COMPLETION_MARKER not in tail:
-                problem = "the dump is incomplete (pg_dump's completion comment is missing)"
+            proc.stdin.write(b"\\restrict " + secrets.token_hex(32).encode() + b"\n")
+            for piece in without_restrict(decoded_pieces(Tap(raw), compression), key):
+                proc.stdin.write(piece)
+        except BrokenPipeError:  # psql stopped on an error: its stderr says which
+            pass
+        except StreamProblem as exc:  # the file changed between the two readings
+            problem = f"the dump changed while it was restored: {exc}"
         except BaseException:
             proc.kill()
             proc.wait()
@@ -204,42 +171,42 @@ def _restore_plain(raw: IO[bytes], scratch: ScratchDatabase, database: str, labe
         rc = proc.wait()
         if rc != 0:
             raise RestoreFailed(label, f"psql exited with status {rc}", _read_stderr(err, stderr_limit))
-    return counted.count
+    return path.stat().st_size
 
 
-def _pg_restore(path: Path, scratch: ScratchDatabase, database: str, fmt: str, jobs: int, label: str,
+def _pg_restore(path: Path, session: RoleSession, database: str, fmt: str, jobs: int, label: str,
                 stderr_limit: int, no_privileges: bool) -> None:
     flag = {"custom": "-Fc", "tar": "-Ft", "directory": "-Fd"}[fmt]
-    args = [pg_bin("pg_restore"), *scratch.conn_args(database), flag, "--jobs", str(jobs), "--no-owner",
+    args = [pg_bin("pg_restore"), *session.conn_args(database), flag, "--jobs", str(jobs), "--no-owner",
             "--exit-on-error"]
     if no_privileges:
         args.append("--no-privileges")
     args.append(str(path))
     with tempfile.TemporaryFile() as err:
         proc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                              env=scratch.client_env())
+                              env=session.client_env())
         if proc.returncode != 0:
             raise RestoreFailed(label, f"pg_restore exited with status {proc.returncode}",
                                 _read_stderr(err, stderr_limit))
 
 
-def restore_dump(source: DumpSource, scratch: ScratchDatabase, *, fmt: str, jobs: int = 1,
+def restore_dump(path: str | Path, scratch: ScratchDatabase, *, fmt: str, jobs: int = 1,
                  database: str = "restored", label: str | None = None, roles: tuple[str, ...] = (),
-                 no_privileges: bool = True, require_complete: bool = True, stderr_limit: int = 4000,
-                 tmp_dir: str | Path | None = None) -> RestoreResult:
-    """Restore ``source`` (a path, or ``(client, bucket, key)`` in S3) into a new database
-    ``database`` on ``scratch`` and measure how long it took.
+                 no_privileges: bool = True, stderr_limit: int = 4000) -> RestoreResult:
+    """Restore the dump at ``path`` into a new database ``database`` on ``scratch``, as a role
+    of its own (module doc), and measure it.
 
-    ``roles`` are created (NOLOGIN) first for dumps that name owners or grantees; with
-    ``no_privileges`` (default) pg_restore skips GRANTs, whose roles a scratch server lacks.
-    Raises :class:`RestoreFailed` naming the backup.
+    ``roles`` are created (NOLOGIN) first for dumps that name owners or grantees, and granted
+    to the restore role; with ``no_privileges`` (default) pg_restore skips GRANTs, whose roles a
+    scratch server lacks. Raises :class:`RestoreFailed` naming the backup.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown dump format {fmt!r} (one of {', '.join(FORMATS)})")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     check_identifier(database)
-    label = label or describe(source)
+    path = Path(path)
+    label = label or str(path)
     notes: list[str] = []
     effective_jobs = jobs
     if fmt == "tar" and jobs > 1:
@@ -247,58 +214,36 @@ def restore_dump(source: DumpSource, scratch: ScratchDatabase, *, fmt: str, jobs
         notes.append(f"tar format cannot be restored in parallel: ran with 1 job instead of {jobs}")
     if fmt == "plain":
         effective_jobs = 1
+    if not path.exists():
+        raise RestoreFailed(label, "backup not found")
 
+    key = None
+    if fmt == "plain":  # judged whole before anything happens, the new database included
+        try:
+            key = check_plain(path)
+        except DumpUnusable as exc:
+            raise RestoreFailed(label, f"refused before anything ran: {exc}") from None
     start = time.monotonic()
     try:
-        scratch.create_roles(roles)
-        scratch.create_database(database)
+        created = scratch.create_roles(roles)
+        session = scratch.open_restore_role(database, grant=created)
     except Exception as exc:
-        raise RestoreFailed(label, f"could not prepare scratch database {database!r}: {exc}") from exc
-
-    download = 0.0
-    n = 0
-    s3 = S3Source(*source) if isinstance(source, tuple) else None
-    if fmt == "plain":
-        t0 = time.monotonic()
-        try:
-            if s3:
-                body = s3.client.get_object(Bucket=s3.bucket, Key=s3.key)["Body"]
-                try:
-                    n = _restore_plain(body, scratch, database, label, stderr_limit, require_complete)
-                finally:
-                    body.close()
-            else:
-                with open(source, "rb") as f:
-                    n = _restore_plain(f, scratch, database, label, stderr_limit, require_complete)
-        except RestoreFailed:
-            raise
-        except Exception as exc:
-            raise RestoreFailed(label, f"{type(exc).__name__}: {exc}") from exc
-        restore_s = time.monotonic() - t0
-    else:
-        with tempfile.TemporaryDirectory(prefix="backupkit-restore-", dir=tmp_dir) as tmp:
-            if s3:
-                t0 = time.monotonic()
-                try:
-                    if fmt == "directory":
-                        path = Path(tmp) / "dump"
-                        path.mkdir()
-                        n = _download_directory(s3, path)
-                    else:
-                        path = Path(tmp) / "dump"
-                        n = _download_object(s3, path)
-                except Exception as exc:
-                    raise RestoreFailed(label, f"download failed: {type(exc).__name__}: {exc}") from exc
-                download = time.monotonic() - t0
-            else:
-                path = Path(source)
-                if not path.exists():
-                    raise RestoreFailed(label, "backup not found")
-                n = path.stat().st_size if path.is_file() else sum(
-                    p.stat().st_size for p in path.rglob("*") if p.is_file())
-            t0 = time.monotonic()
-            _pg_restore(path, scratch, database, fmt, effective_jobs, label, stderr_limit, no_privileges)
-            restore_s = time.monotonic() - t0
+        raise RestoreFailed(label, f"could not prepare database {database!r}: {exc}") from exc
+    t0 = time.monotonic()
+    try:
+        if fmt == "plain":
+            n = _restore_plain(path, key, session, database, label, stderr_limit)
+        else:
+            n = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*")
+                                                               if p.is_file())
+            _pg_restore(path, session, database, fmt, effective_jobs, label, stderr_limit, no_privileges)
+    except BaseException:
+        scratch.close_restore_role(session, database)
+        raise
+    restore_s = time.monotonic() - t0
+    problem = scratch.close_restore_role(session, database)
+    if problem:
+        raise RestoreFailed(label, problem)
     return RestoreResult(backup=label, database=database, fmt=fmt, jobs=effective_jobs,
                          duration_seconds=time.monotonic() - start, restore_seconds=restore_s,
-                         download_seconds=download, bytes_read=n, notes=tuple(notes))
+                         bytes_read=n, notes=tuple(notes))

@@ -1,6 +1,6 @@
 """The application platform of one machine: deployments as supervised local processes.
 
-``restore.app.platform: local`` makes the replace procedure (:func:`backupkit.restore.service.switch_database`)
+``restore.app.platform: local`` makes the replace saga (:func:`backupkit.restore.switch.switch_database`)
 scale and switch an application whose replicas a supervisor runs on this machine (the
 sandbox's booking application, :mod:`sandbox.appsupervisor`), the way ``kubernetes`` does it
 through the API server. The two sides meet in ``restore.app.control_dir``, one directory per
@@ -202,7 +202,7 @@ def settled(spec: Spec, status: Status | None, replicas: int) -> tuple[bool, str
 
 
 class LocalAppPlatform:
-    """:class:`backupkit.restore.service.AppPlatform` over ``restore.app.control_dir``."""
+    """:class:`backupkit.restore.switch.AppPlatform` over ``restore.app.control_dir``."""
 
     def __init__(self, app: AppSwitch, *, poll_interval: float = 0.5, sleep: Callable[[float], None] = time.sleep,
                  monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = backup_clock.timestamp,

@@ -1,9 +1,11 @@
 """Which backup to restore: the newest, the newest before a time, an exact key, or (for the
 monthly restore test) one picked at random from a window of older ones.
 
-Pure functions over anything with ``name`` and ``timestamp`` (``LocalBackup``, or S3
-listings mapped to names). Every refusal says what was asked and what exists, because
-these messages reach a person who typed a time or a key into the trigger form.
+The rules are pure functions over anything with ``name`` and ``timestamp``
+(:class:`backupkit.model.Backup`); :func:`resolve_request` and :func:`find_backup` apply them
+to what the catalog lists for a source (disk and bucket, merged by name). Every refusal says
+what was asked and what exists, because these messages reach a person who typed a time or a
+key into the trigger form.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Protocol, TypeVar
 
+from backupkit.catalog import Catalog
+from backupkit.config import Config, Source
+from backupkit.model import Backup as CatalogBackup
 from backupkit.naming import NamePattern
+from backupkit.storage.objectstore import Bucket
 
 WHICH = ("latest", "latest_before", "key")
 _BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -139,3 +145,42 @@ def random_older(backups: Sequence[B], window_days: float, now: datetime, rng: r
                   key=lambda b: (_utc(b.timestamp), b.name))
     return rng.choice(pool) if pool else None
 
+
+# -- requests against the catalog --------------------------------------------------------------
+RESTORES_INTO_LABEL = {"database": "database", "files": "file set"}
+
+
+def restorable(config: Config, restores_into: str) -> list[str]:
+    """The sources whose kind restores into ``restores_into`` ("database", "files"), in configuration order."""
+    return [s.name for s in config.sources if s.kind_impl.restores_into == restores_into]
+
+
+def find_backup(config: Config, source: Source, name: str, bucket: Bucket | None) -> CatalogBackup:
+    """The backup ``name`` of ``source`` on disk or in the bucket, or :class:`SelectionError`."""
+    found = Catalog(source, bucket).find(name)
+    if found is None:
+        raise SelectionError(f"no backup {name!r} of source {source.name!r} on disk ({source.local_dir}) or in "
+                             f"s3://{config.bucket}/{source.s3_prefix}")
+    return found
+
+
+def resolve_request(config: Config, source_name: str, *, which: str, before: object = None, key: str | None = None,
+                    bucket: Bucket | None = None, restores_into: str = "database") -> CatalogBackup:
+    """The backup a person asked for in a trigger form, or :class:`SelectionError` saying why not.
+
+    Checks everything that can be checked before anything changes: the source exists and
+    restores into ``restores_into`` (what its kind says), the key is well formed and under the
+    source's prefix, a backup exists before the given time.
+    """
+    names = restorable(config, restores_into)
+    if source_name not in names:
+        what = RESTORES_INTO_LABEL.get(restores_into, restores_into)
+        raise SelectionError(f"unknown {what} {source_name!r} (configured: {', '.join(names) or 'none'})")
+    source = config.source(source_name)
+    if which == "key":
+        if not key:
+            raise SelectionError("which='key' needs a key")
+        check_key(key, [source.s3_prefix])  # before listing anything
+    limit = parse_form_time(before, "'before'") if which == "latest_before" else None
+    return select_backup(Catalog(source, bucket).backups(), which=which, before=limit, key=key,
+                         allowed_prefixes=[source.s3_prefix], source=source.name, pattern=source.pattern)

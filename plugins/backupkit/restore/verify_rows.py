@@ -12,17 +12,20 @@ after a restore.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
-from backupkit.storage.localfs import MANIFEST_SUFFIX
-from backupkit.restore.scratch import ScratchDatabase, ScratchError
+from backupkit.config import RestoreExpectations
 from backupkit.model import CheckResult
+from backupkit.restore.scratch import ScratchDatabase, ScratchError
+from backupkit.storage.localfs import MANIFEST_SUFFIX
+from backupkit.storage.objectstore import Bucket
 
 MANIFEST_FORMAT = 1
+MANIFEST_LIMIT = 16 << 20
 
 # The manifest as one line of JSON, written by psql: the first query builds a single
 # statement (a UNION ALL of count(*) per table, so all counts come from one snapshot) and
@@ -118,15 +121,11 @@ def read_manifest(backup: Path) -> RowManifest | None:
     return parse_manifest(text, str(path))
 
 
-def read_s3_manifest(client, bucket: str, backup_key: str) -> RowManifest | None:
+def read_s3_manifest(bucket: Bucket, backup_key: str, version_id: str | None = None) -> RowManifest | None:
     """The manifest beside a backup in S3, or None when there is none."""
     key = manifest_key(backup_key)
-    try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"]
-    except client.exceptions.NoSuchKey:
-        return None
-    with body:
-        return parse_manifest(body.read(1 << 24), f"s3://{bucket}/{key}")
+    raw = bucket.read_small(key, limit=MANIFEST_LIMIT, version_id=version_id)
+    return None if raw is None else parse_manifest(raw, bucket.uri(key))
 
 
 def qualify(table: str) -> str:
@@ -150,6 +149,34 @@ def counts_from_output(out: str, database: str = "") -> dict[str, int]:
         raise ScratchError(f"{exc}; psql output was {out[:200]!r}") from None
 
 
+def table_verdicts(actual: Mapping[str, int], expected: Mapping[str, int],
+                   tolerance: float = 0.0) -> list[tuple[str, bool, str]]:
+    """(table, ok, detail) per table in either mapping: restored rows versus expected rows."""
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    act = {qualify(k): v for k, v in actual.items()}
+    exp = {qualify(k): v for k, v in expected.items()}
+    out = []
+    for table in sorted(exp.keys() | act.keys()):
+        if table not in act:
+            out.append((table, False, f"table missing from the restore (expected {exp[table]} rows)"))
+            continue
+        if table not in exp:
+            out.append((table, False, f"extra table not in the expected counts ({act[table]} rows)"))
+            continue
+        a, e = act[table], exp[table]
+        diff = a - e
+        if diff == 0:
+            out.append((table, True, f"{a} rows"))
+        elif abs(diff) <= tolerance * e:
+            out.append((table, True, f"{a} rows, expected {e} ({diff:+d}, within tolerance {tolerance:g})"))
+        elif diff < 0:
+            out.append((table, False, f"{-diff} rows missing: restored {a}, expected {e}"))
+        else:
+            out.append((table, False, f"{diff} extra rows: restored {a}, expected {e}"))
+    return out
+
+
 def compare_row_counts(actual: Mapping[str, int], expected: Mapping[str, int], tolerance: float = 0.0,
                        *, artifact: str = "") -> list[CheckResult]:
     """One result per table: restored rows versus expected rows.
@@ -158,34 +185,8 @@ def compare_row_counts(actual: Mapping[str, int], expected: Mapping[str, int], t
     live source that kept changing after the backup; against a manifest it is normally 0.
     A table in only one of the two is a failure either way.
     """
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    act = {qualify(k): v for k, v in actual.items()}
-    exp = {qualify(k): v for k, v in expected.items()}
-    results = []
-    for table in sorted(exp.keys() | act.keys()):
-        check = f"rows {table}"
-        if table not in act:
-            results.append(CheckResult(artifact, check, False,
-                                       f"table missing from the restore (expected {exp[table]} rows)"))
-            continue
-        if table not in exp:
-            results.append(CheckResult(artifact, check, False,
-                                       f"extra table not in the expected counts ({act[table]} rows)"))
-            continue
-        a, e = act[table], exp[table]
-        diff = a - e
-        allowed = tolerance * e
-        if diff == 0:
-            results.append(CheckResult(artifact, check, True, f"{a} rows"))
-        elif abs(diff) <= allowed:
-            results.append(CheckResult(artifact, check, True,
-                                       f"{a} rows, expected {e} ({diff:+d}, within tolerance {tolerance:g})"))
-        elif diff < 0:
-            results.append(CheckResult(artifact, check, False, f"{-diff} rows missing: restored {a}, expected {e}"))
-        else:
-            results.append(CheckResult(artifact, check, False, f"{diff} extra rows: restored {a}, expected {e}"))
-    return results
+    return [CheckResult(artifact, f"rows {t}", ok, detail) for t, ok, detail in
+            table_verdicts(actual, expected, tolerance)]
 
 
 def check_key_tables(actual: Mapping[str, int], key_tables: Iterable[str], *, artifact: str = "") -> list[CheckResult]:
@@ -228,3 +229,50 @@ def run_assertions(scratch: ScratchDatabase, database: str, sql_list: Iterable[s
             got = rows[0] if len(rows) == 1 else f"{len(rows)} rows"
             results.append(CheckResult(artifact, check, False, f"{short}: expected a single true, got {got!r}"))
     return results
+
+
+# -- the one verification of a restored database -----------------------------------------------------
+@dataclass
+class Verification:
+    """What the checks of a restored database found, and how many rows they proved."""
+
+    checks: list[CheckResult] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    verified_rows: int = 0
+    compared_with: str = ""
+
+
+def verify_restored(db: ScratchDatabase, database: str, *, expectations: RestoreExpectations,
+                    manifest: RowManifest | None, manifest_where: str = "",
+                    live_counts: Callable[[], Mapping[str, int]] | None = None, live_label: str = "",
+                    artifact: str = "") -> Verification:
+    """Row counts against the manifest (exactly), else against the live source within the
+    tolerance when ``live_counts`` is given (a disaster has no live source: the drill gives none),
+    then the key tables and the SQL assertions. Raises :class:`ScratchError` when the restored
+    database cannot even be counted."""
+    v = Verification(counts=exact_row_counts(db, database))
+    verdicts: list[tuple[str, bool, str]] = []
+    if manifest is not None:
+        v.checks.append(CheckResult(artifact, "manifest", True, manifest_where))
+        v.compared_with = manifest_where
+        verdicts = table_verdicts(v.counts, manifest.tables, 0.0)
+    elif live_counts is not None:
+        tol = expectations.row_count_tolerance
+        v.compared_with = f"live source database {live_label!r} (tolerance {tol:g}; no manifest beside the backup)"
+        try:
+            expected = live_counts()
+        except Exception as exc:  # noqa: BLE001 - a failed check: the restore itself is done
+            v.checks.append(CheckResult(artifact, "rows", False, f"no manifest, and the source's counts could not "
+                                                                  f"be read: {type(exc).__name__}: {exc}"))
+        else:
+            verdicts = table_verdicts(v.counts, expected, tol)
+    else:
+        v.checks.append(CheckResult(artifact, "manifest", False,
+                                    "no manifest beside the backup and no source database to compare with"))
+    v.checks += [CheckResult(artifact, f"rows {t}", ok, detail) for t, ok, detail in verdicts]
+    counted = {qualify(k): n for k, n in v.counts.items()}
+    v.verified_rows = sum(counted.get(t, 0) for t, ok, _ in verdicts if ok)
+    v.checks += check_key_tables(v.counts, expectations.key_tables, artifact=artifact)
+    if expectations.assertions:
+        v.checks += run_assertions(db, database, expectations.assertions, artifact=artifact)
+    return v

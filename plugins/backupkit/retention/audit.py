@@ -41,11 +41,11 @@ anywhere, and the report it returns already says what would be deleted.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from backupkit import clock
+from backupkit.storage.localfs import append_durably as _append_durably
 from backupkit.storage.objectstore import Bucket
 from backupkit.storage.statedir import StateDir, safe_segment
 
@@ -75,31 +75,6 @@ def make_record(*, run_id: str, source: str, action: str, artifact: str | None =
            "reasons": list(reasons), "dry_run": bool(dry_run), "detail": detail}
     rec.update(extra)
     return rec
-
-
-def _append_durably(path: Path, data: bytes) -> None:
-    """Append ``data`` with O_APPEND (whole lines, so concurrent writers do not interleave) and fsync,
-    on a fresh line: after a torn last line, a newline first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    created = not path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            data = b"\n" + data
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if created:  # make the new directory entry durable too
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 class AuditLog:

@@ -118,6 +118,32 @@ def tree_size(path: Path) -> int:
     return path.stat().st_size
 
 
+def append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` with O_APPEND (whole lines, so concurrent writers do not interleave) and fsync,
+    on a fresh line: after a torn last line (a crash or a full disk mid-append), a newline first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:  # make the new directory entry durable too
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
 def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
     """Write ``path`` so a reader sees the old or the new content, never half (fsync + rename)."""
     path = Path(path)
@@ -141,4 +167,4 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
 
 __all__ = ["SIDECAR_SUFFIX", "MANIFEST_SUFFIX", "COMPANIONS", "SidecarError", "sidecar_path", "manifest_path",
            "parse_sidecar", "digest_for", "read_sidecar_text", "read_sidecar", "sha256_file", "tree_size",
-           "atomic_write"]
+           "append_durably", "atomic_write"]

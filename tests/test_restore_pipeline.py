@@ -1,11 +1,11 @@
-"""The restore orchestration without Airflow: real restores of real dumps (disk and loopback S3)
-into real scratch PostgreSQL servers, the replace procedure's state machine, file restores."""
+"""The restore pipeline without Airflow: real restores of real dumps (disk and loopback S3) into real
+scratch PostgreSQL servers and beside a live database, the monthly test's choice and metrics, file
+restores. (The replace saga: tests/test_restore_saga.py.)"""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import shutil
 import tarfile
 from datetime import datetime, timedelta, timezone
@@ -23,27 +23,14 @@ from backupkit.restore.database import RestoreFailed
 from backupkit.restore.files import TargetNotAllowed, UnsafeArchive
 from backupkit.restore.scratch import LocalScratch
 from backupkit.restore.selection import SelectionError
-from backupkit.restore.service import (
-    ServerTarget,
-    SwitchFailed,
-    available_backups,
-    cleanup_local_scratch,
-    http_health_check,
-    local_scratch_root,
-    monthly_targets,
-    new_database_name,
-    plan_switch,
-    point_setting_at,
-    redact,
-    resolve_request,
-    restore_files,
-    restore_into_new_database,
-    restore_test,
-    restore_test_metrics,
-    run_scratch_dir,
-    summarize_restore_tests,
-    switch_database,
-)
+from backupkit.catalog import Catalog
+from backupkit.jobs.restore_test import monthly_targets, restore_test_metrics, summarize_restore_tests
+from backupkit.restore.file_restore import restore_files
+from backupkit.restore.health import http_health_check
+from backupkit.restore.pipeline import new_database_name, restore_into_new_database, restore_test
+from backupkit.restore.scratch import ServerTarget, cleanup_local_scratch, local_scratch_root, run_scratch_dir
+from backupkit.restore.selection import resolve_request
+from backupkit.storage.objectstore import Bucket
 from backupkit.restore.verify_rows import RowManifest, exact_row_counts, manifest_path
 from sandbox.history import write_archive
 
@@ -94,7 +81,7 @@ def test_available_backups_merge_disk_and_bucket(cfg, s3, bucket, dumps):
     only_s3 = cfg.source("trixtech-db").pattern.name_for(T0 + timedelta(days=2))
     s3.put_object(Bucket=bucket, Key=f"database/{only_s3}", Body=b"y")
     s3.put_object(Bucket=bucket, Key="database/notes.txt", Body=b"z")  # not a backup name
-    refs = available_backups(cfg, cfg.source("trixtech-db"), s3)
+    refs = Catalog(cfg.source("trixtech-db"), Bucket(s3, bucket)).backups()
     assert [(r.name, r.path is not None, r.key) for r in refs] == [
         (a.name, True, None), (b.name, True, f"database/{b.name}"), (only_s3, False, f"database/{only_s3}")]
 
@@ -102,7 +89,8 @@ def test_available_backups_merge_disk_and_bucket(cfg, s3, bucket, dumps):
 def test_requests_are_refused_with_a_clear_message(cfg, s3, bucket, dumps):
     for i in range(3):
         put_dump(cfg, dumps["custom"], T0 + timedelta(days=i))
-    ok = resolve_request(cfg, "trixtech-db", which="latest_before", before="2025-03-02T12:00:00Z", s3_client=s3)
+    ok = resolve_request(cfg, "trixtech-db", which="latest_before", before="2025-03-02T12:00:00Z",
+                         bucket=Bucket(s3, bucket))
     assert ok.timestamp == T0 + timedelta(days=1)
     cases = [
         (dict(source_name="nope", which="latest"), "unknown database 'nope'"),
@@ -121,7 +109,7 @@ def test_requests_are_refused_with_a_clear_message(cfg, s3, bucket, dumps):
     for kwargs, message in cases:
         name = kwargs.pop("source_name")
         with pytest.raises(SelectionError) as err:
-            resolve_request(cfg, name, s3_client=s3, **kwargs)
+            resolve_request(cfg, name, bucket=Bucket(s3, bucket), **kwargs)
         assert message in str(err.value), (kwargs, str(err.value))
 
 
@@ -132,7 +120,7 @@ def test_monthly_targets_newest_plus_a_seeded_random_older(cfg, dumps):
     targets = monthly_targets(cfg, None, now=now, seed="run-1")
     db = [t for t in targets if t["source_name"] == "trixtech-db"]
     assert [t["role"] for t in db] == ["newest", "random_older"]
-    names = [r.name for r in available_backups(cfg, cfg.source("trixtech-db"))]
+    names = [r.name for r in Catalog(cfg.source("trixtech-db")).backups()]
     assert db[0]["backup"] == names[-1]
     older_ts = cfg.source("trixtech-db").pattern.timestamp(db[1]["backup"])
     assert now - timedelta(days=30) <= older_ts < T0 + timedelta(days=39)
@@ -148,7 +136,8 @@ def test_restore_test_from_s3_verifies_every_table_against_the_manifest(cfg, s3,
     local = put_dump(cfg, dumps["custom"], T0, tables=counts)
     upload(s3, bucket, local, f"database/{local.name}")
     scratch = LocalScratch(base_dir=scratch_base)
-    r = restore_test(cfg, "trixtech-db", local.name, scratch=scratch, s3_client=s3, role="newest")
+    r = restore_test(cfg, "trixtech-db", local.name, new_database=lambda: scratch, bucket=Bucket(s3, bucket),
+                     role="newest")
     assert r["ok"], r["problems"]
     assert r["location"] == f"s3://{bucket}/database/{local.name}"  # the off-site copy is what is proven
     assert r["verified_rows"] == sum(counts.values()) and r["tables"] == len(counts)
@@ -161,7 +150,7 @@ def test_restore_test_from_s3_verifies_every_table_against_the_manifest(cfg, s3,
 def test_a_manifest_mismatch_fails_naming_the_table(cfg, dumps, counts, scratch_base):
     wrong = dict(counts, **{"public.bookings": counts["public.bookings"] + 25})
     local = put_dump(cfg, dumps["custom"], T0, tables=wrong)
-    r = restore_test(cfg, "trixtech-db", local.name, scratch=LocalScratch(base_dir=scratch_base))
+    r = restore_test(cfg, "trixtech-db", local.name, new_database=lambda: LocalScratch(base_dir=scratch_base))
     assert not r["ok"]
     assert [(p["artifact"], p["check"]) for p in r["problems"]] == [(f"trixtech-db/{local.name}",
                                                                      "rows public.bookings")]
@@ -171,11 +160,11 @@ def test_a_manifest_mismatch_fails_naming_the_table(cfg, dumps, counts, scratch_
 
 def test_without_a_manifest_the_live_source_counts_are_the_reference(cfg, dumps, counts, pg, scratch_base):
     local = put_dump(cfg, dumps["custom"], T0)
-    r = restore_test(cfg, "trixtech-db", local.name, scratch=LocalScratch(base_dir=scratch_base),
+    r = restore_test(cfg, "trixtech-db", local.name, new_database=lambda: LocalScratch(base_dir=scratch_base),
                      live_counts=lambda: exact_row_counts(pg, "trixtech"))
     assert r["ok"], r["problems"]
     assert r["compared_with"].startswith("live source database 'trixtech'")
-    r = restore_test(cfg, "trixtech-db", local.name, scratch=LocalScratch(base_dir=scratch_base),
+    r = restore_test(cfg, "trixtech-db", local.name, new_database=lambda: LocalScratch(base_dir=scratch_base),
                      live_counts=lambda: {**counts, "public.users": counts["public.users"] * 2})
     assert [p["check"] for p in r["problems"]] == ["rows public.users"]
 
@@ -185,7 +174,7 @@ def test_a_damaged_dump_fails_naming_the_backup_and_the_scratch_is_torn_down(cfg
     data = bytearray(local.read_bytes())
     local.write_bytes(bytes(data[: len(data) // 2]))  # cut short, as a full disk leaves it
     scratch = LocalScratch(base_dir=scratch_base)
-    r = restore_test(cfg, "trixtech-db", local.name, scratch=scratch)
+    r = restore_test(cfg, "trixtech-db", local.name, new_database=lambda: scratch)
     assert not r["ok"]
     [p] = r["problems"]
     assert p["check"] == "restore" and str(local) in p["detail"]
@@ -197,12 +186,12 @@ def test_a_file_set_archive_is_extracted_checked_and_removed(cfg, tmp_path):
     members = [("opt/trixtech/config/app.yml", b"db: trixtech\n", T0),
                ("opt/trixtech/uploads/2025/receipt.pdf", b"%PDF-1.4 x", T0)]
     archive = write_archive(src.local_dir / src.pattern.name_for(T0), members, T0)
-    r = restore_test(cfg, "trixtech-files", archive.name, scratch=None, work_dir=tmp_path / "work")
+    r = restore_test(cfg, "trixtech-files", archive.name, new_database=None, work_dir=tmp_path / "work")
     assert r["ok"], r["problems"] and r["files"] == 2
     assert not any((tmp_path / "work").iterdir())  # the scratch directory is gone
     # Missing configured path: the archive restores, but the check names the path.
     archive2 = write_archive(src.local_dir / src.pattern.name_for(T0 + timedelta(days=1)), members[:1], T0)
-    r = restore_test(cfg, "trixtech-files", archive2.name, scratch=None)
+    r = restore_test(cfg, "trixtech-files", archive2.name, new_database=None)
     assert [p["check"] for p in r["problems"]] == ["path opt/trixtech/uploads"]
 
 
@@ -267,12 +256,12 @@ def test_restore_into_a_new_database_beside_the_live_one(cfg, dumps, counts, pg,
     assert name == "trixtech_restored_20250303100001"
     before = exact_row_counts(pg, "trixtech")
     try:
-        r = restore_into_new_database(cfg, "trixtech-db", local.name, server=server, new_database=name, s3_client=s3)
+        r = restore_into_new_database(cfg, "trixtech-db", local.name, server=server, new_database=name, bucket=Bucket(s3, bucket))
         assert r["ok"] and r["new_database"] == name and r["verified_rows"] == sum(counts.values())
         assert exact_row_counts(pg, name) == counts
         with pytest.raises(RestoreFailed, match="already exists"):  # never over an existing database
             restore_into_new_database(cfg, "trixtech-db", local.name, server=ServerTarget(
-                host="127.0.0.1", port=pg.port, user="postgres"), new_database=name, s3_client=s3)
+                host="127.0.0.1", port=pg.port, user="postgres"), new_database=name, bucket=Bucket(s3, bucket))
         assert exact_row_counts(pg, name) == counts  # and the refused attempt did not drop it
         with pytest.raises(ValueError, match="own database"):
             restore_into_new_database(cfg, "trixtech-db", local.name, server=server, new_database="trixtech")
@@ -288,119 +277,6 @@ def test_a_new_database_that_fails_verification_is_dropped(cfg, dumps, counts, p
     with pytest.raises(RestoreFailed, match="rows public.users"):
         restore_into_new_database(cfg, "trixtech-db", local.name, server=server, new_database=name)
     assert not server.database_exists(name)
-
-
-# -- replace: the switch -------------------------------------------------------------------------
-class Platform:
-    """The AppPlatform contract in plain Python; ``fail_at`` makes one call fail."""
-
-    def __init__(self, replicas: dict[str, int], urls: dict[str, str], fail_at: tuple | None = None,
-                 fail_rollback: bool = False):
-        self.replicas, self.urls, self.fail_at, self.fail_rollback = dict(replicas), dict(urls), fail_at, fail_rollback
-        self.log: list[tuple] = []
-        self.failed = False
-
-    def _maybe_fail(self, call: tuple) -> None:
-        self.log.append(call)
-        if self.fail_at and call[: len(self.fail_at)] == self.fail_at and (not self.failed or self.fail_rollback):
-            self.failed = True
-            raise RuntimeError(f"injected failure at {call}")
-
-    def get_replicas(self, ns, d):
-        return self.replicas[d]
-
-    def scale(self, ns, d, n):
-        self._maybe_fail(("scale", d, n))
-        self.replicas[d] = n
-
-    def wait_for_replicas(self, ns, d, n, timeout):
-        self._maybe_fail(("wait", d, n))
-        assert self.replicas[d] == n
-
-    def read_settings(self, ns, deployments):
-        return {f"deployment/{d}/app": self.urls[d] for d in deployments}
-
-    def write_setting(self, ns, target, value):
-        d = target.split("/")[1]
-        self._maybe_fail(("write", d))
-        self.urls[d] = value
-
-
-OLD = {"api": "postgresql://app:s3cret@db.internal:5432/trixtech?sslmode=require",
-       "worker": "postgresql://app:s3cret@db.internal:5432/trixtech"}
-REPLICAS = {"api": 3, "worker": 2}
-
-
-def make_plan(p: Platform):
-    return plan_switch(p, namespace="trixtech", deployments=["api", "worker"], old_database="trixtech",
-                       new_database="trixtech_restored_1")
-
-
-def test_switch_success_scales_down_switches_and_restores_recorded_replicas():
-    p = Platform(REPLICAS, OLD)
-    journal = []
-    plan = make_plan(p)
-    assert "s3cret" not in json.dumps(plan.to_dict()) + "\n".join(plan.describe())
-    out = switch_database(p, plan, timeout=5, health_checks=[lambda: None],
-                          journal=lambda a, d: journal.append((a, d)))
-    assert p.replicas == REPLICAS
-    assert p.urls == {"api": "postgresql://app:s3cret@db.internal:5432/trixtech_restored_1?sslmode=require",
-                      "worker": "postgresql://app:s3cret@db.internal:5432/trixtech_restored_1"}
-    # Order: everything down and stopped before the setting changes; up only after.
-    first_write = next(i for i, c in enumerate(p.log) if c[0] == "write")
-    assert {c for c in p.log[:first_write]} == {("scale", "api", 0), ("scale", "worker", 0), ("wait", "api", 0),
-                                                 ("wait", "worker", 0)}
-    assert [c for c in p.log[first_write:] if c[0] == "scale"] == [("scale", "api", 3), ("scale", "worker", 2)]
-    assert [a for a, _ in journal] == ["switch_started", "switch_done"]
-    assert journal[0][1]["plan"]["replicas"] == REPLICAS  # recorded before the first change
-    assert out["ok"] and "s3cret" not in json.dumps(out) and "s3cret" not in json.dumps(journal)
-
-
-@pytest.mark.parametrize("fail_at", [("scale", "worker", 0), ("wait", "api", 0), ("write", "worker"),
-                                     ("scale", "api", 3), ("wait", "worker", 2), "health"])
-def test_any_failure_after_scale_down_restores_settings_and_replicas(fail_at):
-    p = Platform(REPLICAS, OLD, fail_at=None if fail_at == "health" else fail_at)
-    health_calls = []
-
-    def health():
-        health_calls.append(dict(p.urls))
-        if fail_at == "health" and len(health_calls) == 1:
-            raise RuntimeError("HTTP 503 from /healthz")
-
-    journal = []
-    with pytest.raises(SwitchFailed) as err:
-        switch_database(p, make_plan(p), timeout=5, health_checks=[health], journal=lambda a, d: journal.append(a))
-    assert p.urls == OLD and p.replicas == REPLICAS  # back as it was
-    assert "rolled back" in str(err.value) and "s3cret" not in str(err.value)
-    assert journal == ["switch_started", "switch_rolled_back"]
-    assert health_calls[-1] == OLD  # the health check ran again against the restored setting
-
-
-def test_a_failing_rollback_says_what_to_put_back_by_hand():
-    p = Platform(REPLICAS, OLD, fail_at=("scale", "api", 3), fail_rollback=True)
-    journal = []
-    with pytest.raises(SwitchFailed) as err:
-        switch_database(p, make_plan(p), timeout=5, journal=lambda a, d: journal.append((a, d)))
-    msg = str(err.value)
-    assert "ROLLBACK INCOMPLETE" in msg and "scale api back to 3" in msg and "'api': 3" in msg
-    assert p.urls == OLD and p.replicas["worker"] == 2  # everything else was still undone
-    assert journal[-1][0] == "switch_rollback_failed" and journal[-1][1]["rollback_errors"]
-
-
-def test_a_setting_that_does_not_point_at_the_source_is_refused_before_any_change():
-    p = Platform(REPLICAS, dict(OLD, worker="postgresql://app:x@db/other"))
-    with pytest.raises(ValueError, match="points at database 'other'"):
-        make_plan(p)
-    assert p.log == []
-
-
-def test_settings_are_switched_and_redacted_in_every_form():
-    assert point_setting_at("host=db dbname=trixtech user=app password=pw", "trixtech", "n1") == \
-        "host=db dbname=n1 user=app password=pw"
-    assert point_setting_at("trixtech", "trixtech", "n1") == "n1"
-    assert redact("host=db dbname=x password=pw") == "host=db dbname=x password=***"
-    assert redact("postgresql://u:pw@h:5/d?password=pw2") == "postgresql://u:***@h:5/d?password=***"
-    assert redact("postgresql://h/d") == "postgresql://h/d"
 
 
 # -- file restores -------------------------------------------------------------------------------

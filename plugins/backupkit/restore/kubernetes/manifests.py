@@ -7,7 +7,8 @@ them through the cncf-kubernetes provider.
 Why each field:
 - labels (managed-by, run id, role) let the orphan sweep find what a crashed run left;
 - the password is generated per run, stored in a Secret and reaches the container only
-  by ``secretKeyRef``: never in arguments, a literal env value, or logs;
+  by ``secretKeyRef``: never in arguments, a literal env value, or logs; the server
+  authenticates every connection (socket and TCP) with scram-sha-256, never ``trust``;
 - non-root, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp:
   a restore test handles production data and needs no privileges; the root file system
   stays writable because the postgres image writes outside its volumes at start-up;
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -42,11 +42,6 @@ DEFAULT_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"c
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
-
-
-def generate_password(nbytes: int = 32) -> str:
-    """A fresh password for one run's scratch database (URL-safe: fits a libpq URI)."""
-    return secrets.token_urlsafe(nbytes)
 
 
 def label_value(text: str) -> str:
@@ -94,7 +89,7 @@ def _check_name(name: str, what: str) -> None:
         raise ValueError(f"{what} {name!r} is not a valid DNS-1123 label (lower-case, digits, '-'; max 63)")
 
 
-def _check_resources(resources: Mapping[str, Any]) -> dict:
+def check_resources(resources: Mapping[str, Any]) -> dict:
     unknown = set(resources) - {"requests", "limits"}
     if unknown:
         raise ValueError(f"resources: unknown keys {sorted(unknown)} (use requests and limits)")
@@ -132,10 +127,13 @@ def scratch_pod_manifest(*, name: str, namespace: str, image: str, run_id: str, 
             {"name": "POSTGRES_USER", "value": user},
             {"name": "POSTGRES_DB", "value": database},
             {"name": "PGDATA", "value": pgdata},
+            # Never trust: every connection, inside the pod too, authenticates with the run's password.
+            {"name": "POSTGRES_HOST_AUTH_METHOD", "value": "scram-sha-256"},
+            {"name": "POSTGRES_INITDB_ARGS", "value": "--auth-local=scram-sha-256 --auth-host=scram-sha-256"},
             {"name": "POSTGRES_PASSWORD",
              "valueFrom": {"secretKeyRef": {"name": secret_name, "key": secret_key, "optional": False}}},
         ],
-        "resources": _check_resources(resources or DEFAULT_RESOURCES),
+        "resources": check_resources(resources or DEFAULT_RESOURCES),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": POSTGRES_UID,
@@ -238,7 +236,7 @@ def smoke_app_pod_manifest(*, name: str, namespace: str, image: str, run_id: str
         "ports": [{"name": "http", "containerPort": int(port), "protocol": "TCP"}],
         "env": [{"name": env_var,
                  "valueFrom": {"secretKeyRef": {"name": db_secret_name, "key": db_secret_key, "optional": False}}}],
-        "resources": _check_resources(resources or DEFAULT_RESOURCES),
+        "resources": check_resources(resources or DEFAULT_RESOURCES),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
