@@ -3,7 +3,8 @@
 Every S3 request the jobs make goes through a :class:`Bucket`, so paging, "404 means
 None", error classification, the client's retry and checksum settings and request
 counting are written once (as an Airflow provider hook hides them for its system).
-boto3 and botocore are imported here (and in the sandbox) only.
+boto3 and botocore are imported here, in :mod:`~backupkit.storage.s3client` (the client and its
+errors) and in the sandbox only; the values returned live in :mod:`~backupkit.storage.s3records`.
 
 Costs, because a first sweep over a neglected history may touch 100 000 objects:
 
@@ -26,229 +27,40 @@ until a lifecycle rule or :mod:`backupkit.retention.sweep`'s purge removes them.
 
 from __future__ import annotations
 
-import re
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REGION = "us-east-1"
+from backupkit.storage.s3client import (  # noqa: F401  (re-exported: the object store's vocabulary)
+    NOT_FOUND_CODES,
+    PERMANENT_ERRORS,
+    REGION,
+    client_errors,
+    describe_error,
+    error_code,
+    http_status,
+    is_not_found,
+    s3_client,
+)
+from backupkit.storage.s3records import (
+    BatchResult,
+    ObjectInfo,
+    ObjectRef,
+    RequestCounter,
+    StoredChecksum,
+    Version,
+    etag_parts,
+    stored_checksums,
+)
+
 MAX_BATCH = 1000  # S3's limit of keys per DeleteObjects request and per listing page
 CHUNK = 1 << 20  # streamed reads: memory stays at about this much
 HOLD_TAG = "backupkit-hold"
-# Per-key DeleteObjects errors that a retry cannot fix.
-PERMANENT_ERRORS = frozenset({"AccessDenied", "InvalidArgument", "InvalidRequest", "MethodNotAllowed",
-                              "NoSuchBucket", "NoSuchVersion", "InvalidObjectState"})
-NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchVersion"})
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})  # must be restored before they can be read
-_SUFFIX = re.compile(r"^(?P<value>[A-Za-z0-9+/=]+)-(?P<parts>\d+)$")
-_ETAG_PARTS = re.compile(r"-(\d+)\"?$")
-
-
-# --- the client -------------------------------------------------------------------------
-
-
-def s3_client(endpoint_url: str | None = None, *, key: str | None = None, secret: str | None = None,
-              region: str = REGION, **kwargs: Any) -> Any:
-    """A boto3 S3 client: ``endpoint_url`` (an S3-compatible endpoint) or AWS's default endpoint.
-
-    Credentials: ``key``/``secret`` when given, else boto3's default chain (environment,
-    profile, instance role). Checksums are computed and validated only where the caller
-    asks for them (the checks ask S3 for its stored checksums explicitly).
-    """
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        region_name=region,
-        config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"},
-                          request_checksum_calculation="when_required",
-                          response_checksum_validation="when_required"),
-        **kwargs,
-    )
-
-
-def client_errors() -> tuple[type[BaseException], ...]:
-    """The exception types an S3 call raises for S3's answers and for transport failures."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return (ClientError, BotoCoreError)
-
-
-# --- errors, classified once ---------------------------------------------------------------
-
-
-def error_code(exc: BaseException) -> tuple[str, str]:
-    """(code, message) of a botocore exception (or any other), for reports."""
-    resp = getattr(exc, "response", None) or {}
-    err = resp.get("Error") or {}
-    code = str(err.get("Code") or type(exc).__name__)
-    return code, str(err.get("Message") or exc)
-
-
-def http_status(exc: BaseException) -> int | None:
-    resp = getattr(exc, "response", None) or {}
-    return (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-
-
-def is_not_found(exc: BaseException) -> bool:
-    """The object (or version) does not exist. A missing *bucket* is not this."""
-    code = error_code(exc)[0]
-    if code == "NoSuchBucket":
-        return False
-    return code in NOT_FOUND_CODES or http_status(exc) == 404
-
-
-def describe_error(exc: BaseException, uri: str) -> str:
-    """One line a tired on-call can act on: what is wrong with ``uri`` and, where known, what to do."""
-    code, message = error_code(exc)
-    if code == "NoSuchBucket":
-        return f"{uri}: no such bucket ({uri.split('/')[2] if uri.startswith('s3://') else uri})"
-    if is_not_found(exc):
-        return f"{uri}: no such S3 object"
-    if code == "InvalidObjectState":
-        return f"{uri}: in an archive storage class (GLACIER/DEEP_ARCHIVE): restore it before it can be read"
-    if code in ("AccessDenied", "403", "Forbidden") or http_status(exc) == 403:
-        return f"{uri}: access denied (check the IAM permissions of the S3 connection)"
-    if code in ("SlowDown", "Throttling", "RequestLimitExceeded", "503"):
-        return f"{uri}: S3 is throttling requests ({code}); try again later"
-    from botocore.exceptions import BotoCoreError
-
-    if isinstance(exc, BotoCoreError):
-        return f"{uri}: cannot reach S3: {exc}"
-    return f"{uri}: {code}: {message}"
-
-
-# --- records --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """One current object of a listing."""
-
-    key: str
-    size: int
-    last_modified: datetime | None = None
-    etag: str | None = None
-    storage_class: str = "STANDARD"
-
-
-@dataclass(frozen=True)
-class Version:
-    """One object version or delete marker of a version listing."""
-
-    key: str
-    version_id: str
-    last_modified: datetime
-    is_latest: bool
-    is_marker: bool
-    size: int = 0
-    etag: str | None = None
-    storage_class: str = "STANDARD"
-
-
-@dataclass(frozen=True)
-class ObjectRef:
-    key: str
-    version_id: str | None = None
-
-    def as_param(self) -> dict:
-        return {"Key": self.key, "VersionId": self.version_id} if self.version_id else {"Key": self.key}
-
-
-@dataclass
-class BatchResult:
-    """Outcome of one DeleteObjects batch after retries: what still failed and why."""
-
-    failed: dict[ObjectRef, tuple[str, str]] = field(default_factory=dict)  # ref -> (code, message)
-    requests: int = 0
-    retried: int = 0  # keys sent again
-    unreachable: bool = False  # the last attempt failed as a whole (endpoint gone, 5xx after retries)
-
-
-@dataclass(frozen=True)
-class StoredChecksum:
-    """One checksum S3 reports for an object, normalised (part-count suffix split off)."""
-
-    algorithm: str  # "SHA256", "CRC64NVME", "CRC32", "CRC32C", "MD5" (single-part ETag), ...
-    value: str  # base64 (hex for MD5), without the "-N" suffix
-    composite: bool  # True: a checksum of the part checksums
-    parts: int | None  # part count when known (suffix, ETag, GetObjectAttributes)
-
-
-def stored_checksums(head: dict, attrs: dict | None = None) -> dict[str, StoredChecksum]:
-    """The checksums S3 reports in a HeadObject (checksum mode) and GetObjectAttributes answer.
-
-    AWS returns a multipart SHA-256 as ``VALUE-N`` with ``ChecksumType: COMPOSITE``; some
-    S3 implementations (moto) drop the suffix and the type from HeadObject, so the part
-    count is also taken from a multipart ETag (``"...-N"``) and from GetObjectAttributes.
-    """
-    attrs = attrs or {}
-    sources = [head, attrs.get("Checksum") or {}]
-    ctype = next((s.get("ChecksumType") for s in sources if s.get("ChecksumType")), None)
-    parts = etag_parts(str(head.get("ETag") or attrs.get("ETag") or ""))
-    total = (attrs.get("ObjectParts") or {}).get("TotalPartsCount")
-    if total:
-        parts = int(total)
-    found: dict[str, StoredChecksum] = {}
-    for src in sources:
-        for name, raw in src.items():
-            if not name.startswith("Checksum") or name == "ChecksumType" or not isinstance(raw, str):
-                continue
-            algo = name[len("Checksum"):]
-            value, n = raw, parts
-            sm = _SUFFIX.match(raw)
-            if sm:
-                value, n = sm.group("value"), int(sm.group("parts"))
-            if algo == "CRC64NVME":
-                composite = False  # always a full-object checksum
-            elif ctype:
-                composite = ctype == "COMPOSITE"
-            else:
-                composite = n is not None
-            # HeadObject's answer comes first; a later one only adds an explicit part count.
-            if algo not in found or (sm and found[algo].parts is None):
-                found[algo] = StoredChecksum(algo, value, composite, n)
-    return found
-
-
-def etag_parts(etag: str) -> int | None:
-    """The part count of a multipart ETag (``"hex-N"``), None for a single-part one."""
-    m = _ETAG_PARTS.search(etag)
-    return int(m.group(1)) if m else None
-
-
-# --- request counting -------------------------------------------------------------------------
-
-
-class RequestCounter:
-    """HTTP requests sent per S3 operation (retries included), via botocore's ``before-send`` event."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, event_name: str = "", **kwargs: Any) -> None:
-        op = event_name.rsplit(".", 1)[-1]
-        with self._lock:
-            self.counts[op] += 1
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(sorted(self.counts.items()))
 
 
 # --- the bucket ---------------------------------------------------------------------------------
