@@ -7,14 +7,10 @@ zstd frame (compress_zstd.c, ``ZSTD_e_end`` once), or the bytes themselves for n
 A block is whole when its stream ends exactly at the end of its last chunk: no missing
 tail, no bytes after the end of the stream, no second frame.
 
-The decoded text of a TABLE DATA block is what ``COPY ... FROM stdin`` will read, so it
-is held to what pg_dump writes (see docs/dump-rules.md): rows ending in a newline, no NUL
-byte (PostgreSQL text cannot hold one; bytea is escaped), one ``\\.`` line and it comes
-last, followed by the two empty lines pg_dump adds. In an uncompressed dump, which has no
-checksum at all, the raw tabs must also number exactly rows x (columns - 1), with the
-columns read from the TOC's COPY statement (COPY escapes tabs inside values); for the
-compressed ones that extra pass over the decoded data costs more than it finds (zlib's
-Adler-32 covers gzip blocks; zstd and lz4 frames fail to decode on most damage).
+The decoded text of a TABLE DATA block is checked as COPY text
+(:mod:`backupkit.checks.copytext`, docs/dump-rules.md). Uncompressed blocks have nothing
+to decode: their chunks are walked and counted in the reader's thread
+(:class:`InlineJob`, :func:`~backupkit.checks.copytext.walk_copy_chunks`).
 
 Threads, not processes: isal, zlib, lz4 and zstandard all release the GIL while they
 decode, so two workers inflate two blocks at once. Work is bounded: at most ``workers``
@@ -29,17 +25,19 @@ import queue
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 try:  # ISA-L inflates about 2x faster than zlib here (bench/bench_verify.py --inflaters)
     from isal import isal_zlib as _zlib_impl
 except ImportError:  # pragma: no cover - isal is pinned in requirements.txt
     _zlib_impl = zlib
 
+if TYPE_CHECKING:  # pragma: no cover
+    from backupkit.checks.copytext import CopyText
+
 SEGMENT = 4 << 20  # input bytes handed to a worker at once
 QUEUED_SEGMENTS = 4  # per block in flight: memory is about workers x this x SEGMENT
 OUT_MAX = 4 << 20  # decoded bytes produced per decoder call
-COPY_END = b"\\.\n\n\n"  # what pg_dump writes after the last COPY row of a TABLE DATA block
 ZSTD_MAGIC = 0xFD2FB528
 ZSTD_BLOCK_MAX = 128 << 10
 
@@ -219,51 +217,6 @@ DECODERS: dict[str, type] = {"none": _Plain, "gzip": _Zlib, "lz4": _Lz4, "zstd":
 FILE_DECODERS: dict[str, type] = {"gzip": _Gzip, "lz4": _Lz4, "zstd": _Zstd}  # compressed files
 
 
-# -- the decoded text ------------------------------------------------------------------------
-class CopyText:
-    """Checks the decoded data of one TABLE DATA block against what pg_dump writes."""
-
-    def __init__(self, columns: int | None):
-        self.columns = columns  # None: do not count tabs
-        self.recent = b"\n"  # the last bytes seen; starts with a virtual newline before row 1
-        self.rows = self.tabs = self.size = 0
-        self.ends = 0  # "\n\\.\n" seen: end-of-data lines
-
-    def update(self, data: bytes) -> None:
-        if not data:
-            return
-        if b"\0" in data:
-            raise BlockProblem("NUL byte in COPY data (PostgreSQL text cannot contain one)")
-        across = self.recent[-3:] + data[:3]  # a marker split between two pieces
-        self.ends += across.count(b"\n\\.\n")
-        if b"\\" in data:  # a backslash is rare in COPY text: memchr first, the full search only then
-            self.ends += data.count(b"\n\\.\n")
-        self.rows += data.count(b"\n")
-        if self.columns is not None:
-            self.tabs += data.count(b"\t")
-        self.size += len(data)
-        self.recent = (self.recent + data[-5:])[-5:]
-
-    def finish(self) -> None:
-        if self.size == 0:
-            raise BlockProblem("empty TABLE DATA block (pg_dump writes at least the end-of-data line)")
-        if self.recent != COPY_END:
-            raise BlockProblem("COPY data does not end with pg_dump's end-of-data line (\\.)")
-        if self.ends != 1:
-            raise BlockProblem(f"COPY data has {self.ends} end-of-data lines (\\.); pg_dump writes one, last")
-        rows = self.rows - 3  # the "\." line and the two empty lines after it
-        if self.columns and self.tabs != rows * (self.columns - 1):
-            raise BlockProblem(f"COPY data has {self.tabs} column separators for {rows} rows of "
-                               f"{self.columns} columns (expected {rows * (self.columns - 1)})")
-
-
-def text_check(desc: str, copy_columns: int | None, compression: str) -> CopyText | None:
-    """The check for a block's decoded data: TABLE DATA written as COPY is checked, the rest not."""
-    if desc != "TABLE DATA" or copy_columns is None:
-        return None
-    return CopyText(copy_columns if compression == "none" else None)
-
-
 # -- the pool ---------------------------------------------------------------------------------
 class _Job:
     def __init__(self, label: str, compression: str, text: CopyText | None, table: str | None):
@@ -297,6 +250,39 @@ class _Job:
                 self.problem = str(exc)
 
 
+class InlineJob(_Job):
+    """A block checked in the reader's own thread: uncompressed data has nothing to decode,
+    and handing 120-byte rows to a worker would cost more than counting them."""
+
+    def __init__(self, label: str, text: CopyText, table: str | None):
+        super().__init__(label, "none", text, table)
+
+    def _checked(self, check, *args) -> None:
+        if self.problem is None:  # after a problem only the chunks are walked (to find the block's end)
+            try:
+                check(*args)
+            except BlockProblem as exc:
+                self.problem = str(exc)
+
+    def feed(self, data) -> None:
+        self.decoded += len(data)
+        self._checked(self.text.update, bytes(data))  # a view of the reader's buffer
+
+    def bulk_ready(self) -> bool:
+        """Can text counted elsewhere follow? (it must begin right after a newline)"""
+        return self.problem is not None or self.text.recent.endswith(b"\n")
+
+    def add_counted(self, size: int, *counts) -> None:
+        self.decoded += size
+        self._checked(self.text.add_counted, size, *counts)
+
+    def close(self) -> None:
+        self._checked(self.text.finish)
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+
 class BlockPool:
     """Decodes blocks on ``workers`` threads; :meth:`open` hands out a feeder per block."""
 
@@ -313,6 +299,12 @@ class BlockPool:
         job = _Job(label, compression, text, table)
         self.jobs.append(job)
         return BlockFeeder(self, job)
+
+    def inline(self, label: str, text: CopyText, table: str | None = None) -> InlineJob:
+        """A block the caller checks in its own thread; reported with the others, in order."""
+        job = InlineJob(label, text, table)
+        self.jobs.append(job)
+        return job
 
     def _start(self, job: _Job) -> None:
         def run() -> None:
