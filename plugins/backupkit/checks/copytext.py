@@ -30,7 +30,7 @@ COPY_END = b"\\.\n\n\n"  # what pg_dump writes after the last COPY row of a TABL
 END_LINE = b"\n\\.\n"  # an end-of-data line, with the newline before it
 NUL_PROBLEM = "NUL byte in COPY data (PostgreSQL text cannot contain one)"
 VECTOR_MIN = 64 << 10  # pieces at least this long are counted with numpy
-WINDOW = 1 << 20  # bytes of an uncompressed block examined at once (they stay in the cache)
+WINDOW = 1 << 20  # at most this many bytes examined at once (they and the masks stay in the cache)
 MAX_BULK_CHUNK = 1 << 16  # longer chunks are walked one by one (see walk_copy_chunks)
 NL, TAB, BACKSLASH, DOT = 0x0A, 0x09, 0x5C, 0x2E
 
@@ -160,14 +160,13 @@ def walk_copy_chunks(cur, job: "InlineJob", what: str) -> int:
     whose payload starts with ``\\.\\n``.
 
     What is not proven goes through ``cur.chunk`` one chunk at a time, exactly as a
-    compressed block's chunks do: the chunk that crosses the window's end, a payload
+    compressed block's chunks do: the chunk that crosses the reader's buffer, a payload
     not ending with a newline (and the next one, whose ``\\.`` line could begin in it),
     a length of 64 KiB or more, a damaged header.
     """
     total, counter = 0, Counter()
     while True:
-        if job.bulk_ready():
-            cur.fill(WINDOW)
+        if job.bulk_ready():  # the window is what the reader holds: no copy to make it larger
             proven = _proven_chunks(cur.buf, cur.pos, counter)
             if proven is not None:
                 size, end, counts = proven
@@ -192,8 +191,9 @@ def _proven_chunks(buf: bytes, pos: int, counter: Counter):
     after = newlines[newlines + 5 < n] + 1  # where a whole header could follow a newline
     starts = np.concatenate(([0], after[w[after] == 0]))
     starts = starts[np.concatenate(([True], np.diff(starts) >= 5))]  # not inside the header before
-    lengths = (w[starts + 1].astype(np.int64) | w[starts + 2].astype(np.int64) << 8
-               | w[starts + 3].astype(np.int64) << 16 | w[starts + 4].astype(np.int64) << 24)
+    # every byte offset read as a little-endian uint32 (an unaligned, overlapping view: no copy)
+    words = np.ndarray((n - 3,), dtype="<u4", buffer=buf, offset=pos, strides=(1,))
+    lengths = words[starts + 1].astype(np.int64)
     good = (starts[:-1] + 5 + lengths[:-1] == starts[1:]) & (lengths[:-1] >= 1) & (lengths[:-1] < MAX_BULK_CHUNK)
     bad = np.flatnonzero(~good)
     m = int(bad[0]) if len(bad) else len(good)  # chunks 0..m-1 are proven

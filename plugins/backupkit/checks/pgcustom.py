@@ -198,18 +198,6 @@ class _Cursor:
             self._payload(n, feed, what)
         return n
 
-    def fill(self, n: int) -> None:
-        """At least ``n`` bytes buffered ahead (fewer at the end of the file), joined in one copy."""
-        have = len(self.buf) - self.pos
-        if have >= n:
-            return
-        parts = [self.buf[self.pos:]]
-        while have < n and (block := self.tap.read_block()):
-            parts.append(block)
-            have += len(block)
-        self.base += self.pos
-        self.buf, self.pos = b"".join(parts), 0
-
     def _payload(self, n: int, feed, what: str) -> None:
         while n:
             if self.pos >= len(self.buf):
