@@ -37,7 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SEGMENT = 4 << 20  # input bytes handed to a worker at once
 QUEUED_SEGMENTS = 4  # per block in flight: memory is about workers x this x SEGMENT
-OUT_MAX = 4 << 20  # decoded bytes produced per decoder call
+OUT_MAX = 1 << 20  # decoded bytes per decoder call (larger outputs cost a page fault per 4 KiB)
+ZSTD_BLOCKS_PER_CALL = OUT_MAX // (128 << 10)
 ZSTD_MAGIC = 0xFD2FB528
 ZSTD_BLOCK_MAX = 128 << 10
 
@@ -57,52 +58,79 @@ class _Plain:
     def finish(self) -> None:
         pass
 
+    def after_end(self) -> bytes | None:
+        return None
+
 
 class _Zlib:
+    """Input in slices of :data:`OUT_MAX`: zlib copies its unconsumed tail on every call."""
+
     wbits = zlib.MAX_WBITS  # a zlib stream, as pg_dump's custom format writes
 
     def __init__(self, out: Callable[[bytes], None]):
         self.out, self.d = out, _zlib_impl.decompressobj(self.wbits)
+        self.rest: bytes | None = None  # what followed the end of the stream
 
     def feed(self, data: bytes) -> None:
-        if self.d.eof:
-            raise BlockProblem(f"{len(data)} bytes follow the end of the compressed stream")
-        try:
-            chunk = self.d.decompress(data, OUT_MAX)
-            self.out(chunk)
-            while self.d.unconsumed_tail:
-                self.out(self.d.decompress(self.d.unconsumed_tail, OUT_MAX))
-        except Exception as exc:  # zlib.error, or isal's own error type
-            raise BlockProblem(f"gzip data corrupt: {exc}") from None
-        if self.d.unused_data:
-            raise BlockProblem(f"{len(self.d.unused_data)} bytes follow the end of the compressed stream")
+        view = memoryview(data)
+        for at in range(0, len(view), OUT_MAX):
+            if self.d.eof:
+                self.rest = bytes(view[at:])
+                raise BlockProblem(f"{len(self.rest)} bytes follow the end of the compressed stream")
+            try:
+                self.out(self.d.decompress(view[at:at + OUT_MAX], OUT_MAX))
+                while self.d.unconsumed_tail:
+                    self.out(self.d.decompress(self.d.unconsumed_tail, OUT_MAX))
+            except Exception as exc:  # zlib.error, or isal's own error type
+                raise BlockProblem(f"gzip data corrupt: {exc}") from None
+            if self.d.unused_data:
+                self.rest = self.d.unused_data + bytes(view[at + OUT_MAX:])
+                raise BlockProblem(f"{len(self.rest)} bytes follow the end of the compressed stream")
 
     def finish(self) -> None:
         if not self.d.eof:
             raise BlockProblem("compressed stream cut short (the block ends before the end of its zlib stream)")
 
+    def after_end(self) -> bytes | None:
+        return self.rest
+
 
 class _Lz4:
+    """One LZ4 frame through ``decompress_chunk`` on views of the input (the frame
+    decompressor object copies its unconsumed input on every call)."""
+
     def __init__(self, out: Callable[[bytes], None]):
         import lz4.frame
 
-        self.out, self.d = out, lz4.frame.LZ4FrameDecompressor()
+        self._lz4, self.out = lz4.frame, out
+        self.ctx = lz4.frame.create_decompression_context()
+        self.eof = False
+        self.rest: bytes | None = None  # what followed the end of the frame
 
     def feed(self, data: bytes) -> None:
-        if self.d.eof:
-            raise BlockProblem(f"{len(data)} bytes follow the end of the LZ4 frame")
+        view, at = memoryview(data), 0
+        if self.eof and view:
+            self.rest = bytes(view)
+            raise BlockProblem(f"{len(view)} bytes follow the end of the LZ4 frame")
         try:
-            self.out(self.d.decompress(data, max_length=OUT_MAX))
-            while not self.d.eof and not self.d.needs_input:
-                self.out(self.d.decompress(b"", max_length=OUT_MAX))
+            while at < len(view) and not self.eof:
+                out, used, self.eof = self._lz4.decompress_chunk(self.ctx, view[at:], max_length=OUT_MAX)
+                if not used and not out:
+                    raise RuntimeError("the decoder takes no more input")
+                at += used
+                self.out(out)
         except RuntimeError as exc:  # python-lz4 reports corrupt frames as RuntimeError
             raise BlockProblem(f"lz4 data corrupt: {exc}") from None
-        if self.d.eof and self.d.unused_data:
-            raise BlockProblem(f"{len(self.d.unused_data)} bytes follow the end of the LZ4 frame")
+        if at < len(view):
+            self.rest = bytes(view[at:])
+            raise BlockProblem(f"{len(self.rest)} bytes follow the end of the LZ4 frame")
 
     def finish(self) -> None:
-        if not self.d.eof:
+        if not self.eof:
             raise BlockProblem("compressed stream cut short (the block ends inside its LZ4 frame)")
+
+    def after_end(self) -> bytes | None:
+        return self.rest
 
 
 class _Zstd:
@@ -110,7 +138,7 @@ class _Zstd:
 
     zstandard's decompressobj returns everything an input produces at once, so a small
     hostile input (RLE blocks) could expand to gigabytes in one call; cutting the input at
-    zstd block boundaries (RFC 8878 section 3.1.1.2) caps a call at 32 blocks x 128 KiB.
+    zstd block boundaries (RFC 8878 section 3.1.1.2) caps a call at 8 blocks x 128 KiB.
     Walking the blocks also tells exactly where the frame ends.
     """
 
@@ -123,6 +151,7 @@ class _Zstd:
         self.state = "header"  # header -> blocks -> checksum -> done
         self.checksum = False
         self.cut: list[memoryview] = []  # walked input waiting to be decoded
+        self.rest: bytes | None = None  # what followed the end of the frame
 
     @property
     def pending(self) -> bytes:
@@ -171,6 +200,7 @@ class _Zstd:
 
     def feed(self, data: bytes) -> None:
         if self.state == "done":
+            self.rest = bytes(data)
             raise BlockProblem(f"{len(data)} bytes follow the end of the zstd frame")
         self._decode()  # nothing may still point into the old buffer
         self.buf, self.at = self.buf[self.at:] + data, 0
@@ -181,7 +211,7 @@ class _Zstd:
                 blocks = 0
                 while self.state == "blocks" and self._block():
                     blocks += 1
-                    if blocks == 32:
+                    if blocks == ZSTD_BLOCKS_PER_CALL:
                         self._decode()
                         blocks = 0
                 if self.state == "blocks":
@@ -193,6 +223,7 @@ class _Zstd:
                 self.state = "done"
         self._decode()
         if self.state == "done" and self._avail():
+            self.rest = bytes(self.pending)
             raise BlockProblem(f"{self._avail()} bytes follow the end of the zstd frame")
 
     def _decode(self) -> None:
@@ -203,6 +234,9 @@ class _Zstd:
             self.out(self.d.decompress(data))
         except self._zstd.ZstdError as exc:
             raise BlockProblem(f"zstd data corrupt: {exc}") from None
+
+    def after_end(self) -> bytes | None:
+        return self.rest
 
     def finish(self) -> None:
         if self.state != "done" or not self.d.eof:

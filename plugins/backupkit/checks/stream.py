@@ -173,7 +173,7 @@ def _members(compression: str, out: Callable[[bytes], None]):
                     self.current.feed(data)
                     return
                 except BlockProblem as exc:
-                    rest = _rest_after_end(self.current, data)
+                    rest = self.current.after_end()  # the next member, if this one ended
                     if rest is None:
                         detail = str(exc).removeprefix(f"{compression} data corrupt: ")
                         raise StreamProblem(f"{compression} stream corrupt: {detail}") from None
@@ -187,17 +187,6 @@ def _members(compression: str, out: Callable[[bytes], None]):
                                     f"{self.members})") from None
 
     return Members()
-
-
-def _rest_after_end(decoder, data: bytes) -> bytes | None:
-    """The input after the end of a finished member (the next member), or None when the
-    decoder failed for another reason."""
-    d = getattr(decoder, "d", None)
-    if getattr(decoder, "state", None) == "done":
-        return decoder.pending or data
-    if d is not None and getattr(d, "eof", False):
-        return d.unused_data or data
-    return None
 
 
 def decoded_pieces(tap: Tap, compression: str | None, *, queued: int = 8) -> Iterator[bytes]:
