@@ -69,18 +69,22 @@ class Counter:
         a = np.frombuffer(data, np.uint8)
         return sum(int(np.count_nonzero(self.mask(a[i:i + self.STEP], value))) for i in range(0, len(a), self.STEP))
 
-    def end_lines(self, data) -> int:
-        """End-of-data lines wholly inside ``data``, overlapping ones too (``\\n\\\\.\\n\\\\.\\n`` is two)."""
+    def rows_and_end_lines(self, data) -> tuple[int, int]:
+        """Newlines, and end-of-data lines wholly inside ``data`` (overlapping ones too:
+        ``\\n\\\\.\\n\\\\.\\n`` is two), from one pass that finds the newlines."""
         if len(data) < VECTOR_MIN:
             count, i = 0, data.find(END_LINE)
             while i >= 0:
                 count += 1
                 i = data.find(END_LINE, i + 3)  # the newline ending one may begin the next
-            return count
+            return data.count(b"\n"), count
         np = _numpy()
         a = np.frombuffer(data, np.uint8)
-        return sum(end_lines_after(a, np.flatnonzero(self.mask(a[i:i + self.STEP], NL)) + i)
-                   for i in range(0, len(a), self.STEP))
+        rows = ends = 0
+        for i in range(0, len(a), self.STEP):
+            newlines = np.flatnonzero(self.mask(a[i:i + self.STEP], NL)) + i
+            rows, ends = rows + len(newlines), ends + end_lines_after(a, newlines)
+        return rows, ends
 
 
 def end_lines_after(a, newlines) -> int:
@@ -107,9 +111,11 @@ class CopyText:
             raise BlockProblem(NUL_PROBLEM)
         across = self.recent[-3:] + bytes(data[:3])  # a line split between two pieces
         self.ends += across.count(END_LINE)
-        if b"\\" in data:  # a backslash is rare in COPY text: memchr first, the full search only then
-            self.ends += self.counter.end_lines(data)
-        self.rows += self.counter.count(data, NL)
+        if b"\\" in data:  # no backslash (memchr): no end-of-data line, and counting is enough
+            rows, ends = self.counter.rows_and_end_lines(data)
+            self.rows, self.ends = self.rows + rows, self.ends + ends
+        else:
+            self.rows += self.counter.count(data, NL)
         if self.columns is not None:
             self.tabs += self.counter.count(data, TAB)
         self.size += len(data)
