@@ -14,8 +14,8 @@ to decode: their chunks are walked and counted in the reader's thread
 
 Threads, not processes: isal, zlib, lz4 and zstandard all release the GIL while they
 decode, so two workers inflate two blocks at once. Work is bounded: at most ``workers``
-blocks are decoded at a time and each holds at most :data:`QUEUED_SEGMENTS` input
-segments; zstd output is bounded per call by feeding whole zstd blocks (each decodes to
+blocks are decoded at a time and at most :data:`QUEUED_SEGMENTS` input segments wait
+in all; zstd output is bounded per call by feeding whole zstd blocks (each decodes to
 at most 128 KiB), the others by ``max_length``.
 """
 
@@ -36,7 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from backupkit.checks.copytext import CopyText
 
 SEGMENT = 4 << 20  # input bytes handed to a worker at once
-QUEUED_SEGMENTS = 4  # per block in flight: memory is about workers x this x SEGMENT
+QUEUED_SEGMENTS = 24  # input segments waiting in all blocks together (96 MiB): enough for the reader to
+# get ahead to the next block while a worker is still on this one, which a budget per block is not
 OUT_MAX = 1 << 20  # decoded bytes per decoder call (larger outputs cost a page fault per 4 KiB)
 ZSTD_BLOCKS_PER_CALL = OUT_MAX // (128 << 10)
 ZSTD_MAGIC = 0xFD2FB528
@@ -253,9 +254,11 @@ FILE_DECODERS: dict[str, type] = {"gzip": _Gzip, "lz4": _Lz4, "zstd": _Zstd}  # 
 
 # -- the pool ---------------------------------------------------------------------------------
 class _Job:
-    def __init__(self, label: str, compression: str, text: CopyText | None, table: str | None):
+    def __init__(self, label: str, compression: str, text: CopyText | None, table: str | None,
+                 budget: threading.Semaphore | None = None):
         self.label, self.text, self.table = label, text, table
-        self.inbox: queue.Queue = queue.Queue(maxsize=QUEUED_SEGMENTS)
+        self.inbox: queue.Queue = queue.Queue()  # bounded by the pool's budget of segments
+        self.budget = budget
         self.decoded = 0
         self.decoder = DECODERS[compression](self._out)
         self.problem: str | None = None
@@ -266,9 +269,16 @@ class _Job:
         if self.text is not None:
             self.text.update(data)
 
+    def take(self):
+        """The next segment (None: the block ended); its place in the budget is freed."""
+        piece = self.inbox.get()
+        if piece is not None and self.budget is not None:
+            self.budget.release()
+        return piece
+
     def run(self) -> None:
         failed = False
-        while (piece := self.inbox.get()) is not None:
+        while (piece := self.take()) is not None:
             if failed:
                 continue  # keep draining so the reader never blocks on a dead block
             try:
@@ -324,13 +334,14 @@ class BlockPool:
         self.workers = max(1, workers)
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pgcustom")
         self._slots = threading.Semaphore(self.workers + 1)
+        self.budget = threading.Semaphore(QUEUED_SEGMENTS)
         self.jobs: list[_Job] = []
         self.decoded = 0
 
     def open(self, label: str, compression: str, text: CopyText | None,
              table: str | None = None) -> "BlockFeeder":
         self._slots.acquire()
-        job = _Job(label, compression, text, table)
+        job = _Job(label, compression, text, table, self.budget)
         self.jobs.append(job)
         return BlockFeeder(self, job)
 
@@ -346,7 +357,7 @@ class BlockPool:
                 job.run()
             except Exception as exc:  # a decoder bug must be a verdict, not a hang
                 job.problem = f"could not decode: {type(exc).__name__}: {exc}"
-                while job.inbox.get() is not None:
+                while job.take() is not None:
                     pass
             finally:
                 self._slots.release()
@@ -385,14 +396,18 @@ class BlockFeeder:
         if not self._started:
             self._pool._start(self._job)
             self._started = True
-        self._job.inbox.put(self._segment)  # handed over, never written again: no copy
+        self._put(self._segment)  # handed over, never written again: no copy
         self._segment = bytearray()
+
+    def _put(self, segment: bytearray) -> None:
+        self._pool.budget.acquire()
+        self._job.inbox.put(segment)
 
     def close(self) -> None:
         """The block's chunks ended: decode what is left and check the stream ended."""
         if self._segment:
             piece, self._segment = self._segment, bytearray()
-            self._job.inbox.put(piece)
+            self._put(piece)
         if not self._started:
             self._pool._start(self._job)
             self._started = True
