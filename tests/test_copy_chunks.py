@@ -240,3 +240,31 @@ def test_the_hasher_thread_digests_everything_and_ends(tmp_path):
     gc.collect()
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_copy_text_counts_match_a_reference_whatever_the_pieces(seed):
+    """Rows, tabs and end-of-data lines (overlapping ones too) of text cut into pieces of any
+    size, large pieces counted in 1 MiB steps: the same as counting the whole text at once."""
+    import re
+
+    rng = random.Random(seed)
+    step = copytext.Counter.STEP
+    text = bytearray()
+    while len(text) < step:  # a first step without a backslash: its newlines are only counted
+        text += rng.choice([b"a\tb\n", b"\n", b".", b"x" * rng.randrange(1, 3000), b"\t"])
+    while len(text) < 3 * step:
+        text += rng.choice([b"a\tb\n", b"\\.\n", b"\n", b"\\", b".", b"x" * rng.randrange(1, 3000), b"\t", b"\\N"])
+    for boundary, back in ((step, 1), (2 * step, 1 + seed % 3)):  # "\." lines across the 1 MiB steps
+        text[boundary - back:boundary - back + 4] = b"\n\\.\n"
+    text = bytes(text)
+    full = b"\n" + text  # the virtual newline before the first row
+    want = (full.count(b"\n") - 1, text.count(b"\t"), len(re.findall(rb"(?=\n\\\.\n)", full)))
+    t = copytext.CopyText(columns=2)
+    t.update(text[:3 * step - 5])  # one piece: its steps are the text's
+    at = 3 * step - 5
+    while at < len(text):
+        n = rng.choice([1, 3, 100, copytext.VECTOR_MIN, step + 17, 2 * step])
+        t.update(text[at:at + n])
+        at += n
+    assert (t.rows, t.tabs, t.ends) == want

@@ -62,29 +62,37 @@ class Counter:
             self._scratch = np.empty(max(len(a), self.STEP), bool)
         return np.equal(a, value, out=self._scratch[:len(a)])
 
-    def count(self, data, value: int) -> int:
-        if len(data) < VECTOR_MIN:
-            return data.count(bytes([value]))
-        np = _numpy()
-        a = np.frombuffer(data, np.uint8)
-        return sum(int(np.count_nonzero(self.mask(a[i:i + self.STEP], value))) for i in range(0, len(a), self.STEP))
+    def copy_counts(self, data, tabs: bool) -> tuple[bool, int, int, int]:
+        """(a NUL byte seen, newlines, end-of-data lines wholly inside, tabs) of ``data``.
 
-    def rows_and_end_lines(self, data) -> tuple[int, int]:
-        """Newlines, and end-of-data lines wholly inside ``data`` (overlapping ones too:
-        ``\\n\\\\.\\n\\\\.\\n`` is two), from one pass that finds the newlines."""
+        End-of-data lines overlapping ones too (``\\n\\\\.\\n\\\\.\\n`` is two). Large pieces
+        are counted a :data:`STEP` at a time with numpy, which also releases the GIL (the
+        other workers' decoders run meanwhile); small ones with bytes methods.
+        """
         if len(data) < VECTOR_MIN:
             count, i = 0, data.find(END_LINE)
             while i >= 0:
                 count += 1
                 i = data.find(END_LINE, i + 3)  # the newline ending one may begin the next
-            return data.count(b"\n"), count
+            return b"\0" in data, data.count(b"\n"), count, data.count(b"\t") if tabs else 0
         np = _numpy()
         a = np.frombuffer(data, np.uint8)
-        rows = ends = 0
+        nul, rows, ends, tab_count, listed = False, 0, 0, 0, True
         for i in range(0, len(a), self.STEP):
-            newlines = np.flatnonzero(self.mask(a[i:i + self.STEP], NL)) + i
-            rows, ends = rows + len(newlines), ends + end_lines_after(a, newlines)
-        return rows, ends
+            step = a[i:i + self.STEP]
+            nul = nul or int(np.count_nonzero(step)) != len(step)
+            backslash = bool(self.mask(step, BACKSLASH).any())
+            if backslash:  # rare in COPY text: only then the newlines' positions are needed
+                newlines = np.flatnonzero(self.mask(step, NL)) + i
+                rows, ends = rows + len(newlines), ends + end_lines_after(a, newlines)
+                if not listed and a[i] == BACKSLASH and a[i - 1] == NL:  # begun by an unlisted step's last byte
+                    ends += end_lines_after(a, np.array([i - 1]))
+            else:
+                rows += int(np.count_nonzero(self.mask(step, NL)))
+            if tabs:
+                tab_count += int(np.count_nonzero(self.mask(step, TAB)))
+            listed = backslash
+        return nul, rows, ends, tab_count
 
 
 def end_lines_after(a, newlines) -> int:
@@ -107,18 +115,12 @@ class CopyText:
     def update(self, data) -> None:
         if not data:
             return
-        if b"\0" in data:
+        nul, rows, ends, tabs = self.counter.copy_counts(data, self.columns is not None)
+        if nul:
             raise BlockProblem(NUL_PROBLEM)
         across = self.recent[-3:] + bytes(data[:3])  # a line split between two pieces
-        self.ends += across.count(END_LINE)
-        if b"\\" in data:  # no backslash (memchr): no end-of-data line, and counting is enough
-            rows, ends = self.counter.rows_and_end_lines(data)
-            self.rows, self.ends = self.rows + rows, self.ends + ends
-        else:
-            self.rows += self.counter.count(data, NL)
-        if self.columns is not None:
-            self.tabs += self.counter.count(data, TAB)
-        self.size += len(data)
+        self.ends += across.count(END_LINE) + ends
+        self.rows, self.tabs, self.size = self.rows + rows, self.tabs + tabs, self.size + len(data)
         self.recent = (self.recent + bytes(data[-5:]))[-5:]
 
     def add_counted(self, size: int, rows: int, tabs: int, ends: int, tail: bytes, nul: bool) -> None:
