@@ -18,9 +18,15 @@ here and is not used. Every command runs --rounds times, alternated, page cache 
 best wall time counts. Peak RSS is the largest process of each command's tree (wait4).
 ``--inflaters`` also times zlib, zlib-ng (if installed) and ISA-L on one gzip block.
 
-Goals (issue 14): verify <= 0.6x of the baseline; peak RSS < 300 MB.
+Goals (issues 14 and 9): verify <= 0.6x of the baseline for gzip, zstd, lz4 and plain
+``.sql.gz``; for the uncompressed dump <= 1.15x of the slower of OpenSSL and pg_restore;
+peak RSS < 300 MB. Verify must hash the whole file, one sequential pass no core can share,
+and decode what the baseline decodes, so zstd and lz4 (decoded by the CLIs' own libraries)
+also print their *floor* on this machine: the larger of OpenSSL's time alone and (baseline
+CPU + OpenSSL CPU) / cores, over the baseline's time. A floor above the goal means the
+goal cannot be met here.
 
-    .venv/bin/python bench/bench_verify.py                 # 1 GB-class files, 5 rounds
+    .venv/bin/python bench/bench_verify.py                 # ~1 GB gzip dump (3.3 GB of rows), 5 rounds
     .venv/bin/python bench/bench_verify.py --quick         # 0.1 GB smoke run
     .venv/bin/python bench/bench_verify.py --tables 1      # one big table: no block parallelism
 """
@@ -48,6 +54,7 @@ OUT = REPO / "bench" / "out"
 GB = 1_000_000_000
 ROW_BYTES = 120  # a bookings-like row in COPY text (measured ~115-125)
 GOAL_RATIO, GOAL_RSS_MB = 0.6, 300
+GOAL_NONE = 1.15  # issue 9: within 1.15x of the slower of OpenSSL's SHA-256 and pg_restore
 
 
 def _rows_sql(table: str, rows: int) -> str:
@@ -182,9 +189,26 @@ def inflaters(dump: Path) -> None:
         print(f"  inflate {len(stream) / GB:.2f} GB with {name:<8} {best:6.2f}s  {len(stream) / best / 1e6:6.0f} MB/s")
 
 
+def _floor(kind: str, base: dict, sha: dict) -> str:
+    """What no verify can beat here, for the kinds whose decoder is the baseline's own library
+    (zstd, lz4): the SHA-256 pass alone, or both passes' CPU spread over the cores."""
+    if kind not in ("zstd", "lz4"):
+        return "n/a"
+    cores = min(2, os.cpu_count() or 1)
+    return f"{max(sha['best'], (base['cpu'] + sha['cpu']) / cores) / base['best']:.3f} of the baseline"
+
+
+def _have_clis() -> None:
+    """zstd and lz4 (the baselines) from Debian's packages when the machine lacks them."""
+    missing = [p for p in ("zstd", "lz4") if shutil.which(p) is None]
+    if missing:
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, stdout=subprocess.DEVNULL)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size-gb", type=float, default=2.5, help="table data in the database (default 2.5 GB)")
+    ap.add_argument("--size-gb", type=float, default=3.3,
+                    help="table data in the database (default 3.3 GB: a 1.0 GB gzip custom dump)")
     ap.add_argument("--tables", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="0.25 GB smoke run, 2 rounds")
     ap.add_argument("--rounds", type=int, default=5)
@@ -203,6 +227,7 @@ def main() -> int:
     subprocess.run([sys.executable, __file__, "--make-only", "--size-gb", str(args.size_gb),
                     "--tables", str(args.tables)], check=True)
     files = make_inputs(args.size_gb, args.tables)
+    _have_clis()
     backupctl = shutil.which("backupctl", path=str(Path(sys.executable).parent)) or "backupctl"
     for p in files.values():
         subprocess.run(["cat", str(p)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
@@ -219,18 +244,24 @@ def main() -> int:
         cmds = {"baseline": baseline[kind](path), "openssl": ["openssl", "dgst", "-sha256", str(path)],
                 "verify_w1": [backupctl, "verify", "--workers", "1", str(path)],
                 "verify_w2": [backupctl, "verify", "--workers", "2", str(path)]}
+        load = os.getloadavg()[0]
         r = race(cmds, args.rounds)
-        ratio = r["verify_w2"]["best"] / r["baseline"]["best"]
-        both = r["verify_w2"]["best"] / max(r["baseline"]["best"], r["openssl"]["best"])
-        print(f"{kind}: {path.name} {path.stat().st_size / GB:.3f} GB; baseline: {' '.join(cmds['baseline'][:2])}")
+        base, sha, verify = r["baseline"], r["openssl"], r["verify_w2"]
+        ratio = verify["best"] / base["best"]
+        both = verify["best"] / max(base["best"], sha["best"])
+        floor = _floor(kind, base, sha)
+        goal, measured = (GOAL_NONE, both) if kind == "none" else (GOAL_RATIO, ratio)
+        print(f"{kind}: {path.name} {path.stat().st_size / GB:.3f} GB; baseline: {' '.join(cmds['baseline'][:2])}; "
+              f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
         for name, v in r.items():
             walls = " ".join(f"{w:6.2f}" for w in v["walls"])
             print(f"  {name:<10} wall s: {walls}   best {v['best']:6.2f}   CPU s {v['cpu']:6.2f}   peak RSS {v['rss']:6.1f} MB")
-        print(f"  verify(2 workers) / baseline = {ratio:.3f} (goal <= {GOAL_RATIO}); "
-              f"/ max(baseline, openssl) = {both:.3f}; workers 1 -> 2: "
-              f"{r['verify_w1']['best'] / r['verify_w2']['best']:.2f}x")
-        ok = ok and ratio <= GOAL_RATIO and r["verify_w2"]["rss"] < GOAL_RSS_MB
-        summary[kind] = {"file": path.name, "bytes": path.stat().st_size, "ratio": ratio, "ratio_vs_max": both, **r}
+        print(f"  verify(2 workers) / baseline = {ratio:.3f}; / max(baseline, openssl) = {both:.3f}; "
+              f"goal {'max ' if kind == 'none' else ''}<= {goal}: {'met' if measured <= goal else 'MISSED'}; "
+              f"floor here {floor}; workers 1 -> 2: {r['verify_w1']['best'] / verify['best']:.2f}x")
+        ok = ok and measured <= goal and verify["rss"] < GOAL_RSS_MB
+        summary[kind] = {"file": path.name, "bytes": path.stat().st_size, "ratio": ratio, "ratio_vs_max": both,
+                         "floor": floor, "load": load, **r}
     if args.inflaters:
         inflaters(files["gzip"])
     (OUT / "bench_verify.json").write_text(json.dumps(summary, indent=2))

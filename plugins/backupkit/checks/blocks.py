@@ -7,19 +7,15 @@ zstd frame (compress_zstd.c, ``ZSTD_e_end`` once), or the bytes themselves for n
 A block is whole when its stream ends exactly at the end of its last chunk: no missing
 tail, no bytes after the end of the stream, no second frame.
 
-The decoded text of a TABLE DATA block is what ``COPY ... FROM stdin`` will read, so it
-is held to what pg_dump writes (see docs/dump-rules.md): rows ending in a newline, no NUL
-byte (PostgreSQL text cannot hold one; bytea is escaped), one ``\\.`` line and it comes
-last, followed by the two empty lines pg_dump adds. In an uncompressed dump, which has no
-checksum at all, the raw tabs must also number exactly rows x (columns - 1), with the
-columns read from the TOC's COPY statement (COPY escapes tabs inside values); for the
-compressed ones that extra pass over the decoded data costs more than it finds (zlib's
-Adler-32 covers gzip blocks; zstd and lz4 frames fail to decode on most damage).
+The decoded text of a TABLE DATA block is checked as COPY text
+(:mod:`backupkit.checks.copytext`, docs/dump-rules.md). Uncompressed blocks have nothing
+to decode: their chunks are walked and counted in the reader's thread
+(:class:`InlineJob`, :func:`~backupkit.checks.copytext.walk_copy_chunks`).
 
 Threads, not processes: isal, zlib, lz4 and zstandard all release the GIL while they
 decode, so two workers inflate two blocks at once. Work is bounded: at most ``workers``
-blocks are decoded at a time and each holds at most :data:`QUEUED_SEGMENTS` input
-segments; zstd output is bounded per call by feeding whole zstd blocks (each decodes to
+blocks are decoded at a time and at most :data:`QUEUED_SEGMENTS` input segments wait
+in all; zstd output is bounded per call by feeding whole zstd blocks (each decodes to
 at most 128 KiB), the others by ``max_length``.
 """
 
@@ -29,17 +25,21 @@ import queue
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 try:  # ISA-L inflates about 2x faster than zlib here (bench/bench_verify.py --inflaters)
     from isal import isal_zlib as _zlib_impl
 except ImportError:  # pragma: no cover - isal is pinned in requirements.txt
     _zlib_impl = zlib
 
+if TYPE_CHECKING:  # pragma: no cover
+    from backupkit.checks.copytext import CopyText
+
 SEGMENT = 4 << 20  # input bytes handed to a worker at once
-QUEUED_SEGMENTS = 4  # per block in flight: memory is about workers x this x SEGMENT
-OUT_MAX = 4 << 20  # decoded bytes produced per decoder call
-COPY_END = b"\\.\n\n\n"  # what pg_dump writes after the last COPY row of a TABLE DATA block
+QUEUED_SEGMENTS = 24  # input segments waiting in all blocks together (96 MiB): enough for the reader to
+# get ahead to the next block while a worker is still on this one, which a budget per block is not
+OUT_MAX = 1 << 20  # decoded bytes per decoder call (larger outputs cost a page fault per 4 KiB)
+ZSTD_BLOCKS_PER_CALL = OUT_MAX // (128 << 10)
 ZSTD_MAGIC = 0xFD2FB528
 ZSTD_BLOCK_MAX = 128 << 10
 
@@ -59,52 +59,79 @@ class _Plain:
     def finish(self) -> None:
         pass
 
+    def after_end(self) -> bytes | None:
+        return None
+
 
 class _Zlib:
+    """Input in slices of :data:`OUT_MAX`: zlib copies its unconsumed tail on every call."""
+
     wbits = zlib.MAX_WBITS  # a zlib stream, as pg_dump's custom format writes
 
     def __init__(self, out: Callable[[bytes], None]):
         self.out, self.d = out, _zlib_impl.decompressobj(self.wbits)
+        self.rest: bytes | None = None  # what followed the end of the stream
 
     def feed(self, data: bytes) -> None:
-        if self.d.eof:
-            raise BlockProblem(f"{len(data)} bytes follow the end of the compressed stream")
-        try:
-            chunk = self.d.decompress(data, OUT_MAX)
-            self.out(chunk)
-            while self.d.unconsumed_tail:
-                self.out(self.d.decompress(self.d.unconsumed_tail, OUT_MAX))
-        except Exception as exc:  # zlib.error, or isal's own error type
-            raise BlockProblem(f"gzip data corrupt: {exc}") from None
-        if self.d.unused_data:
-            raise BlockProblem(f"{len(self.d.unused_data)} bytes follow the end of the compressed stream")
+        view = memoryview(data)
+        for at in range(0, len(view), OUT_MAX):
+            if self.d.eof:
+                self.rest = bytes(view[at:])
+                raise BlockProblem(f"{len(self.rest)} bytes follow the end of the compressed stream")
+            try:
+                self.out(self.d.decompress(view[at:at + OUT_MAX], OUT_MAX))
+                while self.d.unconsumed_tail:
+                    self.out(self.d.decompress(self.d.unconsumed_tail, OUT_MAX))
+            except Exception as exc:  # zlib.error, or isal's own error type
+                raise BlockProblem(f"gzip data corrupt: {exc}") from None
+            if self.d.unused_data:
+                self.rest = self.d.unused_data + bytes(view[at + OUT_MAX:])
+                raise BlockProblem(f"{len(self.rest)} bytes follow the end of the compressed stream")
 
     def finish(self) -> None:
         if not self.d.eof:
             raise BlockProblem("compressed stream cut short (the block ends before the end of its zlib stream)")
 
+    def after_end(self) -> bytes | None:
+        return self.rest
+
 
 class _Lz4:
+    """One LZ4 frame through ``decompress_chunk`` on views of the input (the frame
+    decompressor object copies its unconsumed input on every call)."""
+
     def __init__(self, out: Callable[[bytes], None]):
         import lz4.frame
 
-        self.out, self.d = out, lz4.frame.LZ4FrameDecompressor()
+        self._lz4, self.out = lz4.frame, out
+        self.ctx = lz4.frame.create_decompression_context()
+        self.eof = False
+        self.rest: bytes | None = None  # what followed the end of the frame
 
     def feed(self, data: bytes) -> None:
-        if self.d.eof:
-            raise BlockProblem(f"{len(data)} bytes follow the end of the LZ4 frame")
+        view, at = memoryview(data), 0
+        if self.eof and view:
+            self.rest = bytes(view)
+            raise BlockProblem(f"{len(view)} bytes follow the end of the LZ4 frame")
         try:
-            self.out(self.d.decompress(data, max_length=OUT_MAX))
-            while not self.d.eof and not self.d.needs_input:
-                self.out(self.d.decompress(b"", max_length=OUT_MAX))
+            while at < len(view) and not self.eof:
+                out, used, self.eof = self._lz4.decompress_chunk(self.ctx, view[at:], max_length=OUT_MAX)
+                if not used and not out:
+                    raise RuntimeError("the decoder takes no more input")
+                at += used
+                self.out(out)
         except RuntimeError as exc:  # python-lz4 reports corrupt frames as RuntimeError
             raise BlockProblem(f"lz4 data corrupt: {exc}") from None
-        if self.d.eof and self.d.unused_data:
-            raise BlockProblem(f"{len(self.d.unused_data)} bytes follow the end of the LZ4 frame")
+        if at < len(view):
+            self.rest = bytes(view[at:])
+            raise BlockProblem(f"{len(self.rest)} bytes follow the end of the LZ4 frame")
 
     def finish(self) -> None:
-        if not self.d.eof:
+        if not self.eof:
             raise BlockProblem("compressed stream cut short (the block ends inside its LZ4 frame)")
+
+    def after_end(self) -> bytes | None:
+        return self.rest
 
 
 class _Zstd:
@@ -112,7 +139,7 @@ class _Zstd:
 
     zstandard's decompressobj returns everything an input produces at once, so a small
     hostile input (RLE blocks) could expand to gigabytes in one call; cutting the input at
-    zstd block boundaries (RFC 8878 section 3.1.1.2) caps a call at 32 blocks x 128 KiB.
+    zstd block boundaries (RFC 8878 section 3.1.1.2) caps a call at 8 blocks x 128 KiB.
     Walking the blocks also tells exactly where the frame ends.
     """
 
@@ -125,6 +152,7 @@ class _Zstd:
         self.state = "header"  # header -> blocks -> checksum -> done
         self.checksum = False
         self.cut: list[memoryview] = []  # walked input waiting to be decoded
+        self.rest: bytes | None = None  # what followed the end of the frame
 
     @property
     def pending(self) -> bytes:
@@ -173,6 +201,7 @@ class _Zstd:
 
     def feed(self, data: bytes) -> None:
         if self.state == "done":
+            self.rest = bytes(data)
             raise BlockProblem(f"{len(data)} bytes follow the end of the zstd frame")
         self._decode()  # nothing may still point into the old buffer
         self.buf, self.at = self.buf[self.at:] + data, 0
@@ -183,7 +212,7 @@ class _Zstd:
                 blocks = 0
                 while self.state == "blocks" and self._block():
                     blocks += 1
-                    if blocks == 32:
+                    if blocks == ZSTD_BLOCKS_PER_CALL:
                         self._decode()
                         blocks = 0
                 if self.state == "blocks":
@@ -195,6 +224,7 @@ class _Zstd:
                 self.state = "done"
         self._decode()
         if self.state == "done" and self._avail():
+            self.rest = bytes(self.pending)
             raise BlockProblem(f"{self._avail()} bytes follow the end of the zstd frame")
 
     def _decode(self) -> None:
@@ -205,6 +235,9 @@ class _Zstd:
             self.out(self.d.decompress(data))
         except self._zstd.ZstdError as exc:
             raise BlockProblem(f"zstd data corrupt: {exc}") from None
+
+    def after_end(self) -> bytes | None:
+        return self.rest
 
     def finish(self) -> None:
         if self.state != "done" or not self.d.eof:
@@ -219,56 +252,13 @@ DECODERS: dict[str, type] = {"none": _Plain, "gzip": _Zlib, "lz4": _Lz4, "zstd":
 FILE_DECODERS: dict[str, type] = {"gzip": _Gzip, "lz4": _Lz4, "zstd": _Zstd}  # compressed files
 
 
-# -- the decoded text ------------------------------------------------------------------------
-class CopyText:
-    """Checks the decoded data of one TABLE DATA block against what pg_dump writes."""
-
-    def __init__(self, columns: int | None):
-        self.columns = columns  # None: do not count tabs
-        self.recent = b"\n"  # the last bytes seen; starts with a virtual newline before row 1
-        self.rows = self.tabs = self.size = 0
-        self.ends = 0  # "\n\\.\n" seen: end-of-data lines
-
-    def update(self, data: bytes) -> None:
-        if not data:
-            return
-        if b"\0" in data:
-            raise BlockProblem("NUL byte in COPY data (PostgreSQL text cannot contain one)")
-        across = self.recent[-3:] + data[:3]  # a marker split between two pieces
-        self.ends += across.count(b"\n\\.\n")
-        if b"\\" in data:  # a backslash is rare in COPY text: memchr first, the full search only then
-            self.ends += data.count(b"\n\\.\n")
-        self.rows += data.count(b"\n")
-        if self.columns is not None:
-            self.tabs += data.count(b"\t")
-        self.size += len(data)
-        self.recent = (self.recent + data[-5:])[-5:]
-
-    def finish(self) -> None:
-        if self.size == 0:
-            raise BlockProblem("empty TABLE DATA block (pg_dump writes at least the end-of-data line)")
-        if self.recent != COPY_END:
-            raise BlockProblem("COPY data does not end with pg_dump's end-of-data line (\\.)")
-        if self.ends != 1:
-            raise BlockProblem(f"COPY data has {self.ends} end-of-data lines (\\.); pg_dump writes one, last")
-        rows = self.rows - 3  # the "\." line and the two empty lines after it
-        if self.columns and self.tabs != rows * (self.columns - 1):
-            raise BlockProblem(f"COPY data has {self.tabs} column separators for {rows} rows of "
-                               f"{self.columns} columns (expected {rows * (self.columns - 1)})")
-
-
-def text_check(desc: str, copy_columns: int | None, compression: str) -> CopyText | None:
-    """The check for a block's decoded data: TABLE DATA written as COPY is checked, the rest not."""
-    if desc != "TABLE DATA" or copy_columns is None:
-        return None
-    return CopyText(copy_columns if compression == "none" else None)
-
-
 # -- the pool ---------------------------------------------------------------------------------
 class _Job:
-    def __init__(self, label: str, compression: str, text: CopyText | None, table: str | None):
+    def __init__(self, label: str, compression: str, text: CopyText | None, table: str | None,
+                 budget: threading.Semaphore | None = None):
         self.label, self.text, self.table = label, text, table
-        self.inbox: queue.Queue = queue.Queue(maxsize=QUEUED_SEGMENTS)
+        self.inbox: queue.Queue = queue.Queue()  # bounded by the pool's budget of segments
+        self.budget = budget
         self.decoded = 0
         self.decoder = DECODERS[compression](self._out)
         self.problem: str | None = None
@@ -279,9 +269,16 @@ class _Job:
         if self.text is not None:
             self.text.update(data)
 
+    def take(self):
+        """The next segment (None: the block ended); its place in the budget is freed."""
+        piece = self.inbox.get()
+        if piece is not None and self.budget is not None:
+            self.budget.release()
+        return piece
+
     def run(self) -> None:
         failed = False
-        while (piece := self.inbox.get()) is not None:
+        while (piece := self.take()) is not None:
             if failed:
                 continue  # keep draining so the reader never blocks on a dead block
             try:
@@ -297,6 +294,39 @@ class _Job:
                 self.problem = str(exc)
 
 
+class InlineJob(_Job):
+    """A block checked in the reader's own thread: uncompressed data has nothing to decode,
+    and handing 120-byte rows to a worker would cost more than counting them."""
+
+    def __init__(self, label: str, text: CopyText, table: str | None):
+        super().__init__(label, "none", text, table)
+
+    def _checked(self, check, *args) -> None:
+        if self.problem is None:  # after a problem only the chunks are walked (to find the block's end)
+            try:
+                check(*args)
+            except BlockProblem as exc:
+                self.problem = str(exc)
+
+    def feed(self, data) -> None:
+        self.decoded += len(data)
+        self._checked(self.text.update, bytes(data))  # a view of the reader's buffer
+
+    def bulk_ready(self) -> bool:
+        """Can text counted elsewhere follow? (it must begin right after a newline)"""
+        return self.problem is not None or self.text.recent.endswith(b"\n")
+
+    def add_counted(self, size: int, *counts) -> None:
+        self.decoded += size
+        self._checked(self.text.add_counted, size, *counts)
+
+    def close(self) -> None:
+        self._checked(self.text.finish)
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+
 class BlockPool:
     """Decodes blocks on ``workers`` threads; :meth:`open` hands out a feeder per block."""
 
@@ -304,15 +334,22 @@ class BlockPool:
         self.workers = max(1, workers)
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pgcustom")
         self._slots = threading.Semaphore(self.workers + 1)
+        self.budget = threading.Semaphore(QUEUED_SEGMENTS)
         self.jobs: list[_Job] = []
         self.decoded = 0
 
     def open(self, label: str, compression: str, text: CopyText | None,
              table: str | None = None) -> "BlockFeeder":
         self._slots.acquire()
-        job = _Job(label, compression, text, table)
+        job = _Job(label, compression, text, table, self.budget)
         self.jobs.append(job)
         return BlockFeeder(self, job)
+
+    def inline(self, label: str, text: CopyText, table: str | None = None) -> InlineJob:
+        """A block the caller checks in its own thread; reported with the others, in order."""
+        job = InlineJob(label, text, table)
+        self.jobs.append(job)
+        return job
 
     def _start(self, job: _Job) -> None:
         def run() -> None:
@@ -320,7 +357,7 @@ class BlockPool:
                 job.run()
             except Exception as exc:  # a decoder bug must be a verdict, not a hang
                 job.problem = f"could not decode: {type(exc).__name__}: {exc}"
-                while job.inbox.get() is not None:
+                while job.take() is not None:
                     pass
             finally:
                 self._slots.release()
@@ -359,14 +396,18 @@ class BlockFeeder:
         if not self._started:
             self._pool._start(self._job)
             self._started = True
-        self._job.inbox.put(self._segment)  # handed over, never written again: no copy
+        self._put(self._segment)  # handed over, never written again: no copy
         self._segment = bytearray()
+
+    def _put(self, segment: bytearray) -> None:
+        self._pool.budget.acquire()
+        self._job.inbox.put(segment)
 
     def close(self) -> None:
         """The block's chunks ended: decode what is left and check the stream ended."""
         if self._segment:
             piece, self._segment = self._segment, bytearray()
-            self._job.inbox.put(piece)
+            self._put(piece)
         if not self._started:
             self._pool._start(self._job)
             self._started = True

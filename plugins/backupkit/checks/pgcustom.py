@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from backupkit.checks.blocks import BlockFeeder, BlockPool, text_check
+from backupkit.checks.blocks import BlockFeeder, BlockPool
+from backupkit.checks.copytext import text_check, walk_copy_chunks
 from backupkit.checks.stream import Tap
 
 COMPRESSIONS = {0: "none", 1: "gzip", 2: "lz4", 3: "zstd"}
@@ -186,6 +187,16 @@ class _Cursor:
                     return total
                 total += n
                 self._payload(n, feed, what)
+
+    def chunk(self, feed, what: str) -> int:
+        """One chunk: its payload fed, its length returned (0: the end marker)."""
+        self._more(self.int_size + 1, what)
+        if self.buf[self.pos]:  # as chunks() says it, whatever the sign byte
+            raise DumpProblem(f"negative chunk length in {what} at offset {self.offset}")
+        n = self.int(what)
+        if n:
+            self._payload(n, feed, what)
+        return n
 
     def _payload(self, n: int, feed, what: str) -> None:
         while n:
@@ -388,6 +399,15 @@ def _walk_blocks(cur: _Cursor, header: Header, entries: dict[int, DataEntry], po
 
 
 def _stream(cur: _Cursor, pool: BlockPool, label: str, compression: str, text, table: str | None = None) -> None:
+    if compression == "none" and text is not None:  # COPY rows, one chunk each: counted here, in bulk
+        job = pool.inline(label, text, table)
+        try:
+            walk_copy_chunks(cur, job, label)
+        except DumpProblem:
+            job.abandon()
+            raise
+        job.close()
+        return
     feeder: BlockFeeder = pool.open(label, compression, text, table)
     try:
         cur.chunks(feeder.feed, label)

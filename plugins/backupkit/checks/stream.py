@@ -12,26 +12,72 @@ import gzip
 import hashlib
 import queue
 import threading
+import weakref
 import zlib
 from typing import BinaryIO, Callable, Iterator
 
 CHUNK = 1 << 20
+INLINE_HASH = 8 << 20  # bytes hashed in the reader's thread before the hasher's own starts
+HASH_QUEUE = 16  # chunks waiting to be hashed
 # Errors a damaged gzip stream raises: truncation is EOFError, the rest are corruption.
 GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+class _Hasher:
+    """SHA-256 of the chunks pulled, on its own thread once the file proves large.
+
+    hashlib releases the GIL on large updates, so the digest (the slowest single pass of an
+    uncompressed or lz4 dump: ~1 GB/s) overlaps the parsing instead of adding to it. The
+    first :data:`INLINE_HASH` bytes are hashed inline: small files start no thread. The
+    queue holds at most :data:`HASH_QUEUE` chunks (memory stays bounded); the thread ends
+    at :meth:`hexdigest`, or when the Tap is dropped without one.
+    """
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._inline = 0
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+
+    def update(self, data: bytes) -> None:
+        if self._queue is not None:
+            self._queue.put(data)
+            return
+        self._sha.update(data)
+        self._inline += len(data)
+        if self._inline >= INLINE_HASH:
+            self._queue = queue.Queue(maxsize=HASH_QUEUE)
+            self._thread = threading.Thread(target=_hash_from, args=(self._sha, self._queue), name="sha256",
+                                            daemon=True)
+            self._thread.start()
+            weakref.finalize(self, self._queue.put, None)
+
+    def hexdigest(self) -> str:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = self._queue = None
+        return self._sha.hexdigest()
+
+
+def _hash_from(sha, chunks: queue.Queue) -> None:
+    while (data := chunks.get()) is not None:
+        sha.update(data)
 
 
 class Tap:
     """A read-only stream over ``raw`` that hashes (and forwards) each chunk it pulls.
 
-    Chunks are read into one reused buffer (a fresh 1 MiB object per chunk costs an
-    mmap, page faults and munmap each time); sinks get a view of it and must use it
-    before returning.
+    Chunks are read into one reused buffer (a fresh 1 MiB object per read costs an mmap,
+    page faults and munmap each time) and copied out once into the immutable chunk that
+    the consumer, the hasher's thread and the sinks share; sinks must use it before
+    returning.
     """
 
     def __init__(self, raw: BinaryIO, chunk: int = CHUNK):
         self._raw = raw
         self._chunk = memoryview(bytearray(chunk))
-        self._sha = hashlib.sha256()
+        self._sha = _Hasher()
         self._sinks: list[Callable[[memoryview], None]] = []
         self._buf, self._pos = b"", 0
         self.bytes_read = 0  # pulled from raw (hashed), not necessarily consumed yet
@@ -40,13 +86,13 @@ class Tap:
         n = self._raw.readinto(self._chunk)
         if not n:
             return False
-        data = self._chunk[:n]
+        data = bytes(self._chunk[:n])
         self._sha.update(data)
         self.bytes_read += n
         for sink in self._sinks:
             sink(data)
         if keep:
-            self._buf, self._pos = self._buf[self._pos:] + data, 0
+            self._buf, self._pos = (self._buf[self._pos:] + data if self._pos < len(self._buf) else data), 0
         return True
 
     def peek(self, n: int) -> bytes:
@@ -127,7 +173,7 @@ def _members(compression: str, out: Callable[[bytes], None]):
                     self.current.feed(data)
                     return
                 except BlockProblem as exc:
-                    rest = _rest_after_end(self.current, data)
+                    rest = self.current.after_end()  # the next member, if this one ended
                     if rest is None:
                         detail = str(exc).removeprefix(f"{compression} data corrupt: ")
                         raise StreamProblem(f"{compression} stream corrupt: {detail}") from None
@@ -141,17 +187,6 @@ def _members(compression: str, out: Callable[[bytes], None]):
                                     f"{self.members})") from None
 
     return Members()
-
-
-def _rest_after_end(decoder, data: bytes) -> bytes | None:
-    """The input after the end of a finished member (the next member), or None when the
-    decoder failed for another reason."""
-    d = getattr(decoder, "d", None)
-    if getattr(decoder, "state", None) == "done":
-        return decoder.pending or data
-    if d is not None and getattr(d, "eof", False):
-        return d.unused_data or data
-    return None
 
 
 def decoded_pieces(tap: Tap, compression: str | None, *, queued: int = 8) -> Iterator[bytes]:
