@@ -19,12 +19,10 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 
 from backup_airflow.common import VerificationFailed
-from backup_airflow.hooks import backup_config, bucket
+from backup_airflow.hooks import BackupHook
 from backupkit.jobs import daily
-from backupkit.config import Config, ConfigError
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -45,16 +43,16 @@ class _BackupCheckOperator(BaseOperator):
         self.config_path = config_path
         self.fail_on_problem = fail_on_problem
 
-    def run_check(self, config: Config, context: Context) -> list[dict]:
+    def hook(self) -> BackupHook:
+        return BackupHook(self.config_path)
+
+    def run_check(self, hook: BackupHook, context: Context) -> list[dict]:
         raise NotImplementedError
 
     def execute(self, context: Context) -> list[dict]:
-        config = backup_config(self.config_path)
-        try:
-            config.source(self.source_name)
-        except ConfigError as exc:  # an unknown source: fail now (naming the configured ones), no retry
-            raise AirflowFailException(str(exc)) from exc
-        results = self.run_check(config, context)
+        hook = self.hook()
+        hook.check_source(self.source_name)
+        results = self.run_check(hook, context)
         problems = [r for r in results if not r["ok"]]
         for r in results:
             if not r["ok"]:
@@ -77,8 +75,8 @@ class BackupFreshnessOperator(_BackupCheckOperator):
 
     check_name = "freshness"
 
-    def run_check(self, config: Config, context: Context) -> list[dict]:
-        return daily.check_presence(config, self.source_name)
+    def run_check(self, hook: BackupHook, context: Context) -> list[dict]:
+        return daily.check_presence(hook.config, self.source_name)
 
 
 class BackupIntegrityOperator(_BackupCheckOperator):
@@ -88,8 +86,8 @@ class BackupIntegrityOperator(_BackupCheckOperator):
     check_name = "integrity"
     ui_color = "#fdf3e1"
 
-    def run_check(self, config: Config, context: Context) -> list[dict]:
-        return daily.check_integrity(config, self.source_name)
+    def run_check(self, hook: BackupHook, context: Context) -> list[dict]:
+        return daily.check_integrity(hook.config, self.source_name)
 
 
 class S3BackupCopyCheckOperator(_BackupCheckOperator):
@@ -104,8 +102,11 @@ class S3BackupCopyCheckOperator(_BackupCheckOperator):
         super().__init__(**kwargs)
         self.aws_conn_id = aws_conn_id  # None: the bucket's aws_conn_id from the configuration
 
-    def run_check(self, config: Config, context: Context) -> list[dict]:
-        return daily.check_cloud_copies(config, self.source_name, bucket(config, self.aws_conn_id))
+    def hook(self) -> BackupHook:
+        return BackupHook(self.config_path, self.aws_conn_id)
+
+    def run_check(self, hook: BackupHook, context: Context) -> list[dict]:
+        return daily.check_cloud_copies(hook.config, self.source_name, hook.bucket)
 
 
 def collect_results(ti: Any, source_names: Sequence[str], mapped_task_ids: Iterable[str],

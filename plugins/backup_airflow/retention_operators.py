@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from backup_airflow.hooks import backup_config, bucket
-from backupkit.config import Config, ConfigError
+from backup_airflow.hooks import BackupHook
+from backupkit.config import Config
 from backupkit.jobs.retention import (  # re-exported: the DAG and its tests import them from here
     DELETED,
     FREED,
@@ -139,12 +139,9 @@ class RetentionSweepOperator(BaseOperator):
         from backupkit.retention.sweep import SweepError, sweep_source
 
         dry_run = _strict_bool(self.dry_run, "dry_run")
-        config = backup_config(self.config_path)
-        try:
-            config.source(self.source_name)
-        except ConfigError as exc:  # fail now, naming the configured sources; no retry
-            raise AirflowFailException(str(exc)) from exc
-        store = bucket(config, self.aws_conn_id)
+        hook = BackupHook(self.config_path, self.aws_conn_id)
+        hook.check_source(self.source_name)
+        config, store = hook.config, hook.bucket
         self.log.info("%s retention sweep of %s (run %s)", "DRY RUN:" if dry_run else "APPLYING:",
                       self.source_name, context["run_id"])
         with _verification_state(config, dry_run) as state:
