@@ -56,6 +56,14 @@ MOTO_VERSION = "5.2.5"
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_FILE = "state.pickle"
 CHECKPOINT_DELAY = 1.0  # seconds after a change before the snapshot (a burst becomes one)
+POLL = 0.1  # seconds between looks at the change flag
+
+
+def _sleep_unless(stop: threading.Event, seconds: float) -> None:
+    """Sleep ``seconds``, returning early once ``stop`` is set."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < deadline:
+        time.sleep(min(POLL, seconds))
 LOCK_HEADERS = ("HTTP_X_AMZ_OBJECT_LOCK_MODE", "HTTP_X_AMZ_OBJECT_LOCK_RETAIN_UNTIL_DATE",
                 "HTTP_X_AMZ_OBJECT_LOCK_LEGAL_HOLD")
 
@@ -357,15 +365,20 @@ class S3State:
         return report
 
     def run_checkpoints(self, stop: threading.Event, delay: float = CHECKPOINT_DELAY) -> None:
+        # Polled with time.sleep, not Event.wait(timeout): under libfaketime (the suite's date
+        # proofs) a timed Event.wait never times out, so snapshots would wait for shutdown and
+        # shutdown for this thread.
         while not stop.is_set():
-            if self.changed.wait(timeout=0.5):
-                stop.wait(delay)
-                try:
-                    self.checkpoint()
-                except Exception as exc:  # noqa: BLE001 - keep serving; the next change tries again
-                    self.log(f"s3 state: snapshot failed: {type(exc).__name__}: {exc}")
-                    self.changed.set()
-                    stop.wait(5)
+            if not self.changed.is_set():
+                time.sleep(POLL)
+                continue
+            _sleep_unless(stop, delay)
+            try:
+                self.checkpoint()
+            except Exception as exc:  # noqa: BLE001 - keep serving; the next change tries again
+                self.log(f"s3 state: snapshot failed: {type(exc).__name__}: {exc}")
+                self.changed.set()
+                _sleep_unless(stop, 5)
 
     def wsgi(self, app: Any) -> Any:
         """``app`` run under the shared lock; anything but GET/HEAD marks the state changed."""

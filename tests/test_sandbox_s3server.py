@@ -39,9 +39,25 @@ def _disk(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _settle(server: MotoServer) -> None:
-    """Wait for the server's next snapshot (it follows a change within about a second)."""
-    time.sleep(2.5)
+def _settle(server: MotoServer, blobs: Path, expected: int | None = None, timeout: float = 60.0) -> int:
+    """The body store's size once the server's snapshot after the last change has run.
+
+    A snapshot follows a change within about a second, but on a loaded machine (or under
+    faketime) later: poll until the size is ``expected`` or has not changed for 2.5 s,
+    for at most ``timeout`` seconds, and return it (the caller asserts).
+    """
+    deadline = time.monotonic() + timeout
+    last, stable_since = _disk(blobs), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        size = _disk(blobs)
+        if expected is not None and size == expected:
+            return size
+        if size != last:
+            last, stable_since = size, time.monotonic()
+        elif expected is None and time.monotonic() - stable_since >= 2.5:
+            return size
+    return last
 
 
 @pytest.fixture
@@ -69,11 +85,10 @@ def test_version_listings_do_not_grow_disk_or_descriptors(server, tmp_path):
         body = random.Random(i).randbytes(MiB)
         client.put_object(Bucket="soak", Key=f"k{i}", Body=body, ChecksumAlgorithm="SHA256")
         stored += len(body)
-    _settle(server)
-    disk0, deleted0 = _disk(tmp_path / "s3" / "blobs"), _open_deleted(server.proc.pid)
+    disk0, deleted0 = _settle(server, tmp_path / "s3" / "blobs", stored), _open_deleted(server.proc.pid)
     for _ in range(10):
         assert len(client.list_object_versions(Bucket="soak")["Versions"]) == 12
-    _settle(server)
+    _settle(server, tmp_path / "s3" / "blobs")
     # moto as shipped: +12 MiB in 12 deleted-but-open files per listing, never freed.
     assert _open_deleted(server.proc.pid) == deleted0 == 0
     assert _disk(tmp_path / "s3" / "blobs") == disk0 == stored
@@ -98,8 +113,7 @@ def test_multipart_upload_is_stored_once_and_locked_by_the_bucket_default(server
     assert part2["ContentLength"] == 2 * MiB and part2["PartsCount"] == 3
     assert client.get_object(Bucket="mp-default", Key="big.dump", Range="bytes=5242870-5242889")["Body"].read() \
         == data[5242870:5242890]
-    _settle(server)
-    assert _disk(tmp_path / "s3" / "blobs") == len(data)  # the parts are ranges of the object, not a copy
+    assert _settle(server, tmp_path / "s3" / "blobs", len(data)) == len(data)  # the parts are ranges of the object, not a copy
 
 
 def test_multipart_upload_takes_the_lock_given_at_create(server, tmp_path, now):
