@@ -19,7 +19,7 @@ from backup_airflow.restore_operators import ScratchCleanupOperator, make_scratc
 from backupkit import clock
 from backupkit.jobs import drill
 from backupkit.metrics import LastSuccessStore
-from backupkit.reports.audit import record_dr_drill
+from backupkit.results import record_dr_drill
 from backupkit.reports.drill import drill_doc
 from backupkit.reports.render import publish_files, report_prefix
 from backupkit.restore.scratch import run_scratch_dir

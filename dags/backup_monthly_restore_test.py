@@ -18,7 +18,7 @@ from backup_airflow.restore_operators import (ScratchCleanupOperator, ScratchRes
                                               release_leases, triggered_by)
 from backupkit import clock
 from backupkit.metrics import LastSuccessStore
-from backupkit.reports.audit import record_restore_tests
+from backupkit.results import record_restore_tests
 from backupkit.jobs.restore_test import monthly_targets, restore_test_metrics, summarize_restore_tests
 from backupkit.restore.journal import RestoreJournal
 

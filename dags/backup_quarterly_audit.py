@@ -1,6 +1,7 @@
 """Quarterly backup audit: the runbook's end-of-quarter audit (last Friday, 09:00 UTC) as an Airflow DAG.
 
-Parse time reads only the configuration file. The controls are :mod:`backupkit.reports.audit`;
+Parse time reads only the configuration file. The controls are :mod:`backupkit.jobs.audit`
+(security: :mod:`~backupkit.jobs.audit_security`), the report :mod:`backupkit.reports.audit`;
 this file lists the databases through Airflow connections and publishes the report.
 """
 
@@ -18,7 +19,9 @@ from backup_airflow.hooks import backup_config, bucket
 from backupkit import clock
 from backupkit import metric_names as names
 from backupkit.metrics import MetricSet
-from backupkit.reports import audit
+from backupkit.jobs import audit
+from backupkit.jobs.audit_security import security_controls
+from backupkit.reports import audit as audit_report
 from backupkit.reports.render import publish_files, report_prefix
 from backupkit.state import VerificationState
 
@@ -122,7 +125,7 @@ def backup_quarterly_audit():
     @task
     def audit_security() -> list[dict]:
         config = backup_config()
-        return [c.to_dict() for c in audit.security_controls(config, bucket(config))]
+        return [c.to_dict() for c in security_controls(config, bucket(config))]
 
     @task
     def audit_recoverability() -> list[dict]:
@@ -145,9 +148,9 @@ def backup_quarterly_audit():
         report_date = _report_date(context)
         prefix = report_prefix(config.reports.prefix, "audit", report_date)
         location = f"s3://{config.bucket}/{prefix}report.md"
-        doc = audit.audit_doc(controls, report_date=report_date, bucket=config.bucket, location=location,
+        doc = audit_report.audit_doc(controls, report_date=report_date, bucket=config.bucket, location=location,
                               missing=missing)
-        summary = audit.audit_summary(controls)
+        summary = audit_report.audit_summary(controls)
         files = {**doc.files(), "controls.json": json.dumps({"date": report_date.isoformat(), "summary": summary,
                                                              "missing": missing, "controls": controls},
                                                             indent=1, default=str) + "\n"}
@@ -157,7 +160,7 @@ def backup_quarterly_audit():
         ti.xcom_push(key="report_location", value=where["uri"])
         # The verdict first (one line per control); the evidence is in the report, not the log.
         log.info("%s\n\nFull report with every control's evidence: %s (HTML: %s, local copy: %s)",
-                 audit.verdict_text(controls, missing=missing), where["uri"], where["html"], where["local"])
+                 audit_report.verdict_text(controls, missing=missing), where["uri"], where["html"], where["local"])
         result = {**where, "summary": summary, "missing": missing}
         not_evaluated = [m.split(" ", 1)[0] for m in missing]
         problems = summary["problems"] + [{"artifact": task_id, "check": "audit", "ok": False, "detail": m}
@@ -174,7 +177,7 @@ def backup_quarterly_audit():
         controls = [c for task_id in CONTROL_TASKS for c in (ti.xcom_pull(task_ids=task_id, default=None) or [])]
         if not controls:
             raise AirflowFailException("no control was evaluated: no metrics to export")
-        summary = audit.audit_summary(controls)
+        summary = audit_report.audit_summary(controls)
         missing = sum(1 for t in CONTROL_TASKS if ti.xcom_pull(task_ids=t, default=None) is None)
         m = MetricSet()
         m.set(names.AUDIT_LAST_RUN, clock.now().timestamp(),

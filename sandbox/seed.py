@@ -9,7 +9,7 @@ and no DR drill recorded, so the quarterly audit fails on it for reasons no real
   anything is uploaded, so neither disk nor bucket holds what the policy dropped;
 * **records** the last three monthly restore tests (first Mondays, 09:40 UTC) and the latest
   annual DR drill (``drill.date``) through the product's own writers
-  (:func:`~backupkit.reports.audit.record_restore_tests`, ``record_dr_drill``), every record
+  (:func:`~backupkit.results.record_restore_tests`, ``record_dr_drill``), every record
   marked as sandbox history: run ids ``sandbox-seed-...`` and a detail saying that nothing
   was run. Real runs of the DAGs append after them.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from backupkit.catalog import local_backups
 from backupkit.storage.localfs import MANIFEST_SUFFIX, sidecar_path
 from backupkit.config import DRILL_HOUR_UTC, Config
-from backupkit.reports.audit import record_dr_drill, record_restore_tests
+from backupkit.results import record_dr_drill, record_restore_tests
 from backupkit.retention.plan import Candidate, plan_retention
 from backupkit.storage.statedir import StateDir
 

@@ -23,7 +23,8 @@ from airflow.sdk.exceptions import ParamValidationError
 from backupkit import clock
 from backupkit.jobs import drill
 from backupkit.config import load_config
-from backupkit.reports.audit import dr_drill_control, read_jsonl
+from backupkit.jobs.audit import dr_drill_control
+from backupkit.results import read_jsonl
 from backupkit.reports.render import human_seconds
 from sandbox.bookingdb import create_booking_db
 from sandbox.history import generate_history

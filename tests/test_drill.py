@@ -29,7 +29,8 @@ from backupkit import clock
 from backupkit.jobs import drill, drill_lock
 from backupkit.config import DEFAULT_CONFIG, ConfigError, load_config
 from backupkit.metrics import LastSuccessStore
-from backupkit.reports.audit import dr_drill_control, record_dr_drill
+from backupkit.jobs.audit import dr_drill_control
+from backupkit.results import record_dr_drill
 from backupkit.reports.drill import drill_doc
 from backupkit.restore import fetch
 from backupkit.restore.health import smoke_check

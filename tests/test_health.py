@@ -17,7 +17,7 @@ from _health_helpers import build
 from backupkit.health import copy_evidence, read_daily_run
 from backupkit.health_cache import HealthService
 from backupkit.metric_names import PITR_WINDOW_END, PITR_WINDOW_START
-from backupkit.reports.audit import record_dr_drill, record_restore_tests
+from backupkit.results import record_dr_drill, record_restore_tests
 from backupkit.reports.health_page import render_page
 from sandbox.bookingdb import create_booking_db
 from sandbox.history import _flip_bit

@@ -11,9 +11,12 @@ import pytest
 
 from _reports_helpers import create_audited_bucket, tls_only_policy, utc, write_config
 from backupkit.config import RetentionPolicy
-from backupkit.reports import audit
+from backupkit import results as result_files
+from backupkit.jobs import audit, audit_security
+from backupkit.reports import audit as audit_report
 from backupkit.storage.objectstore import Bucket
-from backupkit.reports.audit import Control, denies_insecure_transport, overdue_backups, policy_gaps
+from backupkit.jobs.audit import Control, overdue_backups, policy_gaps
+from backupkit.jobs.audit_security import denies_insecure_transport
 from backupkit.retention.plan import Candidate
 from sandbox.history import write_archive
 from backupkit.state import VerificationState
@@ -230,7 +233,7 @@ def statuses(controls) -> dict[str, str]:
 
 def test_security_controls_pass_on_a_bucket_set_up_like_production(s3, config):
     create_audited_bucket(s3, config.bucket)
-    controls = audit.security_controls(config, Bucket(s3, config.bucket))
+    controls = audit_security.security_controls(config, Bucket(s3, config.bucket))
     assert statuses(controls) == {"security.recovery_points_encrypted": "pass",
                                   "security.manual_deletion_prevented": "pass",
                                   "security.public_access_blocked": "pass",
@@ -245,7 +248,7 @@ def test_security_controls_name_what_is_missing(s3, config):
     s3.put_object(Bucket=config.bucket, Key="db/app_20261224_020000.dump", Body=b"x", ACL="public-read")
     s3.put_object(Bucket=config.bucket, Key="files/files_20261224_020000.tar.gz", Body=b"x",
                   ServerSideEncryption="AES256")
-    controls = {c.id: c for c in audit.security_controls(config, Bucket(s3, config.bucket))}
+    controls = {c.id: c for c in audit_security.security_controls(config, Bucket(s3, config.bucket))}
     assert {k: c.status for k, c in controls.items()} == {
         "security.recovery_points_encrypted": "fail", "security.manual_deletion_prevented": "fail",
         "security.public_access_blocked": "fail", "security.secure_transport_required": "fail",
@@ -265,7 +268,7 @@ def test_lock_without_default_retention_and_optional_controls(s3, tmp_path):
     from sandbox.s3server import create_production_bucket
 
     create_production_bucket(s3, config.bucket)  # object lock enabled, but no default retention
-    controls = {c.id: c for c in audit.security_controls(config, Bucket(s3, config.bucket))}
+    controls = {c.id: c for c in audit_security.security_controls(config, Bucket(s3, config.bucket))}
     assert controls["security.manual_deletion_prevented"].summary == \
         "object lock has no default retention: new backups are not locked"
     assert controls["security.cross_region_copy"].status == "fail"
@@ -314,14 +317,14 @@ def test_recorded_restore_tests_and_drills_are_what_the_controls_read(config):
         results = [{"source": "db", "ok": ok, "backup": "app_x.dump", "role": "newest", "duration_seconds": 3.2,
                     "problems": []},
                    {"source": "files", "ok": True, "role": "random-older"}]
-        assert audit.record_restore_tests(config.state_dir, results, run_id=f"run-{days_ago}",
+        assert result_files.record_restore_tests(config.state_dir, results, run_id=f"run-{days_ago}",
                                           now=NOW - timedelta(days=days_ago)) == 2
     assert audit.restore_tests_control(config, now=NOW).status == "pass"
-    audit.record_restore_tests(config.state_dir, [{"source": "db", "ok": False, "problems": [
+    result_files.record_restore_tests(config.state_dir, [{"source": "db", "ok": False, "problems": [
         {"check": "row_counts", "detail": "public.bookings: 10 != 12"}]}], run_id="run-1", now=NOW)
     c = audit.restore_tests_control(config, now=NOW)
     assert c.status == "fail" and "run-1: db failed: row_counts: public.bookings: 10 != 12" in c.summary
-    audit.record_dr_drill(config.state_dir, ok=True, run_id="drill", now=NOW - timedelta(days=3), scenarios=[
+    result_files.record_dr_drill(config.state_dir, ok=True, run_id="drill", now=NOW - timedelta(days=3), scenarios=[
         {"name": "ransomware", "ok": True, "rto_seconds": 100, "rto_target_seconds": 50}])
     assert "RTO 100 s > target 50 s" in audit.dr_drill_control(config, now=NOW).summary
 
@@ -348,10 +351,10 @@ def test_summary_and_report():
                 Control("security.y", "security", "Y", "M", "fail", "bad | worse", ["evidence line"],
                         ["A", "B"], [["1", "2"]]),
                 Control("security.z", "security", "Z", "M", "info", "fyi")]
-    s = audit.audit_summary([c.to_dict() for c in controls])
+    s = audit_report.audit_summary([c.to_dict() for c in controls])
     assert (s["ok"], s["failed"], s["passed"], s["info"]) == (False, ["security.y"], 1, 1)
     assert s["problems"] == [{"artifact": "security.y", "check": "audit", "ok": False, "detail": "bad | worse"}]
-    md = audit.audit_doc(controls, report_date=NOW.date(), bucket="b", missing=["audit_retention did not finish"]
+    md = audit_report.audit_doc(controls, report_date=NOW.date(), bucket="b", missing=["audit_retention did not finish"]
                          ).markdown()
     assert "Verdict: FAILED: 1 passed, 1 failed, 1 informational, of 3 controls" in md
     assert "| security | security.y | FAIL | bad \\| worse |" in md
@@ -367,7 +370,7 @@ def test_the_log_opens_with_the_verdict_and_one_line_per_control():
     controls = [Control("coverage.x", "coverage", "X", "M", "pass", "fine", [long] * 200),
                 Control("security.y", "security", "Y", "M", "fail", "bad\nworse"),
                 Control("security.z", "security", "Z", "M", "info", long)]
-    text = audit.verdict_text(controls, missing=["audit_retention did not finish"])
+    text = audit_report.verdict_text(controls, missing=["audit_retention did not finish"])
     lines = text.splitlines()
     assert lines[0] == "AUDIT FAILED: 1 passed, 1 failed, 1 informational, 1 not evaluated, of 4 controls"
     rows = lines[3:]
@@ -375,7 +378,7 @@ def test_the_log_opens_with_the_verdict_and_one_line_per_control():
     assert [r.split()[0] for r in rows[:3]] == ["FAIL", "PASS", "INFO"]
     assert rows[-1].endswith("audit_retention did not finish")
     assert len(lines) == 3 + 4 and all(len(line) < 200 for line in lines)  # no evidence in the log
-    assert audit.verdict_text(controls[:1]).startswith("AUDIT PASSED: 1 passed, 0 failed")
+    assert audit_report.verdict_text(controls[:1]).startswith("AUDIT PASSED: 1 passed, 0 failed")
 
 
 def test_config_defaults_and_validation(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from backupkit.catalog import local_backups
 from backupkit.checks.freshness import check_freshness
 from backupkit.config import load_config
 from backupkit.jobs.daily import backup_key
-from backupkit.reports.audit import backup_index, dr_drill_control, restore_tests_control, retention_controls
+from backupkit.jobs.audit import backup_index, dr_drill_control, restore_tests_control, retention_controls
 from backupkit.storage.objectstore import Bucket
 from backupkit.storage.statedir import StateDir
 from backupkit.state import VerificationState

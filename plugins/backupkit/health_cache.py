@@ -78,8 +78,8 @@ def fingerprint(config: Config) -> tuple:
 
 
 def _bounded_jsonl(path: Path, notes: list[str]) -> list[dict]:
-    """A history file's records (``reports.audit.read_jsonl``), refused when too large to read."""
-    from backupkit.reports.audit import read_jsonl
+    """A history file's records (``backupkit.results.read_jsonl``), refused when too large to read."""
+    from backupkit.results import read_jsonl
 
     try:
         size = path.stat().st_size

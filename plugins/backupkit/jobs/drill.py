@@ -466,7 +466,7 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> dict:
 
 
 def audit_scenarios(results: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """The per-scenario fields the quarterly audit reads (``backupkit.reports.audit.record_dr_drill``)."""
+    """The per-scenario fields the quarterly audit reads (``backupkit.results.record_dr_drill``)."""
     return [{k: r.get(k) for k in ("name", "ok", "rto_seconds", "rto_target_seconds", "rpo_seconds",
                                    "rpo_target_seconds")} for r in results]
 
