@@ -50,10 +50,18 @@ if TYPE_CHECKING:
 
 # -- clients and targets ---------------------------------------------------------------------
 def kube_clients(conn_id: str | None) -> tuple[Any, Any]:
-    """(CoreV1Api, AppsV1Api) from the provider's hook (in-cluster, kube config or connection)."""
-    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+    """(CoreV1Api, AppsV1Api) from the provider's hook (in-cluster, kube config or connection).
 
-    hook = KubernetesHook(conn_id=conn_id)
+    One HTTP attempt per call: urllib3's default (3 retries of a read timeout on GET and DELETE)
+    would hold a hung call four request timeouts long; ``runtime.call`` retries what is worth it
+    (429 after Retry-After, 5xx), and nothing else."""
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+    from kubernetes.client import Configuration
+    from urllib3.util.retry import Retry as HttpRetry
+
+    configuration = Configuration()
+    configuration.retries = HttpRetry(total=0, redirect=0, raise_on_status=False)
+    hook = KubernetesHook(conn_id=conn_id, client_configuration=configuration)
     return hook.core_v1_client, hook.apps_v1_client
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -44,16 +45,123 @@ SCRATCH_USER = "postgres"
 REQUEST_TIMEOUT = (10.0, 30.0)
 
 
+# Answers worth another attempt: throttled (429, after its Retry-After) or a server-side failure.
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 4
+MAX_RETRY_AFTER = 30.0  # seconds: a Retry-After beyond this is capped, never obeyed blindly
+# Container waiting reasons that no amount of waiting fixes: reported at once.
+PERMANENT_WAITING = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+
+
 def _status(exc: BaseException) -> int | None:
     return getattr(exc, "status", None)
 
 
+def api_error(exc: BaseException) -> str:
+    """``CODE Reason: message`` of an API error, from the Status object the server answered."""
+    status = _status(exc)
+    if status is None:
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        body = json.loads(getattr(exc, "body", None) or "{}")
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    reason = body.get("reason") or getattr(exc, "reason", None) or ""
+    message = body.get("message") or ""
+    return " ".join(f"{status} {reason}: {message}".split()).rstrip(":")[:1000]
+
+
+def _retry_after(exc: BaseException, attempt: int) -> float:
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        wait = float(headers.get("Retry-After"))
+    except (TypeError, ValueError):
+        wait = 0.5 * 2 ** (attempt - 1)
+    return max(0.0, min(wait, MAX_RETRY_AFTER))
+
+
+def call(fn: Callable[..., Any], *args: Any, request_timeout: Any = None,
+         sleep: Callable[[float], None] = time.sleep, **kwargs: Any) -> Any:
+    """One API call with a request timeout; 429 (after Retry-After, capped) and 5xx answers are
+    retried up to MAX_ATTEMPTS. A create retried after a 5xx may meet its own object (409):
+    callers that create handle that (:func:`_create_own`)."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return fn(*args, _request_timeout=request_timeout or REQUEST_TIMEOUT, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - only API answers are retried
+            if _status(exc) not in RETRIED_STATUSES or attempt == MAX_ATTEMPTS:
+                raise
+            sleep(_retry_after(exc, attempt))
+    raise AssertionError("unreachable")
+
+
+class NotOurs(ScratchError):
+    """An object of the name a run wanted exists and is someone else's: neither replaced nor deleted."""
+
+
+def _create_own(core: Any, kind: str, namespace: str, body: dict, run_id: str,
+                sleep: Callable[[float], None]) -> None:
+    """Create a pod or secret of this run. Names are fixed per source, run and backup, so a 409
+    is this run's object from an earlier attempt (a task retry, a create answered 5xx after it
+    happened): it is replaced. An object of the same name that is not this run's is refused."""
+    create = getattr(core, f"create_namespaced_{kind}")
+    name = body["metadata"]["name"]
+    try:
+        call(create, namespace, body, sleep=sleep)
+        return
+    except Exception as exc:  # noqa: BLE001
+        if _status(exc) != 409:
+            raise ScratchError(f"create {kind} {namespace}/{name}: {api_error(exc)}") from exc
+    try:
+        existing = call(getattr(core, f"read_namespaced_{kind}"), name, namespace, sleep=sleep)
+        existing = existing.to_dict() if hasattr(existing, "to_dict") else existing
+        labels = (existing.get("metadata") or {}).get("labels") or {}
+        if not k8s.is_scratch(existing) or labels.get(k8s.RUN_ID_LABEL) != k8s.label_value(run_id):
+            raise NotOurs(f"create {kind} {namespace}/{name}: 409 AlreadyExists, and it is not this run's "
+                               f"(labels {labels}): not replaced")
+        call(getattr(core, f"delete_namespaced_{kind}"), name, namespace, sleep=sleep,
+             **({"grace_period_seconds": 0} if kind == "pod" else {}))
+        call(create, namespace, body, sleep=sleep)
+    except ScratchError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ScratchError(f"create {kind} {namespace}/{name} (replacing this run's earlier one): "
+                           f"{api_error(exc)}") from exc
+
+
+def _pending_reasons(core: Any, pod: Any, name: str, namespace: str) -> list[str]:
+    """Why a pod is not running: its PodScheduled condition, its containers' waiting reasons and
+    the Warning events recorded for it (scheduler, kubelet), as the API reports them."""
+    status = getattr(pod, "status", None)
+    reasons = []
+    for c in getattr(status, "conditions", None) or []:
+        if c.type == "PodScheduled" and c.status == "False":
+            reasons.append(f"not scheduled: {c.reason}: {c.message}")
+    for cs in getattr(status, "container_statuses", None) or []:
+        waiting = getattr(getattr(cs, "state", None), "waiting", None)
+        if waiting is not None and waiting.reason:
+            reasons.append(f"container {cs.name} waiting: {waiting.reason}: {waiting.message or ''}".rstrip(": "))
+    try:
+        events = call(core.list_namespaced_event, namespace,
+                      field_selector=f"involvedObject.name={name},involvedObject.kind=Pod").items or []
+    except Exception as exc:  # noqa: BLE001 - the reasons above still stand
+        return reasons + [f"events not readable: {api_error(exc)}"]
+    for e in events:
+        if e.type == "Warning" or e.reason in ("Failed", "BackOff", "FailedScheduling"):
+            line = f"event {e.reason}: {e.message}"
+            if line not in reasons:
+                reasons.append(line)
+    return reasons[:6]
+
+
 def _wait_pod_ready(core: Any, name: str, namespace: str, timeout: float, *, what: str, poll_interval: float,
                     sleep: Callable[[float], None], clock: Callable[[], float]) -> str:
-    """The pod's IP once it runs and every container is ready; ScratchError if it ends or times out."""
+    """The pod's IP once it runs and every container is ready; ScratchError if it ends, cannot start or
+    times out, with the reasons the API gives (scheduling, image pull, events)."""
     deadline = clock() + timeout
     while True:
-        pod = core.read_namespaced_pod(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        pod = call(core.read_namespaced_pod, name, namespace, sleep=sleep)
         status = pod.status
         phase = getattr(status, "phase", None)
         if phase in ("Failed", "Succeeded"):
@@ -63,8 +171,12 @@ def _wait_pod_ready(core: Any, name: str, namespace: str, timeout: float, *, wha
         if phase == "Running" and ready and all(c.ready for c in ready) and getattr(status, "pod_ip", None):
             return status.pod_ip
         last = f"phase {phase}, containers ready {[bool(c.ready) for c in ready]}"
-        if clock() >= deadline:
-            raise ScratchError(f"{what} {namespace}/{name} not ready after {timeout:g}s ({last})")
+        stuck = [c for c in ready if getattr(getattr(getattr(c, "state", None), "waiting", None), "reason", None)
+                 in PERMANENT_WAITING]
+        if stuck or clock() >= deadline:
+            why = "; ".join(_pending_reasons(core, pod, name, namespace)) or "no reason reported"
+            when = "cannot start" if stuck else f"not ready after {timeout:g}s"
+            raise ScratchError(f"{what} {namespace}/{name} {when} ({last}): {why}")
         sleep(poll_interval)
 
 
@@ -73,16 +185,16 @@ def _delete_quietly(core: Any, namespace: str, pod: str | None, secret: str | No
     errors = []
     if pod:
         try:
-            core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0, _request_timeout=REQUEST_TIMEOUT)
+            call(core.delete_namespaced_pod, pod, namespace, grace_period_seconds=0)
         except Exception as exc:  # noqa: BLE001
             if _status(exc) != 404:
-                errors.append(f"pod {pod}: {exc}")
+                errors.append(f"pod {pod}: {api_error(exc)}")
     if secret:
         try:
-            core.delete_namespaced_secret(secret, namespace, _request_timeout=REQUEST_TIMEOUT)
+            call(core.delete_namespaced_secret, secret, namespace)
         except Exception as exc:  # noqa: BLE001
             if _status(exc) != 404:
-                errors.append(f"secret {secret}: {exc}")
+                errors.append(f"secret {secret}: {api_error(exc)}")
     return errors
 
 
@@ -129,10 +241,13 @@ class KubernetesScratch(ScratchDatabase):
         secret, pod = self.manifests()
         # Marked before the call: a timeout after the API server created the object must
         # still be cleaned up (deleting an absent object is a 404, ignored).
-        self._secret_requested = True
-        self.core.create_namespaced_secret(self.namespace, secret, _request_timeout=REQUEST_TIMEOUT)
-        self._pod_requested = True
-        self.core.create_namespaced_pod(self.namespace, pod, _request_timeout=REQUEST_TIMEOUT)
+        for kind, body in (("secret", secret), ("pod", pod)):
+            setattr(self, f"_{kind}_requested", True)
+            try:
+                _create_own(self.core, kind, self.namespace, body, self.run_id, self._sleep)
+            except NotOurs:
+                setattr(self, f"_{kind}_requested", False)  # the teardown must not delete it
+                raise
         self.pod_ip = self._wait_ready()
         return self
 
@@ -215,9 +330,17 @@ class SmokeApp:
         try:
             secret, pod = self.manifests(database)
             secret_requested = True  # before the call: a timed-out create may still have happened
-            self.core.create_namespaced_secret(self.namespace, secret, _request_timeout=REQUEST_TIMEOUT)
+            try:
+                _create_own(self.core, "secret", self.namespace, secret, self.scratch.run_id, self._sleep)
+            except NotOurs:
+                secret_requested = False
+                raise
             pod_requested = True
-            self.core.create_namespaced_pod(self.namespace, pod, _request_timeout=REQUEST_TIMEOUT)
+            try:
+                _create_own(self.core, "pod", self.namespace, pod, self.scratch.run_id, self._sleep)
+            except NotOurs:
+                pod_requested = False
+                raise
             ip = _wait_pod_ready(self.core, self.pod_name, self.namespace, self.settings.ready_timeout_seconds,
                                  what="application pod", poll_interval=self.poll_interval, sleep=self._sleep,
                                  clock=self._clock)
@@ -255,19 +378,19 @@ def sweep_kubernetes(core_v1: Any, namespace: str, *, now: datetime, run_id: str
             ("pods", core_v1.list_namespaced_pod, core_v1.delete_namespaced_pod, {"grace_period_seconds": 0}),
             ("secrets", core_v1.list_namespaced_secret, core_v1.delete_namespaced_secret, {})):
         items = [o.to_dict() if hasattr(o, "to_dict") else o
-                 for o in (lister(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT).items or [])]
+                 for o in (call(lister, namespace, label_selector=selector).items or [])]
         if run_id is not None:
             names = sorted(o["metadata"]["name"] for o in items if k8s.is_scratch(o))
         else:
             names = k8s.orphans(items, now=now, max_age=max_age)
         for name in names:
             try:
-                deleter(name, namespace, **extra, _request_timeout=REQUEST_TIMEOUT)
+                call(deleter, name, namespace, **extra)
                 report[kind].append(name)
             except Exception as exc:  # noqa: BLE001 - try the others, fail at the end
                 if _status(exc) == 404:
                     continue
-                report["failed"].append(f"{kind[:-1]} {name}: {exc}")
+                report["failed"].append(f"{kind[:-1]} {name}: {api_error(exc)}")
     return report
 
 
@@ -282,14 +405,16 @@ class KubernetesAppPlatform:
         self.poll_interval, self._sleep, self._clock = poll_interval, sleep, clock
         self.request_timeout = request_timeout
 
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return call(fn, *args, request_timeout=self.request_timeout, sleep=self._sleep, **kwargs)
+
     def get_replicas(self, namespace: str, deployment: str) -> int:
-        scale = self.apps.read_namespaced_deployment_scale(deployment, namespace,
-                                                           _request_timeout=self.request_timeout)
+        scale = self._call(self.apps.read_namespaced_deployment_scale, deployment, namespace)
         return int(scale.spec.replicas or 0)
 
     def scale(self, namespace: str, deployment: str, replicas: int) -> None:
-        self.apps.patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": int(replicas)}},
-                                                    _request_timeout=self.request_timeout)
+        self._call(self.apps.patch_namespaced_deployment_scale, deployment, namespace,
+                   {"spec": {"replicas": int(replicas)}})
 
     @staticmethod
     def _settled(dep: Any, replicas: int) -> tuple[bool, str]:
@@ -307,7 +432,7 @@ class KubernetesAppPlatform:
     def wait_for_replicas(self, namespace: str, deployment: str, replicas: int, timeout: float) -> None:
         deadline = self._clock() + timeout
         while True:
-            dep = self.apps.read_namespaced_deployment(deployment, namespace, _request_timeout=self.request_timeout)
+            dep = self._call(self.apps.read_namespaced_deployment, deployment, namespace)
             ok, detail = self._settled(dep, replicas)
             if ok:
                 return
@@ -335,8 +460,7 @@ class KubernetesAppPlatform:
         frontend that talks to the backend) are scaled down and up with the others but not
         switched; at least one must have it."""
         if self.app.setting == "secret":
-            secret = self.core.read_namespaced_secret(self.app.secret_name, namespace,
-                                                      _request_timeout=self.request_timeout)
+            secret = self._call(self.core.read_namespaced_secret, self.app.secret_name, namespace)
             data = secret.data or {}
             if self.app.secret_key not in data:
                 raise ValueError(f"secret {namespace}/{self.app.secret_name} has no key {self.app.secret_key!r}")
@@ -344,7 +468,7 @@ class KubernetesAppPlatform:
             return {f"secret/{self.app.secret_name}/{self.app.secret_key}": value}
         out = {}
         for d in deployments:
-            dep = self.apps.read_namespaced_deployment(d, namespace, _request_timeout=self.request_timeout)
+            dep = self._call(self.apps.read_namespaced_deployment, d, namespace)
             found = self._env(dep, d)
             if found is not None:
                 out[f"deployment/{d}/{found[0]}"] = found[1]
@@ -357,14 +481,13 @@ class KubernetesAppPlatform:
     def write_setting(self, namespace: str, target: str, value: str) -> None:
         kind, name, part = target.split("/", 2)
         if kind == "secret":
-            self.core.patch_namespaced_secret(name, namespace,
-                                              {"data": {part: base64.b64encode(value.encode()).decode()}},
-                                              _request_timeout=self.request_timeout)
+            self._call(self.core.patch_namespaced_secret, name, namespace,
+                       {"data": {part: base64.b64encode(value.encode()).decode()}})
         elif kind == "deployment":
             # Strategic merge patch: the env list merges by name, other variables stay.
             body = {"spec": {"template": {"spec": {"containers": [
                 {"name": part, "env": [{"name": self.app.env_var, "value": value}]}]}}}}
-            self.apps.patch_namespaced_deployment(name, namespace, body, _request_timeout=self.request_timeout)
+            self._call(self.apps.patch_namespaced_deployment, name, namespace, body)
         else:
             raise ValueError(f"unknown setting target {target!r}")
 
