@@ -19,7 +19,8 @@ from backup_airflow.restore_operators import (ScratchCleanupOperator, ScratchRes
 from backupkit import clock
 from backupkit.metrics import LastSuccessStore
 from backupkit.results import record_restore_tests
-from backupkit.jobs.restore_test import monthly_targets, restore_test_metrics, summarize_restore_tests
+from backupkit.jobs.restore_test import (apply_restore_targets, monthly_targets, restore_test_metrics,
+                                         summarize_restore_tests)
 from backupkit.restore.journal import RestoreJournal
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ throwaway target that is always torn down:
 | `restore_test` (mapped, one per backup) | restore, verify, tear down; the result is XCom `result`; a failed verification fails the instance |
 | `teardown_scratch` (all_done) | removes whatever this run's scratch databases left (a crashed worker) |
 | `sweep_orphans` (all_done) | removes scratch databases of any run older than `orphan_max_age_hours` |
-| `summarize` (all_done) | one table, a result per source; **fails the run** when any restore test failed |
+| `summarize` (all_done) | one table (seconds, rows or files, MB/s), a result per source; **fails the run** when any restore test failed or took longer than its source's `restore.target_duration` (check `restore_time`) |
 | `export_metrics` (all_done) | `backup_restore_test_status`, `_duration_seconds`, `_verified_rows`, `_last_success_timestamp_seconds` per `source` to the Pushgateway and `<state_dir>/metrics/restore_test.prom` |
 
 ## When it fails
@@ -109,7 +110,7 @@ def backup_monthly_restore_test():
         release_leases(config, context["run_id"])  # the backups may be swept again
         if targets is None:
             raise AirflowFailException("plan_restores failed: nothing was restored (see its log)")
-        results = collect(context["ti"], targets)
+        results = apply_restore_targets(config, collect(context["ti"], targets))
         report = summarize_restore_tests(results)
         log.info("Restore tests of %d backups:\n%s", len(results), report["table"])
         who = triggered_by(context)
@@ -120,8 +121,7 @@ def backup_monthly_restore_test():
                            outcome="passed" if r.get("ok") else "failed", location=r.get("location"),
                            changes=["nothing: restored into a scratch target that was torn down"])
         # The quarterly audit's recoverability control reads these records.
-        record_restore_tests(config.state_dir, [{**r, "duration_seconds": r.get("restore_seconds")} for r in results],
-                             run_id=context["run_id"], now=clock.now())
+        record_restore_tests(config.state_dir, results, run_id=context["run_id"], now=clock.now())
         context["ti"].xcom_push(key="report", value=report)
         if not report["ok"]:
             failed = sorted(n for n, s in report["sources"].items() if not s["ok"])
@@ -134,7 +134,7 @@ def backup_monthly_restore_test():
             raise AirflowFailException("plan_restores failed: no metrics to export")
         config = backup_config()
         now = clock.now().timestamp()
-        registry = restore_test_metrics(collect(context["ti"], targets), now=now,
+        registry = restore_test_metrics(apply_restore_targets(config, collect(context["ti"], targets)), now=now,
                                         store=LastSuccessStore(config.state.metrics_values("restore_test")),
                                         expected_sources=[t["source_name"] for t in targets])
         return registry.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,

@@ -44,7 +44,7 @@ Manager; every control is PASS or FAIL (or INFO when not required) with its evid
 | `audit_coverage` | `coverage.databases_protected` (every listed database except templates and `postgres` has a backup verified by the daily run and younger than `reports.coverage_max_age_hours`), `coverage.file_paths_protected` (every configured path is in the latest archive), `coverage.last_recovery_point_created` |
 | `audit_retention` | `retention.minimum_frequency` (age distribution per source; no gap in the periods the policy keeps), `retention.not_kept_past_policy` (nothing the policy dropped more than `reports.retention_grace_days` ago is still kept, unless held) |
 | `audit_security` | `security.recovery_points_encrypted`, `security.manual_deletion_prevented` (versioning, object lock with default retention), `security.public_access_blocked` (Block Public Access, ACLs, policy, every backup object's ACL), `security.secure_transport_required` (policy denies `aws:SecureTransport=false`), `security.cross_region_copy` (INFO unless `reports.require_cross_region_copy`) |
-| `audit_recoverability` | `recoverability.restore_tests_passed` (last three monthly restore tests in `<state_dir>/restore_tests.jsonl`), `recoverability.dr_drill_met_targets` (latest drill in `<state_dir>/dr_drills.jsonl`) |
+| `audit_recoverability` | `recoverability.restore_tests_passed` (last three monthly restore tests in `<state_dir>/restore_tests.jsonl`), `recoverability.restore_time_meets_target` (the newest restore test of each source with `restore.target_duration` took no longer; INFO when none declares one), `recoverability.dr_drill_met_targets` (latest drill in `<state_dir>/dr_drills.jsonl`) |
 | `publish_report` | writes `report.md`, `report.html` and `controls.json` to `<state_dir>/reports/audit/<date>/` and `s3://<bucket>/reports/audit/<date>/`, logs the report, returns its location; **fails the run when a control failed** |
 | `export_metrics` | `backup_audit_controls_failed`, `backup_audit_controls_total`, `backup_audit_control_status{control}` |
 
@@ -132,6 +132,7 @@ def backup_quarterly_audit():
         config = backup_config()
         now = clock.now()
         return [audit.restore_tests_control(config, now=now).to_dict(),
+                audit.restore_time_control(config, now=now).to_dict(),
                 audit.dr_drill_control(config, now=now).to_dict()]
 
     @task(trigger_rule=TriggerRule.ALL_DONE)

@@ -224,3 +224,20 @@ def test_the_daily_facts_name_the_evidence_of_every_copy(sandbox):
     assert facts["run_id"] == f"manual__{SESSION_NOW.isoformat()}"
     assert [facts["sources"][s.name]["map_index"] for s in hs.config.sources] == [0, 1, 2]
     assert all(v == {"ok": True, "method": "sha256"} for v in facts["sources"]["trixtech-db"]["s3"].values())
+
+
+def test_the_restore_time_trend_is_shown_against_the_sources_target(sandbox):
+    hs = sandbox()
+    svc = service(hs, s3_ttl=3600)
+    target = hs.config.source("trixtech-db").restore_target_seconds
+    assert target == 30 * 60  # restore.target_duration in the repository's configuration
+    for days_ago, seconds in ((63, 100.0), (33, target + 60)):
+        record_restore_tests(hs.config.state_dir, [{"source": "trixtech-db", "ok": True, "role": "newest",
+                                                    "duration_seconds": seconds, "mb_per_s": 2.5}],
+                             run_id=f"scheduled__{days_ago}", now=SESSION_NOW - timedelta(days=days_ago))
+    s = by_name(svc.snapshot())["trixtech-db"]
+    assert [p["duration_seconds"] for p in s["restore_test"]["trend"]] == [100.0, target + 60]
+    assert s["restore_test"]["target_seconds"] == target
+    assert s["status"] == "warning" and "over the target 1800 s" in s["reason"]
+    page = render_page(svc.snapshot())
+    assert "trixtech-db: restore time, last 2 restore tests" in page and "at 2.5 MB/s" in page

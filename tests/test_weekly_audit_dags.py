@@ -205,16 +205,17 @@ def test_audit_passes_on_the_healthy_sandbox(sandbox):
         "retention.not_kept_past_policy": "pass", "security.recovery_points_encrypted": "pass",
         "security.manual_deletion_prevented": "pass", "security.public_access_blocked": "pass",
         "security.secure_transport_required": "info", "security.cross_region_copy": "info",
-        "recoverability.restore_tests_passed": "pass", "recoverability.dr_drill_met_targets": "pass"}
+        "recoverability.restore_tests_passed": "pass", "recoverability.restore_time_meets_target": "pass",
+        "recoverability.dr_drill_met_targets": "pass"}
     # Coverage came from the server, not from the configuration.
     assert [r[:2] for r in controls["coverage.databases_protected"]["rows"]] == [["trixtech_app_db", "trixtech"]]
     report = json.loads(s3_text(sandbox, out.prefix + "controls.json"))
-    assert report["summary"]["ok"] is True and len(report["controls"]) == 12
+    assert report["summary"]["ok"] is True and len(report["controls"]) == 13
     assert "Verdict: PASSED" in s3_text(sandbox, out.prefix + "report.md")
     assert out.location == f"s3://{sandbox.config.bucket}/{out.prefix}report.md"
     values = metrics(sandbox.config.state_dir / "metrics" / "audit.prom")
     assert values[("backup_audit_controls_failed", ())] == 0
-    assert values[("backup_audit_controls_total", ())] == 12
+    assert values[("backup_audit_controls_total", ())] == 13
     assert out.alerts == []
 
 

@@ -26,6 +26,7 @@ from backupkit.catalog import Catalog, s3_key_for
 from backupkit.config import Config, Source
 from backupkit.history import anomaly_text, backup_points, find_anomalies
 from backupkit.model import Backup, source_of
+from backupkit.results import restore_trend
 from backupkit.retention.plan import Candidate, plan_retention
 from backupkit.state import FileIdentity, Record
 from backupkit.storage.localfs import atomic_write
@@ -34,6 +35,7 @@ from backupkit.storage.statedir import StateDir
 FACTS_FORMAT = 1
 CHART_NIGHTS = 60
 NEXT_DELETIONS = 5  # how many of the next deletions the page names
+RESTORE_TREND_RUNS = 12  # restore-test runs in the restore-time trend (a year of monthly tests)
 MAX_PROBLEMS = 20  # problems of one source kept in the facts file
 MAX_FACTS_BYTES = 8 << 20  # a facts file or history larger than this is refused, not read
 DAILY_STALE_HOURS = 26.0  # the daily run is due every 24 h; later than this it "has not run"
@@ -240,12 +242,14 @@ def _restore_test(config: Config, source: Source, tests: Sequence[dict]) -> dict
     newest_time = max(t["_time"] for t in mine)
     run = [t for t in mine if t["_time"] == newest_time]
     t = next((x for x in run if x.get("role") == "newest"), run[0])
-    target = getattr(source.restore, "target_minutes", None) or config.drill.rto_target_minutes
+    target = source.restore_target_seconds or config.drill.rto_target_minutes * 60
     rows = t.get("verified_rows", t.get("files"))
     return {"at": _iso(t["_time"]), "run_id": t.get("run_id"), "ok": t["ok"], "backup": t.get("backup"),
             "duration_seconds": _number(t.get("duration_seconds")), "rows": _number(rows),
-            "target_seconds": float(target) * 60, "detail": str(t.get("detail") or "")[:500],
-            "all_ok": all(x["ok"] for x in run), "tests_in_run": len(run)}
+            "mb_per_s": _number(t.get("mb_per_s")),
+            "target_seconds": float(target), "detail": str(t.get("detail") or "")[:500],
+            "all_ok": all(x["ok"] for x in run), "tests_in_run": len(run),
+            "trend": restore_trend(mine, source.name, limit=RESTORE_TREND_RUNS)}
 
 
 def _number(v: Any) -> float | None:

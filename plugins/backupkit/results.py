@@ -11,7 +11,9 @@ in a test run::
     {"time": "2026-11-02T09:41:07+00:00", "source": "trixtech-db", "ok": true,
      "run_id": "scheduled__2026-11-02T09:00:00+00:00",    # optional: groups a run's lines
      "backup": "trixtech_20261102_020000.dump",          # optional
-     "duration_seconds": 42.1, "detail": ""}              # optional
+     "duration_seconds": 42.1, "detail": "",              # optional: download + restore
+     "restore_seconds": 30.2, "bytes": 52428800, "mb_per_s": 1.245,   # optional
+     "target_seconds": 2700}                              # optional: restore.target_duration then
 
 A *restore test* is the set of lines with one ``run_id`` (lines without one are grouped
 by calendar month of ``time``); it passed when every line is ``ok``.
@@ -59,8 +61,9 @@ def _append_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> int:
 def record_restore_tests(state_dir: Path, results: Iterable[Mapping[str, Any]], *, run_id: str,
                          now: datetime) -> int:
     """Append one restore-test run's results (one per restored backup: ``source``, ``ok``, and
-    optionally ``backup``, ``role``, ``duration_seconds``, ``verified_rows``, ``files``, ``problems``) to
-    ``restore_tests.jsonl`` (the health page shows the rows or files checked)."""
+    optionally ``backup``, ``role``, ``duration_seconds``, ``restore_seconds``, ``bytes``, ``mb_per_s``,
+    ``target_seconds``, ``verified_rows``, ``files``, ``problems``) to ``restore_tests.jsonl`` (the health
+    page shows the rows or files checked, and the restore-time trend)."""
     rows = []
     for r in results:
         problems = r.get("problems") or []
@@ -68,7 +71,8 @@ def record_restore_tests(state_dir: Path, results: Iterable[Mapping[str, Any]], 
                                               if isinstance(p, Mapping))
         rows.append({"time": _utc(now).isoformat(), "run_id": run_id, "source": str(r["source"]),
                      "ok": bool(r.get("ok")),
-                     **{k: r[k] for k in ("backup", "role", "duration_seconds", "verified_rows", "files")
+                     **{k: r[k] for k in ("backup", "role", "duration_seconds", "restore_seconds", "bytes",
+                                          "mb_per_s", "target_seconds", "verified_rows", "files")
                         if r.get(k) is not None},
                      "detail": detail[:1000]})
     return _append_jsonl(StateDir(state_dir).restore_tests, rows)
@@ -81,6 +85,26 @@ def record_dr_drill(state_dir: Path, *, ok: bool, scenarios: Sequence[Mapping[st
     return _append_jsonl(StateDir(state_dir).dr_drills, [{
         "time": _utc(now).isoformat(), "run_id": run_id, "ok": bool(ok), "detail": detail,
         "scenarios": [dict(s) for s in scenarios]}])
+
+
+def restore_trend(records: Iterable[Mapping[str, Any]], source: str, *, limit: int = 12) -> list[dict]:
+    """The source's restore-test runs, oldest first (at most ``limit``): per run the test of its newest
+    backup (``role: newest``, else the first line), with time, verdict, duration, MB/s and target."""
+    runs: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        if r.get("source") == source:
+            runs.setdefault(str(r.get("run_id") or f"month {r['_time']:%Y-%m}"), []).append(r)
+    points = []
+    for run_id, lines in runs.items():
+        t = next((x for x in lines if x.get("role") == "newest"), lines[0])
+        points.append({"at": t["_time"].isoformat(), "run_id": run_id, "ok": all(x["ok"] for x in lines),
+                       **{k: _number(t.get(k)) for k in ("duration_seconds", "mb_per_s", "target_seconds")}})
+    return sorted(points, key=lambda p: p["at"])[-limit:]
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf") \
+        else None
 
 
 def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
@@ -104,4 +128,4 @@ def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
     return records, problems
 
 
-__all__ = ["record_restore_tests", "record_dr_drill", "read_jsonl"]
+__all__ = ["record_restore_tests", "record_dr_drill", "read_jsonl", "restore_trend"]

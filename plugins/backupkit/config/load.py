@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from backupkit.config.reader import ConfigError, Reader
+from backupkit.config.reader import ConfigError, Reader, expand_env
 from backupkit.config.schema import (
     APP_PLATFORMS,
     APP_SETTING_KINDS,
@@ -136,6 +136,7 @@ def _source(r: Reader, kind: SourceKind, defaults: Thresholds, names: set[str]) 
         raise ConfigError(r.file, r.at("s3_prefix"), f"must be a relative key prefix, got {prefix!r}")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
+    target = _restore_target(r)
     src = Source(
         name=name,
         kind=kind.id,
@@ -145,9 +146,38 @@ def _source(r: Reader, kind: SourceKind, defaults: Thresholds, names: set[str]) 
         thresholds=_thresholds(r.child("thresholds"), defaults),
         retention=_retention(r.child("retention")),
         spec=kind.parse_spec(r),
+        restore_target_seconds=target,
     )
     r.reject_unknown()
     return src
+
+
+def _restore_target(r: Reader) -> float | None:
+    """``restore.target_duration`` (``45min``, ``2h``, ``1d``; d, h, min, s), a key every kind shares.
+
+    It is taken out of the ``restore`` block before the kind reads the rest of it (a database's
+    key_tables, ...): a block left empty is done with; a kind without a restore block of its own
+    refuses any other key in it as unknown."""
+    from backupkit.wal.verify import parse_age
+
+    block = r.data.get("restore")
+    if not isinstance(block, dict) or "target_duration" not in block:
+        return None
+    at = f"{r.at('restore')}.target_duration"
+    text = block["target_duration"]
+    if not isinstance(text, str):
+        raise ConfigError(r.file, at, f"expected a duration such as 45min or 2h, got {text!r}")
+    try:
+        seconds = parse_age(expand_env(text, r.file, at)).total_seconds()
+    except ValueError as exc:
+        raise ConfigError(r.file, at, str(exc)) from None
+    if seconds <= 0:
+        raise ConfigError(r.file, at, "must be longer than 0")
+    rest = {k: v for k, v in block.items() if k != "target_duration"}
+    r.data = {**r.data, "restore": rest or None}
+    if not rest:
+        r.mark_used("restore")
+    return seconds
 
 
 def check_no_overlap(file: Path, sources: Sequence[Source]) -> None:

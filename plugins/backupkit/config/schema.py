@@ -94,6 +94,8 @@ class Source:
     thresholds: Thresholds = field(default_factory=Thresholds)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     spec: Any = None
+    # ``restore.target_duration``: a restore test (download + restore) longer than this fails.
+    restore_target_seconds: float | None = None
 
     @property
     def kind_impl(self) -> Any:

@@ -40,6 +40,9 @@ Security (:mod:`backupkit.jobs.audit_security`, which documents each)
 Recoverability
   ``recoverability.restore_tests_passed`` -- the last three monthly restore tests passed
   and the newest is younger than ``reports.restore_test_max_age_days``.
+  ``recoverability.restore_time_meets_target`` -- every source that declares
+  ``restore.target_duration``: its newest restore test (the newest backup's) took no longer
+  (``info`` when no source declares one).
   ``recoverability.dr_drill_met_targets`` -- the latest disaster-recovery drill met its
   targets and is younger than ``reports.dr_drill_max_age_days``.
 
@@ -59,9 +62,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from backupkit.catalog import local_backups, s3_key_for
 from backupkit.config import Config, Source
 from backupkit.history import s3_backup_sizes
-from backupkit.reports.render import human_bytes
+from backupkit.reports.render import human_bytes, human_seconds
 from backupkit.reports.weekly import MAX_LISTED
-from backupkit.results import read_jsonl
+from backupkit.results import read_jsonl, restore_trend
 from backupkit.retention.plan import Candidate, plan_retention
 from backupkit.retention.policy import (
     CALENDAR_RULES,
@@ -430,7 +433,7 @@ def restore_tests_control(config: Config, *, now: datetime) -> Control:
     now = _utc(now)
     path = config.state.restore_tests
     cid, title, model = ("recoverability.restore_tests_passed", "The last three monthly restore tests passed",
-                         "RESTORE_TIME_FOR_RESOURCES_MEET_TARGET")
+                         "AWS Backup restore testing (restore jobs completed and validated)")
     if not path.exists():
         return Control(cid, "recoverability", title, model, "fail", f"no restore test recorded ({path} does not exist)",
                        [f"{path} does not exist: the monthly restore-test DAG has never recorded a result"])
@@ -461,6 +464,46 @@ def restore_tests_control(config: Config, *, now: datetime) -> Control:
     return Control(cid, "recoverability", title, model, "fail" if failures else "pass", summary,
                    [f"{len(records)} record(s) in {path}, {len(tests)} restore test(s)", *failures],
                    ["Restore test", "Finished", "Sources", "Passed", "Status"], rows)
+
+
+def restore_time_control(config: Config, *, now: datetime) -> Control:
+    """Every source that declares ``restore.target_duration``: its newest restore test took no longer."""
+    cid, title, model = ("recoverability.restore_time_meets_target", "Restore tests meet their restore-time targets",
+                         "RESTORE_TIME_FOR_RESOURCES_MEET_TARGET")
+    targeted = [s for s in config.sources if s.restore_target_seconds is not None]
+    path = config.state.restore_tests
+    records, problems = read_jsonl(path) if path.exists() else ([], [])
+    rows, failures = [], list(problems)
+    for src in config.sources:
+        trend = restore_trend(records, src.name)
+        durations = [p["duration_seconds"] for p in trend if p["duration_seconds"] is not None]
+        newest = trend[-1] if trend else None
+        shown = [src.name, human_seconds(src.restore_target_seconds) if src.restore_target_seconds else "none",
+                 human_seconds(newest["duration_seconds"]) if newest and newest["duration_seconds"] is not None else "-",
+                 f"{newest['mb_per_s']:g}" if newest and newest["mb_per_s"] else "-",
+                 ", ".join(human_seconds(d) for d in durations[-4:]) or "-"]
+        if src.restore_target_seconds is None:
+            rows.append([*shown, "no target"])
+            continue
+        target, problem = src.restore_target_seconds, None
+        if newest is None:
+            problem = f"{src.name}: no restore test recorded, target {human_seconds(target)}"
+        elif newest["duration_seconds"] is None:
+            problem = f"{src.name}: the newest restore test ({newest['at'][:10]}) recorded no duration"
+        elif newest["duration_seconds"] > target:
+            problem = (f"{src.name}: the newest restore test ({newest['at'][:10]}) took "
+                       f"{human_seconds(newest['duration_seconds'])}, over its target {human_seconds(target)}")
+        failures += [problem] if problem else []
+        rows.append([*shown, "FAIL" if problem else "ok"])
+    if not targeted:
+        status, summary = "info", "no source declares restore.target_duration"
+    elif failures:
+        status, summary = "fail", "; ".join(failures[:4])
+    else:
+        status, summary = "pass", f"the newest restore test of all {len(targeted)} source(s) with a target met it"
+    return Control(cid, "recoverability", title, model, status, summary,
+                   [f"{len(records)} record(s) in {path}", *failures],
+                   ["Source", "Target", "Newest test", "MB/s", "Recent durations", "Status"], rows)
 
 
 def dr_drill_control(config: Config, *, now: datetime) -> Control:
@@ -507,4 +550,5 @@ def dr_drill_control(config: Config, *, now: datetime) -> Control:
 
 __all__ = ["Control", "coverage_databases", "coverage_file_paths", "last_recovery_point", "backup_index",
            "retention_controls", "policy_gaps", "age_distribution", "overdue_backups", "restore_tests_control",
+           "restore_time_control",
            "dr_drill_control", "archive_members", "newest_verified", "LIST_DATABASES_SQL", "SYSTEM_DATABASES"]

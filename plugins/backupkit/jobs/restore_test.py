@@ -5,6 +5,11 @@ repeats the choice) from the older ones of the last ``restore.random_older_windo
 days: restoring what is rarely read catches latent damage, as AWS Backup's restore testing
 does. Each is restored by :func:`backupkit.restore.pipeline.restore_test`; this module turns
 the results into one table, a verdict per source and the ``backup_restore_test_*`` gauges.
+
+Restore time is a target (:func:`apply_restore_targets`): a source may declare
+``restore.target_duration``; a test whose ``duration_seconds`` (download and restore of the
+backup) is longer fails with the check ``restore_time``. Every result carries the bytes
+restored and the rate in MB/s (10^6 bytes per second), so the history shows the trend.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from backupkit.config import Config
 from backupkit.metric_names import (RESTORE_TEST_DURATION, RESTORE_TEST_FILES, RESTORE_TEST_LAST_RUN,
                                     RESTORE_TEST_LAST_SUCCESS, RESTORE_TEST_ROWS, RESTORE_TEST_STATUS, help_of)
 from backupkit.metrics import LastSuccessStore, MetricSet, SourceStatus
+from backupkit.reports.render import human_seconds
 from backupkit.restore.selection import random_older
 from backupkit.storage.objectstore import Bucket
 
@@ -41,22 +47,45 @@ def monthly_targets(config: Config, bucket: Bucket | None, *, now: datetime, see
     return targets
 
 
+def apply_restore_targets(config: Config, results: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Each result with ``bytes``, ``mb_per_s`` and ``target_seconds``; over its source's target, failed."""
+    out = []
+    for r in results:
+        r = dict(r)
+        seconds, size = r.get("duration_seconds"), r.get("bytes")
+        r["mb_per_s"] = round(size / 1e6 / seconds, 3) if size and seconds else None
+        try:
+            target = config.source(r["source"]).restore_target_seconds
+        except KeyError:
+            target = None
+        r["target_seconds"] = target
+        if target is not None and seconds is not None and seconds > target:
+            artifact = f"{r['source']}/{r['backup']}" if r.get("backup") else r["source"]
+            problem = {"artifact": artifact, "check": "restore_time", "ok": False,
+                       "detail": f"the restore took {human_seconds(seconds)} ({seconds:.1f} s), over its target "
+                                 f"{human_seconds(target)} (restore.target_duration)"}
+            r["problems"] = [*(r.get("problems") or []), problem]
+            r["ok"] = False
+        out.append(r)
+    return out
+
+
 def summarize_restore_tests(results: Sequence[Mapping[str, Any]]) -> dict:
     """Per source: pass/fail of each test; a table for the log; every problem."""
     sources: dict[str, dict] = {}
     problems: list[dict] = []
-    lines = [f"{'SOURCE':24} {'ROLE':13} {'BACKUP':36} {'RESULT':6} {'SECONDS':>8} {'ROWS/FILES':>10}"]
+    lines = [f"{'SOURCE':24} {'ROLE':13} {'BACKUP':36} {'RESULT':6} {'SECONDS':>8} {'ROWS/FILES':>10} {'MB/S':>8}"]
     for r in results:
         s = sources.setdefault(r["source"], {"ok": True, "tests": []})
         s["ok"] = s["ok"] and bool(r.get("ok"))
         s["tests"].append({k: r.get(k) for k in ("role", "backup", "ok", "duration_seconds", "verified_rows",
-                                                 "files", "location")})
+                                                 "files", "location", "bytes", "mb_per_s", "target_seconds")})
         problems += r.get("problems") or []
         secs = r.get("duration_seconds")
         count = r.get("files") if r.get("files") is not None else r.get("verified_rows")
         lines.append(f"{r['source']:24} {str(r.get('role')):13} {str(r.get('backup') or '-'):36} "
                      f"{'PASS' if r.get('ok') else 'FAIL':6} {secs if secs is not None else '-':>8} "
-                     f"{count if count is not None else '-':>10}")
+                     f"{count if count is not None else '-':>10} {r.get('mb_per_s') or '-':>8}")
         for p in r.get("problems") or []:
             lines.append(f"    {p.get('check')}: {p.get('detail')}")
     return {"ok": all(s["ok"] for s in sources.values()) and bool(sources), "sources": sources,
@@ -98,4 +127,4 @@ def restore_test_metrics(results: Sequence[Mapping[str, Any]], *, now: float, st
     return m
 
 
-__all__ = ["monthly_targets", "summarize_restore_tests", "restore_test_metrics"]
+__all__ = ["monthly_targets", "apply_restore_targets", "summarize_restore_tests", "restore_test_metrics"]

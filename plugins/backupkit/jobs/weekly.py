@@ -9,7 +9,9 @@ XCom (``backupkit.reports.weekly`` renders them):
   the previous ``thresholds.size_window`` backups of its source. Sizes come from the
   local file, else the S3 object, else the log line; durations from the backup logs'
   ``backup completed ... duration=12.3s size=...`` lines (the runbook's
-  ``grep "backup completed"``), else ``duration_seconds`` of the database manifest.
+  ``grep "backup completed"``), else ``duration_seconds`` of the database manifest. Beside
+  them, the restore-time trend: the last monthly restore tests (duration, MB/s) against the
+  source's ``restore.target_duration``; a newest test over it is flagged.
 * :func:`failure_pattern` -- which days, which sources, which errors: missing nights
   (no backup where the source's usual cadence wants one), ERROR lines of the backup
   logs, and backups whose last full read failed (the verification state).
@@ -57,7 +59,10 @@ from backupkit.history import (
     week_labels,
     weekly_series,
 )
+from backupkit.results import read_jsonl, restore_trend
 from backupkit.storage.inspect import bucket_encryption, scan_objects
+
+RESTORE_TREND_RUNS = 6  # the last six monthly restore tests in the weekly report
 
 _AWS_ENDPOINT = re.compile(r"^https://([a-z0-9.-]+\.)?(amazonaws\.com(\.cn)?|api\.aws)(:\d+)?(/|$)")
 
@@ -73,6 +78,8 @@ def collect_trends(config: Config, *, now: datetime, bucket: Bucket | None = Non
     # Baselines reach back before the window: read a few extra weeks of logs.
     logged, _, notes = read_backup_logs(config, since - timedelta(weeks=4))
     sources = {}
+    tests, test_problems = restore_test_records(config)
+    notes += test_problems
     for src in config.sources:
         s3_sizes = None
         if bucket is not None:
@@ -89,11 +96,24 @@ def collect_trends(config: Config, *, now: datetime, bucket: Bucket | None = Non
             "anomalies": find_anomalies(points, factor=factor, window=src.thresholds.size_window, since=since),
             "missing_duration": sum(1 for p in in_window if p.duration is None),
             "first": points[0].timestamp.isoformat() if points else None,
+            "restore_tests": restore_trend(tests, src.name, limit=RESTORE_TREND_RUNS),
+            "restore_target_seconds": src.restore_target_seconds,
         }
     return {"now": now.isoformat(), "since": since.isoformat(), "weeks": labels, "factor": factor,
             "sources": sources, "notes": notes}
 
 
+
+
+def restore_test_records(config: Config) -> tuple[list[dict], list[str]]:
+    """The recorded restore tests (:mod:`backupkit.results`), and the lines that could not be read."""
+    path = config.state.restore_tests
+    if not path.exists():
+        return [], []
+    try:
+        return read_jsonl(path)
+    except OSError as exc:
+        return [], [f"cannot read {path}: {exc}"]
 
 
 def failure_pattern(config: Config, *, now: datetime, bucket: Bucket | None = None, weeks: int | None = None,
@@ -417,6 +437,11 @@ def findings(sections: dict[str, dict | None]) -> tuple[list[str], list[str]]:
         for src, t in trends["sources"].items():
             for a in t["anomalies"]:
                 warnings.append(f"{src}: {a['metric']} {a['kind']} on {a['name']}: {anomaly_text(a)}")
+            newest = (t.get("restore_tests") or [None])[-1]
+            target = t.get("restore_target_seconds")
+            if newest and target and newest["duration_seconds"] is not None and newest["duration_seconds"] > target:
+                warnings.append(f"{src}: the restore test of {newest['at'][:10]} took {newest['duration_seconds']:.0f} s, "
+                                f"over its target {target:.0f} s (restore.target_duration)")
     pattern = sections.get("failures")
     if pattern:
         kinds = Counter(e["kind"] for e in pattern["events"])

@@ -88,8 +88,9 @@ def _restore_test(s: Mapping) -> str:
     if t is None:
         return "none recorded"
     rows = "-" if t["rows"] is None else f"{t['rows']:.0f}"
+    rate = f" at {t['mb_per_s']:g} MB/s" if t.get("mb_per_s") else ""
     return (f"{'passed' if t['all_ok'] else 'FAILED'} {_e(_when(t['at']))}<div class=muted>"
-            f"{_e(human_seconds(t['duration_seconds']))} of target {_e(human_seconds(t['target_seconds']))}; "
+            f"{_e(human_seconds(t['duration_seconds']))}{_e(rate)} of target {_e(human_seconds(t['target_seconds']))}; "
             f"{_e(rows)} rows/files checked; {_e(t['backup'])}</div>")
 
 
@@ -108,7 +109,18 @@ def _charts(s: Mapping) -> str:
     age_chart = bar_spark(f"{s['name']}: age before the next (h)", labels, ages,
                           fmt=lambda v: f"{v:.0f} h", limit=s["max_age_hours"],
                           limit_label=f"max_age_hours {s['max_age_hours']:g}")
-    return f"<div class=charts>{sizes}{age_chart}</div>"
+    trend = (s.get("restore_test") or {}).get("trend") or []
+    restore_chart = ""
+    if trend:
+        over = {i: f"over the target {human_seconds(p['target_seconds'])}" for i, p in enumerate(trend)
+                if p["duration_seconds"] is not None and p["target_seconds"] is not None
+                and p["duration_seconds"] > p["target_seconds"]}
+        target = s["restore_test"]["target_seconds"]
+        restore_chart = bar_spark(f"{s['name']}: restore time, last {len(trend)} restore tests",
+                                  [p["at"][:10] for p in trend], [p["duration_seconds"] for p in trend],
+                                  fmt=human_seconds, marks=over, limit=target,
+                                  limit_label=f"target {human_seconds(target)}")
+    return f"<div class=charts>{sizes}{age_chart}{restore_chart}</div>"
 
 
 def _links(s: Mapping) -> str:

@@ -46,6 +46,17 @@ def weekly_doc(*, report_date: date, trends: dict | None, failures: dict | None,
                       [[w["week"], w["count"], human_bytes(w["size_median"]), human_bytes(w["size_min"]),
                         human_bytes(w["size_max"]), human_seconds(w["duration_median"]),
                         human_seconds(w["duration_max"])] for w in t["weeks"]])
+            tests = t.get("restore_tests") or []
+            target = t.get("restore_target_seconds")
+            if tests:
+                doc.para(f"Restore time of the last {len(tests)} restore test(s)"
+                         + (f", target {human_seconds(target)} (restore.target_duration):" if target else
+                            " (no restore.target_duration declared):"))
+                doc.table(["Restore test", "Result", "Duration", "MB/s", "Within target"],
+                          [[p["at"][:10], "passed" if p["ok"] else "FAILED", human_seconds(p["duration_seconds"]),
+                            f"{p['mb_per_s']:g}" if p["mb_per_s"] else "-",
+                            "-" if not target or p["duration_seconds"] is None else
+                            ("yes" if p["duration_seconds"] <= target else "NO")] for p in tests])
             if t["missing_duration"]:
                 doc.para(f"{t['missing_duration']} backup(s) in the window have no recorded duration "
                          f"(no 'backup completed' log line and no manifest).")
