@@ -9,6 +9,9 @@ Speed without losing realism: the database grows once per *data epoch*
 of an epoch get byte copies of that dump, so sizes grow month by month as in
 production while a 400-night history needs only ~14 real dumps per format.
 
+Kubernetes resource sources get what a nightly ``kubectl get deploy,svc,cm -n trixtech -o yaml``
+writes, one ``List`` per kind and file (:func:`k8s_export`), released (image tags) monthly.
+
 Layout written for each configured source (names from ``source.pattern`` at
 02:00 UTC, file mtimes = the backup's timestamp)::
 
@@ -216,6 +219,59 @@ def file_tree(source: Source, epoch: int, when: datetime) -> list[tuple[str, byt
     return members
 
 
+K8S_NAMESPACE = "trixtech"
+
+
+def _k8s_meta(name: str, when: datetime, epoch: int, labels: dict[str, str]) -> dict:
+    """Metadata as ``kubectl get -o yaml`` writes it (uid, resourceVersion, creation time)."""
+    uid = hashlib.sha256(f"{K8S_NAMESPACE}/{name}".encode()).hexdigest()
+    return {"name": name, "namespace": K8S_NAMESPACE, "labels": labels,
+            "uid": f"{uid[:8]}-{uid[8:12]}-{uid[12:16]}-{uid[16:20]}-{uid[20:32]}",
+            "resourceVersion": str(1000 + epoch), "generation": epoch + 1,
+            "creationTimestamp": (when - timedelta(days=EPOCH_DAYS * epoch)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def k8s_export(source: Source, epoch: int, when: datetime) -> list[tuple[str, bytes, datetime]]:
+    """The booking application's resources as a nightly ``kubectl get deploy,svc,cm -n trixtech -o yaml``
+    per kind (one ``List`` per file, with status), released monthly: every object passes the official
+    schemas (``backupkit.checks.k8smanifests``)."""
+    import yaml
+
+    release = f"1.{epoch}.0"
+    deployments, services = [], []
+    for app, port, replicas in (("backend", 8091, 2), ("frontend", 8092, 1)):
+        labels = {"app.kubernetes.io/name": f"trixtech-{app}", "app.kubernetes.io/version": release}
+        env = [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "trixtech-db", "key": "url"}}}] \
+            if app == "backend" else [{"name": "API_URL", "value": "http://trixtech-backend"}]
+        deployments.append({"apiVersion": "apps/v1", "kind": "Deployment",
+                            "metadata": _k8s_meta(f"trixtech-{app}", when, epoch, labels),
+                            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app.kubernetes.io/name":
+                                                                                          f"trixtech-{app}"}},
+                                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                                         "name": app, "image": f"registry.trixtech.local/{app}:{release}",
+                                         "ports": [{"containerPort": port, "protocol": "TCP"}], "env": env,
+                                         "readinessProbe": {"httpGet": {"path": "/health", "port": port}},
+                                         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}}},
+                            "status": {"replicas": replicas, "readyReplicas": replicas,
+                                       "updatedReplicas": replicas, "observedGeneration": epoch + 1}})
+        services.append({"apiVersion": "v1", "kind": "Service",
+                         "metadata": _k8s_meta(f"trixtech-{app}", when, epoch, labels),
+                         "spec": {"selector": {"app.kubernetes.io/name": f"trixtech-{app}"}, "type": "ClusterIP",
+                                  "ports": [{"name": "http", "port": 80, "targetPort": port, "protocol": "TCP"}]}})
+    # One ConfigMap of release notes per monthly release so far: the export grows as the cluster does.
+    config = [{"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": _k8s_meta("trixtech-config", when, epoch, {"app.kubernetes.io/part-of": "trixtech"}),
+               "data": {"LOG_LEVEL": "info", "RELEASE": release}}] + [
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": _k8s_meta(f"trixtech-release-1-{j}-0", when, j, {"app.kubernetes.io/part-of": "trixtech"}),
+         "data": {"notes": random.Random(f"release-{j}").randbytes(300).hex()}} for j in range(epoch + 1)]
+    return [(f"{K8S_NAMESPACE}/{kind}.yaml",
+             yaml.safe_dump({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
+                             "items": json.loads(json.dumps(items))},  # no shared dicts: kubectl writes no aliases
+                            sort_keys=False).encode(), when)
+            for kind, items in (("deployments", deployments), ("services", services), ("configmaps", config))]
+
+
 def write_archive(out: Path, members: Iterable[tuple[str, bytes, datetime]], when: datetime) -> Path:
     """A ``.tar.gz`` with relative member paths, directory entries and a fixed gzip mtime."""
     dirs: set[str] = set()
@@ -275,6 +331,8 @@ def _make_artifacts(config: Config, pg: LocalPostgres, database: str, epoch: int
         if src.is_database:
             gz = src.pattern.template.endswith(".gz")
             pg_dump(pg, database, out, src.dump_format or "custom", gzip_plain=gz)
+        elif src.kind == "kubernetes":
+            write_archive(out, k8s_export(src, epoch, when), when)
         else:
             write_archive(out, file_tree(src, epoch, when), when)
         duration = time.monotonic() - t0
@@ -495,7 +553,7 @@ def _generate(config: Config, pg: LocalPostgres, nights: list[datetime], *, s3_c
                 done = night + timedelta(seconds=max(1.0, duration))
                 for lg in config.logs:
                     kind = _log_kind(lg.name)
-                    if kind == ("database" if src.is_database else "files"):
+                    if kind == {"database": "database", "files": "files"}.get(src.kind):  # k8s exports: no log
                         log_lines[lg.name].append(_line(done, "INFO", (
                             f"backup completed source={src.name} file={name} duration={duration:.2f}s "
                             f"size={art.size}")))

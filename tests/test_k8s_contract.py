@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import subprocess
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -23,6 +25,7 @@ import airflow_env  # noqa: F401  (before anything imports airflow)
 from _kube_api import Fault, KubeApi, PodScript, image_pull_back_off, kubeconfig, serve, unschedulable
 from backup_airflow.restore_operators import kube_clients
 from backupkit import clock
+from backupkit.pgbin import pg_bin
 from backupkit.config import AppSwitch
 from backupkit.config.schema import RestoreSettings
 from backupkit.restore.conninfo import setting_database
@@ -334,19 +337,81 @@ def test_every_call_has_a_request_timeout_and_one_attempt(api, clients, monkeypa
     assert len(hung) == 1  # one attempt
 
 
+# -- port-forward: workers outside the cluster --------------------------------------------------------------
+PORT_FORWARD = replace(SETTINGS, kubernetes_access="port-forward")
+
+
+def test_port_forward_mode_reaches_a_real_postgres_through_the_api_server(api, clients, pg):
+    """restore.kubernetes_access: port-forward. The mock relays the pod's 5432 to a real PostgreSQL:
+    psql connects to the loopback end, the client library's websocket port-forward carries the bytes."""
+    core, _ = clients
+    s = scratch(core, PORT_FORWARD).start()
+    api.port_targets[(NS, s.pod_name, 5432)] = ("127.0.0.1", pg.port)
+    host, port = s.address
+    assert host == "127.0.0.1" and port != 5432 and s.conn_args()[:4] == ["-h", "127.0.0.1", "-p", str(port)]
+    for _ in range(2):  # each connection gets its own stream
+        out = subprocess.run([pg_bin("psql"), *s.conn_args("trixtech"), "-XAtc", "SELECT count(*) FROM users"],
+                             env=pg.client_env(), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip() == pg.psql("SELECT count(*) FROM users", "trixtech").strip()
+    assert [r for r in api.requests if r[1] == "pods/portforward"] == [("get", "pods/portforward", NS, s.pod_name)] * 2
+    s.teardown()
+    with pytest.raises(ConnectionRefusedError):  # the relay is gone with the pod
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_a_port_forward_that_cannot_open_fails_the_client_and_is_recorded(api, clients):
+    core, _ = clients
+    s = scratch(core, PORT_FORWARD).start()
+    api.faults.append(Fault("get", "pods/portforward", status=403, reason="Forbidden"))
+    with socket.create_connection(s.address, timeout=10) as c:
+        c.settimeout(10)
+        assert c.recv(1) == b""  # closed at once: psql reports the server closed the connection
+    assert s._relay.errors and "port-forward to scratch pod" in s._relay.errors[0]
+    s.teardown()
+
+
+def test_the_port_forward_mode_is_configured_and_checked(tmp_path):
+    from backupkit.config import load_config
+    from backupkit.config.reader import ConfigError
+
+    base = ("bucket: {name: pf-backups}\nverification: {state_dir: %s}\nrestore: {kubernetes_access: %s}\n"
+            "file_sets: [{name: f, local_dir: /tmp/f, s3_prefix: f/, pattern: 'f_%%Y%%m%%d.tar.gz'}]\n")
+    path = tmp_path / "b.yaml"
+    path.write_text(base % (tmp_path, "port-forward"))
+    assert load_config(path).restore.kubernetes_access == "port-forward"
+    path.write_text(base % (tmp_path, "tunnel"))
+    with pytest.raises(ConfigError, match="restore.kubernetes_access: must be one of pod-ip, port-forward"):
+        load_config(path)
+
+
 # -- the Role grants exactly what is used --------------------------------------------------------------------
-ROLE_OF = {"backupkit-scratch": "scratch", "backupkit-app-switch": "app"}  # Role -> namespace it is bound in
+# Role -> the namespace it is bound in (scratch: restore.namespace; app: restore.app.namespace)
+ROLE_OF = {"backupkit-scratch": "scratch", "backupkit-app-switch": "app", "backupkit-scratch-port-forward": "scratch"}
 
 
-def granted() -> set[tuple[str, str, str]]:
-    """(namespace role, verb, resource) for every rule of the Roles in deploy/kubernetes/."""
+def granted(file: str = "rbac.yaml") -> set[tuple[str, str, str]]:
+    """(namespace role, verb, resource) for every rule of the Roles in deploy/kubernetes/FILE."""
     out = set()
-    for path in sorted((Path(__file__).resolve().parents[1] / "deploy" / "kubernetes").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc["kind"] == "Role":
-                for rule in doc["rules"]:
-                    out |= {(ROLE_OF[doc["metadata"]["name"]], v, r) for v in rule["verbs"] for r in rule["resources"]}
+    path = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes" / file
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc["kind"] == "Role":
+            for rule in doc["rules"]:
+                out |= {(ROLE_OF[doc["metadata"]["name"]], v, r) for v in rule["verbs"] for r in rule["resources"]}
     return out
+
+
+def test_the_port_forward_role_grants_what_the_relay_uses(api, clients, pg):
+    """The websocket upgrade is a GET (observed); ``create`` is granted too, for API servers that
+    also authorize the upgrade as a create (rbac-port-forward.yaml says why)."""
+    core, _ = clients
+    s = scratch(core, PORT_FORWARD).start()
+    api.port_targets[(NS, s.pod_name, 5432)] = ("127.0.0.1", pg.port)
+    out = subprocess.run([pg_bin("pg_isready"), *s.conn_args()[:4]], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    s.teardown()
+    observed = {("scratch", v, r) for v, r, _, _ in api.requests if r == "pods/portforward"}
+    assert observed == {("scratch", "get", "pods/portforward")}
+    assert granted("rbac-port-forward.yaml") - observed == {("scratch", "create", "pods/portforward")}
 
 
 def test_the_roles_grant_exactly_the_verbs_the_project_uses(api, clients, tmp_path):

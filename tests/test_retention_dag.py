@@ -65,8 +65,9 @@ DATABASE = "trixtech_retention_e2e"  # our own copy: generate_history grows the 
 COMPANIONS = (".sha256", ".manifest.json")
 
 # Policies of the applied run: the shipped ones, except that trixtech-db-sql's keep 7 daily +
-# 4 weekly drops ~5/6 of a 60-night backlog, more than the default max_delete_fraction of 0.5.
-APPLY_OVERRIDES = {"trixtech-db-sql": {"max_delete_fraction": 0.9}}
+# 4 weekly and trixtech-k8s's keep 12 weekly drop ~5/6 of a 60-night backlog, more than the
+# default max_delete_fraction of 0.5.
+APPLY_OVERRIDES = {"trixtech-db-sql": {"max_delete_fraction": 0.9}, "trixtech-k8s": {"max_delete_fraction": 0.9}}
 # A policy that would delete far more than its guard rail allows.
 GREEDY = {"keep_daily": 7, "keep_weekly": 0, "keep_monthly": 0, "keep_yearly": 0, "max_delete_fraction": 0.5,
           "min_keep": 3}
@@ -113,7 +114,7 @@ def expected_keep(timestamps: dict[str, datetime], policy: dict) -> set[str]:
 def write_config(path: Path, overrides: dict[str, dict] | None = None) -> Path:
     """The shipped configuration with some sources' retention changed (env expansions kept)."""
     doc = yaml.safe_load(CONFIG_FILE.read_text())
-    for section in ("databases", "file_sets"):
+    for section in ("databases", "file_sets", "kubernetes_resources"):
         for src in doc.get(section) or []:
             src["retention"] = {**(src.get("retention") or {}), **(overrides or {}).get(src["name"], {})}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

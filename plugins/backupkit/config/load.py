@@ -279,6 +279,9 @@ def _smoke_check(r: Reader) -> SmokeCheck:
     return s
 
 
+KUBERNETES_ACCESS = ("pod-ip", "port-forward")
+
+
 def _restore_settings(r: Reader) -> RestoreSettings:
     base = RestoreSettings()
     r.mark_used("smoke_check")  # parsed below when present; `smoke_check:` left empty means off
@@ -300,9 +303,14 @@ def _restore_settings(r: Reader) -> RestoreSettings:
         if not root.startswith("/"):
             raise ConfigError(r.file, f"{r.at('allowed_file_roots')}[{i}]", f"must be an absolute path, got {root!r}")
     scratch = r.get("scratch_dir", str, None) or None
+    access = r.get("kubernetes_access", str, base.kubernetes_access)
+    if access not in KUBERNETES_ACCESS:
+        raise ConfigError(r.file, r.at("kubernetes_access"),
+                          f"must be one of {', '.join(KUBERNETES_ACCESS)}; got {access!r}")
     s = RestoreSettings(
         backend=backend,
         kubernetes_conn_id=r.get("kubernetes_conn_id", str, base.kubernetes_conn_id),
+        kubernetes_access=access,
         namespace=_k8s_name(r, "namespace", base.namespace),
         image=image,
         resources=resources,

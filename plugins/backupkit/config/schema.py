@@ -192,6 +192,9 @@ class RestoreSettings:
 
     backend: str = "local"  # local | kubernetes
     kubernetes_conn_id: str = "kubernetes_default"
+    # How workers reach scratch pods: "pod-ip" (workers in the cluster) or "port-forward" (through
+    # the API server, for workers outside it; needs pods/portforward, deploy/kubernetes/).
+    kubernetes_access: str = "pod-ip"
     namespace: str = "default"  # scratch pods
     image: str = "postgres:18"
     resources: dict = field(default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"},

@@ -13,7 +13,8 @@ Coverage
   a backup that passed a full verification (the daily run's state) and is younger than
   ``reports.coverage_max_age_hours``.
   ``coverage.file_paths_protected`` -- every configured path of every file set appears
-  in its latest archive (member listing of the newest local ``.tar.gz``).
+  in its latest archive (member listing of the newest local ``.tar.gz``); the latest archive
+  of every Kubernetes resource source holds manifests (``.yaml``/``.yml``/``.json``).
   ``coverage.last_recovery_point_created`` -- every source's newest backup (local or
   S3) is younger than its ``thresholds.max_age_hours``.
 
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from backupkit.catalog import local_backups, s3_key_for
+from backupkit.checks.k8smanifests import MANIFEST_SUFFIXES
 from backupkit.config import Config, Source
 from backupkit.history import s3_backup_sizes
 from backupkit.reports.render import human_bytes, human_seconds
@@ -217,11 +219,15 @@ def archive_members(path: Path) -> list[str]:
     return names
 
 
+K8S_MANIFESTS = "(Kubernetes manifests)"  # the "path" a Kubernetes resource source must hold
+
+
 def coverage_file_paths(config: Config, *, now: datetime) -> Control:
-    """Every configured path of every file set is in that set's latest archive."""
+    """Every configured path of every file set is in that set's latest archive; every Kubernetes
+    resource source's latest archive holds manifests."""
     now = _utc(now)
     rows, failures, evidence = [], [], []
-    for src in config.file_sets:
+    for src in (*config.file_sets, *config.of_kind("kubernetes")):
         backups = local_backups(src)
         if not backups:
             failures.append(f"{src.name}: no archive in {src.local_dir}")
@@ -236,6 +242,12 @@ def coverage_file_paths(config: Config, *, now: datetime) -> Control:
             continue
         evidence.append(f"{src.name}: latest archive {newest.name} ({human_bytes(newest.size)}, "
                         f"{_hours(now - newest.timestamp):.1f} h old) has {len(members)} members")
+        if src.kind == "kubernetes":
+            n = sum(1 for m in members if m.endswith(MANIFEST_SUFFIXES))
+            rows.append([src.name, newest.name, K8S_MANIFESTS, n, "ok" if n else "FAIL"])
+            if not n:
+                failures.append(f"{src.name}: the latest archive {newest.name} holds no manifest")
+            continue
         if not src.paths:
             evidence.append(f"{src.name}: no paths configured (nothing to check)")
         for p in src.paths:
@@ -244,7 +256,7 @@ def coverage_file_paths(config: Config, *, now: datetime) -> Control:
             rows.append([src.name, newest.name, p, n, "ok" if n else "FAIL"])
             if not n:
                 failures.append(f"{src.name}: {p} is not in the latest archive {newest.name}")
-    if not config.file_sets:
+    if not config.file_sets and not config.of_kind("kubernetes"):
         evidence.append("no file sets configured")
     status = "fail" if failures else "pass"
     summary = "; ".join(failures[:5]) if failures else "every configured path is in its set's latest archive"

@@ -8,10 +8,10 @@ client boundary; the Airflow layer only makes the clients (the cncf-kubernetes p
 Kubernetes scratch databases: a Secret (a password generated for the run) and a Pod
 (:func:`~backupkit.restore.kubernetes.manifests.scratch_pod_manifest`: labelled with the run
 id, resource limits, non-root, active deadline; the password reaches the container only by
-``secretKeyRef``), waited for until ready, reached on the pod IP on 5432 with the password
-in ``PGPASSWORD`` of the client process (never in arguments or logs). That needs the worker
-to reach pod IPs -- true for workers running in the cluster; a worker outside the cluster
-would need a port-forward, which is not implemented. Pod and Secret are deleted in a
+``secretKeyRef``), waited for until ready, reached with the password in ``PGPASSWORD`` of the
+client process (never in arguments or logs) on the pod IP on 5432 (``restore.kubernetes_access:
+pod-ip``, workers in the cluster) or through the API server's port-forward on a loopback port
+(``port-forward``, workers outside it: :mod:`~backupkit.restore.kubernetes.portforward`). Pod and Secret are deleted in a
 ``finally``, a per-run sweep deletes whatever carries the run's label, and the orphan sweep
 deletes scratch objects older than ``restore.orphan_max_age_hours``.
 
@@ -36,6 +36,7 @@ from backupkit.config import AppSwitch, RestoreSettings, SmokeCheck
 from backupkit.model import CheckResult
 from backupkit.restore.health import smoke_check as http_smoke_check
 from backupkit.restore.kubernetes import manifests as k8s
+from backupkit.restore.kubernetes.portforward import PortForwardRelay, api_port_forward
 from backupkit.restore.scratch import RESTORED_DB, ScratchDatabase, ScratchError, generate_password
 
 SCRATCH_PORT = 5432
@@ -216,6 +217,7 @@ class KubernetesScratch(ScratchDatabase):
         self.poll_interval, self._sleep, self._clock = poll_interval, sleep, clock
         self._password: str | None = None
         self.pod_ip: str | None = None
+        self._relay: PortForwardRelay | None = None  # restore.kubernetes_access: port-forward
         self._pod_requested = self._secret_requested = False
         # Set by the operator while an application smoke check still needs the database:
         # restore_test's teardown is then skipped and the operator tears down afterwards.
@@ -249,7 +251,18 @@ class KubernetesScratch(ScratchDatabase):
                 setattr(self, f"_{kind}_requested", False)  # the teardown must not delete it
                 raise
         self.pod_ip = self._wait_ready()
+        if self.settings.kubernetes_access == "port-forward":
+            self._relay = PortForwardRelay(api_port_forward(self.core, self.pod_name, self.namespace, self.port),
+                                           what=f"scratch pod {self.namespace}/{self.pod_name}")
+            self._relay.start()
         return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where this worker connects: the pod IP, or the loopback end of the port-forward."""
+        if self._relay is not None:
+            return "127.0.0.1", int(self._relay.port)
+        return str(self.pod_ip), self.port
 
     def _wait_ready(self) -> str:
         return _wait_pod_ready(self.core, self.pod_name, self.namespace, self.settings.ready_timeout_seconds,
@@ -260,6 +273,9 @@ class KubernetesScratch(ScratchDatabase):
         """Delete the pod and the secret (both attempted; absent is fine; other errors raise)."""
         if self.hold_teardown:
             return
+        if self._relay is not None:
+            self._relay.stop()
+            self._relay = None
         errors = _delete_quietly(self.core, self.namespace, self.pod_name if self._pod_requested else None,
                                  self.secret_name if self._secret_requested else None)
         self._pod_requested = self._secret_requested = False
@@ -271,10 +287,12 @@ class KubernetesScratch(ScratchDatabase):
     def conn_args(self, database: str = "postgres") -> list[str]:
         if not self.pod_ip:
             raise ScratchError("scratch pod is not ready")
-        return ["-h", self.pod_ip, "-p", str(self.port), "-U", SCRATCH_USER, "-d", database]
+        host, port = self.address
+        return ["-h", host, "-p", str(port), "-U", SCRATCH_USER, "-d", database]
 
     def uri(self, database: str = "postgres") -> str:
-        return f"postgresql://{SCRATCH_USER}@{self.pod_ip}:{self.port}/{database}"
+        host, port = self.address
+        return f"postgresql://{SCRATCH_USER}@{host}:{port}/{database}"
 
     def url_with_password(self, database: str = RESTORED_DB) -> str:
         """The URL an application needs, password included: only ever put into a Secret."""
@@ -344,10 +362,19 @@ class SmokeApp:
             ip = _wait_pod_ready(self.core, self.pod_name, self.namespace, self.settings.ready_timeout_seconds,
                                  what="application pod", poll_interval=self.poll_interval, sleep=self._sleep,
                                  clock=self._clock)
-            for path in self.smoke.paths:
-                c = http_smoke_check(f"http://{ip}:{self.smoke.port}{path}", timeout=self.smoke.timeout_seconds,
-                                     artifact=artifact)
-                checks.append(dataclasses.replace(c, check=f"app_smoke {path}"))
+            host, port, relay = ip, self.smoke.port, None
+            if self.settings.kubernetes_access == "port-forward":
+                relay = PortForwardRelay(api_port_forward(self.core, self.pod_name, self.namespace, port),
+                                         what=f"application pod {self.namespace}/{self.pod_name}")
+                host, port = "127.0.0.1", relay.start()
+            try:
+                for path in self.smoke.paths:
+                    c = http_smoke_check(f"http://{host}:{port}{path}", timeout=self.smoke.timeout_seconds,
+                                         artifact=artifact)
+                    checks.append(dataclasses.replace(c, check=f"app_smoke {path}"))
+            finally:
+                if relay is not None:
+                    relay.stop()
         except Exception as exc:  # noqa: BLE001 - API errors and a pod that never gets ready are findings
             checks.append(CheckResult(artifact, "app_smoke", False,
                                       f"application {self.smoke.image} against the restored database: "
