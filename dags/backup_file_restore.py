@@ -41,6 +41,9 @@ the listed paths, into a **target directory that must lie under `restore.allowed
 * each file is written beside its destination under a temporary name, checked against the
   archive's `SHA256SUMS` when it has one, and only then renamed into place (a file that does not
   match is never installed and fails the run);
+* a **Kubernetes resource backup** (`kubernetes_resources:`) is restored the same way: the chosen
+  manifests (e.g. `trixtech/deployments.yaml`) land in the target directory for a person to review
+  and `kubectl apply`; nothing is ever applied to a cluster by this DAG;
 * files already present: `skip` leaves them alone; `overwrite` replaces them, first moving each
   replaced file to `<target>/.restore-backup-<UTC time>/` (same relative path), so the restore
   can be undone.
@@ -63,7 +66,8 @@ Every request (refused ones too) is recorded in the audit log (`<state_dir>/audi
 
 PARAMS = {
     "file_set": Param(_FILE_SETS[0], type="string", enum=_FILE_SETS, title="File set",
-                      description="The configured file set whose archive is restored.", section="Archive"),
+                      description="The configured file set (or Kubernetes resource backup) whose archive is "
+                                  "restored.", section="Archive"),
     **which_params("archive", section="Archive",
                    before_help="With 'latest_before': the newest archive taken before this time (UTC when no "
                                "zone is given).",
