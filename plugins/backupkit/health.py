@@ -26,7 +26,7 @@ from backupkit.catalog import Catalog, s3_key_for
 from backupkit.config import Config, Source
 from backupkit.history import anomaly_text, backup_points, find_anomalies
 from backupkit.model import Backup, source_of
-from backupkit.results import restore_trend
+from backupkit.results import finite_number, restore_trend
 from backupkit.retention.plan import Candidate, plan_retention
 from backupkit.state import FileIdentity, Record
 from backupkit.storage.localfs import atomic_write
@@ -245,15 +245,11 @@ def _restore_test(config: Config, source: Source, tests: Sequence[dict]) -> dict
     target = source.restore_target_seconds or config.drill.rto_target_minutes * 60
     rows = t.get("verified_rows", t.get("files"))
     return {"at": _iso(t["_time"]), "run_id": t.get("run_id"), "ok": t["ok"], "backup": t.get("backup"),
-            "duration_seconds": _number(t.get("duration_seconds")), "rows": _number(rows),
-            "mb_per_s": _number(t.get("mb_per_s")),
+            "duration_seconds": finite_number(t.get("duration_seconds")), "rows": finite_number(rows),
+            "mb_per_s": finite_number(t.get("mb_per_s")),
             "target_seconds": float(target), "detail": str(t.get("detail") or "")[:500],
             "all_ok": all(x["ok"] for x in run), "tests_in_run": len(run),
             "trend": restore_trend(mine, source.name, limit=RESTORE_TREND_RUNS)}
-
-
-def _number(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def _pitr(source: Source, metrics: Mapping[str, Mapping[str, float]]) -> dict | None:

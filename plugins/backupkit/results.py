@@ -31,6 +31,7 @@ The latest drill met its targets when ``ok`` is true and every scenario is ``ok`
 from __future__ import annotations
 
 import json
+import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,13 +99,13 @@ def restore_trend(records: Iterable[Mapping[str, Any]], source: str, *, limit: i
     for run_id, lines in runs.items():
         t = next((x for x in lines if x.get("role") == "newest"), lines[0])
         points.append({"at": t["_time"].isoformat(), "run_id": run_id, "ok": all(x["ok"] for x in lines),
-                       **{k: _number(t.get(k)) for k in ("duration_seconds", "mb_per_s", "target_seconds")}})
+                       **{k: finite_number(t.get(k)) for k in ("duration_seconds", "mb_per_s", "target_seconds")}})
     return sorted(points, key=lambda p: p["at"])[-limit:]
 
 
-def _number(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf") \
-        else None
+def finite_number(v: Any) -> float | None:
+    """``v`` as a float when it is a finite number (not a bool), else None: history lines are input."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
@@ -128,4 +129,4 @@ def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
     return records, problems
 
 
-__all__ = ["record_restore_tests", "record_dr_drill", "read_jsonl", "restore_trend"]
+__all__ = ["record_restore_tests", "record_dr_drill", "read_jsonl", "restore_trend", "finite_number"]
