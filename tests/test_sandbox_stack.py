@@ -115,9 +115,18 @@ def test_pid_alive_tells_live_dead_zombie_and_recycled_pids(tmp_path):
 def test_running_pid_reuses_a_live_process_and_drops_stale_files(tmp_path):
     pid_file = tmp_path / "run" / "x.pid"
     assert running_pid(pid_file) is None
-    write_pid(pid_file, os.getpid())
-    assert read_pid(pid_file) == os.getpid()
-    assert running_pid(pid_file, expect="python") == os.getpid()
+    # A child of known command line (this process's title may have been changed by Airflow's
+    # setproctitle in an earlier test).
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "backupkit-pid-probe"])
+    try:
+        write_pid(pid_file, live.pid)
+        assert read_pid(pid_file) == live.pid
+        assert running_pid(pid_file, expect="backupkit-pid-probe") == live.pid
+        assert running_pid(pid_file, expect="some-other-program") is None  # a recycled pid is not ours
+    finally:
+        live.kill()
+        live.wait()
+    write_pid(pid_file, live.pid)
     assert pid_file.exists()
     dead = subprocess.Popen(["true"])
     dead.wait()
