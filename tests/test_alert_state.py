@@ -162,3 +162,17 @@ def test_timeout_fuzz_is_a_number_or_a_clear_error(text):
 @given(st.integers(min_value=1, max_value=10**7))
 def test_format_round_trips(seconds):
     assert parse_timeout(format_seconds(seconds)) == seconds
+
+
+def test_a_new_problem_under_an_open_alert_pages_again(tmp_path):
+    """The daily summarize (or the drill's report) covers many sources: one more of them failing is news."""
+    state = AlertState(tmp_path / "state.json")
+    key = AlertKey("backup_daily_verification", "", "summarize")
+    first = ["database/a.dump: sha256"]
+    assert state.on_failure(key, run_id="r1", reason="1 problem", now=SESSION_NOW, problems=first).page
+    assert state.on_failure(key, run_id="r2", reason="1 problem", now=SESSION_NOW, problems=first).action == REPEAT
+    both = [*first, "files/b.tar.gz: s3_copy"]
+    again = state.on_failure(key, run_id="r3", reason="2 problems", now=SESSION_NOW, problems=both)
+    assert again.page and again.open_since == SESSION_NOW.isoformat()  # the same open alert, paged for the news
+    assert state.on_failure(key, run_id="r4", reason="1 problem", now=SESSION_NOW, problems=first[:1]).action == REPEAT
+    assert state.on_success(key, run_id="r5", now=SESSION_NOW)["problems"] == sorted(both)

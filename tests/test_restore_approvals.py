@@ -95,6 +95,7 @@ def sweep_timeouts_when_due(stop: threading.Event) -> None:
     """What the scheduler does every loop: resolve AWAITING_INPUT tasks past their deadline (its own code)."""
     from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
     from airflow.models.taskinstance import TaskInstance
+    from airflow.sdk import timezone
     from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
     from sqlalchemy import select
@@ -103,7 +104,6 @@ def sweep_timeouts_when_due(stop: threading.Event) -> None:
         with create_session() as session:
             waiting = session.scalars(select(TaskInstance).where(
                 TaskInstance.state == TaskInstanceState.AWAITING_INPUT)).all()
-            from airflow.utils import timezone
             if any(ti.trigger_timeout and ti.trigger_timeout < timezone.utcnow() for ti in waiting):
                 SchedulerJobRunner.check_awaiting_input_timeouts(
                     SimpleNamespace(log=logging.getLogger("scheduler")), session=session)

@@ -370,8 +370,9 @@ class PageOnce:
                      s.get("exception"))
             return
         key = alert_key(context)
-        decision = AlertState(Path(self.state_file)).on_failure(key, run_id=str(s.get("run_id")),
-                                                                reason=str(s.get("exception") or ""), now=clock.now())
+        decision = AlertState(Path(self.state_file)).on_failure(
+            key, run_id=str(s.get("run_id")), reason=str(s.get("exception") or ""), now=clock.now(),
+            problems=[f"{p['artifact']}: {p['check']}" for p in s["problems"]])
         if not decision.page:
             log.info("not paged again: %s (%s; %s)", key.id, decision.action,
                      "this run already alerted" if decision.action == "same_run"

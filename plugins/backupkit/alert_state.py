@@ -6,7 +6,9 @@ configured source it worked on ("" when the task covers all of them). The rules,
 1. A run pages at most once: the first failing task of a run decides (later failures of the same
    run -- ``finish`` saying "see the failed task above" -- are the same incident).
 2. A key that is already open is not paged again (a failing nightly check pages once, not nightly);
-   the repeat is counted on the open alert.
+   the repeat is counted on the open alert -- unless the failure names a problem the open alert did
+   not have (a task that covers many sources or scenarios, like the daily ``summarize``, failing for
+   one more of them): that pages again, as the same open alert.
 3. When that check passes in a later run of the same DAG and source, the alert is closed and a
    *resolve* is sent, once.
 
@@ -23,9 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 PAGE, SAME_RUN, REPEAT = "page", "same_run", "repeat"
+MAX_FACETS = 200  # problems remembered per open alert
 MAX_RUNS = 2000  # runs remembered for rule 1 (oldest dropped first)
 
 
@@ -59,7 +62,10 @@ class AlertState:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def on_failure(self, key: AlertKey, *, run_id: str, reason: str, now: datetime) -> Decision:
+    def on_failure(self, key: AlertKey, *, run_id: str, reason: str, now: datetime,
+                   problems: Iterable[str] = ()) -> Decision:
+        """``problems``: what the failure names (``artifact: check`` of each problem), if it names any."""
+        problems = sorted(set(problems))
         with self._state() as state:
             run = f"{key.dag_id}\t{run_id}"
             if run in state["runs"]:
@@ -69,12 +75,17 @@ class AlertState:
                 state["runs"].pop(next(iter(state["runs"])))
             alert = state["open"].get(key.id)
             if alert is not None:
-                alert["repeats"] += 1
                 alert["last_run_id"], alert["last_reason"] = run_id, reason[:500]
+                known = set(alert.get("problems") or [])
+                if set(problems) - known:  # something new is broken: worth a page
+                    alert["problems"] = sorted(known | set(problems))[:MAX_FACETS]
+                    return Decision(PAGE, key, open_since=alert["since"], repeats=alert["repeats"])
+                alert["repeats"] += 1
                 return Decision(REPEAT, key, open_since=alert["since"], repeats=alert["repeats"])
             state["open"][key.id] = {"dag_id": key.dag_id, "source": key.source, "check": key.check,
                                      "since": now.isoformat(), "run_id": run_id, "last_run_id": run_id,
-                                     "reason": reason[:500], "last_reason": reason[:500], "repeats": 0}
+                                     "reason": reason[:500], "last_reason": reason[:500], "repeats": 0,
+                                     "problems": problems[:MAX_FACETS]}
             return Decision(PAGE, key)
 
     def on_success(self, key: AlertKey, *, run_id: str, now: datetime) -> dict | None:
