@@ -1,13 +1,15 @@
 """A newcomer's day with the sandbox, scripted (``make day``): it must end with nothing broken.
 
-1. ``make up`` (``python -m sandbox up``), then a token from ``POST /auth/token``.
+1. ``make up`` (``python -m sandbox up``), then a token from ``POST /auth/token`` as the sandbox's
+   ``admin`` (``.sandbox/users.json``), who triggers everything.
 2. Every DAG unpaused and triggered through Airflow's REST API, the daily verification first
    (the audit and the retention cleanup build on it), ``backup_restore`` last and alone.
    Unpausing a scheduled DAG also makes Airflow run its latest slot: those runs count too.
    ``backup_restore`` runs in replace mode:
    while it waits under *Required Actions*, headless Chromium (Debian's ``chromium`` driven by
    Playwright) opens that page, saves a screenshot and the script reads the page's text for
-   the DAG, the task and the backup; then the switch is approved through the REST API.
+   the DAG, the task and the backup; the admin's own approval is refused (403: four eyes), then
+   the ``approver`` user approves the switch through the REST API.
 3. ``python -m sandbox app settle`` (the DBA's step after a replace: the app's database gets
    its configured name again, so the backups protect what it uses).
 4. The S3 state (every version, checksum, lock date, legal hold, tags, bucket configuration)
@@ -75,10 +77,15 @@ class ApiError(RuntimeError):
         self.code = code
 
 
+def sandbox_user(key: str) -> dict:
+    """A named user of the sandbox (``.sandbox/users.json``, written by ``make up``)."""
+    return json.loads((REPO / ".sandbox" / "users.json").read_text())[key]
+
+
 class Api:
-    def __init__(self, port: int):
-        self.base = f"http://localhost:{port}"
-        body = json.dumps({"username": "admin", "password": "-"}).encode()
+    def __init__(self, port: int, user: str = "admin"):
+        self.base, self.user = f"http://localhost:{port}", sandbox_user(user)
+        body = json.dumps({"username": self.user["username"], "password": self.user["password"]}).encode()
         req = urllib.request.Request(self.base + "/auth/token", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -158,13 +165,15 @@ def wait_all(api: Api, since: str, timeout: float = RUN_TIMEOUT, on_waiting=None
 
 
 # -- the approval, seen in a real browser ------------------------------------------------------------------
-def screenshot_required_actions(base: str, out: Path, expect: list[str]) -> str:
+def screenshot_required_actions(base: str, out: Path, expect: list[str], token: str) -> str:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            ctx = browser.new_context(viewport={"width": 1600, "height": 1000})
+            ctx.add_cookies([{"name": "_token", "value": token, "url": base}])  # as the login form leaves it
+            page = ctx.new_page()
             page.goto(f"{base}/required_actions", wait_until="networkidle", timeout=60_000)
             deadline = time.monotonic() + 60
             text = ""
@@ -183,10 +192,11 @@ def screenshot_required_actions(base: str, out: Path, expect: list[str]) -> str:
 
 
 class Approval:
-    """Approves the pending switch of ``backup_restore`` once, after the screenshot."""
+    """Approves the pending switch of ``backup_restore`` once, after the screenshot, as the approver: the
+    admin who triggered it is refused first (four eyes: Airflow answers 403, the requester is not assigned)."""
 
-    def __init__(self, out_dir: Path):
-        self.out_dir, self.done, self.evidence = out_dir, False, {}
+    def __init__(self, out_dir: Path, approver: Api):
+        self.out_dir, self.done, self.evidence, self.approver = out_dir, False, {}, approver
         self.first_seen: float | None = None
 
     def __call__(self, api: Api) -> None:
@@ -205,16 +215,26 @@ class Approval:
         if ti.get("state") not in ("deferred", "awaiting_input") or time.monotonic() - self.first_seen < APPROVE_AFTER:
             return
         shot = self.out_dir / "required-actions.png"
-        text = screenshot_required_actions(api.base, shot, ["backup_restore", "approve_switch", "Switch trixtech-db"])
-        say(f"  Required Actions shows the switch (screenshot {shot}); approving through the REST API")
+        text = screenshot_required_actions(api.base, shot, ["backup_restore", "approve_switch", "Switch trixtech-db"],
+                                           self.approver.token)
+        path = f"/dags/backup_restore/dagRuns/{ti['dag_run_id']}/taskInstances/approve_switch/{ti['map_index']}/hitlDetails"
+        try:  # the requester approving their own replace
+            api.call("PATCH", path, {"chosen_options": ["Approve"]})
+            raise AssertionError(f"{api.user['username']} approved the replace they triggered (four eyes broken)")
+        except ApiError as exc:
+            if exc.code != 403:
+                raise
+            refused = str(exc)
+        say(f"  Required Actions shows the switch (screenshot {shot}); {api.user['username']} was refused (403), "
+            f"approving as {self.approver.user['username']} through the REST API")
         try:
-            api.call("PATCH", f"/dags/backup_restore/dagRuns/{ti['dag_run_id']}/taskInstances/approve_switch/"
-                              f"{ti['map_index']}/hitlDetails", {"chosen_options": ["Approve"]})
+            self.approver.call("PATCH", path, {"chosen_options": ["Approve"]})
         except ApiError as exc:
             if exc.code != 409:  # 409: already answered (a retried PATCH whose first try went through)
                 raise
         self.done = True
-        self.evidence = {"screenshot": str(shot), "subject": h.get("subject"), "page_text": text[:3000]}
+        self.evidence = {"screenshot": str(shot), "subject": h.get("subject"), "page_text": text[:3000],
+                         "requester_refused": refused[:300], "approved_by": self.approver.user["username"]}
 
 
 # -- S3 and disk ----------------------------------------------------------------------------------------
@@ -271,7 +291,7 @@ def run_round(api: Api, name: str, replace: bool, restore_root: str, out_dir: Pa
     say(f"round {name}: backup_restore ({'replace' if replace else 'verify_only'})")
     api.call("PATCH", "/dags/backup_restore", {"is_paused": False})
     api.trigger("backup_restore", conf_for("backup_restore", restore_root, replace))
-    approval = Approval(out_dir)
+    approval = Approval(out_dir, Api(int(api.base.rsplit(":", 1)[1]), "approver"))
     runs = wait_all(api, since, on_waiting=approval if replace else None)
     if replace and not approval.done:
         raise AssertionError("backup_restore never waited for approval under Required Actions")

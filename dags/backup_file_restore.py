@@ -10,7 +10,7 @@ import logging
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from backup_airflow.common import VerificationFailed, dag_tags
+from backup_airflow.common import RequestRejected, VerificationFailed, dag_tags
 from backup_airflow.hooks import backup_config, bucket
 from backup_airflow.restore_operators import lease_backups, release_leases, restore_lock
 from backup_airflow.restore_params import (VALIDATE, check_reason, on_demand_dag_args, read_request,
@@ -110,7 +110,7 @@ def backup_file_restore():
             RestoreJournal(config.state_dir).append(
                 run_id=context["run_id"], source=str(request["file_set"]), action="files_restore_refused",
                 triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc))
-            raise AirflowFailException(f"invalid file restore request (nothing was changed): {exc}") from exc
+            raise RequestRejected(f"invalid file restore request (nothing was changed): {exc}") from exc
         request.update(backup=ref.name, target=str(target), locations=ref.where(config.bucket))
         lease_backups(config, context["run_id"], [(ref.source, ref.name)], purpose="file restore", hours=7)
         RestoreJournal(config.state_dir).append(

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from backup_airflow.common import dag_tags
+from backup_airflow.approval import ReplaceApprovalOperator
+from backup_airflow.common import RequestRejected, dag_tags
 from backup_airflow.hooks import backup_config, bucket
+from backup_airflow.notifiers import alert_channels
 from backup_airflow.restore_operators import (
     FinishRollbackOperator,
     ScratchRestoreOperator,
@@ -46,7 +47,8 @@ _DATABASES = restorable(CONFIG, "database") or ["(no database configured)"]
 PLATFORM = {"kubernetes": "Kubernetes", "local": "the local platform (processes on this machine)"}[
     CONFIG.restore.app.platform]
 _OFFERED = MODES if CONFIG.restore.app.deployments else MODES[:1]
-LEASE_HOURS = 26.0  # the run's longest path: restore, up to 24 h waiting for approval, switch
+# The run's longest path: restore, waiting for approval (restore.approval_timeout), switch.
+LEASE_HOURS = CONFIG.restore.approval_timeout_seconds / 3600 + 2.0
 SWITCH_TIMEOUT = timedelta(seconds=max(1800, 4 * CONFIG.restore.app.rollout_timeout_seconds))
 
 DOC_MD = """
@@ -67,8 +69,11 @@ reversible:
    (`<db>_restored_<UTC time>`, through the source's connection, as a role of its own that is
    not a superuser) and verifies it while the application keeps running on the old one.
 3. `plan_switch` reads the deployments' replica counts and database setting (no change), and
-   `approve_switch` waits for a person to **Approve** in *Required Actions*, showing exactly what
-   will change (passwords never shown). Reject (or no answer in 24 h) changes nothing.
+   `approve_switch` waits for one of the approvers (`restore.approvers`) to **Approve** in *Required
+   Actions*, showing exactly what will change (passwords never shown); the request is announced on
+   the alert channels with a link. With `restore.four_eyes` the requester cannot approve: such an
+   approval is refused and the switch does not run. Reject, or no answer within
+   `restore.approval_timeout` (default 4h), changes nothing.
 4. `switch_database` writes the plan to the restore journal, then each step before taking it:
    scale the deployments to 0, point the setting (`DATABASE_URL` env var, or a Secret key:
    `restore.app`) at the new database, scale back to the recorded counts, health checks (ready
@@ -78,10 +83,11 @@ reversible:
    finishes any rollback the switch could not: settings first, replicas only on a restored setting,
    every step retried with backoff.
 6. `finish` records the outcome and fails the run unless the restore did what was asked (or was
-   rejected by the approver).
+   rejected by the approver, or not answered in time). One alert per failed run; an invalid request
+   or a refused approval is shown in the run, not paged.
 
-Every step is in the restore journal (`<state_dir>/audit/restore.jsonl`): who triggered it, the
-reason, the backup, what changed, each saga step (docs/restore.md).
+Every step is in the restore journal (`<state_dir>/audit/restore.jsonl`): who triggered it, who
+approved or rejected it, the reason, the backup, what changed, each saga step (docs/restore.md).
 
 ## When it fails
 
@@ -159,7 +165,7 @@ def backup_restore():
             RestoreJournal(config.state_dir).append(
                 run_id=context["run_id"], source=str(request["source"]), action="restore_refused",
                 triggered_by=request["triggered_by"], reason=request["reason"], detail=str(exc), mode=request["mode"])
-            raise AirflowFailException(f"invalid restore request (nothing was changed): {exc}") from exc
+            raise RequestRejected(f"invalid restore request (nothing was changed): {exc}") from exc
         lease_backups(config, context["run_id"], [(request["source"], request["backup"])],
                       purpose=f"restore ({request['mode']})", hours=LEASE_HOURS)
         log.info("restore of %s requested by %s (%s): %s", request["backup"], request["triggered_by"],
@@ -213,14 +219,11 @@ def backup_restore():
                                        f"{restored['new_database']} stays for inspection): {exc}") from exc
         return {"plan": plan.to_dict(), "changes": plan.describe(), "body": approval_text(request, restored, plan)}
 
-    approve = ApprovalOperator(
-        task_id="approve_switch",
+    approve = ReplaceApprovalOperator(
+        task_id="approve_switch", config=CONFIG, request_task_id=VALIDATE, channels=alert_channels(CONFIG),
         subject="Switch {{ ti.xcom_pull(task_ids='validate_request')['source'] }} to backup "
                 "{{ ti.xcom_pull(task_ids='validate_request')['backup'] }}?",
         body="{{ ti.xcom_pull(task_ids='plan_switch')['body'] }}",
-        defaults="Reject",  # no answer within the timeout changes nothing
-        response_timeout=timedelta(hours=24),
-        execution_timeout=None,
         retries=0,
     )
 
@@ -238,12 +241,16 @@ def backup_restore():
         release_leases(config, context["run_id"])
         request = _request(ti)
         if request is None:
-            raise AirflowFailException("the request was invalid or could not be checked: nothing was changed "
-                                       "(see validate_request)")
+            raise RequestRejected("the request was invalid or could not be checked: nothing was changed "
+                                  "(see validate_request)")
         summary = outcome_of(ti, request, context["run_id"], config)
-        _audit(request, context, "restore_finished", outcome=summary["outcome"], changes=summary.get("changes", []))
+        _audit(request, context, "restore_finished", outcome=summary["outcome"], changes=summary.get("changes", []),
+               approved_by=summary.get("approved_by"), answered_by=summary.get("answered_by"))
         log.info("restore of %s (%s): %s", request["backup"], request["mode"], summary["outcome"])
-        if summary["outcome"] not in ("verified", "switched", "rejected"):
+        if summary["outcome"] == "refused":
+            raise RequestRejected(f"restore of {request['backup']}: the approval was refused ({summary['detail']}); "
+                                  "nothing was changed")
+        if summary["outcome"] not in ("verified", "switched", "rejected", "timed_out"):
             raise AirflowFailException(f"restore of {request['backup']} ({request['mode']}): {summary['outcome']}; "
                                        "see the failed task above")
         return summary

@@ -12,6 +12,7 @@ git)::
     .sandbox/run          pid files of the detached processes (S3 server, app supervisor, Airflow)
     .sandbox/s3           the S3 server's state: object bodies (blobs/) and metadata (state.pickle)
     .sandbox/ports.json   ports in use; .sandbox/env.sh  `source` it to use backupctl by hand
+    .sandbox/users.json   the Airflow users (admin, approver, viewer) and their passwords (sandbox.users)
 
 Every ``up`` is idempotent: a process whose pid file names a live process of the
 expected program is reused, never started twice. The S3 server (:mod:`sandbox.s3moto`)
@@ -39,7 +40,7 @@ from typing import Any
 from backupkit import clock
 from backupkit.config import REPO_ROOT
 from backupkit.pgserver import LocalPostgres, free_port, make_traversable, port_free, server_user
-from sandbox import s3server
+from sandbox import s3server, users as sandbox_users
 from sandbox.procs import (_group_alive, group_members, pid_alive, proc_info, read_pid,  # noqa: F401 - re-exported
                            running_pid, stop_group, write_pid)
 
@@ -155,7 +156,7 @@ def airflow_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        **sandbox_users.auth_env(layout.root),  # named users, not "every visitor is an admin"
         "AIRFLOW__API__PORT": str(ports["airflow"]),
         # New DAG files show up within 30 s instead of the default 5 minutes.
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
@@ -440,11 +441,12 @@ def running_sandbox(layout: Layout) -> tuple[Any, Any, LocalPostgres]:
     return load_config(CONFIG_FILE), s3server.s3_client(endpoint), pg
 
 
-def paused_line(port: int) -> str:
-    """Which DAGs are paused now, from the REST API (token from POST /auth/token)."""
+def paused_line(port: int, admin: dict[str, str]) -> str:
+    """Which DAGs are paused now, from the REST API (token from POST /auth/token as the admin)."""
     base = f"http://localhost:{port}"
     try:
-        req = urllib.request.Request(base + "/auth/token", data=b'{"username": "admin", "password": "-"}',
+        body = json.dumps({"username": admin["username"], "password": admin["password"]}).encode()
+        req = urllib.request.Request(base + "/auth/token", data=body,
                                      headers={"Content-Type": "application/json"}, method="POST")
         with urllib.request.urlopen(req, timeout=10) as r:
             token = json.loads(r.read())["access_token"]
@@ -461,15 +463,17 @@ def paused_line(port: int) -> str:
     return f"{len(paused)} of {len(dags)} PAUSED" + (f": {', '.join(paused)}" if paused else "")
 
 
-def banner(ports: dict[str, int], endpoint: str, rel_env: str, headline: str) -> str:
+def banner(ports: dict[str, int], endpoint: str, rel_env: str, headline: str, users: dict[str, dict[str, str]]) -> str:
     """What ``make up`` prints last: where everything is, how to log in, what is paused and why."""
     return f"""
 {headline}
 
   Airflow UI:  http://localhost:{ports['airflow']}
-  Login:       none needed: [core] simple_auth_manager_all_admins=True makes every visitor an admin (the UI
-               and a token from POST /auth/token work without a password; no password is generated).
-  DAGs:        {paused_line(ports['airflow'])}
+  Users:       (kept in .sandbox/users.json; the same for POST /auth/token)
+{sandbox_users.banner_lines(users)}
+               A replace restore triggered by admin is approved by approver (four eyes: never by whoever
+               triggered it); viewer only reads.
+  DAGs:        {paused_line(ports['airflow'], users['admin'])}
                New DAGs start paused, on purpose (Airflow's dags_are_paused_at_creation): unpausing a
                scheduled DAG runs it at once for its latest slot (the quarterly audit's is the end of the
                last quarter), then on schedule. A paused DAG's triggered runs wait; `make day` unpauses
@@ -497,13 +501,14 @@ def up(layout: Layout = Layout(), *, days: int = HISTORY_DAYS, timeout: float = 
     os.environ.update(sandbox_env(layout.root, ports["postgres"], endpoint, ports["app"]))
     ensure_history(layout, pg, endpoint, days=days, say=say)
     ensure_app(layout, ports, say)
+    users = sandbox_users.ensure_users(layout.root)
     pid, _ = ensure_airflow(layout, ports, say)
     save_ports(layout, ports)
     layout.env_file.write_text(render_env_sh(airflow_env(layout, ports), venv_bin()))
     h = wait_healthy(ports["airflow"], pid, layout.logs / "airflow.log", timeout=timeout, say=say)
     states = ", ".join(f"{k}: {v.get('status')}" for k, v in h.items() if isinstance(v, dict))
     rel_env = os.path.relpath(layout.env_file, Path.cwd())
-    say(banner(ports, endpoint, rel_env, f"Sandbox ready in {time.monotonic() - t0:.0f}s ({states})."))
+    say(banner(ports, endpoint, rel_env, f"Sandbox ready in {time.monotonic() - t0:.0f}s ({states}).", users))
     return 0
 
 

@@ -19,7 +19,7 @@ import airflow_env
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import Asset
 from backup_airflow.common import DAILY_VERIFIED
-from backup_airflow.notifiers import JsonWebhookNotifier, UnalertedFailureLogger
+from backup_airflow.notifiers import PageOnce, ResolveOnPass
 
 # dag_id -> (cron, timezone) as the runbook gives it, or (asset, None) for an asset-scheduled DAG.
 EXPECTED_SCHEDULES = {
@@ -145,17 +145,19 @@ def test_every_dag_follows_the_house_rules(parsed):
 
 def test_failure_callbacks_follow_the_alerting_config(parsed):
     bag, _, _ = parsed
-    # parsed with BACKUP_WEBHOOK_CONN_ID set: every task alerts through the webhook
+    # parsed with BACKUP_WEBHOOK_CONN_ID set: every task pages once through the webhook and resolves
     for dag in bag.dags.values():
         for t in dag.tasks:
-            assert any(isinstance(cb, JsonWebhookNotifier) and cb.webhook_conn_id == "backup_alerts"
+            assert any(isinstance(cb, PageOnce) and cb.channels == [{"kind": "webhook", "conn_id": "backup_alerts"}]
                        for cb in t.on_failure_callback), f"{dag.dag_id}.{t.task_id}"
-    with pytest.MonkeyPatch.context() as mp:  # no channel: the loud log callback, never nothing
+            assert any(isinstance(cb, ResolveOnPass) and cb.channels == [{"kind": "webhook", "conn_id": "backup_alerts"}]
+                       for cb in t.on_success_callback), f"{dag.dag_id}.{t.task_id}"
+    with pytest.MonkeyPatch.context() as mp:  # no channel: the loud log line (tests/test_notifiers.py), never nothing
         mp.delenv("BACKUP_WEBHOOK_CONN_ID", raising=False)
         mp.delenv("BACKUP_SMTP_CONN_ID", raising=False)
         dag = DagBag(dag_folder=str(airflow_env.DAGS)).dags["backup_daily_verification"]
     for t in dag.tasks:
-        assert [type(cb) for cb in t.on_failure_callback] == [UnalertedFailureLogger]
+        assert [(type(cb), cb.channels) for cb in t.on_failure_callback] == [(PageOnce, [])]
 
 
 def test_daily_dag_structure(parsed):

@@ -186,7 +186,7 @@ def test_webhook_error_marks_the_callback_failed(missed_deadline, http_server):
 
 def test_no_channel_configured_logs_a_clear_error(missed_deadline, caplog):
     missed = missed_deadline()
-    assert missed.trigger.callback_kwargs["webhook_conn_id"] is None
+    assert missed.trigger.callback_kwargs["channels"] == []
     with caplog.at_level(logging.INFO, logger=deadline_mod.__name__):
         events = run_trigger(missed.trigger)
     assert events[-1]["state"] == CallbackState.SUCCESS and events[-1]["body"]["sent"] == []

@@ -25,7 +25,9 @@ from backup_airflow.common import VerificationFailed
 from backup_airflow.notifiers import (
     BackupEmailNotifier,
     JsonWebhookNotifier,
-    UnalertedFailureLogger,
+    PageOnce,
+    alert_channels,
+    channel_notifiers,
     failure_callbacks,
     failure_summary,
     webhook_url,
@@ -49,8 +51,9 @@ def failure_context(exc: BaseException | None = None) -> dict:
             "exception": exc if exc is not None else VerificationFailed("2 verification problems", PROBLEMS)}
 
 
-def config_with(**alerting):
-    return dataclasses.replace(load_config(), alerting=Alerting(**alerting))
+def config_with(state_dir=None, **alerting):
+    config = dataclasses.replace(load_config(), alerting=Alerting(**alerting))
+    return dataclasses.replace(config, state_dir=state_dir) if state_dir is not None else config
 
 
 @pytest.mark.parametrize(
@@ -80,7 +83,7 @@ def test_webhook_url_needs_a_host():
 
 def test_webhook_posts_slack_json_to_a_real_server(http_server, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_BACKUP_ALERTS", f"http://127.0.0.1:{http_server.port}/hooks/backup-alerts")
-    [notifier] = failure_callbacks(config_with(webhook_conn_id="backup_alerts"))
+    [notifier] = channel_notifiers(alert_channels(config_with(webhook_conn_id="backup_alerts")))
     assert isinstance(notifier, JsonWebhookNotifier)
     notifier(failure_context())  # as Airflow calls it: BaseNotifier.__call__(context)
     [req] = http_server.requests
@@ -153,9 +156,9 @@ def test_the_webhook_token_is_in_no_error_message(monkeypatch):
         server.server_close()
 
 
-def test_no_channel_configured_logs_a_clear_error(caplog):
-    callbacks = failure_callbacks(config_with())
-    assert len(callbacks) == 1 and isinstance(callbacks[0], UnalertedFailureLogger)
+def test_no_channel_configured_logs_a_clear_error(caplog, tmp_path):
+    callbacks = failure_callbacks(config_with(tmp_path))
+    assert len(callbacks) == 1 and isinstance(callbacks[0], PageOnce) and callbacks[0].channels == []
     with caplog.at_level(logging.ERROR, logger="backup_airflow.notifiers"):
         callbacks[0](failure_context(RuntimeError("S3 unreachable")))
     [record] = [r for r in caplog.records if r.name == "backup_airflow.notifiers"]
@@ -166,8 +169,8 @@ def test_no_channel_configured_logs_a_clear_error(caplog):
 
 
 def test_both_channels_when_both_are_configured():
-    callbacks = failure_callbacks(config_with(webhook_conn_id="hook", smtp_conn_id="mail", email_to=("a@b.c",)))
-    assert [type(cb) for cb in callbacks] == [JsonWebhookNotifier, BackupEmailNotifier]
+    channels = alert_channels(config_with(webhook_conn_id="hook", smtp_conn_id="mail", email_to=("a@b.c",)))
+    assert [type(cb) for cb in channel_notifiers(channels)] == [JsonWebhookNotifier, BackupEmailNotifier]
 
 
 def test_email_requires_recipients_and_a_connection():
@@ -236,7 +239,7 @@ def test_email_notifier_sends_through_smtp(smtp_server, monkeypatch):
         "conn_type": "smtp", "host": "127.0.0.1", "port": port,
         "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "backups@example.com", "retry_limit": 0}}))
     cfg = config_with(smtp_conn_id="backup_smtp", email_to=("ops@example.com", "dba@example.com"))
-    [notifier] = failure_callbacks(cfg)
+    [notifier] = channel_notifiers(alert_channels(cfg))
     assert isinstance(notifier, SmtpNotifier) and isinstance(notifier, BackupEmailNotifier)
     assert notifier.to == ["ops@example.com", "dba@example.com"] and notifier.smtp_conn_id == "backup_smtp"
 

@@ -234,11 +234,13 @@ def test_replace_end_to_end_with_approval(sandbox, monkeypatch):
     assert cluster.deployments["trixtech-backend"].env["TZ"] == "UTC"
     assert [c[1] for c in cluster.called("patch_namespaced_deployment")] == ["trixtech-backend"]
     recs = records(sandbox, dr.run_id)
-    assert [r["action"] for r in recs] == ["restore_requested", "restore_verified", "switch_planned",
-                                          *["switch_step"] * 9, "switch_done", "restore_finished"]
+    assert [r["action"] for r in recs] == ["restore_requested", "restore_verified", "approval_requested",
+                                          "approval_given", "switch_planned", *["switch_step"] * 9, "switch_done",
+                                          "restore_finished"]
     assert all(r["triggered_by"] == "dag_test" and r["reason"] == REASON and r["backup"] == newest.name
                for r in recs)
-    assert recs[2]["plan"]["replicas"] == {"trixtech-backend": 3, "trixtech-frontend": 2}
+    assert recs[3]["approved_by"] == "oncall-approver"
+    assert recs[4]["plan"]["replicas"] == {"trixtech-backend": 3, "trixtech-frontend": 2}
     assert recs[-2]["approved_by"] == "oncall-approver" and any(new_db in c for c in recs[-2]["changes"])
     assert "app-secret" not in str(recs)
     assert recs[-1]["outcome"] == "switched"
@@ -321,7 +323,7 @@ def test_the_next_run_first_finishes_a_switch_that_was_killed(sandbox, monkeypat
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` but the journal (which records the refusal) and the locks and leases."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-            for p in sorted(root.rglob("*")) if p.is_file() and not {"audit", "locks"} & set(p.relative_to(root).parts)}
+            for p in sorted(root.rglob("*")) if p.is_file() and not {"audit", "locks", "alerts"} & set(p.relative_to(root).parts)}
 
 
 def test_file_restore_dag(sandbox):

@@ -90,8 +90,8 @@ def test_replace_switches_the_running_app_after_approval(env):
     assert status == 200 and health["database"].startswith(f"{DATABASE}_restored_")
     assert read_spec(app.control / NS / BACKEND).replicas == 2
     actions = [r["action"] for r in RestoreJournal(config.state_dir).records() if r["run_id"] == dr.run_id]
-    assert actions == ["restore_requested", "restore_verified", "switch_planned", *["switch_step"] * 10,
-                       "switch_done", "restore_finished"]
+    assert actions == ["restore_requested", "restore_verified", "approval_requested", "approval_given", "switch_planned",
+                       *["switch_step"] * 10, "switch_done", "restore_finished"]
 
 
 def test_replace_rolls_back_when_the_app_cannot_use_the_restored_database(env):

@@ -62,14 +62,17 @@ def test_sandbox_env_gives_every_variable_the_configuration_and_airflow_need(tmp
     assert {s.database for s in config.databases} == {db_uri.rsplit("/", 1)[1]}
 
 
-def test_airflow_env_points_airflow_at_the_repo_and_skips_login(tmp_path):
+def test_airflow_env_points_airflow_at_the_repo_with_named_users(tmp_path):
     layout = Layout(tmp_path)
     env = airflow_env(layout, {"postgres": 5433, "s3": 5055, "airflow": 8080})
     assert env["AIRFLOW_HOME"] == str(tmp_path.resolve() / "airflow")
     assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("/dags")
     assert env["AIRFLOW__CORE__PLUGINS_FOLDER"].endswith("/plugins")
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
-    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "True"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin,approver:user,viewer:viewer"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == str(tmp_path.resolve() / "airflow" / "passwords.json")
+    assert env["BACKUP_APPROVERS"] == "approver"
     assert env["AIRFLOW__API__PORT"] == "8080" and "AIRFLOW__API__BASE_URL" not in env
     moved = airflow_env(layout, {"postgres": 5433, "s3": 5055, "airflow": 18080})
     assert moved["AIRFLOW__API__BASE_URL"] == "http://localhost:18080"

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException
 
-from backup_airflow.notifiers import failure_callbacks
+from backup_airflow.notifiers import failure_callbacks, success_callbacks
 from backupkit.config import Config
 
 OWNER = "devops"
@@ -37,6 +37,13 @@ class VerificationFailed(AirflowFailException):
         self.problems = [dict(p) for p in problems]
 
 
+class RequestRejected(AirflowFailException):
+    """A request (the trigger form's values) that cannot be carried out: the requester's to fix, shown in
+    the run and its audit record, never paged (``page = False`` is what the failure callback reads)."""
+
+    page = False
+
+
 def dag_tags(*extra: str) -> list[str]:
     return [*BASE_TAGS, *extra]
 
@@ -56,9 +63,10 @@ def default_args(config: Config, *, retries: int = 2, retry_delay: timedelta = t
         "retry_delay": retry_delay,
         "execution_timeout": execution_timeout,
         "on_failure_callback": failure_callbacks(config),
+        "on_success_callback": success_callbacks(config),
     }
     args.update(overrides)
     return args
 
 
-__all__ = ["OWNER", "BASE_TAGS", "DAILY_VERIFIED", "VerificationFailed", "dag_tags", "default_args"]
+__all__ = ["OWNER", "BASE_TAGS", "DAILY_VERIFIED", "VerificationFailed", "RequestRejected", "dag_tags", "default_args"]

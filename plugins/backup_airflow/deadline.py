@@ -6,11 +6,11 @@ with the run unfinished, the scheduler queues :func:`deadline_missed` on the tri
 the triggerer's path). It receives the ``kwargs`` given in the DAG plus a small ``context``
 built by the scheduler: ``{"dag_run": <DAGRunResponse as JSON>, "deadline": {"id", "deadline_time"}}``.
 
-The alert goes to the same channels as task failures (``alerting`` in the backup configuration):
-the webhook through :class:`~backup_airflow.notifiers.JsonWebhookNotifier` (same URL resolution,
-retries and HTTP error handling), email through the SMTP provider's native async path, or one
+The alert goes to the channels :func:`~backup_airflow.notifiers.alert_channels` chose (the same
+as task failures): webhook and Slack through their notifiers' ``send`` (same URL resolution,
+retries, errors without the token), email through the SMTP provider's native async path, or one
 ``no alert channel configured`` ERROR line when none is configured, so a missed deadline is
-never silent. A run that had already ended (failed) before its deadline is not alerted again:
+never silent. PagerDuty is not paged for a deadline (its channel takes failures and resolves). A run that had already ended (failed) before its deadline is not alerted again:
 Airflow 3.3 keeps such a run's deadline and fires it anyway (apache/airflow#60927).
 """
 
@@ -26,7 +26,8 @@ from typing import Any, Mapping
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 from airflow.sdk import BaseHook
 
-from backup_airflow.notifiers import JsonWebhookNotifier, webhook_url
+from backup_airflow.notifiers import alert_channels, channel_notifiers
+from backupkit import alerts
 from backupkit.config import Config
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,7 @@ def deadline_kwargs(config: Config) -> dict[str, Any]:
     Read at parse time like :func:`~backup_airflow.notifiers.failure_callbacks` (configuration
     only, no connection lookup); the connections themselves are resolved when the alert is sent.
     """
-    a = config.alerting
-    return {
-        "webhook_conn_id": a.webhook_conn_id or None,
-        "smtp_conn_id": a.smtp_conn_id or None,
-        "email_to": list(a.email_to),
-        "config_path": str(config.path),
-    }
+    return {"channels": alert_channels(config), "config_path": str(config.path)}
 
 
 def _iso(value: Any) -> str | None:
@@ -114,19 +109,8 @@ def deadline_text(summary: Mapping[str, Any]) -> str:
     return "\n".join(deadline_lines(summary))
 
 
-class DeadlineWebhookNotifier(JsonWebhookNotifier):
-    """The failure webhook notifier with the deadline message instead of a task failure's."""
-
-    def build_request(self, context: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        conn = BaseHook.get_connection(self.webhook_conn_id)
-        include = self.include_details
-        if include is None:
-            include = bool((conn.extra_dejson or {}).get("include_details", False))
-        summary = deadline_summary(context)
-        payload: dict[str, Any] = {"text": deadline_text(summary)}
-        if include:
-            payload["backupkit"] = {"event": "deadline_missed", **summary}
-        return webhook_url(conn), payload
+def deadline_message(summary: Mapping[str, Any]) -> alerts.Message:
+    return alerts.Message("deadline", tuple(deadline_lines(summary)), {"event": "deadline_missed", **summary})
 
 
 async def _from_email(smtp_conn_id: str) -> str:
@@ -137,9 +121,10 @@ async def _from_email(smtp_conn_id: str) -> str:
     return extra.get("from_email") or (login if "@" in login else None) or f"airflow-backups@{socket.getfqdn()}"
 
 
-async def _send_webhook(conn_id: str, context: Mapping[str, Any]) -> str:
-    await DeadlineWebhookNotifier(webhook_conn_id=conn_id).async_notify(context)
-    return f"webhook:{conn_id}"
+async def _send(sender: Any, context: Mapping[str, Any]) -> str:
+    """A chat channel's ``send`` off the event loop (its connection lookup and HTTP are blocking)."""
+    await asyncio.to_thread(sender.send, deadline_message(deadline_summary(context)), dict(context))
+    return f"{sender.channel}:{getattr(sender, 'webhook_conn_id', None) or getattr(sender, 'slack_conn_id', '')}"
 
 
 async def _send_email(conn_id: str, to: list[str], context: Mapping[str, Any]) -> str:
@@ -156,8 +141,7 @@ async def _send_email(conn_id: str, to: list[str], context: Mapping[str, Any]) -
     return f"email:{conn_id}"
 
 
-async def deadline_missed(*, webhook_conn_id: str | None = None, smtp_conn_id: str | None = None,
-                          email_to: list[str] | tuple[str, ...] = (), config_path: str | None = None,
+async def deadline_missed(*, channels: list[Mapping[str, Any]] = (), config_path: str | None = None,
                           context: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Send the missed-deadline alert on every configured channel (run by the triggerer).
 
@@ -173,16 +157,16 @@ async def deadline_missed(*, webhook_conn_id: str | None = None, smtp_conn_id: s
                  summary.get("state"), summary.get("end_date"), summary.get("deadline_time"))
         return {"sent": [], "skipped": "finished before the deadline", "summary": summary}
     sends = []
-    if webhook_conn_id:
-        sends.append(_send_webhook(webhook_conn_id, context))
-    if smtp_conn_id:
-        if not email_to:
-            raise ValueError(f"alerting.email_to is required when alerting.smtp_conn_id is set ({config_path})")
-        sends.append(_send_email(smtp_conn_id, list(email_to), context))
+    for channel, sender in zip(channels, channel_notifiers(channels)):
+        if channel["kind"] == "email":
+            sends.append(_send_email(channel["conn_id"], list(channel["to"]), context))
+        elif "deadline" in getattr(sender, "events", ("deadline",)):
+            sends.append(_send(sender, context))
     if not sends:
         log.error(
             "no alert channel configured: %s run %s missed its deadline (%s, state %s) -- nobody was notified; "
-            "set alerting.webhook_conn_id and/or alerting.smtp_conn_id with alerting.email_to in %s",
+            "set alerting.webhook_conn_id, alerting.slack_conn_id and/or alerting.smtp_conn_id with "
+            "alerting.email_to in %s",
             summary.get("dag_id") or "?", summary.get("run_id"), summary.get("deadline_time"),
             summary.get("state"), config_path,
         )
@@ -198,4 +182,4 @@ async def deadline_missed(*, webhook_conn_id: str | None = None, smtp_conn_id: s
 
 
 __all__ = ["deadline_missed", "deadline_kwargs", "deadline_summary", "deadline_lines", "deadline_text",
-           "finished_before_deadline", "DeadlineWebhookNotifier"]
+           "finished_before_deadline", "deadline_message"]

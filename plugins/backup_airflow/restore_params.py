@@ -113,30 +113,49 @@ def approval_text(request: dict, restored: dict, plan: Any) -> str:
     ])
 
 
+APPROVAL_OUTCOMES = {"approval_given": "approved", "approval_rejected": "rejected",
+                     "approval_timed_out": "timed_out", "approval_refused": "refused"}
+
+
+def approval_of(records: Iterable[Mapping[str, Any]], run_id: str) -> dict:
+    """The run's last approval verdict from the restore journal (``ReplaceApprovalOperator`` writes it)."""
+    last = None
+    for rec in records:
+        if rec.get("run_id") == run_id and rec.get("action") in APPROVAL_OUTCOMES:
+            last = rec
+    if last is None:
+        return {}
+    return {"verdict": APPROVAL_OUTCOMES[last["action"]], "answered_by": last.get("answered_by"),
+            "approved_by": last.get("approved_by"), "detail": last.get("detail", "")}
+
+
 def outcome_of(ti: Any, request: dict, run_id: str, config: Config) -> dict:
-    """verified / failed (verify_only); switched / rolled_back / rollback_incomplete / rejected / failed (replace)."""
+    """verified / failed (verify_only); switched / rolled_back / rollback_incomplete / rejected / timed_out /
+    refused / failed (replace)."""
     if request["mode"] == "verify_only":
         result = ti.xcom_pull(task_ids="restore_verify", key="result")
         return {"outcome": "verified" if result and result.get("ok") else "failed", "result": result}
     restored = ti.xcom_pull(task_ids="restore_new_database")
-    approval = ti.xcom_pull(task_ids="approve_switch")  # absent when rejected (it skips, then stops)
     switched = ti.xcom_pull(task_ids="switch")
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id]).get(run_id, {})
-    saga = next((s for s in sagas(RestoreJournal(config.state_dir)) if s.run_id == run_id), None)
+    journal = RestoreJournal(config.state_dir)
+    saga = next((s for s in sagas(journal) if s.run_id == run_id), None)
+    approval = approval_of(journal.records(request["source"]), run_id)
     if restored is None:
         outcome = "failed"
     elif switched is not None:
         outcome = "switched"
     elif saga is not None:
         outcome = {"rollback_done": "rolled_back"}.get(saga.last, "rollback_incomplete")
-    elif states.get("approve_switch") == "success" and states.get("switch") == "skipped":
-        outcome = "rejected"  # by the approver, or no answer before the timeout (default Reject)
+    elif approval.get("verdict") in ("rejected", "timed_out", "refused") and states.get("switch") != "success":
+        outcome = approval["verdict"]  # nothing was switched: by the approver, by the clock, by four eyes
     else:
         outcome = "failed"
     return {"outcome": outcome, "new_database": (restored or {}).get("new_database"),
-            "approved_by": ((approval or {}).get("responded_by_user") or {}).get("name"),
-            "changes": (switched or {}).get("changes", [])}
+            "approved_by": approval.get("approved_by"), "answered_by": approval.get("answered_by"),
+            "detail": approval.get("detail", ""), "changes": (switched or {}).get("changes", [])}
 
 
 __all__ = ["MIN_REASON", "VALIDATE", "MODES", "check_reason", "check_request", "approval_text", "outcome_of",
+           "approval_of",
            "on_demand_dag_args", "read_request", "reason_param", "which_params"]

@@ -1,8 +1,9 @@
-"""Alert messages for failed backup jobs, built from a plain summary dict.
+"""Alert messages for backup jobs, built from plain dicts: failures, resolves, approval requests.
 
-The Airflow layer (``backup_airflow.notifiers``) turns a task's failure context into the
-summary; everything here is pure so the wording is tested without Airflow and is the same
-for every channel (Slack-compatible webhook, email).
+The Airflow layer (``backup_airflow.notifiers``) turns a task's context into a summary and sends
+the :class:`Message` to every configured channel; everything here is pure so the wording is tested
+without Airflow and is the same for every channel (Slack, Slack-compatible webhook, email, PagerDuty).
+Which alerts are sent at all (once per run, repeats held back) is :mod:`backupkit.alert_state`.
 
 Summary keys (all optional except ``dag_id`` and ``task_id``)::
 
@@ -13,6 +14,7 @@ Summary keys (all optional except ``dag_id`` and ``task_id``)::
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 # Slack shows up to 40k characters, but an alert that long is not read; the full table is in the log.
@@ -70,15 +72,73 @@ def alert_text(summary: Mapping[str, Any], *, max_chars: int = MAX_TEXT) -> str:
     return _clip("\n".join(alert_lines(summary)), max_chars)
 
 
-def webhook_payload(summary: Mapping[str, Any], *, include_details: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Message:
+    """One alert as every channel sends it: ``event`` is failure, resolve, approval or deadline."""
+
+    event: str
+    lines: tuple[str, ...]  # the first line is the title
+    details: Mapping[str, Any] = field(default_factory=dict)
+    dedup_key: str | None = None  # the alert's key (alert_state.AlertKey.id): a paging service's dedup key
+    link: str | None = None
+
+    @property
+    def title(self) -> str:
+        return self.lines[0]
+
+    @property
+    def text(self) -> str:
+        return _clip("\n".join(self.lines), MAX_TEXT)
+
+    @property
+    def subject(self) -> str:
+        n = len(self.details.get("problems") or []) if self.event == "failure" else 0
+        return f"[backup] {self.title}" + (f" ({n} problem{'s' if n != 1 else ''})" if n else "")
+
+
+def failure_message(summary: Mapping[str, Any], *, dedup_key: str | None = None) -> Message:
+    return Message("failure", tuple(alert_lines(summary)), dict(summary), dedup_key, summary.get("log_url"))
+
+
+def resolve_message(alert: Mapping[str, Any], *, log_url: str | None = None) -> Message:
+    """The open alert ``alert`` (an ``AlertState`` record) passes again."""
+    label = f"{alert.get('dag_id')}.{alert.get('check')}" + (f" ({alert['source']})" if alert.get("source") else "")
+    lines = [f"Resolved: {label} passes again",
+             f"run {alert.get('resolved_by_run')}; failing since {alert.get('since')} (run {alert.get('run_id')})"
+             + (f", {alert['repeats']} repeated failure(s) held back" if alert.get("repeats") else ""),
+             f"Was: {_clip(str(alert.get('last_reason') or alert.get('reason') or '?'), 500)}"]
+    if log_url:
+        lines.append(f"Log: {log_url}")
+    return Message("resolve", tuple(lines), dict(alert), _alert_id(alert), log_url)
+
+
+def _alert_id(alert: Mapping[str, Any]) -> str:
+    return "/".join((str(alert.get("dag_id")), str(alert.get("source") or "*"), str(alert.get("check"))))
+
+
+def approval_message(*, dag_id: str, run_id: str, subject: str, requested_by: str, reason: str,
+                     approvers: str, timeout: str, link: str | None) -> Message:
+    """A replace waits for a person: who asked, why, who may answer, until when, where."""
+    lines = [f"Approval needed: {subject}", f"{dag_id} run {run_id}, requested by {requested_by}: {_clip(reason, 300)}",
+             f"Who may approve: {approvers}; no answer within {timeout} rejects it (nothing is changed).",
+             f"Required Actions: {link}" if link else "Open the run's Required Actions in the Airflow UI."]
+    return Message("approval", tuple(lines), {"dag_id": dag_id, "run_id": run_id, "requested_by": requested_by},
+                   None, link)
+
+
+def webhook_payload(summary: Mapping[str, Any] | Message, *, include_details: bool = False) -> dict[str, Any]:
     """Slack-compatible body (``{"text": ...}``, also accepted by Mattermost and Rocket.Chat).
 
     ``include_details`` adds the summary itself under ``"backupkit"`` for receivers that route
     on structured fields (generic JSON webhooks); Slack ignores it.
     """
-    payload: dict[str, Any] = {"text": alert_text(summary)}
+    message = summary if isinstance(summary, Message) else failure_message(summary)
+    payload: dict[str, Any] = {"text": message.text}
     if include_details:
-        payload["backupkit"] = {k: v for k, v in summary.items() if _is_json_scalar_or_list(v)}
+        payload["backupkit"] = {"event": message.event,
+                                **{k: v for k, v in message.details.items() if _is_json_scalar_or_list(v)}}
+        if message.dedup_key:
+            payload["backupkit"]["alert_key"] = message.dedup_key
     return payload
 
 
@@ -86,17 +146,16 @@ def _is_json_scalar_or_list(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool, list, dict))
 
 
-def email_subject(summary: Mapping[str, Any]) -> str:
-    n = len(summary.get("problems") or [])
-    suffix = f" ({n} problem{'s' if n != 1 else ''})" if n else ""
-    return f"[backup] {alert_title(summary)}{suffix}"
+def email_subject(summary: Mapping[str, Any] | Message) -> str:
+    return (summary if isinstance(summary, Message) else failure_message(summary)).subject
 
 
-def email_html(summary: Mapping[str, Any]) -> str:
+def email_html(summary: Mapping[str, Any] | Message) -> str:
     """The same lines as the webhook text, escaped (problem details come from file names and logs)."""
-    body = "<br>\n".join(html.escape(line) for line in alert_lines(summary))
+    message = summary if isinstance(summary, Message) else failure_message(summary)
+    body = "<br>\n".join(html.escape(line) for line in message.lines)
     return f"<html><body><p style=\"font-family:monospace\">{body}</p></body></html>"
 
 
-__all__ = ["task_label", "alert_title", "alert_lines", "alert_text", "webhook_payload", "email_subject",
-           "email_html"]
+__all__ = ["Message", "task_label", "alert_title", "alert_lines", "alert_text", "failure_message", "resolve_message",
+           "approval_message", "webhook_payload", "email_subject", "email_html"]

@@ -19,6 +19,7 @@ from backupkit.config.schema import (
     SSE_ALGORITHMS,
     Alerting,
     AppSwitch,
+    Approvers,
     Config,
     Drill,
     LogSource,
@@ -33,5 +34,5 @@ from backupkit.config.schema import (
 
 __all__ = ["load_config", "ConfigError", "APP_PLATFORMS", "APP_SETTING_KINDS", "DEFAULT_CONFIG", "DEFAULT_S3_PRICES", "DRILL_HOUR_UTC",
            "DUMP_FORMATS", "REPO_ROOT", "REREAD_FRACTION", "RESTORE_BACKENDS", "SSE_ALGORITHMS", "Alerting",
-           "AppSwitch", "Config", "Drill", "LogSource", "Reports", "RestoreExpectations", "RestoreSettings",
+           "AppSwitch", "Approvers", "Config", "Drill", "LogSource", "Reports", "RestoreExpectations", "RestoreSettings",
            "RetentionPolicy", "SmokeCheck", "Source", "Thresholds"]

@@ -32,8 +32,10 @@ from backupkit.config.schema import (
     REREAD_FRACTION,
     RESTORE_BACKENDS,
     SSE_ALGORITHMS,
+    APPROVAL_TIMEOUT_SECONDS,
     Alerting,
     AppSwitch,
+    Approvers,
     Config,
     Drill,
     LogSource,
@@ -324,6 +326,9 @@ def _restore_settings(r: Reader) -> RestoreSettings:
         max_extract_files=_positive(r, "max_extract_files", int, base.max_extract_files),
         app=_app_switch(r.child("app")),
         smoke_check=_smoke_check(r.child("smoke_check")) if r.data.get("smoke_check") is not None else None,
+        approvers=_approvers(r.child("approvers")),
+        four_eyes=_flag(r, "four_eyes", base.four_eyes),
+        approval_timeout_seconds=_approval_timeout(r),
     )
     if s.orphan_max_age_hours * 3600 <= s.active_deadline_seconds:
         # Else the sweep could delete the scratch pod of a restore that is still running.
@@ -331,6 +336,73 @@ def _restore_settings(r: Reader) -> RestoreSettings:
                           f"must exceed active_deadline_seconds ({s.active_deadline_seconds}s)")
     r.reject_unknown()
     return s
+
+
+# Airflow user names and role names: what the auth managers accept (FAB/Keycloak use e-mail addresses).
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,254}")
+
+
+def _names(r: Reader, name: str) -> tuple[str, ...]:
+    """A list of names, or one string of comma-separated names (so ``${BACKUP_APPROVERS:-}`` works)."""
+    value = r.get(name, (list, str), [])
+    if isinstance(value, str):
+        items: list = [v.strip() for v in value.split(",")] if value.strip() else []
+    else:
+        items = [expand_env(v, r.file, f"{r.at(name)}[{i}]").strip() if isinstance(v, str) else v
+                 for i, v in enumerate(value)]
+    out: list[str] = []
+    for i, v in enumerate(items):
+        if not isinstance(v, str) or not _USER_NAME.fullmatch(v):
+            raise ConfigError(r.file, f"{r.at(name)}[{i}]", f"not an Airflow user name: {v!r}")
+        if v in out:
+            raise ConfigError(r.file, f"{r.at(name)}[{i}]", f"{v!r} is listed twice")
+        out.append(v)
+    return tuple(out)
+
+
+def _approvers(r: Reader) -> Approvers:
+    users = _names(r, "users")
+    role = (r.get("role", str, "") or "").strip() or None
+    if role is not None and not _USER_NAME.fullmatch(role):
+        raise ConfigError(r.file, r.at("role"), f"not an Airflow role name: {role!r}")
+    r.reject_unknown()
+    return Approvers(users=users, role=role)
+
+
+_TIMEOUT = re.compile(r"(\d+)(d|h|min|s)")
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "min": 60, "s": 1}
+MAX_APPROVAL_TIMEOUT = 7 * 86400
+
+
+def parse_timeout(text: str) -> int:
+    """Seconds of ``4h``, ``90min``, ``1h30min``, ``2d``, ``45s`` (units d, h, min, s; each at most once,
+    largest first); ``ValueError`` otherwise. ``m`` is refused: in ``keep_within`` it means months."""
+    pos, total, seen = 0, 0, []
+    text = text.strip()
+    for m in _TIMEOUT.finditer(text):
+        if m.start() != pos or (seen and list(_UNIT_SECONDS).index(m.group(2)) <= list(_UNIT_SECONDS).index(seen[-1])):
+            break
+        seen.append(m.group(2))
+        total += int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if not text or pos != len(text):
+        hint = " (write min for minutes: in keep_within m means months)" if re.search(r"\dm(?!in)", text) else ""
+        raise ValueError(f"expected a duration like 4h, 90min, 1h30min or 2d{hint}, got {text!r}")
+    return total
+
+
+def _approval_timeout(r: Reader) -> int:
+    value = r.get("approval_timeout", (str, int), None)
+    if value is None:
+        return APPROVAL_TIMEOUT_SECONDS
+    try:
+        seconds = parse_timeout(value) if isinstance(value, str) else int(value)
+    except ValueError as exc:
+        raise ConfigError(r.file, r.at("approval_timeout"), str(exc)) from None
+    if isinstance(value, bool) or not 0 < seconds <= MAX_APPROVAL_TIMEOUT:
+        raise ConfigError(r.file, r.at("approval_timeout"),
+                          f"must be more than 0 and at most 7d (a lease holds the backup meanwhile), got {value!r}")
+    return seconds
 
 
 def _flag(r: Reader, name: str, default: bool) -> bool:
@@ -463,7 +535,9 @@ def load_config(path: str | Path | None = None) -> Config:
 
     al = top.child("alerting")
     alerting = Alerting(smtp_conn_id=al.get("smtp_conn_id", str, None) or None, email_to=al.strings("email_to"),
-                        webhook_conn_id=al.get("webhook_conn_id", str, None) or None)
+                        webhook_conn_id=al.get("webhook_conn_id", str, None) or None,
+                        slack_conn_id=al.get("slack_conn_id", str, None) or None,
+                        pagerduty_conn_id=al.get("pagerduty_conn_id", str, None) or None)
     al.reject_unknown()
 
     met = top.child("metrics")

@@ -138,9 +138,30 @@ class LogSource:
 
 @dataclass(frozen=True)
 class Alerting:
+    """``alerting``: the channels every alert goes to (chosen once: ``backup_airflow.notifiers.alert_channels``)."""
+
     smtp_conn_id: str | None = None
     email_to: tuple[str, ...] = ()
-    webhook_conn_id: str | None = None
+    webhook_conn_id: str | None = None  # Slack-compatible JSON webhook (Mattermost, Rocket.Chat, any receiver)
+    slack_conn_id: str | None = None  # the Slack provider's incoming-webhook connection (slackwebhook)
+    pagerduty_conn_id: str | None = None  # the PagerDuty provider's Events API v2 connection (routing key)
+
+
+@dataclass(frozen=True)
+class Approvers:
+    """``restore.approvers``: who may approve a replace (Airflow user names and/or one role).
+
+    Both empty: whoever Airflow lets answer the run's Required Actions (four eyes still apply)."""
+
+    users: tuple[str, ...] = ()
+    role: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.users or self.role)
+
+
+APPROVAL_TIMEOUT_SECONDS = 4 * 3600
 
 
 RESTORE_BACKENDS = ("local", "kubernetes")
@@ -209,6 +230,9 @@ class RestoreSettings:
     max_extract_files: int = 1_000_000
     app: AppSwitch = field(default_factory=AppSwitch)
     smoke_check: SmokeCheck | None = None  # Kubernetes back end only
+    approvers: Approvers = field(default_factory=Approvers)
+    four_eyes: bool = True  # the requester may not approve their own replace
+    approval_timeout_seconds: int = APPROVAL_TIMEOUT_SECONDS  # no answer by then: rejected, nothing changed
 
 
 # S3 list prices, USD per GB-month (GB = 2^30 bytes, as AWS bills storage), us-east-1, 2025.

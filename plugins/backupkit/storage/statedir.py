@@ -89,6 +89,12 @@ class StateDir:
     def facts_file(self, job: str) -> Path:
         return self.root / "facts" / f"{safe_segment(job)}.json"
 
+    # -- alerts ----------------------------------------------------------------------------
+    @property
+    def alert_state(self) -> Path:
+        """Open alerts and the runs that paged (:mod:`backupkit.alert_state`)."""
+        return self.root / "alerts" / "state.json"
+
     # -- metrics -------------------------------------------------------------------------
     @property
     def metrics_dir(self) -> Path:
