@@ -7,6 +7,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROMTOOL := $(BIN)/promtool
 SANDBOX := cd $(ROOT) && $(BIN)/python -m sandbox
+# The suite on the machine's cores, one worker per test file (its module fixtures are made once);
+# at most 4 workers (each starts its own PostgreSQL and S3 servers). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= auto
+PYTEST  := $(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --maxprocesses=4 --dist loadfile)
 
 .PHONY: up down test test-dates venv bench clean status browser defect heal day
 
@@ -69,7 +73,7 @@ day: venv browser
 	cd $(ROOT) && $(BIN)/python bench/newcomer_day.py
 
 test: venv browser
-	cd $(ROOT) && $(BIN)/python -m pytest
+	cd $(ROOT) && $(PYTEST)
 
 # The suite on boundary dates (leap day, year end, EU DST change, US DST change just before 08:00
 # UTC), with Debian's faketime (installed when missing and we are root).
@@ -77,7 +81,7 @@ DATES ?= "2028-02-29 23:50:00" "2026-12-31 23:55:00" "2027-03-28 00:55:00" "2027
 test-dates: venv browser
 	@command -v faketime >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get install -y -q faketime || { apt-get update -q && apt-get install -y -q faketime; }; }; } \
 	  || { echo "faketime is missing: apt-get install faketime"; exit 2; }
-	@cd $(ROOT) && for d in $(DATES); do echo "== $$d"; faketime "$$d" $(BIN)/python -m pytest -q -p no:cacheprovider || exit 1; done
+	@cd $(ROOT) && for d in $(DATES); do echo "== $$d"; faketime "$$d" $(PYTEST) -q -p no:cacheprovider || exit 1; done
 
 bench: venv
 	cd $(ROOT) && $(BIN)/python bench/run_all.py
