@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS verifications (
 );
 CREATE TABLE IF NOT EXISTS log_offsets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checksum_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS wal_scans (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -172,6 +173,23 @@ class VerificationState:
             "verified_at=excluded.verified_at, detail=excluded.detail, identity=excluded.identity",
             (key, sha256, int(size), int(bool(ok)), _iso(verified_at), detail, identity))
 
+    def record_many(self, rows: Iterable[tuple[str, FileIdentity, bool, datetime, str]],
+                    extras: Mapping[str, str] | None = None, extras_table: str = "wal_scans") -> None:
+        """Many outcomes (key, identity, ok, time, detail) in one transaction, with optional JSON
+        ``extras`` per key (e.g. what a WAL segment holds); a failed key loses its extra."""
+        rows, extras = list(rows), dict(extras or {})
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "INSERT INTO verifications(key, sha256, size, ok, verified_at, detail, identity) "
+                "VALUES (?,NULL,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET sha256=NULL, size=excluded.size, "
+                "ok=excluded.ok, verified_at=excluded.verified_at, detail=excluded.detail, identity=excluded.identity",
+                [(k, i.size, int(bool(ok)), _iso(at), d, i.token) for k, i, ok, at, d in rows])
+            self._conn.executemany(f"DELETE FROM {extras_table} WHERE key = ?",
+                                   [(k,) for k, _, ok, _, _ in rows if not ok])
+            self._conn.executemany(f"INSERT OR REPLACE INTO {extras_table}(key, value) VALUES (?, ?)",
+                                   list(extras.items()))
+
     _COLUMNS = "key, sha256, size, ok, verified_at, detail, identity"
 
     @staticmethod
@@ -201,6 +219,7 @@ class VerificationState:
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany("DELETE FROM verifications WHERE key = ?", [(k,) for k in keys])
+            self._conn.executemany("DELETE FROM wal_scans WHERE key = ?", [(k,) for k in keys])
         return len(keys)
 
     def select_full_reads(self, keys_with_sizes: Mapping[str, int | FileIdentity] |
@@ -247,33 +266,39 @@ class VerificationState:
     @property
     def checksum_cache(self) -> MutableMapping[str, str]:
         """Composite S3 checksums already matched, keyed by local SHA-256 and part layout."""
-        return _SqliteMap(self)
+        return _SqliteMap(self, "checksum_cache")
+
+    @property
+    def wal_scans(self) -> MutableMapping[str, str]:
+        """What each WAL segment that passed holds (JSON, :mod:`backupkit.wal.memory`), by record key."""
+        return _SqliteMap(self, "wal_scans")
 
 
 class _SqliteMap(MutableMapping):
-    def __init__(self, state: VerificationState):
+    def __init__(self, state: VerificationState, table: str):
         self._state = state
         self._conn = state._conn
+        self._table = table
 
     def __getitem__(self, key: str) -> str:
-        row = self._conn.execute("SELECT value FROM checksum_cache WHERE key = ?", (key,)).fetchone()
+        row = self._conn.execute(f"SELECT value FROM {self._table} WHERE key = ?", (key,)).fetchone()
         if row is None:
             raise KeyError(key)
         return row[0]
 
     def __setitem__(self, key: str, value: str) -> None:
-        self._state._write("INSERT OR REPLACE INTO checksum_cache(key, value) VALUES (?, ?)", (key, value))
+        self._state._write(f"INSERT OR REPLACE INTO {self._table}(key, value) VALUES (?, ?)", (key, value))
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
             raise KeyError(key)
-        self._state._write("DELETE FROM checksum_cache WHERE key = ?", (key,))
+        self._state._write(f"DELETE FROM {self._table} WHERE key = ?", (key,))
 
     def __iter__(self) -> Iterator[str]:
-        return iter([r[0] for r in self._conn.execute("SELECT key FROM checksum_cache ORDER BY key")])
+        return iter([r[0] for r in self._conn.execute(f"SELECT key FROM {self._table} ORDER BY key")])
 
     def __len__(self) -> int:
-        return self._conn.execute("SELECT count(*) FROM checksum_cache").fetchone()[0]
+        return self._conn.execute(f"SELECT count(*) FROM {self._table}").fetchone()[0]
 
 
 __all__ = ["VerificationState", "Record", "FileIdentity"]

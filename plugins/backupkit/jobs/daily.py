@@ -76,6 +76,10 @@ def check_integrity(config: Config, source_name: str, now: datetime | None = Non
 
     now = _now(now)
     source = config.source(source_name)
+    with _state(config, state) as st:
+        own = source.kind_impl.verify_source(config, source, now, st)
+    if own is not None:  # a kind verified as a whole (a WAL archive: backupkit.wal.source)
+        return _dicts(own)
     backups = {backup_key(source, b): b for b in local_backups(source)}
     results: list[CheckResult] = []
     with _state(config, state) as st:
@@ -179,6 +183,7 @@ def check_cloud_copies(config: Config, source_name: str, bucket: Bucket,
                 skipped += 1
             elif any(r.method != "stream" for r in reports):
                 stored += 1
+        results += source.kind_impl.cloud_checks(config, source, bucket, st)
     local_names = {b.name for b in backups}
     try:
         s3_only = sum(1 for b in catalog.remote() if b.name not in local_names)
@@ -267,7 +272,26 @@ def run_metrics(config: Config, results: Iterable[CheckResult | dict], source_na
         if name is not None and not r["ok"]:
             log_problems[name] = log_problems.get(name, 0) + 1
     last_success = LastSuccessStore(config.state.metrics_values("daily")).update(statuses, now.timestamp())
-    return verification_metrics(statuses, now=now.timestamp(), last_success=last_success, log_problems=log_problems)
+    m = verification_metrics(statuses, now=now.timestamp(), last_success=last_success, log_problems=log_problems)
+    pitr_metrics(m, config, source_names, now)
+    return m
+
+
+def pitr_metrics(m: MetricSet, config: Config, source_names: Iterable[str], now: datetime) -> None:
+    """The recoverable window of every source whose kind has one (WAL archives), and its RPO: the age
+    of the window's end (it grows when archiving or the verification stops)."""
+    from backupkit.metric_names import PITR_RPO, PITR_WINDOW_END, PITR_WINDOW_START, help_of
+
+    windows = {n: w for n in source_names if (w := config.source(n).kind_impl.recovery_window(config, config.source(n)))}
+    if not windows:
+        return
+    start = m.gauge(PITR_WINDOW_START, help_of(PITR_WINDOW_START), ["source"])
+    end = m.gauge(PITR_WINDOW_END, help_of(PITR_WINDOW_END), ["source"])
+    rpo = m.gauge(PITR_RPO, help_of(PITR_RPO), ["source"])
+    for name, w in sorted(windows.items()):
+        start.labels(source=name).set(w["start"].timestamp())
+        end.labels(source=name).set(w["end"].timestamp())
+        rpo.labels(source=name).set(max(0.0, (now - w["end"]).total_seconds()))
 
 
 # -- the verdict -------------------------------------------------------------------------
@@ -307,6 +331,11 @@ def summarize(results: Iterable[CheckResult | dict]) -> dict:
         lines.append("")
     else:
         lines.append("No problems found.")
+    windows = [r for r in rows if r["check"] == "pitr_window"]
+    for r in windows:
+        lines.append(f"{r['artifact']}: point-in-time recovery: {r.get('detail', '')}")
+    if windows:
+        lines.append("")
     for src in sorted(counts):
         c = counts[src]
         warn = f", {c['warnings']} warnings" if c["warnings"] else ""

@@ -248,6 +248,7 @@ def _recover(run: "_Run", sources: Sequence[Source], *, bucket: Bucket, tmp: Pat
              scratch: Callable[[], ScratchDatabase], s3_only: bool, trust: str = "current",
              before: datetime | None = None) -> None:
     """Per source, restore the newest backup (before ``before``); on failure the next older one."""
+    sources = [s for s in sources if s.kind_impl.restorable]
     for i, source in enumerate(sources):
         catalog = Catalog(source, bucket)
         order = attempt_order(catalog.remote() if s3_only else catalog.backups(), before=before)

@@ -36,6 +36,8 @@ def monthly_targets(config: Config, bucket: Bucket | None, *, now: datetime, see
     rng = random.Random(seed)
     targets = []
     for source in config.sources:
+        if not source.kind_impl.restorable:
+            continue  # WAL archives: the point-in-time restore test is not built yet (README)
         refs = Catalog(source, bucket).backups()
         if not refs:
             targets.append({"source_name": source.name, "backup": "", "role": "newest"})

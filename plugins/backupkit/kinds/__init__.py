@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from backupkit.kinds import files, k8s_resources, postgres
+from backupkit.kinds import files, k8s_resources, postgres, wal_archive
 from backupkit.kinds.base import SourceKind
 
 # In the order their sections appear in the configuration file.
-KINDS: dict[str, SourceKind] = {k.id: k for k in (postgres.KIND, files.KIND, k8s_resources.KIND)}
+KINDS: dict[str, SourceKind] = {k.id: k for k in (postgres.KIND, files.KIND, k8s_resources.KIND, wal_archive.KIND)}
 
 
 def kind_of(kind_id: str) -> SourceKind:

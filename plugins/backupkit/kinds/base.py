@@ -36,12 +36,14 @@ class SourceKind:
     :cvar section: the list in the configuration file that declares such sources
     :cvar label: how messages name one source of the kind ("database", "file set")
     :cvar restores_into: what a restore produces: "database" (a scratch server) or "files"
+    :cvar restorable: whether restore tests and the drill restore this kind's backups yet
     """
 
     id: ClassVar[str]
     section: ClassVar[str]
     label: ClassVar[str]
     restores_into: ClassVar[str] = "files"
+    restorable: ClassVar[bool] = True   # restore tests and the DR drill restore its backups
 
     def parse_spec(self, r: Reader) -> Any:
         """The kind's own keys of one source (common keys are read by the loader)."""
@@ -59,6 +61,21 @@ class SourceKind:
     def coverage_paths(self, source: Any) -> tuple[str, ...]:
         """Paths the newest backup must contain (the audit's coverage control); none by default."""
         return ()
+
+    # -- the daily verification (backupkit.jobs.daily calls these) -------------------------------
+    def verify_source(self, config: Any, source: Any, now: Any, state: Any) -> list[CheckResult] | None:
+        """The integrity checks of a kind that is not verified backup by backup (a WAL archive), or
+        None for the default: each backup read in full against its format, with the rolling re-read."""
+        return None
+
+    def cloud_checks(self, config: Any, source: Any, bucket: Any, state: Any) -> list[CheckResult]:
+        """S3 checks beyond each backup's copy (a WAL archive's copy in the bucket); none by default."""
+        return []
+
+    def recovery_window(self, config: Any, source: Any) -> dict | None:
+        """The recoverable window the last verification found (``start``, ``end``: aware datetimes,
+        ``timeline``), for kinds that have one (WAL archives); None by default."""
+        return None
 
     # -- restores (backupkit.restore.pipeline calls these) ------------------------------------
     # The default is an archive of files (file sets, Kubernetes resource backups): extracted safely

@@ -26,6 +26,7 @@ class ArchiveEntry:
     name: str
     size: int
     mtime: datetime | None = None   # when it was archived (file mtime, S3 LastModified)
+    etag: str | None = None         # S3 only: the object's ETag (the copy check compares it)
 
 
 class ArchiveReader(Protocol):

@@ -66,7 +66,7 @@ class S3Archive:
             for obj in self.bucket.objects(self.prefix, delimiter="/"):
                 name = obj.key[len(self.prefix):]
                 if name and "/" not in name:
-                    yield ArchiveEntry(name, obj.size, obj.last_modified)
+                    yield ArchiveEntry(name, obj.size, obj.last_modified, obj.etag)
         except client_errors() as exc:
             raise ArchiveUnavailable(f"cannot list: {describe_error(exc, self.location)}") from None
 

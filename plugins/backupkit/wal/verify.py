@@ -10,7 +10,8 @@ checked, and no input ends in a traceback.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
 from backupkit.wal.archive import ArchiveEntry, ArchiveReader, Unreadable, read_small
@@ -19,7 +20,7 @@ from backupkit.wal.history import History, HistoryError, MAX_HISTORY_BYTES, fork
 from backupkit.wal.inventory import Geometry, Inventory, Stored, sample_geometry, take_inventory
 from backupkit.wal.naming import format_lsn, segment_name, segment_of
 from backupkit.wal.scan import Context, SegmentScan, joins
-from backupkit.wal.scanning import make_chunks, scan_chunks
+from backupkit.wal.scanning import MAX_RECORD, Chunk, make_chunks, scan_chunks
 
 KINDS = ("gap", "truncated", "corrupt", "missing_history", "timeline_fork", "stale", "base_backup_wal_missing")
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -85,6 +86,8 @@ class WalReport:
     window: Window | None = None
     segment_size: int | None = None
     base_backups: list[BaseBackup] = field(default_factory=list)
+    scans: dict[str, SegmentScan] = field(default_factory=dict)   # segment name -> its scan (read or remembered)
+    read: set[str] = field(default_factory=set)                   # the segments read in this run
 
     @property
     def ok(self) -> bool:
@@ -110,13 +113,16 @@ def pg_time(microseconds: int | None) -> datetime | None:
 class _Judge:
     """One verification: reads what it needs and collects problems in order."""
 
-    def __init__(self, reader: ArchiveReader, entries: list[ArchiveEntry], geometry: Geometry, jobs: int):
+    def __init__(self, reader: ArchiveReader, entries: list[ArchiveEntry], geometry: Geometry, jobs: int,
+                 known: Mapping[str, SegmentScan] | None = None):
         self.reader, self.geometry, self.jobs = reader, geometry, jobs
+        self.known = dict(known or {})
         self.size = geometry.segment_size
         self.inv: Inventory = take_inventory(entries, self.size)
         self.problems: list[Problem] = []
         self.histories: dict[int, History] = {}
         self.scans: dict[tuple[int, int], SegmentScan] = {}
+        self.read: set[str] = set()
         self.ranges: dict[int, _Range] = {}
 
     def add(self, kind: str, segment: str | None, timeline: int | None, detail: str) -> None:
@@ -229,20 +235,57 @@ class _Judge:
                                                             f"segment of {self.size}")
                     stored = None
                 if stored is None:
-                    chunks += make_chunks(self.context(tli), run, self.jobs) if run else []
+                    chunks += self._chunks(tli, run) if run else []
                     run = []
                 else:
                     run.append(stored)
             if rng.tail is not None:
                 if run and run[-1].segno + 1 != rng.tail.segno:
-                    chunks += make_chunks(self.context(tli), run, self.jobs)
+                    chunks += self._chunks(tli, run)
                     run = []
                 run.append(rng.tail)
             if run:
-                chunks += make_chunks(self.context(tli), run, self.jobs)
+                chunks += self._chunks(tli, run)
         for scan in scan_chunks(self.reader, chunks, self.jobs):
             tli = int(scan.name[:8], 16)
             self.scans[(tli, scan.segno)] = scan
+            self.read.add(scan.name)
+
+    def _chunks(self, tli: int, run: list[Stored]) -> list[Chunk]:
+        """Chunks of a run of consecutive segments, without those remembered from an earlier read.
+
+        A remembered segment is still read when a segment after it must be: the record that
+        crosses into a segment is checked by reading from the segment it starts in (back over
+        segments that are continuation only). Each piece keeps the rest of the run as its
+        tail, so a record continuing into a skipped segment is still finished and checked.
+        """
+        ctx = self.context(tli)
+        if not self.known:
+            return make_chunks(ctx, run, self.jobs)
+        fresh = [s.partial or s.name not in self.known for s in run]
+        need = list(fresh)
+        for m in range(1, len(run)):
+            j = m - 1
+            if not fresh[m] or fresh[j]:
+                continue
+            need[j] = True
+            while j > 0 and not fresh[j - 1] and self.known[run[j].name].last_lsn is None:
+                j -= 1
+                need[j] = True
+        reach = MAX_RECORD // self.size + 1
+        at = {s.segno: i for i, s in enumerate(run)}
+        chunks, piece = [], []
+        for i, stored in enumerate(run + [None]):
+            if stored is not None and need[i]:
+                piece.append(stored)
+                continue
+            if stored is not None:
+                self.scans[(stored.tli, stored.segno)] = self.known[stored.name]
+            for c in make_chunks(ctx, piece, self.jobs) if piece else ():
+                after = at[c.items[-1].segno] + 1
+                chunks.append(replace(c, tail=tuple(run[after:after + reach])))
+            piece = []
+        return chunks
 
     def judge_segments(self) -> None:
         for tli, rng in sorted(self.ranges.items()):
@@ -452,13 +495,16 @@ def _age(delta: timedelta) -> str:
 
 def verify_archive(entries, reader: ArchiveReader, *, base_backups: list[BaseBackup] = (),
                    backup_problems: list[tuple[str, str]] = (), max_age: timedelta | None = None,
-                   now: datetime | None = None, jobs: int = 1) -> WalReport:
+                   now: datetime | None = None, jobs: int = 1,
+                   known: Mapping[str, SegmentScan] | None = None) -> WalReport:
     """Check the archive listed by ``entries`` (read through ``reader``): see the module doc.
 
     ``base_backups`` are the retained ones (:func:`backupkit.wal.backups.read_base_backup`);
     without them the archive's own ``.backup`` labels stand for them. ``backup_problems``
     are (backup, detail) findings of the caller about them (pg_verifybackup). ``now``
-    (from :func:`backupkit.clock.now`) and ``max_age`` make the freshness check.
+    (from :func:`backupkit.clock.now`) and ``max_age`` make the freshness check. ``known``
+    are scans of segments that passed an earlier read and are unchanged since
+    (:mod:`backupkit.wal.memory`): they are reused instead of read again.
     """
     entries = list(entries)
     report = WalReport(reader.location)
@@ -469,7 +515,7 @@ def verify_archive(entries, reader: ArchiveReader, *, base_backups: list[BaseBac
         if empty and max_age is not None:
             report.problems.append(Problem("stale", None, None, "nothing has been archived"))
         return report
-    j = _Judge(reader, entries, geometry, jobs)
+    j = _Judge(reader, entries, geometry, jobs, known)
     for name, why in j.inv.misnamed:
         j.add("corrupt", None, None, f"{name}: {why}")
     j.read_histories()
@@ -489,6 +535,7 @@ def verify_archive(entries, reader: ArchiveReader, *, base_backups: list[BaseBac
     j.freshness(max_age, now)
     report.problems = sorted(j.problems, key=lambda p: (p.timeline or 0, p.segment or "", p.kind))
     report.segment_size, report.base_backups = geometry.segment_size, backups
+    report.scans, report.read = {scan.name: scan for scan in j.scans.values()}, j.read
     return report
 
 

@@ -1,0 +1,252 @@
+"""A configured ``wal_archives:`` source verified by the daily run (:mod:`backupkit.kinds.wal_archive`).
+
+``check_integrity`` verifies the archive where ``archive_command`` writes it (``archive_dir``)
+with the base backups of ``local_dir``; ``check_cloud_copies`` checks the archive's copy
+under ``archive_s3_prefix`` (every local segment older than ``max_age`` there, same size,
+same MD5 where S3's ETag is one) or, for an archive kept in S3 only, verifies that copy in
+full. Segments and base backups that passed and are unchanged are not read again
+(:mod:`backupkit.wal.memory`), except for the rolling re-read. The recoverable window of
+the last verification is kept in ``<state_dir>/facts/pitr-SOURCE.json`` for the metrics,
+the summary, the weekly report and the health page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timedelta
+
+from backupkit.catalog import local_backups
+from backupkit.config import Config, Source
+from backupkit.model import CheckResult, backup_id
+from backupkit.state import FileIdentity, VerificationState
+from backupkit.wal import memory
+from backupkit.wal.archive import ArchiveUnavailable, LocalArchive
+from backupkit.wal.backups import BackupError, BaseBackup, read_base_backup, verify_files
+from backupkit.wal.verify import WalReport, verify_archive
+
+WINDOW_CHECK = "pitr_window"
+
+
+def _jobs(config: Config) -> int:
+    return config.verification_workers or os.cpu_count() or 1
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat().replace("+00:00", "Z") if t else None
+
+
+# -- base backups ---------------------------------------------------------------------------------
+def base_backups(config: Config, source: Source, st: VerificationState, now: datetime
+                 ) -> tuple[list[tuple[str, BaseBackup]], list[tuple[str, str]], dict[str, FileIdentity]]:
+    """(key, base backup) of every local base backup whose WAL range can be read, the problems
+    found (key, detail), and their identities. pg_verifybackup runs on new, changed or failed
+    ones and the rolling share (the others passed it unchanged)."""
+    found, problems, ids = [], [], {}
+    backups = {backup_id(source.name, b.name): b for b in local_backups(source)}
+    for key, b in backups.items():
+        try:
+            ids[key] = FileIdentity.of(b.path)
+        except OSError as exc:
+            problems.append((key, f"cannot be read: {exc.strerror or exc}"))
+    due = set(st.select_full_reads(ids, fraction=config.reread_fraction, now=now))
+    for key in sorted(ids):
+        try:
+            backup = read_base_backup(backups[key].path)
+        except BackupError as exc:
+            problems.append((key, str(exc)))
+            continue
+        if key in due:
+            complaint = verify_files(backup)
+            if complaint:
+                problems.append((key, f"pg_verifybackup: {complaint}"))
+                continue
+        found.append((key, backup))
+    return found, problems, ids
+
+
+def _backup_verdicts(st: VerificationState, report: WalReport, found, problems, ids, now: datetime) -> None:
+    """Remember each base backup's verdict, so retention counts only restorable ones as verified."""
+    failed = dict(problems)
+    for key, b in found:
+        bad = [p.detail for p in report.problems if p.kind == "base_backup_wal_missing" and b.source in p.detail]
+        if bad:
+            failed[key] = bad[0]
+    for key, ident in ids.items():
+        st.record(key, None, ident, key not in failed, now, failed.get(key, ""))
+
+
+# -- the archive ----------------------------------------------------------------------------------
+def _verify(config: Config, source: Source, reader, directory, now: datetime, st: VerificationState,
+            entries) -> list[CheckResult]:
+    spec = source.spec
+    found, problems, ids = base_backups(config, source, st, now)
+    seg_ids = memory.identities(entries, directory)
+    known = memory.remembered(st, source.name, seg_ids, fraction=config.reread_fraction, now=now)
+    report = verify_archive(entries, reader, base_backups=[b for _, b in found],
+                            backup_problems=[(k, d) for k, d in problems], max_age=spec.max_age, now=now,
+                            jobs=_jobs(config), known=known)
+    memory.remember(st, source.name, report, seg_ids, now)
+    _backup_verdicts(st, report, found, problems, ids, now)
+    results = [CheckResult(f"{source.name}/{p.segment}" if p.segment else source.name, f"wal_{p.kind}", False,
+                           (f"timeline {p.timeline}: " if p.timeline and not p.segment else "") + p.detail)
+               for p in report.problems]
+    if spec.segment_size and report.segment_size and report.segment_size != spec.segment_size:
+        results.append(CheckResult(source.name, "wal_segment_size", False,
+                                   f"the archive's segments are {report.segment_size >> 20} MB, the configuration "
+                                   f"says {spec.segment_size >> 20} MB"))
+    segments = len(seg_ids)
+    results.append(CheckResult(source.name, "wal_archive", True,
+                               f"{reader.location}: read {len(report.read)} of {segments} segments "
+                               f"({len(known)} unchanged since they passed), {len(found)} base backup(s)"))
+    results.append(window_result(source, report, now))
+    save_window(config, source, report, now)
+    return results
+
+
+def verify_local(config: Config, source: Source, now: datetime, state: VerificationState) -> list[CheckResult]:
+    """The daily integrity check of the archive in ``archive_dir`` (see the module doc)."""
+    spec = source.spec
+    if spec.archive_dir is None:
+        return [CheckResult(source.name, "wal_archive", True,
+                            "kept in S3 only: check_cloud_copies verifies the archive under "
+                            f"{spec.archive_s3_prefix}")]
+    reader = LocalArchive(spec.archive_dir)
+    try:
+        entries = list(reader.entries())
+    except ArchiveUnavailable as exc:
+        return [CheckResult(source.name, "wal_archive", False, str(exc))]
+    return _verify(config, source, reader, spec.archive_dir, now, state, entries)
+
+
+def window_result(source: Source, report: WalReport, now: datetime) -> CheckResult:
+    w = report.window
+    if w is None or w.start is None or w.start.time is None or w.end.time is None:
+        why = ("no base backup's WAL is archived whole" if report.base_backups else "no base backup is known")
+        return CheckResult(source.name, WINDOW_CHECK, False, f"no point-in-time recovery window: {why}")
+    rpo = now - w.end.time
+    return CheckResult(source.name, WINDOW_CHECK, True,
+                       f"recoverable from {_iso(w.start.time)} to {_iso(w.end.time)} (timeline {w.end.timeline}); "
+                       f"the last commit is {_hours(rpo)} old (RPO)")
+
+
+def _hours(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    return f"{seconds // 60} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+# -- the window, between tasks --------------------------------------------------------------------
+def save_window(config: Config, source: Source, report: WalReport, now: datetime) -> None:
+    w = report.window
+    path = config.state.facts_file(f"pitr-{source.name}")
+    data = {"source": source.name, "checked_at": _iso(now), "ok": report.ok,
+            "start": _iso(w.start.time) if w and w.start else None, "end": _iso(w.end.time) if w else None,
+            "start_lsn": w.to_dict()["from"]["lsn"] if w and w.start else None,
+            "end_lsn": w.to_dict()["to"]["lsn"] if w else None, "timeline": w.end.timeline if w else None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def load_window(config: Config, source: Source) -> dict | None:
+    """The last verified window: ``start``, ``end`` (aware datetimes), ``timeline``, ``checked_at``;
+    None when none was found (or the file is not one this module wrote)."""
+    try:
+        data = json.loads(config.state.facts_file(f"pitr-{source.name}").read_text())
+        start, end = data.get("start"), data.get("end")
+        if not start or not end:
+            return None
+        return {"start": datetime.fromisoformat(start.replace("Z", "+00:00")),
+                "end": datetime.fromisoformat(end.replace("Z", "+00:00")), "timeline": data.get("timeline"),
+                "checked_at": datetime.fromisoformat(data["checked_at"].replace("Z", "+00:00")),
+                "end_lsn": data.get("end_lsn"), "start_lsn": data.get("start_lsn")}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+# -- the copy in S3 -------------------------------------------------------------------------------
+def _md5(path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_s3_copy(config: Config, source: Source, bucket, *, now: datetime | None,
+                  state: VerificationState) -> list[CheckResult]:
+    """The archive's copy under ``archive_s3_prefix`` (see the module doc)."""
+    from backupkit import clock
+    from backupkit.wal.s3 import S3Archive
+
+    spec = source.spec
+    if spec.archive_s3_prefix is None:
+        return []
+    now = now or clock.now()
+    remote = S3Archive(bucket, spec.archive_s3_prefix)
+    try:
+        objects = {e.name: e for e in remote.entries()}
+    except ArchiveUnavailable as exc:
+        return [CheckResult(source.name, "wal_s3_copy", False, str(exc))]
+    if spec.archive_dir is None:
+        return _verify(config, source, remote, None, now, state, list(objects.values()))
+    local = LocalArchive(spec.archive_dir)
+    try:
+        entries = list(local.entries())
+    except ArchiveUnavailable as exc:
+        return [CheckResult(source.name, "wal_s3_copy", False, str(exc))]
+    return _compare(source, spec, local, entries, objects, remote.location, state, now)
+
+
+def _compare(source, spec, local, entries, objects, where: str, st: VerificationState, now) -> list[CheckResult]:
+    from backupkit.wal.naming import classify
+
+    results, missing, proved, hashed = [], [], 0, 0
+    cache = st.checksum_cache
+    for e in sorted(entries, key=lambda e: e.name):
+        if classify(e.name) is None:
+            continue
+        obj = objects.get(e.name)
+        art = f"{source.name}/{e.name}"
+        if obj is None:
+            if e.mtime is None or now - e.mtime > spec.max_age:
+                missing.append(e.name)
+            continue
+        if obj.size != e.size:
+            results.append(CheckResult(art, "wal_s3_size", False, f"{where}{e.name} is {obj.size} bytes, "
+                                                                  f"the archived file {e.size}"))
+            continue
+        etag = (obj.etag or "").strip('"')
+        if len(etag) != 32 or not all(c in "0123456789abcdef" for c in etag):
+            continue  # multipart or SSE-KMS: the size is the evidence (see docs/wal.md)
+        try:
+            ident = FileIdentity.of(spec.archive_dir / e.name)
+            key = f"wal-copy:{art}:{etag}:{ident.size}:{ident.token}"
+            if key in cache:
+                proved += 1
+                continue
+            hashed += 1
+            digest = _md5(spec.archive_dir / e.name)
+        except OSError:
+            continue  # removed since the listing (retention): nothing to compare
+        if digest != etag:
+            results.append(CheckResult(art, "wal_s3_checksum", False,
+                                       f"{where}{e.name} has other bytes than the archived file (MD5 differs "
+                                       f"from its ETag {etag})"))
+            continue
+        cache[key] = "md5"
+        proved += 1
+    if missing:
+        results.append(CheckResult(f"{source.name}/{missing[0]}", "wal_s3_present", False,
+                                   f"{len(missing)} archived file(s) older than {_hours(spec.max_age)} are not in "
+                                   f"{where}: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"))
+    results.append(CheckResult(source.name, "wal_s3_copy", True,
+                               f"{where}: {len(objects)} objects; {proved} copies proved by ETag MD5 "
+                               f"({hashed} hashed now), the rest compared by size"))
+    return results
+
+
+__all__ = ["verify_local", "check_s3_copy", "load_window", "save_window", "window_result", "base_backups",
+           "WINDOW_CHECK"]

@@ -1,0 +1,233 @@
+"""The ``wal_archive`` source kind: configuration, the daily checks (with the verification memory),
+the PITR gauges and the archive's S3 copy, on real archives (tests/_wal_archive.py) and moto."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from _config_helpers import short_dir
+from _wal_archive import copy_archive
+from backupkit.config import load_config
+from backupkit.config.reader import ConfigError
+from backupkit.jobs import daily
+from backupkit.metric_names import PITR_RPO, PITR_WINDOW_END, PITR_WINDOW_START
+from backupkit.state import VerificationState
+from backupkit.storage.objectstore import Bucket
+
+YAML = """bucket: {{name: {bucket}}}
+wal_archives:
+  - name: booking-wal
+    database: booking-db
+    local_dir: {root}/bases
+    s3_prefix: basebackups/
+    pattern: base_%Y%m%d_%H%M%S
+    archive_dir: {archive_dir}
+{extra}verification: {{state_dir: {root}/state, reread_fraction: {fraction}}}
+"""
+
+
+def write_config(root: Path, *, bucket: str = "trixtech-backups", archive_dir: str | None = None,
+                 extra: str = "", fraction: float = 0.0) -> Path:
+    path = root / "backups.yaml"
+    path.write_text(YAML.format(bucket=bucket, root=root, archive_dir=archive_dir or f"{root}/archive",
+                                extra=extra, fraction=fraction))
+    return path
+
+
+@pytest.fixture
+def site(wal_archives, now):
+    """A WAL source on copies of the session's timeline-1 archive and its plain base backup."""
+    root = short_dir("bk-walsrc-")
+    copy_archive(wal_archives.tl1, root / "archive")
+    (root / "bases").mkdir()
+    name = (now - timedelta(hours=3)).strftime("base_%Y%m%d_%H%M%S")
+    shutil.copytree(wal_archives.base_plain, root / "bases" / name)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# -- configuration ------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra, key, problem", [
+    ("    segment_size: 3MB\n", "segment_size", "power of two"),
+    ("    segment_size: 16 GB\n", "segment_size", "like 1MB"),
+    ("    max_age: 15m\n", "max_age", "minutes are 'min'"),
+    ("    max_age: 15\n", "max_age", "give a unit"),
+    ("    keep_pitr_window: seven days\n", "keep_pitr_window", "duration"),
+    ("    archive_s3_prefix: basebackups\n", "archive_s3_prefix", "must differ from s3_prefix"),
+    ("    archive_s3_prefix: /wal\n", "archive_s3_prefix", "relative"),
+    ("    archive_dr: /x\n", "archive_dr", "unknown key"),
+])
+def test_config_errors_name_the_key(tmp_path, extra, key, problem):
+    with pytest.raises(ConfigError) as exc:
+        load_config(write_config(tmp_path, extra=extra))
+    assert exc.value.key.endswith(key) and problem in exc.value.problem
+
+
+def test_config_needs_an_archive_location(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(YAML.format(bucket="trixtech-backups", root=tmp_path, archive_dir="x", extra="", fraction=0)
+                    .replace("    archive_dir: x\n", ""))
+    with pytest.raises(ConfigError, match="archive_dir, archive_s3_prefix or both"):
+        load_config(path)
+
+
+def test_config_reads_the_spec(tmp_path):
+    cfg = load_config(write_config(tmp_path, extra="    segment_size: 1MB\n    max_age: 2h\n"
+                                                   "    keep_pitr_window: 7d\n    archive_s3_prefix: wal\n"))
+    src = cfg.source("booking-wal")
+    assert src.kind == "wal_archive" and src.kind_impl.restorable is False
+    assert src.spec.segment_size == 1 << 20 and src.spec.max_age == timedelta(hours=2)
+    assert src.spec.keep_pitr_window == timedelta(days=7) and src.spec.archive_s3_prefix == "wal/"
+
+
+# -- the daily integrity check -------------------------------------------------------------------
+def _problems(results):
+    return [r for r in results if not r["ok"]]
+
+
+def test_healthy_archive_passes_and_unchanged_segments_are_not_read_again(site, now):
+    cfg = load_config(write_config(site))
+    first = daily.check_integrity(cfg, "booking-wal", now=now)
+    assert _problems(first) == []
+    window = next(r for r in first if r["check"] == "pitr_window")
+    assert window["ok"] and "recoverable from" in window["detail"]
+    summary = next(r for r in first if r["check"] == "wal_archive")["detail"]
+    segments = len([p for p in (site / "archive").iterdir() if len(p.name) == 24])
+    assert f"of {segments} segments (0 unchanged" in summary
+    second = daily.check_integrity(cfg, "booking-wal", now=now + timedelta(minutes=10))
+    assert _problems(second) == []
+    again = next(r for r in second if r["check"] == "wal_archive")["detail"]
+    read = int(again.split("read ")[1].split(" of")[0])
+    assert read < segments // 2, again   # only the newest (whose successor is unknown) and none else
+    # The window is the same whether the segments were read or remembered.
+    assert next(r for r in second if r["check"] == "pitr_window")["detail"].split(";")[0] == \
+        window["detail"].split(";")[0]
+    report = daily.summarize(second)
+    assert "point-in-time recovery: recoverable from" in report["table"]
+
+
+def test_a_bit_flip_in_a_remembered_segment_is_found_next_run(site, now):
+    cfg = load_config(write_config(site, extra="    max_age: 30d\n"))
+    assert _problems(daily.check_integrity(cfg, "booking-wal", now=now)) == []
+    segs = sorted(p for p in (site / "archive").iterdir() if len(p.name) == 24)
+    victim = segs[len(segs) // 2]
+    st = os.stat(victim)
+    with open(victim, "r+b") as f:   # inside a record, past the long page header
+        f.seek(5000)
+        b = f.read(1)
+        f.seek(5000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))   # mtime put back: the ctime still differs
+    bad = _problems(daily.check_integrity(cfg, "booking-wal", now=now + timedelta(days=1)))
+    # Reported where the damaged record starts (a segment before it when the record crosses segments).
+    assert [r["check"] for r in bad if r["check"].startswith("wal_")] == ["wal_corrupt"], bad
+    assert bad[0]["artifact"] <= f"booking-wal/{victim.name}"
+
+
+def test_gap_stale_and_rolling_reread(site, now):
+    cfg = load_config(write_config(site, extra="    max_age: 1h\n", fraction=1.0))
+    segs = sorted(p for p in (site / "archive").iterdir() if len(p.name) == 24)
+    segs[len(segs) // 2].unlink()
+    results = daily.check_integrity(cfg, "booking-wal", now=now + timedelta(days=2))
+    kinds = {r["check"] for r in _problems(results)}
+    assert {"wal_gap", "wal_stale"} <= kinds, kinds
+    # reread_fraction 1: every remembered segment is read again the next run.
+    results = daily.check_integrity(cfg, "booking-wal", now=now + timedelta(days=3))
+    detail = next(r for r in results if r["check"] == "wal_archive")["detail"]
+    assert "(0 unchanged since they passed)" in detail
+
+
+def test_base_backup_verdicts_are_remembered_for_retention(site, now):
+    cfg = load_config(write_config(site))
+    daily.check_integrity(cfg, "booking-wal", now=now)
+    name = next((site / "bases").iterdir()).name
+    with VerificationState(cfg.state_dir) as st:
+        assert st.verdict(f"booking-wal/{name}") == "passed"
+    # Its WAL removed from the archive: the base backup is no longer restorable.
+    for p in sorted((site / "archive").iterdir())[:3]:
+        p.unlink()
+    results = daily.check_integrity(cfg, "booking-wal", now=now + timedelta(days=1))
+    assert any(r["check"] == "wal_base_backup_wal_missing" for r in _problems(results))
+    with VerificationState(cfg.state_dir) as st:
+        assert st.verdict(f"booking-wal/{name}") == "failed"
+
+
+def test_pitr_gauges_and_rpo(site, now):
+    cfg = load_config(write_config(site))
+    results = daily.check_integrity(cfg, "booking-wal", now=now)
+    later = now + timedelta(hours=5)
+    text = daily.run_metrics(cfg, results, ["booking-wal"], now=later).text()
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line.startswith("backup_pitr")}
+    start = values[f'{PITR_WINDOW_START}{{source="booking-wal"}}']
+    end = values[f'{PITR_WINDOW_END}{{source="booking-wal"}}']
+    assert start < end <= now.timestamp() + 3600
+    assert values[f'{PITR_RPO}{{source="booking-wal"}}'] == pytest.approx(later.timestamp() - end)
+
+
+# -- the copy in S3 ----------------------------------------------------------------------------
+def _upload(s3, bucket_name: str, archive: Path, prefix: str = "wal/") -> None:
+    for f in sorted(archive.iterdir()):
+        s3.upload_file(str(f), bucket_name, prefix + f.name)
+
+
+def test_s3_copy_compared_and_tampering_found(site, s3, bucket, now):
+    cfg = load_config(write_config(site, bucket=bucket, extra="    archive_s3_prefix: wal/\n"))
+    _upload(s3, bucket, site / "archive")
+    b = Bucket(s3, bucket)
+    ok = daily.check_cloud_copies(cfg, "booking-wal", b)
+    assert not [r for r in _problems(ok) if r["check"].startswith("wal_")], _problems(ok)
+    assert "copies proved by ETag MD5" in next(r for r in ok if r["check"] == "wal_s3_copy")["detail"]
+    segs = sorted(p.name for p in (site / "archive").iterdir() if len(p.name) == 24)
+    s3.put_object(Bucket=bucket, Key=f"wal/{segs[3]}", Body=b"\0" * (1 << 20))  # same size, other bytes
+    s3.delete_object(Bucket=bucket, Key=f"wal/{segs[5]}")
+    old = now - timedelta(hours=2)
+    os.utime(site / "archive" / segs[5], (old.timestamp(), old.timestamp()))
+    bad = {r["check"]: r for r in _problems(daily.check_cloud_copies(cfg, "booking-wal", b))}
+    assert bad["wal_s3_checksum"]["artifact"] == f"booking-wal/{segs[3]}"
+    assert bad["wal_s3_present"]["artifact"] == f"booking-wal/{segs[5]}"
+
+
+def test_archive_in_s3_only_is_verified_there(site, s3, bucket, now):
+    _upload(s3, bucket, site / "archive")
+    path = write_config(site, bucket=bucket, extra="    archive_s3_prefix: wal/\n")
+    path.write_text(path.read_text().replace(f"    archive_dir: {site}/archive\n", ""))
+    cfg = load_config(path)
+    assert "kept in S3 only" in daily.check_integrity(cfg, "booking-wal", now=now)[0]["detail"]
+    segs = sorted(p.name for p in (site / "archive").iterdir() if len(p.name) == 24)
+    s3.delete_object(Bucket=bucket, Key=f"wal/{segs[len(segs) // 2]}")
+    results = daily.check_cloud_copies(cfg, "booking-wal", Bucket(s3, bucket))
+    assert any(r["check"] == "wal_gap" for r in _problems(results)), _problems(results)
+
+
+# -- remembered scans change nothing but the cost ---------------------------------------------------
+def test_verdicts_with_remembered_segments_equal_a_full_read(wal_archives, tmp_path):
+    """Damage one segment at a time: the verifier reusing the other segments' remembered scans
+    finds exactly what a full read finds (same problems, same window)."""
+    from backupkit.wal.archive import LocalArchive
+    from backupkit.wal.backups import read_base_backup
+    from backupkit.wal.verify import verify_archive
+
+    base = [read_base_backup(wal_archives.base_plain)]
+    pristine = LocalArchive(wal_archives.tl1)
+    known_all = verify_archive(list(pristine.entries()), pristine, base_backups=base).scans
+    names = sorted(known_all)
+    for k, victim in enumerate(names[::3]):
+        a = copy_archive(wal_archives.tl1, tmp_path / f"a{k}")
+        with open(a / victim, "r+b") as f:
+            f.seek(9000 + 4096 * k)
+            byte = f.read(1)
+            f.seek(9000 + 4096 * k)
+            f.write(bytes([byte[0] ^ 0x5A]))
+        reader = LocalArchive(a)
+        full = verify_archive(list(reader.entries()), reader, base_backups=base)
+        known = {n: s for n, s in known_all.items() if n != victim}
+        quick = verify_archive(list(reader.entries()), reader, base_backups=base, known=known)
+        assert quick.problems == full.problems, victim
+        assert quick.window == full.window, victim
+        assert len(quick.read) < len(full.read), victim
