@@ -231,3 +231,23 @@ def test_verdicts_with_remembered_segments_equal_a_full_read(wal_archives, tmp_p
         assert quick.problems == full.problems, victim
         assert quick.window == full.window, victim
         assert len(quick.read) < len(full.read), victim
+
+
+def test_window_reaches_the_weekly_report_and_the_health_page(site, now):
+    from backupkit.health_cache import read_metrics
+    from backupkit.jobs.weekly import collect_trends
+    from backupkit.reports.weekly import weekly_doc
+
+    cfg = load_config(write_config(site))
+    results = daily.check_integrity(cfg, "booking-wal", now=now)
+    trends = collect_trends(cfg, now=now + timedelta(hours=2))
+    w = trends["sources"]["booking-wal"]["pitr_window"]
+    assert w["start"] < w["end"] and w["rpo_seconds"] >= 7000
+    doc = weekly_doc(report_date=now.date(), trends=trends, failures=None, storage=None, encryption=None)
+    assert "Point-in-time recovery window" in doc.markdown()
+    daily.run_metrics(cfg, results, ["booking-wal"], now=now).publish(
+        job="backup_daily_verification", textfile=cfg.state.metrics_textfile("daily"))
+    metrics = read_metrics(cfg.state.metrics_dir, [])
+    from backupkit.health import _pitr
+    pitr = _pitr(cfg.source("booking-wal"), metrics)
+    assert pitr is not None and pitr["start"][:16] == w["start"][:16]

@@ -98,6 +98,7 @@ def collect_trends(config: Config, *, now: datetime, bucket: Bucket | None = Non
             "first": points[0].timestamp.isoformat() if points else None,
             "restore_tests": restore_trend(tests, src.name, limit=RESTORE_TREND_RUNS),
             "restore_target_seconds": src.restore_target_seconds,
+            "pitr_window": _pitr_window(config, src, now),
         }
     return {"now": now.isoformat(), "since": since.isoformat(), "weeks": labels, "factor": factor,
             "sources": sources, "notes": notes}
@@ -114,6 +115,15 @@ def restore_test_records(config: Config) -> tuple[list[dict], list[str]]:
         return read_jsonl(path)
     except OSError as exc:
         return [], [f"cannot read {path}: {exc}"]
+
+
+def _pitr_window(config: Config, src, now: datetime) -> dict | None:
+    """The recoverable window the last daily verification found (WAL archives), with its RPO."""
+    w = src.kind_impl.recovery_window(config, src)
+    if w is None:
+        return None
+    return {"start": w["start"].isoformat(), "end": w["end"].isoformat(), "timeline": w["timeline"],
+            "checked_at": w["checked_at"].isoformat(), "rpo_seconds": max(0.0, (now - w["end"]).total_seconds())}
 
 
 def failure_pattern(config: Config, *, now: datetime, bucket: Bucket | None = None, weeks: int | None = None,

@@ -57,6 +57,10 @@ def weekly_doc(*, report_date: date, trends: dict | None, failures: dict | None,
                             f"{p['mb_per_s']:g}" if p["mb_per_s"] else "-",
                             "-" if not target or p["duration_seconds"] is None else
                             ("yes" if p["duration_seconds"] <= target else "NO")] for p in tests])
+            w = t.get("pitr_window")
+            if w:
+                doc.para(f"Point-in-time recovery window (verified {w['checked_at'][:16]}): {w['start'][:19]} to "
+                         f"{w['end'][:19]} UTC, timeline {w['timeline']}; RPO {human_seconds(w['rpo_seconds'])}.")
             if t["missing_duration"]:
                 doc.para(f"{t['missing_duration']} backup(s) in the window have no recorded duration "
                          f"(no 'backup completed' log line and no manifest).")
