@@ -168,7 +168,7 @@ def check_cloud_copies(config: Config, source_name: str, bucket: Bucket,
             if b.is_dir:
                 reports = [s3_copy_report(bucket, f"{catalog.s3_key(b.name)}/{rel}", local_size=f.stat().st_size,
                                           local_sha256=None, local_path=f, artifact=key, composite_cache=cache)
-                           for rel, f in _dir_files(b.path)]
+                           for rel, f in dir_files(b.path)]
                 results.extend(_merge_dir_reports(key, reports))
             else:
                 sha, origin = _known_sha256(st, key, b)
@@ -199,7 +199,7 @@ def check_cloud_copies(config: Config, source_name: str, bucket: Bucket,
     return _dicts(results)
 
 
-def _dir_files(root: Path) -> list[tuple[str, Path]]:
+def dir_files(root: Path) -> list[tuple[str, Path]]:
     """(path relative to ``root`` with ``/``, file) of every regular file of a directory dump."""
     return sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 

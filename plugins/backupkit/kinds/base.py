@@ -72,6 +72,14 @@ class SourceKind:
         """S3 checks beyond each backup's copy (a WAL archive's copy in the bucket); none by default."""
         return []
 
+    # -- retention (backupkit.retention.sweep calls these) ---------------------------------------
+    def retention_holds(self, source: Any, candidates: Any, now: Any) -> dict[str, str]:
+        """name -> reason of backups this kind holds beyond the policy (none by default)."""
+        return {}
+
+    def after_sweep(self, sweep: Any, plan: Any) -> None:
+        """More to delete once the backups' plan is applied (a WAL archive's segments); nothing by default."""
+
     def recovery_window(self, config: Any, source: Any) -> dict | None:
         """The recoverable window the last verification found (``start``, ``end``: aware datetimes,
         ``timeline``), for kinds that have one (WAL archives); None by default."""

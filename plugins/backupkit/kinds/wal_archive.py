@@ -111,6 +111,17 @@ class WalArchiveKind(SourceKind):
 
         return check_s3_copy(config, source, bucket, now=None, state=state)
 
+    # -- retention -----------------------------------------------------------------------------
+    def retention_holds(self, source, candidates, now):
+        from backupkit.retention.wal import window_hold
+
+        return window_hold(candidates, source.spec.keep_pitr_window, now)
+
+    def after_sweep(self, sweep, plan) -> None:
+        from backupkit.retention.wal import sweep_wal
+
+        sweep_wal(sweep, plan)
+
     def recovery_window(self, config, source):
         from backupkit.wal.source import load_window
 

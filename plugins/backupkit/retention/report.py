@@ -77,6 +77,7 @@ class SweepReport:
     requests: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # per phase: list, plan, delete, purge, audit
     purge: dict | None = None
+    wal: dict | None = None  # WAL archives: what the archive's part of the sweep did (retention/wal.py)
     audit_log: str = ""
     audit_mirror: str = ""
     plan: Plan | None = field(default=None, repr=False)
@@ -104,7 +105,7 @@ class SweepReport:
              "by_rule": dict(self.by_rule), "refused": self.refused, "violations": list(self.violations),
              "errors": list(self.errors), "warnings": list(self.warnings), "locks": list(self.locks),
              "future": list(self.future), "requests": dict(self.requests),
-             "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "purge": self.purge,
+             "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "purge": self.purge, "wal": self.wal,
              "audit_log": self.audit_log, "audit_mirror": self.audit_mirror,
              "held": list(self.held), "protected": list(self.protected), "failed": list(self.failed)}
         if names:

@@ -249,7 +249,8 @@ class _Sweep:
             held = "on the configured hold list" if (name in hold_list or self.key(name) in hold_list) else None
             held = held or self.known_holds.get(name)
             out.append(Candidate(name, self.source.pattern.timestamp(name), verdict, size, held))
-        return out
+        extra = self.source.kind_impl.retention_holds(self.source, out, self.now)  # e.g. a PITR window's base
+        return [replace(c, held_reason=extra[c.name]) if c.name in extra and not c.held_reason else c for c in out]
 
     # -- 3. holds and local-copy protection --------------------------------------------
     def inspect(self, plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
@@ -280,14 +281,25 @@ class _Sweep:
             if e.s3_size < 0:
                 protections[d.name] = "S3 copy missing; local copy kept until it is uploaded and verified"
                 continue
-            rep = s3_copy_report(self.s3, self.key(d.name), local_size=e.local.size,
-                                 local_sha256=self.sha256(d.name, e), local_path=e.local.path,
-                                 artifact=self.state_key(d.name), composite_cache=self.state.checksum_cache)
-            bad = [r for r in rep.results if not r.ok]
-            unchecked = [r for r in rep.results if r.check == "s3_checksum" and r.detail.startswith("not compared")]
-            if bad or unchecked or len(rep.results) < 3:
-                why = (bad or unchecked or list(rep.results))[0].detail
-                protections[d.name] = f"S3 copy unverified ({why}); local copy kept"
+            if e.local.is_dir:  # a directory (pg_dump -Fd, pg_basebackup): every file's copy, as the daily check
+                from backupkit.jobs.daily import dir_files
+
+                reports = [s3_copy_report(self.s3, f"{self.key(d.name)}/{rel}", local_size=f.stat().st_size,
+                                          local_sha256=None, local_path=f, artifact=self.state_key(d.name),
+                                          composite_cache=self.state.checksum_cache)
+                           for rel, f in dir_files(e.local.path)]
+            else:
+                reports = [s3_copy_report(self.s3, self.key(d.name), local_size=e.local.size,
+                                          local_sha256=self.sha256(d.name, e), local_path=e.local.path,
+                                          artifact=self.state_key(d.name), composite_cache=self.state.checksum_cache)]
+            for rep in reports or [None]:
+                results = list(rep.results) if rep is not None else []
+                bad = [r for r in results if not r.ok]
+                unchecked = [r for r in results if r.check == "s3_checksum" and r.detail.startswith("not compared")]
+                if bad or unchecked or len(results) < 3:
+                    why = (bad or unchecked or results)[0].detail if results else "the directory holds no files"
+                    protections[d.name] = f"S3 copy unverified ({why}); local copy kept"
+                    break
         return holds, protections
 
     def final_plan(self, candidates: list[Candidate], plan: Plan, complete: bool,
@@ -537,7 +549,8 @@ class _Sweep:
     def run(self) -> SweepReport:
         r = self.report
         t = time.perf_counter()
-        self.pending = self.audit.pending(self.source.name)
+        # WAL files have their own part (retention/wal.py), which re-plans them every run.
+        self.pending = {n: rec for n, rec in self.audit.pending(self.source.name).items() if not n.startswith("wal/")}
         r.warnings += self.audit.torn_warnings()
         complete = self.list_all()
         complete = self.learn_holds() and complete
@@ -576,6 +589,9 @@ class _Sweep:
         if not self.dry_run:
             self.apply(plan)
             t = self.phase("delete", t)
+        if not r.not_attempted:
+            self.source.kind_impl.after_sweep(self, plan)  # a WAL archive's segments
+            t = self.phase("wal", t)
         if not r.not_attempted and self.source.retention.purge_noncurrent_after_days is not None:
             self.purge(plan)
             t = self.phase("purge", t)
