@@ -43,6 +43,8 @@ DEFECTS = {d.name: d for d in (
     Defect("missing-in-s3", "trixtech-files", "the newest backup's S3 copy deleted (a delete marker on top)"),
     Defect("wrong-s3-checksum", "trixtech-db-sql", "a new S3 version of the newest backup with other bytes of "
                                                    "the same size"),
+    Defect("wal-gap", "trixtech-wal", "a segment of the WAL archive deleted after the newest base backup's start "
+                                      "(recovery past it is impossible; its S3 copy stays)"),
 )}
 
 
@@ -89,8 +91,10 @@ class Defects:
         record.setdefault("s3_added", []).append([key, resp["VersionId"]])
 
     def _sources(self, defect: Defect, name: str | None) -> list[Source]:
+        from sandbox.history import generated_sources
+
         wanted = name or defect.default_source
-        return [self.config.source(wanted)] if wanted else list(self.config.sources)
+        return [self.config.source(wanted)] if wanted else list(generated_sources(self.config).sources)
 
     def _uploaded(self, source: Source) -> bool:
         return source.dump_format != "directory"
@@ -163,6 +167,25 @@ class Defects:
         resp = self.client.put_object(Bucket=self.config.bucket, Key=key, Body=bytes(data), ChecksumAlgorithm="SHA256")
         record["s3_added"] = [[key, resp["VersionId"]]]
         record["backups"] = [f"{s.name}/{path.name}"]
+
+    def _wal_gap(self, record: dict, sources: list[Source]) -> None:
+        from backupkit.wal.backups import read_base_backup
+        from backupkit.wal.naming import classify, segment_number, segment_of
+
+        s = sources[0]
+        if s.kind != "wal_archive":
+            raise DefectError(f"wal-gap needs a WAL archive source, not {s.name} ({s.kind})")
+        start = read_base_backup(local_backups(s)[-1].path).start_lsn
+        segs = sorted(p for p in s.spec.archive_dir.iterdir() if (c := classify(p.name)) and c.kind == "segment")
+        size = segs[0].stat().st_size if segs else 0
+        after = [p for p in segs if size and segment_number(classify(p.name), size) > segment_of(start, size)]
+        if len(after) < 2:
+            raise DefectError(f"fewer than two segments archived after the newest base backup of {s.name}: "
+                              f"wait for the next archive_timeout (or run SELECT pg_switch_wal()) and try again")
+        victim = after[len(after) // 2 - 1]
+        self._stash(record, [victim])
+        victim.unlink()
+        record["backups"] = [f"{s.name}/{victim.name}"]
 
     # -- heal -------------------------------------------------------------------------------------
     def heal(self) -> list[dict]:

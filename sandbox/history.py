@@ -61,7 +61,7 @@ import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -110,6 +110,12 @@ class History:
 
 
 # -- time -----------------------------------------------------------------------------
+def generated_sources(config: Config) -> Config:
+    """``config`` without its WAL archives: those are real, made by the sandbox's server
+    (:mod:`sandbox.walarchive`), never generated or synced here."""
+    return replace(config, sources=tuple(s for s in config.sources if s.kind != "wal_archive"))
+
+
 def backup_nights(now: datetime, days: int, stale_days: int = 0) -> list[datetime]:
     """The ``days`` nightly 02:00 UTC timestamps ending ``stale_days`` before the last one <= now."""
     if now.tzinfo is None:
@@ -405,6 +411,7 @@ def sync_to_s3(config: Config, client: Any, *, multipart_threshold: int = DEFAUL
     """
     report = SyncReport()
     items: list[tuple[Path, str]] = []
+    config = generated_sources(config)
     for src in config.sources:
         if src.dump_format == "directory":
             continue
@@ -461,6 +468,7 @@ def generate_history(config: Config, pg: LocalPostgres, *, now: datetime, days: 
     """
     if days < 1:
         raise ValueError("days must be >= 1")
+    config = generated_sources(config)
     nights = backup_nights(now, days, defects.stale_days)
     _validate(config, defects, nights)
     return _generate(config, pg, nights, s3_client=s3_client, defects=defects, database=database,
@@ -473,6 +481,7 @@ def extend_history(config: Config, pg: LocalPostgres, *, now: datetime, s3_clien
                    growth: float = 0.03) -> History | None:
     """Add the nights between the newest existing backup and ``now`` (a sandbox started again
     after a break), appending to the logs; None when the history is already current."""
+    config = generated_sources(config)
     existing = [local_backups(s) for s in config.sources]
     newest = max((b[-1].timestamp for b in existing if b), default=None)
     if newest is None:

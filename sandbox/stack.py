@@ -40,7 +40,7 @@ from typing import Any
 from backupkit import clock
 from backupkit.config import REPO_ROOT
 from backupkit.pgserver import LocalPostgres, free_port, make_traversable, port_free, server_user
-from sandbox import s3server, users as sandbox_users
+from sandbox import s3server, users as sandbox_users, walarchive
 from sandbox.procs import (_group_alive, group_members, pid_alive, proc_info, read_pid,  # noqa: F401 - re-exported
                            running_pid, stop_group, write_pid)
 
@@ -94,6 +94,11 @@ class Layout:
         return self.root / "app"
 
     @property
+    def wal(self) -> Path:
+        """BACKUP_WAL_DIR: ``archive/`` (archive_command's target) and ``base/`` (pg_basebackup)."""
+        return self.root / "wal"
+
+    @property
     def ports_file(self) -> Path:
         return self.root / "ports.json"
 
@@ -106,15 +111,17 @@ class Layout:
 
     def create(self) -> None:
         for d in (self.root, self.pg_data.parent, self.backups, self.logs, self.state, self.airflow_home,
-                  self.run, self.s3, self.app):
+                  self.run, self.s3, self.app, self.wal):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o755)
 
 
 # -- environment ----------------------------------------------------------------------
-def sandbox_env(root: Path, pg_port: int, s3_endpoint: str, app_port: int | None = None) -> dict[str, str]:
+def sandbox_env(root: Path, pg_port: int, s3_endpoint: str, app_port: int | None = None, *,
+                wal: bool = False) -> dict[str, str]:
     """Every environment variable the sandbox's code needs: backup paths, S3, Airflow connections,
-    the local application platform (and, with ``app_port``, the application's health URL)."""
+    the local application platform (and, with ``app_port``, the application's health URL; with
+    ``wal``, the server's WAL archive as a source: sandbox/walarchive.py)."""
     root = Path(root).resolve()
     env = {
         "BACKUP_ROOT": str(root / "backups"),
@@ -136,6 +143,9 @@ def sandbox_env(root: Path, pg_port: int, s3_endpoint: str, app_port: int | None
         "BACKUP_APP_PLATFORM": "local",
         "BACKUP_APP_CONTROL_DIR": str(root / "app"),
     }
+    if wal:
+        env["BACKUP_WAL_ARCHIVE"] = "true"
+        env["BACKUP_WAL_DIR"] = str(root / "wal")
     if app_port:
         env["TRIXTECH_HEALTH_URL"] = f"http://127.0.0.1:{int(app_port)}/health"
         env["BACKUP_SMOKE_URL"] = f"http://127.0.0.1:{int(app_port)}/api/bookings?limit=5"
@@ -150,7 +160,7 @@ def venv_bin() -> Path:
 
 def airflow_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
     """:func:`sandbox_env` plus what Airflow and a hand-run shell need (written to env.sh)."""
-    env = sandbox_env(layout.root, ports["postgres"], f"http://127.0.0.1:{ports['s3']}", ports.get("app"))
+    env = sandbox_env(layout.root, ports["postgres"], f"http://127.0.0.1:{ports['s3']}", ports.get("app"), wal=True)
     env.update({
         "AIRFLOW_HOME": str(layout.airflow_home.resolve()),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
@@ -204,14 +214,21 @@ def ensure_postgres(layout: Layout, ports: dict[str, int], say=print) -> LocalPo
     for d in make_traversable(layout.pg_data, server_user()):
         say(f"  made {d} searchable (x bit only) so PostgreSQL's user can reach its data")
     # A fresh start takes the fixed port when free, so env.sh and ports stay the same across restarts.
-    pg = LocalPostgres(layout.pg_data, port=ports.get("postgres") or PREFERRED_PORTS["postgres"])
+    walarchive.prepare_dirs(layout.wal / "archive", layout.wal / "base")
+    for d in make_traversable(layout.wal / "archive", server_user()):
+        say(f"  made {d} searchable (x bit only) so PostgreSQL's user can archive into it")
+    pg = LocalPostgres(layout.pg_data, port=ports.get("postgres") or PREFERRED_PORTS["postgres"],
+                       initdb_args=[f"--wal-segsize={walarchive.SEGMENT_SIZE_MB}"],
+                       settings=walarchive.archive_settings(layout.wal / "archive"))
     if (layout.pg_data / "postmaster.pid").exists() and pg.running():
         pg.port = _pg_port_of_running(layout.pg_data) or pg.port
         say(f"PostgreSQL already running on port {pg.port}")
+        walarchive.ensure_archiving(pg, say)
     else:
         pg.port = pick_port(PREFERRED_PORTS["postgres"])
         pg.start()
         say(f"PostgreSQL started on port {pg.port} ({layout.pg_data})")
+        walarchive.ensure_archiving(pg, say)  # a cluster made before archiving: 1 MB segments, once
     ports["postgres"] = pg.port
     has_db = pg.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'").strip() == "1"
     if not has_db or not pg.psql("SELECT to_regclass('public.bookings') IS NOT NULL", DATABASE).strip() == "t":
@@ -335,7 +352,7 @@ def ensure_history(layout: Layout, pg: LocalPostgres, endpoint: str, *, days: in
         say(f"  {sum(map(len, h.sources.values()))} backups written in {time.monotonic() - t0:.0f}s")
         from sandbox import seed
 
-        seed.seed(config, now=now, say=say)
+        seed.seed(history.generated_sources(config), now=now, say=say)
     else:
         h = history.extend_history(config, pg, now=now, database=DATABASE)
         if h is not None:
@@ -355,6 +372,7 @@ def ensure_history(layout: Layout, pg: LocalPostgres, endpoint: str, *, days: in
                        ("were deleted from the bucket", sync.deleted_in_s3)):
         if keys:
             say(f"  not uploaded: {len(keys)} object(s) that {what} (the S3 copy is kept as it is), e.g. {keys[0]}")
+    walarchive.ensure(config, pg, client, say)
 
 
 def health(port: int, timeout: float = 3.0) -> dict | None:
@@ -437,7 +455,7 @@ def running_sandbox(layout: Layout) -> tuple[Any, Any, LocalPostgres]:
             or not pg.running():
         raise RuntimeError("the sandbox is not running: `make up` first")
     endpoint = f"http://127.0.0.1:{ports['s3']}"
-    os.environ.update(sandbox_env(layout.root, pg.port, endpoint, ports.get("app")))
+    os.environ.update(sandbox_env(layout.root, pg.port, endpoint, ports.get("app"), wal=True))
     return load_config(CONFIG_FILE), s3server.s3_client(endpoint), pg
 
 
@@ -498,10 +516,11 @@ def up(layout: Layout = Layout(), *, days: int = HISTORY_DAYS, timeout: float = 
     for name in ("app", "frontend"):
         ports[name] = ports.get(name) or pick_port(PREFERRED_PORTS[name])
     save_ports(layout, ports)
-    os.environ.update(sandbox_env(layout.root, ports["postgres"], endpoint, ports["app"]))
+    os.environ.update(sandbox_env(layout.root, ports["postgres"], endpoint, ports["app"], wal=True))
     ensure_history(layout, pg, endpoint, days=days, say=say)
     ensure_app(layout, ports, say)
     users = sandbox_users.ensure_users(layout.root)
+    walarchive.start_writer(layout, ports, say)
     pid, _ = ensure_airflow(layout, ports, say)
     save_ports(layout, ports)
     layout.env_file.write_text(render_env_sh(airflow_env(layout, ports), venv_bin()))
@@ -513,7 +532,8 @@ def up(layout: Layout = Layout(), *, days: int = HISTORY_DAYS, timeout: float = 
 
 
 def down(layout: Layout = Layout(), say=print) -> int:
-    stopped = [stop_airflow(layout, say), stop_app(layout, say), stop_moto(layout, say)]
+    stopped = [stop_airflow(layout, say), walarchive.stop_writer(layout, say), stop_app(layout, say),
+               stop_moto(layout, say)]
     if (layout.pg_data / "postmaster.pid").exists():
         LocalPostgres(layout.pg_data).stop()
         say("PostgreSQL stopped")
@@ -532,6 +552,8 @@ def status(layout: Layout = Layout(), say=print) -> int:
     app = running_pid(layout.pid_file("app"), expect=APP_PROCESS)
     say("Booking app: " + (f"running, supervisor pid {app}, http://127.0.0.1:{ports.get('app')}/health "
                            f"({layout.app})" if app else "stopped"))
+    ww = running_pid(layout.pid_file("walwriter"), expect=walarchive.WAL_PROCESS)
+    say("WAL writer: " + (f"running, pid {ww} (archive {layout.wal / 'archive'})" if ww else "stopped"))
     af = running_pid(layout.pid_file("airflow"), expect="airflow")
     if af:
         h = health(ports.get("airflow", 8080))

@@ -125,8 +125,9 @@ def _pattern(r: Reader) -> NamePattern:
         raise ConfigError(r.file, r.at("pattern"), str(exc)) from None
 
 
-def _source(r: Reader, kind: SourceKind, defaults: Thresholds, names: set[str]) -> Source:
-    """The keys every kind shares, then the kind's own (:meth:`SourceKind.parse_spec`)."""
+def _source(r: Reader, kind: SourceKind, defaults: Thresholds, names: set[str]) -> Source | None:
+    """The keys every kind shares, then the kind's own (:meth:`SourceKind.parse_spec`); None for a
+    source with ``enabled: false`` (validated all the same, so switching it on cannot surprise)."""
     name = r.get("name", str)
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise ConfigError(r.file, r.at("name"), f"use lower-case letters, digits, - and _; got {name!r}")
@@ -150,8 +151,9 @@ def _source(r: Reader, kind: SourceKind, defaults: Thresholds, names: set[str]) 
         spec=kind.parse_spec(r),
         restore_target_seconds=target,
     )
+    enabled = _flag(r, "enabled", True)
     r.reject_unknown()
-    return src
+    return src if enabled else None
 
 
 def _restore_target(r: Reader) -> float | None:
@@ -514,7 +516,9 @@ def load_config(path: str | Path | None = None) -> Config:
     for kind in KINDS.values():
         items = top.get(kind.section, list, [])
         for i, item in enumerate(items):
-            sources.append(_source(Reader(item, file, f"{kind.section}[{i}]"), kind, defaults, names))
+            src = _source(Reader(item, file, f"{kind.section}[{i}]"), kind, defaults, names)
+            if src is not None:
+                sources.append(src)
     if not sources:
         raise ConfigError(file, "databases", f"no sources configured (none of {', '.join(k.section for k in KINDS.values())})")
     check_no_overlap(file, sources)

@@ -1,0 +1,97 @@
+"""The sandbox's WAL archive (sandbox/walarchive.py): a real server archiving 1 MB segments, a real
+pg_basebackup, markers, the copy in moto, the shipped configuration's ``trixtech-wal`` source
+passing the daily checks, and the ``wal-gap`` defect breaking (and healing) it."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from _config_helpers import short_dir
+from _wal_archive import wait_archived
+from backupkit import clock
+from backupkit.config import load_config
+from backupkit.jobs import daily
+from backupkit.pgserver import LocalPostgres
+from backupkit.storage.objectstore import Bucket
+from sandbox import walarchive
+from sandbox.defects import Defects
+from sandbox.stack import CONFIG_FILE, sandbox_env
+
+
+@pytest.fixture
+def archiving(moto_server, s3, bucket, monkeypatch):
+    root = short_dir("bk-sbwal-")
+    archive, base = root / "wal" / "archive", root / "wal" / "base"
+    walarchive.prepare_dirs(archive, base)
+    pg = LocalPostgres(root / "pg", initdb_args=["--wal-segsize=1"], settings=walarchive.archive_settings(archive))
+    pg.start()
+    for k, v in sandbox_env(root, pg.port, moto_server.endpoint_url, wal=True).items():
+        monkeypatch.setenv(k, v)
+    yield root, pg, load_config(CONFIG_FILE)
+    pg.destroy()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _problems(results):
+    return [r for r in results if not r["ok"]]
+
+
+def _wal_checks(config, s3):
+    b = Bucket(s3, config.bucket)
+    return (daily.check_presence(config, "trixtech-wal") + daily.check_integrity(config, "trixtech-wal")
+            + daily.check_cloud_copies(config, "trixtech-wal", b))
+
+
+def test_the_healthy_sandbox_archive_passes_and_a_wal_gap_breaks_it(archiving, s3):
+    root, pg, config = archiving
+    said = []
+    walarchive.ensure(config, pg, s3, say=said.append)
+    assert any("taking a base backup" in s for s in said)
+    for i in range(3):   # the writer's markers, and segments archived after the base backup
+        walarchive.write_marker(pg, f"marker {i}")
+        pg.psql("SELECT pg_logical_emit_message(true, 'pad', repeat('x', 300000))")
+        wait_archived(pg)
+    assert walarchive.sync(config, s3, config.source("trixtech-wal")) > 0
+    assert int(pg.psql(f"SELECT count(*) FROM {walarchive.MARKERS_TABLE}", walarchive.MARKERS_DB)) == 4
+    results = _wal_checks(config, s3)
+    assert _problems(results) == []
+    assert next(r for r in results if r["check"] == "pitr_window")["detail"].startswith("recoverable from")
+    assert not walarchive.base_backup_due(config.source("trixtech-wal"), clock.now())
+
+    defects = Defects(root / "defects", config, s3)
+    record = defects.inject("wal-gap")
+    bad = _problems(daily.check_integrity(config, "trixtech-wal"))
+    assert [r["check"] for r in bad if r["check"] == "wal_gap"] == ["wal_gap"], bad
+    assert bad[0]["artifact"] == record["backups"][0]
+    defects.heal()
+    assert _problems(daily.check_integrity(config, "trixtech-wal")) == []
+
+
+def test_an_older_sandbox_cluster_is_converted_to_archiving_with_1mb_segments(tmp_path):
+    root = short_dir("bk-sbwal16-")
+    try:
+        archive = root / "archive"
+        walarchive.prepare_dirs(archive, root / "base")
+        plain = LocalPostgres(root / "pg").start()   # made before archiving existed: 16 MB segments
+        assert walarchive.segment_size(plain) == 16 << 20
+        pg = LocalPostgres(root / "pg", port=plain.port, settings=walarchive.archive_settings(archive))
+        said = []
+        walarchive.ensure_archiving(pg, say=said.append)
+        assert walarchive.segment_size(pg) == 1 << 20 and pg.psql("SHOW archive_mode").strip() == "on"
+        wait_archived(pg)
+        assert any(len(p.name) == 24 and p.stat().st_size == 1 << 20 for p in archive.iterdir())
+        walarchive.ensure_archiving(pg, say=said.append)   # done once: nothing more to do
+        assert len(said) == 2
+        pg.destroy()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_shipped_configuration_has_the_wal_source_off_unless_enabled(monkeypatch):
+    monkeypatch.delenv("BACKUP_WAL_ARCHIVE", raising=False)
+    assert "trixtech-wal" not in [s.name for s in load_config(CONFIG_FILE).sources]
+    monkeypatch.setenv("BACKUP_WAL_ARCHIVE", "true")
+    src = load_config(CONFIG_FILE).source("trixtech-wal")
+    assert src.kind == "wal_archive" and src.spec.keep_pitr_window.days == 2
