@@ -93,4 +93,4 @@ def test_defects_are_listed_by_the_command_line():
     for name in DEFECTS:
         assert name in out
     assert set(DEFECTS) == {"missing-night", "damaged-newest", "bitflip", "stale-history", "missing-in-s3",
-                            "wrong-s3-checksum"}
+                            "wrong-s3-checksum", "wal-gap"}
