@@ -129,6 +129,14 @@ PARAMS = {
                          title="Deployments",
                          description=f"replace only: deployments on {PLATFORM} to scale down, switch and scale "
                                      "back up.", section="What"),
+    "target_time": Param(None, type=["null", "string"], format="date-time", title="Point in time (optional)",
+                         description="verify_only: restore the source's WAL archive (base backup + replay) to this "
+                                     "time (ISO 8601 with a zone) into a scratch server paused there, instead of "
+                                     "a dump. Must lie inside the window the daily verification found.",
+                         section="Point in time"),
+    "target_timeline": Param("latest", type="string", pattern=r"^(latest|[1-9][0-9]{0,9})$", title="Target timeline",
+                             description="With a point in time: recovery_target_timeline ('latest' or a number).",
+                             section="Point in time"),
     "reason": reason_param("Why this restore is run (incident or ticket); recorded in the audit log."),
 }
 
@@ -158,9 +166,14 @@ def backup_restore():
     def validate_request(**context) -> dict:
         """Every check that needs no change, before any change: fail here with a clear message."""
         config = backup_config()
-        request = read_request(context, ("source", "which", "before", "key", "mode", "namespace"), "deployments")
+        request = read_request(context, ("source", "which", "before", "key", "mode", "namespace", "target_time",
+                                         "target_timeline"), "deployments")
         try:
             request.update(check_request(config, request))
+            if request.get("target_time"):
+                from backupkit.restore.pitr import check_pitr_request
+
+                request.update(check_pitr_request(config, request))
         except (SelectionError, ConfigError, ValueError) as exc:
             RestoreJournal(config.state_dir).append(
                 run_id=context["run_id"], source=str(request["source"]), action="restore_refused",
@@ -176,7 +189,28 @@ def backup_restore():
 
     @task.branch
     def choose_mode(request: dict) -> str:
+        if request.get("target_time"):
+            return "restore_to_time"
         return "restore_verify" if request["mode"] == "verify_only" else "restore_new_database"
+
+    @task(retries=0)
+    def restore_to_time(request: dict, **context) -> dict:
+        """Base backup + WAL replay to the target time on a scratch server, paused there, checked, torn down."""
+        from backupkit.restore.pitr import PitrTarget, database_answers, parse_target_time, pitr_restore
+
+        config = backup_config()
+        target = PitrTarget(parse_target_time(request["target_time"]), request["target_timeline"], action="pause")
+        with restore_lock(config, request["wal_source"], context["run_id"]):
+            result = pitr_restore(config, request["wal_source"], target,
+                                  checks=database_answers(config.source(request["source"]).database))
+        context["ti"].xcom_push(key="result", value=result)
+        _audit(request, context, "restore_verified" if result["ok"] else "restore_failed",
+               detail=f"point in time {request['target_time']} from {result['backup']}: "
+                      + ("; ".join(p["detail"] for p in result["problems"])[:2000] or "reached and verified"))
+        if not result["ok"]:
+            raise AirflowFailException(f"point-in-time restore to {request['target_time']} failed: "
+                                       + "; ".join(f"{p['check']}: {p['detail']}" for p in result["problems"]))
+        return result
 
     restore_verify = ScratchRestoreOperator(
         task_id="restore_verify", role="verify_only", map_index_template=None,
@@ -244,6 +278,9 @@ def backup_restore():
             raise RequestRejected("the request was invalid or could not be checked: nothing was changed "
                                   "(see validate_request)")
         summary = outcome_of(ti, request, context["run_id"], config)
+        if request.get("target_time"):  # the point-in-time branch ran instead of restore_verify
+            result = ti.xcom_pull(task_ids="restore_to_time", key="result")
+            summary = {"outcome": "verified" if result and result.get("ok") else "failed", "result": result}
         _audit(request, context, "restore_finished", outcome=summary["outcome"], changes=summary.get("changes", []),
                approved_by=summary.get("approved_by"), answered_by=summary.get("answered_by"))
         log.info("restore of %s (%s): %s", request["backup"], request["mode"], summary["outcome"])
@@ -259,12 +296,13 @@ def backup_restore():
     recover >> request
     restored = restore_new_database(request)
     branch = choose_mode(request)
-    branch >> [restore_verify, restored]
+    to_time = restore_to_time(request)
+    branch >> [restore_verify, restored, to_time]
     plan = plan_switch_task(request, restored)
     plan >> approve >> switched >> rollback
     # finish is the only leaf: the run's state is its verdict. It must not be a direct
     # downstream of approve_switch (a rejection skips those).
-    [restore_verify, rollback] >> finish()
+    [restore_verify, rollback, to_time] >> finish()
 
 
 backup_restore()

@@ -339,5 +339,47 @@ def marker_checks(live: Callable[[str], str] | None, *, database: str = "postgre
     return check
 
 
+
+
+# -- requests from the restore DAG ---------------------------------------------------------------------
+def wal_source_for(config: Config, source_name: str) -> Source:
+    """The WAL archive of a database source (``database:`` of a ``wal_archives:`` entry), or the archive itself."""
+    src = config.source(source_name)
+    if src.kind == "wal_archive":
+        return src
+    for s in config.sources:
+        if s.kind == "wal_archive" and s.spec.database == src.name:
+            return s
+    raise PitrError(f"{source_name!r} has no WAL archive configured (a wal_archives: entry with "
+                    f"database: {source_name}): a point-in-time restore needs one")
+
+
+def check_pitr_request(config: Config, request: dict) -> dict:
+    """What a request with a target time adds once checked (verify_only only; inside the verified window)."""
+    if request.get("mode") != "verify_only":
+        raise PitrError("a target time is supported in verify_only mode only (replace to a point in time is "
+                        "not built yet)")
+    wal = wal_source_for(config, request["source"])
+    target = PitrTarget(parse_target_time(str(request["target_time"])), str(request.get("target_timeline") or "latest"))
+    check_in_window(config, wal, target.time)
+    return {"wal_source": wal.name, "target_time": target.time.isoformat(), "target_timeline": target.timeline}
+
+
+def database_answers(database: str | None) -> Callable[[PitrServer, PitrTarget], list[CheckResult]]:
+    """The restored cluster holds the source's database and its tables can be listed."""
+    def check(server: PitrServer, target: PitrTarget) -> list[CheckResult]:
+        db = database or "postgres"
+        try:
+            n = int(server.psql("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+                                db).strip())
+        except (RuntimeError, ValueError) as exc:
+            return [CheckResult(f"pitr/{db}", "pitr_database", False, f"cannot be read: {exc}")]
+        return [CheckResult(f"pitr/{db}", "pitr_database", n > 0, f"{n} table(s) in {db} at the target")]
+
+    return check
+
+
 __all__ = ["PitrTarget", "PitrError", "PitrServer", "pitr_restore", "marker_checks", "parse_target_time",
+           "wal_source_for", "check_pitr_request", "database_answers",
            "base_backup_for", "check_in_window", "server_settings", "prepare_copy"]
