@@ -19,8 +19,8 @@ from backup_airflow.restore_operators import (ScratchCleanupOperator, ScratchRes
 from backupkit import clock
 from backupkit.metrics import LastSuccessStore
 from backupkit.results import record_restore_tests
-from backupkit.jobs.restore_test import (apply_restore_targets, monthly_targets, restore_test_metrics,
-                                         summarize_restore_tests)
+from backupkit.jobs.restore_test import (apply_restore_targets, monthly_targets, pitr_targets, pitr_test,
+                                         restore_test_metrics, summarize_restore_tests)
 from backupkit.restore.journal import RestoreJournal
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ throwaway target that is always torn down:
 |---|---|
 | `plan_restores` | lists the backups (disk and bucket), picks newest + random older per source, and holds them from retention until `summarize` |
 | `restore_test` (mapped, one per backup) | restore, verify, tear down; the result is XCom `result`; a failed verification fails the instance |
+| `plan_pitr`, `pitr_test` (mapped, one per WAL archive) | a point in time drawn at random (seeded by the run id) inside the window the daily verification found; base backup + WAL replayed to it through our `restore_command`, promoted on a scratch server; the marker rows (`markers_table`) present up to the target and absent after it (docs/wal.md) |
 | `teardown_scratch` (all_done) | removes whatever this run's scratch databases left (a crashed worker) |
 | `sweep_orphans` (all_done) | removes scratch databases of any run older than `orphan_max_age_hours` |
 | `summarize` (all_done) | one table (seconds, rows or files, MB/s), a result per source; **fails the run** when any restore test failed or took longer than its source's `restore.target_duration` (check `restore_time`) |
@@ -103,6 +104,33 @@ def backup_monthly_restore_test():
             log.info("will restore %s %s (%s)", t["source_name"], t["backup"] or "(no backup!)", t["role"])
         return targets
 
+    @task
+    def plan_pitr(**context) -> list[dict]:
+        """Per WAL archive: a random point inside its verified window (seeded by the run id)."""
+        targets = pitr_targets(backup_config(), now=clock.now(), seed=context["run_id"])
+        for t in targets:
+            log.info("will restore %s to %s (window %s .. %s)", t["source_name"], t["target_time"], *t["window"])
+        return targets
+
+    @task(task_id="pitr_test")
+    def pitr_test_task(target: dict, **context) -> dict:
+        """Base backup + WAL to the target time, promoted on a scratch server; markers checked; torn down."""
+        config = backup_config()
+        source = config.source(target["source_name"])
+        live = None
+        if source.spec.markers_table and source.spec.database:
+            from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+            hook = PostgresHook(postgres_conn_id=config.source(source.spec.database).conn_id,
+                                database=source.spec.markers_table.split(".")[0])
+            live = lambda sql: str(hook.get_first(sql)[0])  # noqa: E731
+        result = pitr_test(config, target, live=live)
+        context["ti"].xcom_push(key="result", value=result)
+        if not result["ok"]:
+            raise AirflowFailException(f"point-in-time restore test of {target['source_name']} to "
+                                       f"{target['target_time']} failed: {result['problems'][0]['detail']}")
+        return result
+
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def summarize(targets: list[dict] | None, **context) -> dict:
         """A result per source; fails the run (no retry) when any restore test failed."""
@@ -110,7 +138,7 @@ def backup_monthly_restore_test():
         release_leases(config, context["run_id"])  # the backups may be swept again
         if targets is None:
             raise AirflowFailException("plan_restores failed: nothing was restored (see its log)")
-        results = apply_restore_targets(config, collect(context["ti"], targets))
+        results = apply_restore_targets(config, collect(context["ti"], targets) + collect_pitr(context["ti"]))
         report = summarize_restore_tests(results)
         log.info("Restore tests of %d backups:\n%s", len(results), report["table"])
         who = triggered_by(context)
@@ -134,7 +162,8 @@ def backup_monthly_restore_test():
             raise AirflowFailException("plan_restores failed: no metrics to export")
         config = backup_config()
         now = clock.now().timestamp()
-        registry = restore_test_metrics(apply_restore_targets(config, collect(context["ti"], targets)), now=now,
+        registry = restore_test_metrics(apply_restore_targets(config, collect(context["ti"], targets)
+                                                              + collect_pitr(context["ti"])), now=now,
                                         store=LastSuccessStore(config.state.metrics_values("restore_test")),
                                         expected_sources=[t["source_name"] for t in targets])
         return registry.publish(job=METRICS_JOB, pushgateway_url=config.pushgateway_url,
@@ -142,13 +171,14 @@ def backup_monthly_restore_test():
 
     targets = plan_restores()
     tests = ScratchRestoreOperator.partial(task_id="restore_test").expand_kwargs(targets)
+    pitr = pitr_test_task.expand(target=plan_pitr())
     teardown = ScratchCleanupOperator(task_id="teardown_scratch", run_id="{{ run_id }}",
                                       trigger_rule=TriggerRule.ALL_DONE)
     sweep = ScratchCleanupOperator(task_id="sweep_orphans", trigger_rule=TriggerRule.ALL_DONE)
     tests >> teardown >> sweep
     # summarize and export_metrics are leaves: the run's state comes from its leaves.
-    tests >> summarize(targets)
-    tests >> export_metrics(targets)
+    [tests, pitr] >> summarize(targets)
+    [tests, pitr] >> export_metrics(targets)
 
 
 def collect(ti, targets: list[dict]) -> list[dict]:
@@ -169,6 +199,20 @@ def collect(ti, targets: list[dict]) -> list[dict]:
                                     "no result; see that task's log"}]}
         out.append(value)
     return out
+
+
+def collect_pitr(ti) -> list[dict]:
+    """The point-in-time tests' results; a planned one that left none is a failure."""
+    planned = ti.xcom_pull(task_ids="plan_pitr") or []
+    if not planned:
+        return []
+    values = ti.xcom_pull(task_ids="pitr_test", key="result", map_indexes=list(range(len(planned))), default=None)
+    values = values if isinstance(values, list) else [values]
+    return [v if v is not None else {
+        "source": t["source_name"], "backup": "", "role": "pitr", "ok": False, "kind": "wal_archive",
+        "duration_seconds": None, "problems": [{"artifact": t["source_name"], "check": "pitr_test", "ok": False,
+                                                "detail": "task did not finish: no result; see its log"}]}
+        for t, v in zip(planned, values, strict=True)]
 
 
 backup_monthly_restore_test()

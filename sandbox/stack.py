@@ -146,6 +146,7 @@ def sandbox_env(root: Path, pg_port: int, s3_endpoint: str, app_port: int | None
     if wal:
         env["BACKUP_WAL_ARCHIVE"] = "true"
         env["BACKUP_WAL_DIR"] = str(root / "wal")
+        env["BACKUP_WAL_MARKERS"] = "postgres.public.pitr_markers"   # sandbox.walarchive's writer
     if app_port:
         env["TRIXTECH_HEALTH_URL"] = f"http://127.0.0.1:{int(app_port)}/health"
         env["BACKUP_SMOKE_URL"] = f"http://127.0.0.1:{int(app_port)}/api/bookings?limit=5"

@@ -31,6 +31,7 @@ wal_archives:
     pattern: base_%Y%m%d_%H%M%S
     archive_dir: {root}/archive
     max_age: 30d
+    markers_table: postgres.public.pitr_markers
 verification: {{state_dir: {root}/state}}
 restore: {{scratch_dir: {root}/scratch}}
 """
@@ -146,3 +147,22 @@ def test_restore_command_copies_a_segment_whole(site, tmp_path):
                               str(root / "archive"), "--segment-size", str(1 << 20), "00000009.history",
                               "pg_wal/RECOVERYHISTORY"], cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode == 1 and "is not in" in missing.stderr
+
+
+# -- the monthly test's part ------------------------------------------------------------------------
+def test_monthly_pitr_target_is_random_inside_the_window_and_passes(site):
+    from backupkit import clock
+    from backupkit.jobs.restore_test import pitr_targets, pitr_test
+
+    root, pg, config, marks = site
+    now = clock.now()
+    [t] = pitr_targets(config, now=now, seed="run-1")
+    assert pitr_targets(config, now=now, seed="run-1") == [t]          # a rerun repeats the choice
+    others = {pitr_targets(config, now=now, seed=f"run-{i}")[0]["target_time"] for i in range(2, 12)}
+    assert len(others) > 5                                              # and other runs draw other times
+    start, end = (parse_target_time(x) for x in t["window"])
+    for x in others | {t["target_time"]}:
+        assert start <= parse_target_time(x) <= end
+    result = pitr_test(config, t, live=lambda sql: pg.psql(sql))
+    assert result["ok"], result["problems"]
+    assert {c["check"] for c in result["checks"]} >= {"pitr_reached", "pitr_markers_before", "pitr_markers_after"}

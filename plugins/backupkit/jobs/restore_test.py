@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from backupkit.catalog import Catalog
@@ -70,6 +70,42 @@ def apply_restore_targets(config: Config, results: Sequence[Mapping[str, Any]]) 
             r["ok"] = False
         out.append(r)
     return out
+
+
+def pitr_targets(config: Config, *, now: datetime, seed: str) -> list[dict]:
+    """Per WAL archive with a verified window: one point in time drawn uniformly from inside it (seeded:
+    a rerun repeats it), as AWS Backup's restore testing picks a recovery point within a window."""
+    targets = []
+    for source in config.sources:
+        window = source.kind_impl.recovery_window(config, source)
+        if window is None:
+            continue
+        start, end = window["start"], min(window["end"], now)
+        span = (end - start).total_seconds()
+        if span <= 0:
+            continue
+        at = start + timedelta(seconds=random.Random(f"{seed}/{source.name}").uniform(0, span))
+        targets.append({"source_name": source.name, "target_time": at.isoformat(), "role": "pitr",
+                        "window": [start.isoformat(), end.isoformat()]})
+    return targets
+
+
+def pitr_test(config: Config, target: Mapping[str, Any], *, live: Any = None) -> dict:
+    """Restore ``target`` (from :func:`pitr_targets`) to its time, promoted, and check the markers
+    (``markers_table`` of the source, with ``live`` = psql on the source's server) or, without
+    markers, that the database answers."""
+    from backupkit.restore.pitr import PitrTarget, database_answers, marker_checks, parse_target_time, pitr_restore
+
+    source = config.source(target["source_name"])
+    markers = source.spec.markers_table
+    if markers is not None:
+        database, table = markers.split(".", 1)
+        checks = marker_checks(live, database=database, table=table)
+    else:
+        db = config.source(source.spec.database).database if source.spec.database else None
+        checks = database_answers(db)
+    return pitr_restore(config, source.name, PitrTarget(parse_target_time(target["target_time"]), action="promote"),
+                        checks=checks, role="pitr")
 
 
 def summarize_restore_tests(results: Sequence[Mapping[str, Any]]) -> dict:
@@ -129,4 +165,5 @@ def restore_test_metrics(results: Sequence[Mapping[str, Any]], *, now: float, st
     return m
 
 
-__all__ = ["monthly_targets", "apply_restore_targets", "summarize_restore_tests", "restore_test_metrics"]
+__all__ = ["monthly_targets", "apply_restore_targets", "pitr_targets", "pitr_test", "summarize_restore_tests",
+           "restore_test_metrics"]

@@ -19,6 +19,7 @@ from backupkit.config.reader import ConfigError, Reader
 from backupkit.kinds.base import SourceKind
 
 _SIZE = re.compile(r"^(\d{1,4})\s*(MB|MiB)$")
+_MARKERS = re.compile(r"[a-z_][a-z0-9_]{0,62}\.[a-z_][a-z0-9_]{0,62}\.[a-z_][a-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class WalArchiveSpec:
     segment_size: int | None = None          # bytes; None: read from the segments' long page headers
     max_age: timedelta = timedelta(minutes=30)  # the newest segment must be younger
     keep_pitr_window: timedelta = timedelta(0)  # retention keeps every point this far back recoverable
+    markers_table: str | None = None         # DB.SCHEMA.TABLE of rows (written_at) the PITR test checks
 
 
 def _duration(r: Reader, name: str, default: timedelta) -> timedelta:
@@ -95,7 +97,12 @@ class WalArchiveKind(SourceKind):
         max_age = _duration(r, "max_age", WalArchiveSpec.max_age)
         if max_age <= timedelta(0):
             raise ConfigError(r.file, r.at("max_age"), "must be longer than 0")
+        markers = r.get("markers_table", str, None) or None
+        if markers is not None and not _MARKERS.fullmatch(markers):
+            raise ConfigError(r.file, r.at("markers_table"), f"expected DATABASE.SCHEMA.TABLE (lower-case letters, "
+                                                             f"digits, _), got {markers!r}")
         return WalArchiveSpec(archive_dir=Path(archive_dir) if archive_dir else None, archive_s3_prefix=prefix,
+                              markers_table=markers,
                               database=r.get("database", str, None), segment_size=_segment_size(r),
                               max_age=max_age,
                               keep_pitr_window=_duration(r, "keep_pitr_window", WalArchiveSpec.keep_pitr_window))

@@ -43,6 +43,7 @@ from backupkit.pgbin import pg_bin
 from backupkit.pgserver import LocalPostgres, free_port, make_traversable, server_user
 
 ACTIONS = ("pause", "promote")
+EARLY_END = "recovery ended before configured recovery target was reached"
 STOPPED = re.compile(r"recovery stopping (before|after) (commit|abort) of transaction (\d+), time ([0-9: .+-]+)")
 HOT_STANDBY_PARAMS = {"max_connections": "max_connections setting", "max_worker_processes":
                       "max_worker_processes setting", "max_wal_senders": "max_wal_senders setting",
@@ -205,17 +206,18 @@ def wait_for_target(server: PitrServer, target: PitrTarget, timeout: float) -> t
     """(reached, detail): the log's 'recovery stopping' line, and paused or promoted as asked."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        log = server.log_text()
+        running = server.running()
+        log = server.log_text()   # read after the liveness check: a server that stopped has said why
         m = STOPPED.search(log)
-        if m:
+        if m and running:
             state = _state(server)
             if (target.action == "pause" and state == "paused") or (target.action == "promote" and state == "f"):
                 return True, f"recovery stopped {m.group(1)} {m.group(2)} of transaction {m.group(3)}, time {m.group(4)}"
-        elif "recovery ended before configured recovery target was reached" in log or \
-                ("database system is ready to accept connections" in log and _state(server) == "f"):
+        elif EARLY_END in log or (not m and "database system is ready to accept connections" in log
+                                  and running and _state(server) == "f"):
             return False, "recovery ended before the target time: the archive does not reach it (a gap, a " \
                           "damaged segment or a missing history)"
-        if not server.running():
+        if not running:
             tail = "; ".join(ln for ln in log.splitlines()[-5:])
             return False, f"the scratch server stopped during recovery: {tail[-800:]}"
         time.sleep(0.2)
