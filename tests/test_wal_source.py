@@ -251,3 +251,21 @@ def test_window_reaches_the_weekly_report_and_the_health_page(site, now):
     from backupkit.health import _pitr
     pitr = _pitr(cfg.source("booking-wal"), metrics)
     assert pitr is not None and pitr["start"][:16] == w["start"][:16]
+
+
+def test_drill_reports_the_archive_rpo_against_the_dumps(site, now):
+    """The database-corruption scenario's note: RPO with the archive (disaster minus the window's end)
+    beside the dumps' (disaster minus the newest restorable dump)."""
+    from backupkit.jobs.drill import Targets, _Run, archive_rpo
+    from backupkit.wal.source import load_window
+
+    cfg = load_config(write_config(site))
+    daily.check_integrity(cfg, "booking-wal", now=now)
+    end = load_window(cfg, cfg.source("booking-wal"))["end"]
+    disaster = end + timedelta(minutes=7)
+    run = _Run("database_corruption", cfg, Targets(3600, 90000), lambda: 0.0, disaster, 0.0, disaster)
+    run.backup_times = {"trixtech-db": disaster - timedelta(hours=20)}
+    archive_rpo(run)
+    assert run.pitr["booking-wal"]["rpo_seconds"] == pytest.approx(420, abs=1)
+    assert run.pitr["booking-wal"]["dumps_rpo_seconds"] == pytest.approx(20 * 3600, abs=1)
+    assert "RPO 7.0 min with the WAL archive" in run.notes[0] and "20.0 h with the dumps alone" in run.notes[0]

@@ -290,6 +290,7 @@ class _Run:
     backup_times: dict[str, datetime | None] = field(default_factory=dict)
     rto: float | None = None
     kept_download: Path | None = None  # one verified download, for the ransomware lock probe
+    pitr: dict[str, dict] = field(default_factory=dict)  # WAL archives: the RPO with the archive, per source
 
     def check(self, result: CheckResult) -> CheckResult:
         self.checks.append(result)
@@ -309,7 +310,8 @@ class _Run:
                    finished_at=now.isoformat(), disaster_time=self.disaster_time.isoformat(),
                    restored={s: (t.isoformat() if t else None) for s, t in self.backup_times.items()},
                    restores=self.restores, checks=[c.to_dict() for c in self.checks],
-                   problems=[p.to_dict() for p in self.problems], evidence=self.evidence, notes=self.notes)
+                   problems=[p.to_dict() for p in self.problems], evidence=self.evidence, notes=self.notes,
+                   pitr=self.pitr)
         return out
 
 
@@ -366,9 +368,27 @@ def _databases(config: Config) -> list[Source]:
     return [config.source(name) for name in restorable(config, "database")]
 
 
+def archive_rpo(run: _Run) -> None:
+    """The RPO the WAL archives achieve (disaster time minus the end of the verified window), set
+    beside the dumps' (the newest restorable dump): a note and ``pitr`` in the result."""
+    dumps = rpo_seconds(run.disaster_time, run.backup_times)
+    for source in run.config.sources:
+        window = source.kind_impl.recovery_window(run.config, source)
+        if window is None:
+            continue
+        archive = max(0.0, (run.disaster_time - window["end"]).total_seconds())
+        run.pitr[source.name] = {"rpo_seconds": round(archive, 3), "window_end": window["end"].isoformat(),
+                                 "dumps_rpo_seconds": None if dumps is None else round(dumps, 3),
+                                 "verified_at": window["checked_at"].isoformat()}
+        versus = "no restorable dump" if dumps is None else f"{human_seconds(dumps)} with the dumps alone"
+        run.notes.append(f"{source.name}: RPO {human_seconds(archive)} with the WAL archive (its verified window "
+                         f"ends {_ts(window['end'])}), against {versus}")
+
+
 def _database_corruption(run: _Run, *, bucket: Bucket, tmp: Path, scratch) -> None:
     _recover(run, _databases(run.config), bucket=bucket, tmp=tmp, scratch=scratch, s3_only=False)
     run.verified()
+    archive_rpo(run)
     run.evidence.append("restored from the backup host's disk where the backup was there, else from S3")
 
 
