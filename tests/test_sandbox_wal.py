@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from _config_helpers import short_dir
+from _daily_helpers import airflow_db  # noqa: F401  (fixture)
 from _wal_archive import wait_archived
 from backupkit import clock
 from backupkit.config import load_config
@@ -95,3 +96,38 @@ def test_shipped_configuration_has_the_wal_source_off_unless_enabled(monkeypatch
     monkeypatch.setenv("BACKUP_WAL_ARCHIVE", "true")
     src = load_config(CONFIG_FILE).source("trixtech-wal")
     assert src.kind == "wal_archive" and src.spec.keep_pitr_window.days == 2
+
+
+def test_the_daily_dag_verifies_the_sandbox_archive(archiving, s3, airflow_db):  # noqa: F811
+    """dag.test() of backup_daily_verification with the WAL source on: every task succeeds on the healthy
+    sandbox-like setup, and the PITR gauges are exported."""
+    import airflow_env
+    from _clock import SESSION_NOW
+    from airflow.dag_processing.dagbag import DagBag
+    from prometheus_client.parser import text_string_to_metric_families
+    from sandbox.bookingdb import create_booking_db
+    from sandbox.history import generate_history
+
+    root, pg, config = archiving
+    create_booking_db(pg, "trixtech_wal_e2e", scale=200)
+    generate_history(config, pg, now=SESSION_NOW, days=10, s3_client=s3, database="trixtech_wal_e2e")
+    walarchive.ensure(config, pg, s3, say=lambda _: None)
+    walarchive.write_marker(pg)
+    wait_archived(pg)
+    walarchive.sync(config, s3, config.source("trixtech-wal"))
+    bag = DagBag(dag_folder=str(airflow_env.DAGS))
+    assert bag.import_errors == {}
+    dag = bag.dags["backup_daily_verification"]
+    dag.deadline = None   # apache/airflow#73428 (see test_daily_dag_e2e)
+    dr = dag.test()
+    from _daily_helpers import task_states
+
+    states = task_states(dr)
+    assert str(dr.state) in ("success", "DagRunState.SUCCESS"), states
+    assert {t for t in states if t.startswith("check_integrity")} >= {"check_integrity[3]"}   # the 4th source
+    samples = {(s.name, s.labels.get("source")): s.value
+               for fam in text_string_to_metric_families(config.state.metrics_textfile("daily").read_text())
+               for s in fam.samples}
+    assert samples[("backup_pitr_window_end_timestamp_seconds", "trixtech-wal")] > \
+        samples[("backup_pitr_window_start_timestamp_seconds", "trixtech-wal")]
+    assert samples[("backup_verification_status", "trixtech-wal")] == 1
