@@ -98,6 +98,11 @@ Open the `summarize` log: each row is `SOURCE/FILE  CHECK  FAIL  detail`. Then, 
 * **s3 copy missing / size or checksum mismatch** (storage access issues): check
   `cloud_sync.log`, credentials and permissions of the sync job, network, bucket quotas;
   re-upload with `aws s3 cp --checksum-algorithm SHA256` and re-run this DAG.
+* **wal_gap / wal_truncated / wal_corrupt / wal_timeline_fork / wal_missing_history /
+  wal_base_backup_wal_missing / wal_stale / pitr_window** (a `wal_archives:` source): point-in-time
+  recovery past the named segment is impossible, or archiving stopped. Check `archive_command`
+  (`SELECT * FROM pg_stat_archiver`), the archive directory and its disk, then take a new base
+  backup; `backupctl wal verify ARCHIVE --base-backup DIR` repeats the check (docs/wal.md).
 * **log ERROR lines**: read the lines shown; they are reported once (the next run only reads new lines).
 * **a check task itself failed** (`task did not finish`): it was retried twice; open that task's
   log (S3 endpoint unreachable, state directory not writable, configuration error).

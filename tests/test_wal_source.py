@@ -269,3 +269,62 @@ def test_drill_reports_the_archive_rpo_against_the_dumps(site, now):
     assert run.pitr["booking-wal"]["rpo_seconds"] == pytest.approx(420, abs=1)
     assert run.pitr["booking-wal"]["dumps_rpo_seconds"] == pytest.approx(20 * 3600, abs=1)
     assert "RPO 7.0 min with the WAL archive" in run.notes[0] and "20.0 h with the dumps alone" in run.notes[0]
+
+
+# -- hostile state: the memory and the window file are read back defensively ----------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=6),
+                     max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_json.map(__import__("json").dumps), st.text(max_size=200)))
+def test_a_damaged_remembered_scan_is_a_reread_not_a_crash(text):
+    from backupkit.wal.memory import scan_from_json
+    from backupkit.wal.scan import SegmentScan
+
+    out = scan_from_json(text)
+    assert out is None or isinstance(out, SegmentScan)
+
+
+def test_a_remembered_scan_round_trips(wal_archives):
+    from backupkit.wal.archive import LocalArchive
+    from backupkit.wal.memory import scan_from_json, scan_to_json
+    from backupkit.wal.verify import verify_archive
+
+    reader = LocalArchive(wal_archives.tl2)
+    scans = verify_archive(list(reader.entries()), reader).scans
+    assert scans and all(scan_from_json(scan_to_json(s)) == s for s in scans.values())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300))
+def test_a_damaged_window_file_means_no_window(tmp_path_factory, data):
+    from backupkit.wal.source import load_window
+
+    root = tmp_path_factory.mktemp("win")
+    cfg = load_config(write_config(root))
+    path = cfg.state.facts_file("pitr-booking-wal")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    w = load_window(cfg, cfg.source("booking-wal"))
+    assert w is None or (w["start"].tzinfo is not None and w["end"].tzinfo is not None)
+
+
+def test_a_window_file_with_naive_or_reversed_times_is_ignored(tmp_path):
+    import json
+
+    from backupkit.wal.source import load_window
+
+    cfg = load_config(write_config(tmp_path))
+    path = cfg.state.facts_file("pitr-booking-wal")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for start, end in (("2026-01-01T00:00:00", "2026-01-02T00:00:00"), ("2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z")):
+        path.write_text(json.dumps({"start": start, "end": end, "checked_at": "2026-01-02T00:00:00Z"}))
+        assert load_window(cfg, cfg.source("booking-wal")) is None
+    path.write_text(json.dumps({"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z",
+                                "checked_at": "2026-01-02T00:00:00Z", "timeline": 1}))
+    assert load_window(cfg, cfg.source("booking-wal"))["timeline"] == 1

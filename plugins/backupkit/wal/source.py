@@ -158,12 +158,15 @@ def load_window(config: Config, source: Source) -> dict | None:
         start, end = data.get("start"), data.get("end")
         if not start or not end:
             return None
-        return {"start": datetime.fromisoformat(start.replace("Z", "+00:00")),
-                "end": datetime.fromisoformat(end.replace("Z", "+00:00")), "timeline": data.get("timeline"),
-                "checked_at": datetime.fromisoformat(data["checked_at"].replace("Z", "+00:00")),
-                "end_lsn": data.get("end_lsn"), "start_lsn": data.get("start_lsn")}
+        out = {"start": datetime.fromisoformat(start.replace("Z", "+00:00")),
+               "end": datetime.fromisoformat(end.replace("Z", "+00:00")), "timeline": data.get("timeline"),
+               "checked_at": datetime.fromisoformat(data["checked_at"].replace("Z", "+00:00")),
+               "end_lsn": data.get("end_lsn"), "start_lsn": data.get("start_lsn")}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
+    if any(out[k].tzinfo is None for k in ("start", "end", "checked_at")) or out["start"] > out["end"]:
+        return None   # not a file this module wrote
+    return out
 
 
 # -- the copy in S3 -------------------------------------------------------------------------------
