@@ -328,3 +328,19 @@ def test_a_window_file_with_naive_or_reversed_times_is_ignored(tmp_path):
     path.write_text(json.dumps({"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z",
                                 "checked_at": "2026-01-02T00:00:00Z", "timeline": 1}))
     assert load_window(cfg, cfg.source("booking-wal"))["timeline"] == 1
+
+
+def test_base_backups_are_re_verified_in_rolling_turns(site, wal_archives, now):
+    """Two base backups, reread_fraction 0.5: each run pg_verifybackup-reads one, the one read longest ago."""
+    shutil.copytree(wal_archives.base_tar, site / "bases" / (now - timedelta(hours=1)).strftime("base_%Y%m%d_%H%M%S"))
+    cfg = load_config(write_config(site, extra="    max_age: 30d\n", fraction=0.5))
+    names = sorted(p.name for p in (site / "bases").iterdir())
+    stamps = []
+    for day in range(1, 4):
+        daily.check_integrity(cfg, "booking-wal", now=now + timedelta(days=day))
+        with VerificationState(cfg.state_dir) as st:
+            stamps.append(tuple(st.get(f"booking-wal/{n}").verified_at for n in names))
+    # Day 1 reads both (new); then they take turns: each later day refreshes exactly one, alternating.
+    assert stamps[0][0] == stamps[0][1]
+    changed = [[a != b for a, b in zip(x, y)] for x, y in zip(stamps, stamps[1:])]
+    assert changed in ([[True, False], [False, True]], [[False, True], [True, False]]), changed

@@ -39,10 +39,10 @@ def _iso(t: datetime | None) -> str | None:
 
 # -- base backups ---------------------------------------------------------------------------------
 def base_backups(config: Config, source: Source, st: VerificationState, now: datetime
-                 ) -> tuple[list[tuple[str, BaseBackup]], list[tuple[str, str]], dict[str, FileIdentity]]:
+                 ) -> tuple[list[tuple[str, BaseBackup]], list[tuple[str, str]], dict[str, FileIdentity], set[str]]:
     """(key, base backup) of every local base backup whose WAL range can be read, the problems
-    found (key, detail), and their identities. pg_verifybackup runs on new, changed or failed
-    ones and the rolling share (the others passed it unchanged)."""
+    found (key, detail), their identities, and the keys read in full now: pg_verifybackup runs on
+    new, changed or failed ones and the rolling share (the others passed it unchanged)."""
     found, problems, ids = [], [], {}
     backups = {backup_id(source.name, b.name): b for b in local_backups(source)}
     for key, b in backups.items():
@@ -63,32 +63,36 @@ def base_backups(config: Config, source: Source, st: VerificationState, now: dat
                 problems.append((key, f"pg_verifybackup: {complaint}"))
                 continue
         found.append((key, backup))
-    return found, problems, ids
+    return found, problems, ids, due
 
 
-def _backup_verdicts(st: VerificationState, report: WalReport, found, problems, ids, now: datetime) -> None:
-    """Remember each base backup's verdict, so retention counts only restorable ones as verified."""
+def _backup_verdicts(st: VerificationState, report: WalReport, found, problems, ids, due: set[str],
+                     now: datetime) -> None:
+    """Remember the verdict of each base backup read in full now, and of any that failed (its WAL
+    gone, say), so retention counts only restorable ones as verified; the others keep the time of
+    their last full read, which the rolling re-read goes by."""
     failed = dict(problems)
     for key, b in found:
         bad = [p.detail for p in report.problems if p.kind == "base_backup_wal_missing" and b.source in p.detail]
         if bad:
             failed[key] = bad[0]
     for key, ident in ids.items():
-        st.record(key, None, ident, key not in failed, now, failed.get(key, ""))
+        if key in due or key in failed:
+            st.record(key, None, ident, key not in failed, now, failed.get(key, ""))
 
 
 # -- the archive ----------------------------------------------------------------------------------
 def _verify(config: Config, source: Source, reader, directory, now: datetime, st: VerificationState,
             entries) -> list[CheckResult]:
     spec = source.spec
-    found, problems, ids = base_backups(config, source, st, now)
+    found, problems, ids, due = base_backups(config, source, st, now)
     seg_ids = memory.identities(entries, directory)
     known = memory.remembered(st, source.name, seg_ids, fraction=config.reread_fraction, now=now)
     report = verify_archive(entries, reader, base_backups=[b for _, b in found],
                             backup_problems=[(k, d) for k, d in problems], max_age=spec.max_age, now=now,
                             jobs=_jobs(config), known=known)
     memory.remember(st, source.name, report, seg_ids, now)
-    _backup_verdicts(st, report, found, problems, ids, now)
+    _backup_verdicts(st, report, found, problems, ids, due, now)
     results = [CheckResult(f"{source.name}/{p.segment}" if p.segment else source.name, f"wal_{p.kind}", False,
                            (f"timeline {p.timeline}: " if p.timeline and not p.segment else "") + p.detail)
                for p in report.problems]
