@@ -344,3 +344,10 @@ def test_base_backups_are_re_verified_in_rolling_turns(site, wal_archives, now):
     assert stamps[0][0] == stamps[0][1]
     changed = [[a != b for a, b in zip(x, y)] for x, y in zip(stamps, stamps[1:])]
     assert changed in ([[True, False], [False, True]], [[False, True], [True, False]]), changed
+
+
+def test_a_wal_source_is_not_offered_as_a_dump_restore(tmp_path):
+    from backupkit.restore.selection import restorable
+
+    cfg = load_config(write_config(tmp_path))
+    assert "booking-wal" not in restorable(cfg, "database") + restorable(cfg, "files")

@@ -35,7 +35,8 @@ class SourceKind:
     :cvar id: the value of ``Source.kind`` (also the registry key)
     :cvar section: the list in the configuration file that declares such sources
     :cvar label: how messages name one source of the kind ("database", "file set")
-    :cvar restores_into: what a restore produces: "database" (a scratch server) or "files"
+    :cvar restores_into: what a restore produces: "database" (a scratch server), "files", or
+        "point_in_time" (a server recovered to a time: :mod:`backupkit.restore.pitr`)
     :cvar restorable: whether restore tests and the drill restore this kind's backups yet
     """
 
