@@ -124,7 +124,9 @@ def backup_monthly_restore_test():
             hook = PostgresHook(postgres_conn_id=config.source(source.spec.database).conn_id,
                                 database=source.spec.markers_table.split(".")[0])
             live = lambda sql: str(hook.get_first(sql)[0])  # noqa: E731
-        result = pitr_test(config, target, live=live)
+        from backupkit.restore.scratch import run_scratch_dir
+
+        result = pitr_test(config, target, live=live, work_root=run_scratch_dir(config, context["run_id"]))
         context["ti"].xcom_push(key="result", value=result)
         if not result["ok"]:
             raise AirflowFailException(f"point-in-time restore test of {target['source_name']} to "
@@ -175,7 +177,7 @@ def backup_monthly_restore_test():
     teardown = ScratchCleanupOperator(task_id="teardown_scratch", run_id="{{ run_id }}",
                                       trigger_rule=TriggerRule.ALL_DONE)
     sweep = ScratchCleanupOperator(task_id="sweep_orphans", trigger_rule=TriggerRule.ALL_DONE)
-    tests >> teardown >> sweep
+    [tests, pitr] >> teardown >> sweep
     # summarize and export_metrics are leaves: the run's state comes from its leaves.
     [tests, pitr] >> summarize(targets)
     [tests, pitr] >> export_metrics(targets)

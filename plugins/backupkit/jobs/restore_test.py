@@ -90,7 +90,7 @@ def pitr_targets(config: Config, *, now: datetime, seed: str) -> list[dict]:
     return targets
 
 
-def pitr_test(config: Config, target: Mapping[str, Any], *, live: Any = None) -> dict:
+def pitr_test(config: Config, target: Mapping[str, Any], *, live: Any = None, work_root: Any = None) -> dict:
     """Restore ``target`` (from :func:`pitr_targets`) to its time, promoted, and check the markers
     (``markers_table`` of the source, with ``live`` = psql on the source's server) or, without
     markers, that the database answers."""
@@ -105,7 +105,7 @@ def pitr_test(config: Config, target: Mapping[str, Any], *, live: Any = None) ->
         db = config.source(source.spec.database).database if source.spec.database else None
         checks = database_answers(db)
     return pitr_restore(config, source.name, PitrTarget(parse_target_time(target["target_time"]), action="promote"),
-                        checks=checks, role="pitr")
+                        checks=checks, role="pitr", work_root=work_root)
 
 
 def summarize_restore_tests(results: Sequence[Mapping[str, Any]]) -> dict:

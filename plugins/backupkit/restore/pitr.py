@@ -236,8 +236,12 @@ def _state(server: PitrServer) -> str:
 # -- the whole restore ----------------------------------------------------------------------------------
 def pitr_restore(config: Config, source_name: str, target: PitrTarget, *,
                  checks: Callable[[PitrServer, PitrTarget], list[CheckResult]] | None = None,
-                 timeout: float = 600.0, role: str = "pitr") -> dict:
+                 timeout: float = 600.0, role: str = "pitr", work_root: Path | None = None) -> dict:
     """Restore ``source_name`` to ``target`` on a scratch server, run ``checks``, tear it down.
+
+    ``work_root``: where the scratch server lives (a run's scratch directory,
+    :func:`backupkit.restore.scratch.run_scratch_dir`, so the run's teardown and the orphan sweep
+    find what a crash left); default ``<scratch root>/pitr``.
 
     Returns ``{source, kind, backup, role, target_time, ok, duration_seconds, checks, problems, ...}``
     (the restore-test result shape); a problem is a check, never an exception.
@@ -258,7 +262,7 @@ def pitr_restore(config: Config, source_name: str, target: PitrTarget, *,
         return _finish(base, [CheckResult(art, "pitr_target", False, str(exc))], t0)
     art = f"{source.name}/{name}"
     base.update(backup=name, location=str(path), base_backup_end=end.isoformat())
-    root = local_scratch_root(config) / "pitr"
+    root = Path(work_root) if work_root else local_scratch_root(config) / "pitr"
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pitr-", dir=root))
     work.chmod(0o711)
