@@ -5,6 +5,8 @@ passing the daily checks, and the ``wal-gap`` defect breaking (and healing) it."
 from __future__ import annotations
 
 import shutil
+import time
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -98,9 +100,10 @@ def test_shipped_configuration_has_the_wal_source_off_unless_enabled(monkeypatch
     assert src.kind == "wal_archive" and src.spec.keep_pitr_window.days == 2
 
 
-def test_the_daily_dag_verifies_the_sandbox_archive(archiving, s3, airflow_db):  # noqa: F811
+def test_the_daily_dag_verifies_the_archive_and_the_restore_dag_restores_to_a_time(archiving, s3, airflow_db):  # noqa: F811,E501
     """dag.test() of backup_daily_verification with the WAL source on: every task succeeds on the healthy
-    sandbox-like setup, and the PITR gauges are exported."""
+    sandbox-like setup and the PITR gauges are exported; then backup_restore with a point in time
+    replays to it on a scratch server (verify_only) and the run succeeds."""
     import airflow_env
     from _clock import SESSION_NOW
     from airflow.dag_processing.dagbag import DagBag
@@ -109,8 +112,8 @@ def test_the_daily_dag_verifies_the_sandbox_archive(archiving, s3, airflow_db): 
     from sandbox.history import generate_history
 
     root, pg, config = archiving
-    create_booking_db(pg, "trixtech_wal_e2e", scale=200)
-    generate_history(config, pg, now=SESSION_NOW, days=10, s3_client=s3, database="trixtech_wal_e2e")
+    create_booking_db(pg, "trixtech", scale=200)   # its own server: the configuration's database name
+    generate_history(config, pg, now=SESSION_NOW, days=10, s3_client=s3, database="trixtech")
     walarchive.ensure(config, pg, s3, say=lambda _: None)
     walarchive.write_marker(pg)
     wait_archived(pg)
@@ -131,3 +134,24 @@ def test_the_daily_dag_verifies_the_sandbox_archive(archiving, s3, airflow_db): 
     assert samples[("backup_pitr_window_end_timestamp_seconds", "trixtech-wal")] > \
         samples[("backup_pitr_window_start_timestamp_seconds", "trixtech-wal")]
     assert samples[("backup_verification_status", "trixtech-wal")] == 1
+
+    # The window the daily run found makes the restore form's point in time usable.
+    from backupkit.restore.journal import RestoreJournal
+    from test_daily_dag_e2e import xcom
+
+    at = walarchive.write_marker(pg, "before the target").replace(" ", "T")
+    time.sleep(0.5)
+    walarchive.write_marker(pg, "after the target")
+    wait_archived(pg)
+    daily.check_integrity(config, "trixtech-wal")   # the window now reaches past both markers
+    target = (datetime.fromisoformat(at) + timedelta(milliseconds=250)).isoformat()
+    restore = DagBag(dag_folder=str(airflow_env.DAGS / "backup_restore.py")).dags["backup_restore"]
+    dr = restore.test(run_conf={"source": "trixtech-db", "mode": "verify_only", "target_time": target,
+                                "reason": "INC-42: bookings deleted at 10:02 by a bad script"})
+    states = task_states(dr)
+    assert str(dr.state) in ("success", "DagRunState.SUCCESS"), states
+    assert states["restore_to_time"] == "success" and states["restore_verify"] == "skipped", states
+    result = xcom(dr, "restore_to_time", "result")
+    assert result["ok"] and "recovery stopped before commit" in result["checks"][0]["detail"]
+    finished = [r for r in RestoreJournal(config.state_dir).records() if r["run_id"] == dr.run_id]
+    assert finished[-1]["outcome"] == "verified"
