@@ -6,6 +6,7 @@ git)::
 
     .sandbox/pg/data      PostgreSQL cluster (persistent; the booking database "trixtech")
     .sandbox/backups      the generated backup history (BACKUP_ROOT)
+    .sandbox/wal          the server's WAL archive (archive/) and nightly base backups (base/): sandbox/walarchive.py
     .sandbox/logs         backup logs (BACKUP_LOG_DIR) plus moto.log and airflow.log
     .sandbox/state        verification state (BACKUP_STATE_DIR)
     .sandbox/airflow      AIRFLOW_HOME (SQLite metadata DB, airflow.cfg, task logs)
