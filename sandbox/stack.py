@@ -160,6 +160,17 @@ def venv_bin() -> Path:
     return Path(sys.prefix) / "bin"
 
 
+def airflow_fingerprint(env: dict[str, str]) -> str:
+    """What a running Airflow must have been started with to be reused: its environment (users,
+    approvers, ports, paths) and the plugin code it loaded at start (DAG files are re-parsed anyway)."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(sorted(env.items())).encode())
+    for path in sorted((REPO_ROOT / "plugins").rglob("*.py")):
+        h.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def airflow_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
     """:func:`sandbox_env` plus what Airflow and a hand-run shell need (written to env.sh)."""
     env = sandbox_env(layout.root, ports["postgres"], f"http://127.0.0.1:{ports['s3']}", ports.get("app"), wal=True)
@@ -389,12 +400,22 @@ def health(port: int, timeout: float = 3.0) -> dict | None:
 def ensure_airflow(layout: Layout, ports: dict[str, int], say=print) -> tuple[int, bool]:
     """(pid, started_now) of ``airflow standalone``, started detached in its own process group."""
     pid = running_pid(layout.pid_file("airflow"), expect="airflow")
+    stamp_file = layout.run / "airflow.fingerprint"
     if pid is not None:
         ports.setdefault("airflow", PREFERRED_PORTS["airflow"])
-        say(f"Airflow already running (pid {pid}) on port {ports['airflow']}")
-        return pid, False
+        if stamp_file.is_file() and stamp_file.read_text().strip() == airflow_fingerprint(airflow_env(layout, ports)):
+            say(f"Airflow already running (pid {pid}) on port {ports['airflow']}")
+            return pid, False
+        # Started by an older checkout or another configuration (users, approvers, plugins): a reused
+        # process would serve yesterday's rules, e.g. all-admins after named users were configured.
+        say(f"Airflow (pid {pid}) runs with another configuration or plugin code than this checkout: restarting it")
+        stop_group(pid, timeout=60)
+        with contextlib.suppress(FileNotFoundError):
+            layout.pid_file("airflow").unlink()
     ports["airflow"] = pick_port(PREFERRED_PORTS["airflow"])
-    full = {**os.environ, **airflow_env(layout, ports), "PATH": f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = airflow_env(layout, ports)
+    stamp_file.write_text(airflow_fingerprint(env) + "\n")
+    full = {**os.environ, **env, "PATH": f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = open(layout.logs / "airflow.log", "ab")
     proc = subprocess.Popen([str(venv_bin() / "airflow"), "standalone"], env=full, cwd=str(REPO_ROOT),
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -285,3 +285,18 @@ def test_ensure_app_twice_starts_one_supervisor_and_stop_ends_it_with_its_replic
         assert stack.stop_app(layout, say=lambda *_: None)
     assert not pid_alive(pid) and not stack._group_alive(pid)  # the replicas went with it
     assert stack.stop_app(layout, say=lambda *_: None) is False
+
+
+def test_a_running_airflow_is_reused_only_with_the_same_environment_and_plugin_code(tmp_path, monkeypatch):
+    env = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False", "BACKUP_APPROVERS": "approver"}
+    same = stack.airflow_fingerprint(dict(env))
+    assert stack.airflow_fingerprint(env) == same
+    assert stack.airflow_fingerprint({**env, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True"}) != same
+    # Plugin code is loaded at start: a changed plugin module means a restart.
+    fake = tmp_path / "repo"
+    (fake / "plugins" / "p").mkdir(parents=True)
+    (fake / "plugins" / "p" / "m.py").write_text("X = 1\n")
+    monkeypatch.setattr(stack, "REPO_ROOT", fake)
+    before = stack.airflow_fingerprint(env)
+    (fake / "plugins" / "p" / "m.py").write_text("X = 2\n")
+    assert stack.airflow_fingerprint(env) != before
