@@ -140,10 +140,12 @@ def sync(config: Config, client: Any, source: Source) -> int:
 
     from backupkit.storage.objectstore import Bucket
 
+    bucket = Bucket(client, config.bucket)
+
     def keys(prefix: str) -> set[str]:
         # Current objects only (a version listing costs moto a copy of the bucket): what retention
         # deleted in S3 it deleted locally too, so nothing deleted comes back.
-        return {o.key for o in Bucket(client, config.bucket).objects(prefix)}
+        return {o.key for o in bucket.objects(prefix)}
 
     spec = source.spec
     items: list[tuple[Path, str]] = []
@@ -158,7 +160,7 @@ def sync(config: Config, client: Any, source: Source) -> int:
             if key not in known:
                 items.append((f, key))
     for path, key in items:
-        client.upload_file(str(path), config.bucket, key)
+        bucket.upload(path, key)  # with S3's SHA-256: the object-lock bucket refuses uploads without a checksum
     return len(items)
 
 

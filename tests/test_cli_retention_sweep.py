@@ -3,6 +3,8 @@ refused or when something failed; against the loopback S3 endpoint."""
 
 from __future__ import annotations
 
+import getpass
+
 import json
 import os
 import subprocess
@@ -42,6 +44,8 @@ def test_dry_run_by_default_then_apply(capsys, tmp_path, s3, bucket, moto_server
     assert out.splitlines()[-1].startswith(f"deleted 14 backups, freed {kib}; audit: s3://trixtech-backups/"
                                            "audit/retention/cli-")
     assert local_files(config) == all_files_of(names[14:])
+    records = AuditLog(config.state_dir).records()
+    assert records and {r["triggered_by"] for r in records} == {f"backupctl ({getpass.getuser()})"}
 
 
 def test_json_report(capsys, tmp_path, s3, bucket, moto_server):

@@ -336,6 +336,10 @@ def test_applied_run_deletes_exactly_the_plan_and_audits_it(box, receiver):
                 assert len(r["sha256"]) == 64 and r["size"] > 0 and r["reasons"], r
         run_record = [r for r in mine if r["action"] == "run"]
         assert len(run_record) == 1 and run_record[0]["detail"] == "ok"
+        # Who started it, on every record (dag.test() has no user: the run type is named instead).
+        who = {r.get("triggered_by") for r in mine}
+        user = out["dr"].triggering_user_name
+        assert who == {user} if user else (len(who) == 1 and next(iter(who)).startswith("unknown (")), who
         # ... mirrored to the bucket, line for line.
         mirror = rep["audit_mirror"]
         assert mirror.startswith(f"s3://{box.bucket}/audit/retention/") and mirror.endswith(f"/{src.name}.jsonl")

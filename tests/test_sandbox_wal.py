@@ -25,6 +25,9 @@ from sandbox.stack import CONFIG_FILE, sandbox_env
 
 @pytest.fixture
 def archiving(moto_server, s3, bucket, monkeypatch):
+    # As the sandbox's bucket: a default object-lock retention, which refuses uploads without a checksum.
+    s3.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
     root = short_dir("bk-sbwal-")
     archive, base = root / "wal" / "archive", root / "wal" / "base"
     walarchive.prepare_dirs(archive, base)

@@ -69,4 +69,16 @@ def default_args(config: Config, *, retries: int = 2, retry_delay: timedelta = t
     return args
 
 
-__all__ = ["OWNER", "BASE_TAGS", "DAILY_VERIFIED", "VerificationFailed", "RequestRejected", "dag_tags", "default_args"]
+def triggered_by(context: Mapping[str, Any]) -> str:
+    """Who started this run: the UI/API user, else ``requested_by`` in the run's conf, else its type."""
+    dr = context.get("dag_run")
+    user = getattr(dr, "triggering_user_name", None)
+    conf = getattr(dr, "conf", None) or {}
+    if user:
+        return str(user)
+    if conf.get("requested_by"):
+        return str(conf["requested_by"])
+    return f"unknown ({getattr(dr, 'run_type', 'run')})"
+
+
+__all__ = ["triggered_by", "OWNER", "BASE_TAGS", "DAILY_VERIFIED", "VerificationFailed", "RequestRejected", "dag_tags", "default_args"]

@@ -24,7 +24,7 @@ from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.sdk.log import mask_secret
 
-from backup_airflow.common import VerificationFailed
+from backup_airflow.common import VerificationFailed, triggered_by
 from backup_airflow.hooks import backup_config, bucket
 from backupkit import clock, masking
 from backupkit.config import Config, ConfigError, Source
@@ -424,19 +424,6 @@ class KubernetesScratchCleanupOperator(ScratchCleanupOperator):
     """The orphan sweep of Kubernetes scratch pods and secrets, whatever ``restore.backend`` says."""
 
     force_backend = "kubernetes"
-
-
-# -- context helpers ---------------------------------------------------------------------------------
-def triggered_by(context: Mapping[str, Any]) -> str:
-    """Who started this run: the UI/API user, else ``requested_by`` in the run's conf, else its type."""
-    dr = context.get("dag_run")
-    user = getattr(dr, "triggering_user_name", None)
-    conf = getattr(dr, "conf", None) or {}
-    if user:
-        return str(user)
-    if conf.get("requested_by"):
-        return str(conf["requested_by"])
-    return f"unknown ({getattr(dr, 'run_type', 'run')})"
 
 
 __all__ = ["ScratchRestoreOperator", "ScratchCleanupOperator", "KubernetesScratchCleanupOperator",

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from backup_airflow.common import triggered_by
 from backup_airflow.hooks import BackupHook
 from backupkit.config import Config
 from backupkit.jobs.retention import (  # re-exported: the DAG and its tests import them from here
@@ -147,7 +148,8 @@ class RetentionSweepOperator(BaseOperator):
         with _verification_state(config, dry_run) as state:
             try:
                 report = sweep_source(config, self.source_name, bucket=store, state=state, dry_run=dry_run,
-                                      run_id=context["run_id"], audit=AuditLog(config.state_dir))
+                                      run_id=context["run_id"], audit=AuditLog(config.state_dir),
+                                      triggered_by=triggered_by(context))
             except SweepError as exc:
                 if exc.report is None:
                     raise

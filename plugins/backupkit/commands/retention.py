@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -280,7 +281,8 @@ def run_sweep(args: argparse.Namespace) -> int:
             try:
                 report = sweep_source(config, args.source, bucket=Bucket(client, config.bucket), state=state,
                                       dry_run=not args.apply, lock_timeout=args.wait,
-                                      run_id=run_id, audit=AuditLog(config.state_dir))
+                                      run_id=run_id, audit=AuditLog(config.state_dir),
+                                      triggered_by=_os_user())
             except SweepError as exc:
                 report = exc.report
     if args.json:
@@ -397,3 +399,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="retention_command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
+
+
+def _os_user() -> str:
+    """The operating-system user running backupctl, for the audit records (``backupctl (alice)``)."""
+    import getpass
+
+    try:
+        return f"backupctl ({getpass.getuser()})"
+    except (KeyError, OSError):  # no passwd entry (containers with an arbitrary uid)
+        return f"backupctl (uid {os.getuid()})"

@@ -142,8 +142,9 @@ class _Work:
 class _Sweep:
     def __init__(self, config: Config, source: Source, *, bucket: Bucket, state: Any, dry_run: bool, run_id: str,
                  now: datetime, audit: AuditLog, batch_size: int, hold_tag: str | None, workers: int,
-                 attempts: int, backoff: float, sleep: Callable[[float], None]):
+                 attempts: int, backoff: float, sleep: Callable[[float], None], triggered_by: str | None = None):
         self.config, self.source, self.s3, self.state = config, source, bucket, state
+        self.triggered_by = triggered_by
         self.dry_run, self.run_id, self.now, self.audit = dry_run, run_id, now, audit
         self.batch_size, self.hold_tag, self.workers = batch_size, hold_tag, workers
         self.attempts, self.backoff, self.sleep = attempts, backoff, sleep
@@ -178,7 +179,7 @@ class _Sweep:
 
     def record(self, action: str, **kw: Any) -> dict:
         return make_record(run_id=self.run_id, source=self.source.name, action=action, dry_run=self.dry_run,
-                           bucket=self.bucket, **kw)
+                           bucket=self.bucket, triggered_by=self.triggered_by, **kw)
 
     def write(self, records: list[dict]) -> None:
         if not self.dry_run and records:
@@ -610,7 +611,7 @@ def sweep_source(config: Config, source_name: str, *, bucket: Bucket, state: Any
                  now: datetime | None = None, audit: AuditLog, batch_size: int = MAX_BATCH,
                  hold_tag: str | None = HOLD_TAG, workers: int = 8, attempts: int = 4,
                  backoff: float = 0.5, sleep: Callable[[float], None] = time.sleep,
-                 lock_timeout: float = 60.0) -> SweepReport:
+                 lock_timeout: float = 60.0, triggered_by: str | None = None) -> SweepReport:
     """Apply (or, ``dry_run``, show) the source's retention policy to its local and S3 backups.
 
     ``state`` is the :class:`~backupkit.state.VerificationState`; ``now`` the time the
@@ -619,7 +620,8 @@ def sweep_source(config: Config, source_name: str, *, bucket: Bucket, state: Any
     the object tag that marks a hold (None: tags are not inspected, one request less per
     deleted object). ``attempts`` / ``backoff``: retries of failed keys. ``lock_timeout``:
     seconds an applied sweep waits for another sweep of the source to finish before
-    raising :class:`SweepBusy`.
+    raising :class:`SweepBusy`. ``triggered_by``: who started the run (the Airflow user,
+    ``backupctl``'s OS user), written into every audit record.
 
     Returns the report; raises :class:`SweepRefused` (nothing deleted) when a guard rail
     refuses the plan and :class:`SweepFailed` when anything could not be done, both
@@ -633,7 +635,7 @@ def sweep_source(config: Config, source_name: str, *, bucket: Bucket, state: Any
     source = config.source(source_name)
     sweep = _Sweep(config, source, bucket=bucket, state=state, dry_run=dry_run, run_id=run_id, now=now,
                    audit=audit, batch_size=batch_size, hold_tag=hold_tag, workers=workers, attempts=attempts,
-                   backoff=backoff, sleep=sleep)
+                   backoff=backoff, sleep=sleep, triggered_by=triggered_by)
     counter = RequestCounter()
     lock = None
     if not dry_run:
