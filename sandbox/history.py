@@ -495,6 +495,28 @@ def extend_history(config: Config, pg: LocalPostgres, *, now: datetime, s3_clien
                      grow_first=True, append_logs=True)
 
 
+def add_new_sources(config: Config, pg: LocalPostgres, *, now: datetime, days: int, s3_client: Any = None,
+                    database: str = "trixtech") -> tuple[History | None, list[str]]:
+    """Give sources configured after the history was made (an upgrade added them) ``days`` nights of
+    their own; (the history written or None, the database sources left without one).
+
+    File sets and Kubernetes exports are generated; a new *database* source is not (its dumps
+    grow the live database, which the existing dumps already match): it is named so that
+    ``make clean`` can be suggested. The backup logs are left as they are.
+    """
+    config = generated_sources(config)
+    empty = [s for s in config.sources if not local_backups(s)]
+    files_only = tuple(s for s in empty if not s.is_database)
+    skipped = [s.name for s in empty if s.is_database]
+    if not files_only:
+        return None, skipped
+    sub = replace(config, sources=files_only, logs=())
+    nights = backup_nights(now, days)
+    return _generate(sub, pg, nights, s3_client=s3_client, defects=Defects(), database=database,
+                     multipart_threshold=DEFAULT_MULTIPART, growth=0.0, first_epoch=0, grow_first=False,
+                     append_logs=True), skipped
+
+
 def _history_root(config: Config) -> Path:
     return Path(os.path.commonpath([str(s.local_dir.parent) for s in config.sources]))
 

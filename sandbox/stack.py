@@ -367,6 +367,13 @@ def ensure_history(layout: Layout, pg: LocalPostgres, endpoint: str, *, days: in
 
         seed.seed(history.generated_sources(config), now=now, say=say)
     else:
+        added, skipped = history.add_new_sources(config, pg, now=now, days=days, database=DATABASE)
+        if added is not None:
+            say(f"history generated for newly configured source(s) {', '.join(sorted(added.sources))}: "
+                f"{sum(map(len, added.sources.values()))} backups")
+        for name in skipped:
+            say(f"database source {name} has no history (configured after the sandbox was made): "
+                "`make clean && make up` regenerates the whole history")
         h = history.extend_history(config, pg, now=now, database=DATABASE)
         if h is not None:
             say(f"history extended by {len(h.nights)} night(s) up to {h.nights[-1]:%Y-%m-%d %H:%M} UTC")

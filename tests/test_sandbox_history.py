@@ -316,3 +316,30 @@ def test_extend_adds_missed_nights_and_sync_uploads_only_what_is_missing(pg, mot
     # Two nights of 3 sources: backup + sidecar each, plus a manifest for the 2 database sources.
     assert sync_to_s3(config, client).uploaded == 2 * (len(config.sources) * 2 + 2)  # backup + sidecar, 2 manifests
     assert sync_to_s3(config, client).uploaded == 0
+
+
+def test_a_source_configured_after_the_history_gets_its_own_nights_and_the_rest_is_untouched(pg, moto_server,
+                                                                                               tmp_path):
+    from dataclasses import replace
+
+    from sandbox.history import add_new_sources
+
+    full = _config(tmp_path, moto_server.endpoint_url, "hist-upgrade")
+    k8s = [s for s in full.sources if s.kind == "kubernetes"]
+    assert k8s, "the shipped configuration has a Kubernetes resource source"
+    old = replace(full, sources=tuple(s for s in full.sources if s.kind != "kubernetes"))
+    create_booking_db(pg, "hist_upgrade", scale=200)
+    generate_history(old, pg, now=NOW, days=3, database="hist_upgrade")  # the sandbox before the upgrade
+    before = {s.name: [b.name for b in local_backups(s)] for s in old.sources}
+    logs = {lg.name: lg.path.read_text() for lg in full.logs if lg.path.exists()}
+    users = table_counts(pg, "hist_upgrade")
+
+    added, skipped = add_new_sources(full, pg, now=NOW, days=DAYS, database="hist_upgrade")
+
+    assert skipped == [] and added is not None and set(added.sources) == {s.name for s in k8s}
+    for src in k8s:
+        assert len(local_backups(src)) == DAYS
+    assert {s.name: [b.name for b in local_backups(s)] for s in old.sources} == before
+    assert {lg.name: lg.path.read_text() for lg in full.logs if lg.path.exists()} == logs
+    assert table_counts(pg, "hist_upgrade") == users  # the live database did not grow
+    assert add_new_sources(full, pg, now=NOW, days=DAYS, database="hist_upgrade") == (None, [])
