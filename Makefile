@@ -76,12 +76,13 @@ test: venv browser
 	cd $(ROOT) && $(PYTEST)
 
 # The suite on boundary dates (leap day, year end, EU DST change, US DST change just before 08:00
-# UTC), with Debian's faketime (installed when missing and we are root).
+# UTC), with Debian's faketime (installed when missing and we are root). One process: with
+# parallel workers under libfaketime, PostgreSQL's recovery servers in the WAL fixtures die.
 DATES ?= "2028-02-29 23:50:00" "2026-12-31 23:55:00" "2027-03-28 00:55:00" "2027-11-07 07:58:00"
 test-dates: venv browser
 	@command -v faketime >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get install -y -q faketime || { apt-get update -q && apt-get install -y -q faketime; }; }; } \
 	  || { echo "faketime is missing: apt-get install faketime"; exit 2; }
-	@cd $(ROOT) && for d in $(DATES); do echo "== $$d"; faketime "$$d" $(PYTEST) -q -p no:cacheprovider || exit 1; done
+	@cd $(ROOT) && for d in $(DATES); do echo "== $$d"; faketime "$$d" $(BIN)/python -m pytest -q -p no:cacheprovider || exit 1; done
 
 bench: venv
 	cd $(ROOT) && $(BIN)/python bench/run_all.py
