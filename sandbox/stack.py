@@ -369,8 +369,14 @@ def ensure_history(layout: Layout, pg: LocalPostgres, endpoint: str, *, days: in
     else:
         added, skipped = history.add_new_sources(config, pg, now=now, days=days, database=DATABASE)
         if added is not None:
+            from dataclasses import replace
+
+            from sandbox import seed
+
+            new = replace(config, sources=tuple(s for s in config.sources if s.name in added.sources))
+            pruned = seed.prune_like_retention(new, now=now)  # as for a new sandbox: what retention keeps
             say(f"history generated for newly configured source(s) {', '.join(sorted(added.sources))}: "
-                f"{sum(map(len, added.sources.values()))} backups")
+                f"{sum(map(len, added.sources.values())) - sum(pruned.values())} backups kept by their policies")
         for name in skipped:
             say(f"database source {name} has no history (configured after the sandbox was made): "
                 "`make clean && make up` regenerates the whole history")
