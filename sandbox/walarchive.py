@@ -164,6 +164,24 @@ def sync(config: Config, client: Any, source: Source) -> int:
     return len(items)
 
 
+def wait_archived(pg: LocalPostgres, timeout: float = 60.0, say=print) -> bool:
+    """Switch to a new segment and wait until the archiver has archived the one just finished.
+
+    A base backup ends inside a segment that is archived only after it is switched away from;
+    a daily run that starts before the archiver copied it finds "no base backup's WAL archived
+    whole" on a healthy sandbox (a fixed one-second sleep lost that race under load).
+    """
+    done = pg.psql("SELECT pg_walfile_name(pg_switch_wal())").strip()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last = pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").strip()
+        if not last.endswith(".history") and last[:8] == done[:8] and last >= done:
+            return True
+        time.sleep(0.2)
+    say(f"warning: WAL segment {done} not archived after {timeout:.0f}s (see the server log)")
+    return False
+
+
 def ensure(config: Config, pg: LocalPostgres, client: Any, say=print) -> None:
     """Markers table, a base backup when one is due, a fresh segment archived, the bucket in sync."""
     source = wal_source(config)
@@ -174,8 +192,7 @@ def ensure(config: Config, pg: LocalPostgres, client: Any, say=print) -> None:
     now = clock.now()
     if base_backup_due(source, now):
         say(f"taking a base backup into {take_base_backup(pg, source, now)}")
-    pg.psql("SELECT pg_switch_wal()")
-    time.sleep(1)  # let the archiver copy it, so the first verification sees a fresh segment
+    wait_archived(pg, say=say)  # the first verification must see the base backup's WAL whole
     n = sync(config, client, source)
     if n:
         say(f"uploaded {n} WAL archive and base backup file(s) to s3://{config.bucket}")
