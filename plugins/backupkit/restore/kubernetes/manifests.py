@@ -44,6 +44,18 @@ _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 
 
+def restricted_security_context(run_as: int | None = None) -> dict:
+    """A container security context that meets the "restricted" Pod Security Standard (non-root, no
+    privilege escalation, all capabilities dropped, the runtime's seccomp profile); ``run_as`` pins
+    the user and group."""
+    ctx: dict = {"runAsNonRoot": True}
+    if run_as is not None:
+        ctx.update(runAsUser=run_as, runAsGroup=run_as)
+    ctx.update(allowPrivilegeEscalation=False, privileged=False, readOnlyRootFilesystem=False,
+               capabilities={"drop": ["ALL"]}, seccompProfile={"type": "RuntimeDefault"})
+    return ctx
+
+
 def label_value(text: str) -> str:
     """``text`` as a valid label value (max 63 of ``[A-Za-z0-9._-]``, alphanumeric ends).
 
@@ -134,16 +146,7 @@ def scratch_pod_manifest(*, name: str, namespace: str, image: str, run_id: str, 
              "valueFrom": {"secretKeyRef": {"name": secret_name, "key": secret_key, "optional": False}}},
         ],
         "resources": check_resources(resources or DEFAULT_RESOURCES),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": POSTGRES_UID,
-            "runAsGroup": POSTGRES_UID,
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "readOnlyRootFilesystem": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security_context(run_as=POSTGRES_UID),
         "readinessProbe": {**probe, "initialDelaySeconds": 2, "periodSeconds": 2, "timeoutSeconds": 2,
                            "failureThreshold": 3},
         "volumeMounts": [
@@ -237,14 +240,7 @@ def smoke_app_pod_manifest(*, name: str, namespace: str, image: str, run_id: str
         "env": [{"name": env_var,
                  "valueFrom": {"secretKeyRef": {"name": db_secret_name, "key": db_secret_key, "optional": False}}}],
         "resources": check_resources(resources or DEFAULT_RESOURCES),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "readOnlyRootFilesystem": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security_context(),
         "readinessProbe": {"httpGet": {"path": readiness_path, "port": int(port), "scheme": "HTTP"},
                            "initialDelaySeconds": 2, "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
     }
