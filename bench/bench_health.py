@@ -46,6 +46,8 @@ def main() -> None:
     if args.quick:
         args.nights, args.rounds, args.cached_per_round = 60, 3, 20
 
+    import pytest
+
     from _clock import SESSION_NOW
     from _health_helpers import build
     from backupkit.pgserver import LocalPostgres
@@ -60,7 +62,7 @@ def main() -> None:
     try:
         create_booking_db(pg, "trixtech", scale=2000)
         t0 = time.perf_counter()
-        hs = build(pg, moto, work / "sandbox", days=args.nights, database="trixtech", now=SESSION_NOW)
+        hs = build(pg, moto, work / "sandbox", pytest.MonkeyPatch(), days=args.nights, database="trixtech", now=SESSION_NOW)
         objects = sum(1 for s in hs.config.sources for _ in hs.bucket.objects(s.s3_prefix))
         print(f"history: {args.nights} nights x {len(hs.config.sources)} sources, {objects} S3 objects "
               f"(built and verified in {time.perf_counter() - t0:.0f} s)")

@@ -8,10 +8,11 @@ verification memory and ``facts/daily.json`` are what production would hold.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 from backupkit.config import Config, load_config
 from backupkit.health import record_daily_run
@@ -50,16 +51,18 @@ def run_daily(config: Config, bucket: Bucket, now: datetime, run_id: str | None 
     return results
 
 
-def build(pg, moto_server, root: Path, *, days: int, database: str, now: datetime,
+def build(pg, moto_server, root: Path, env_patch: pytest.MonkeyPatch, *, days: int, database: str, now: datetime,
           defects: Defects = Defects(), daily_run: bool = True, multipart_threshold: int | None = None) -> HealthSandbox:
     """Generate ``days`` nights under ``root`` and (unless told not to) run the daily checks once.
 
-    Exports the sandbox's environment (BACKUP_ROOT, BACKUPKIT_CONFIG, ...) into ``os.environ``:
-    callers restore it (``monkeypatch``) when they are done.
+    Exports the sandbox's environment (BACKUP_ROOT, BACKUPKIT_CONFIG, ...) through ``env_patch``, whose
+    ``undo`` restores what was there before: deleting the keys instead would also remove the AWS keys
+    the session's loopback S3 fixture exported, and break every later test in the same worker.
     """
     reset(moto_server.endpoint_url)
     env = sandbox_env(root, pg.port, moto_server.endpoint_url)
-    os.environ.update(env)
+    for key, value in env.items():
+        env_patch.setenv(key, value)
     config = load_config()
     client = moto_server.client()
     create_production_bucket(client, config.bucket)

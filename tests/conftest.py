@@ -3,6 +3,7 @@ artifacts, and a real S3 API (moto server) on loopback. Nothing here is a mock."
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,12 @@ def moto_server():
 @pytest.fixture
 def s3(moto_server):
     """A boto3 S3 client on a freshly reset loopback endpoint."""
+    from sandbox.s3server import SANDBOX_KEY
+
+    # Tests that run backupctl find the keys through AWS's default chain: say so here, at the cause,
+    # when an earlier test or fixture removed them (delenv instead of MonkeyPatch.undo).
+    assert os.environ.get("AWS_ACCESS_KEY_ID") == SANDBOX_KEY, \
+        "the loopback S3 keys were removed from the environment by an earlier test or fixture"
     reset(moto_server.endpoint_url)
     return moto_server.client()
 

@@ -7,7 +7,6 @@ page's facts through :class:`HealthService`, exactly as the plugin does.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pytest
@@ -37,9 +36,7 @@ def health_db(pg):
 def sandbox(pg, moto_server, health_db, tmp_path, monkeypatch):
     """A fresh history per test (the tests damage it), its env restored afterwards."""
     def make(**kw):
-        for key in ("BACKUP_ROOT", "BACKUP_LOG_DIR", "BACKUP_STATE_DIR", "BACKUPKIT_CONFIG"):
-            monkeypatch.setenv(key, os.environ.get(key, ""))
-        hs = build(pg, moto_server, tmp_path, days=kw.pop("days", NIGHTS), database=health_db,
+        hs = build(pg, moto_server, tmp_path, monkeypatch, days=kw.pop("days", NIGHTS), database=health_db,
                    now=kw.pop("now", SESSION_NOW), **kw)
         return hs
     return make

@@ -36,11 +36,9 @@ def sandbox(pg, moto_server, health_db, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("health_api")
     mp.setenv("BACKUP_PUSHGATEWAY_URL", f"https://ops:{PUSH_SECRET}@push.example.invalid")
-    hs = build(pg, moto_server, root, days=12, database=health_db, now=SESSION_NOW)
+    hs = build(pg, moto_server, root, mp, days=12, database=health_db, now=SESSION_NOW)
     yield hs
     mp.undo()
-    for key in hs.env:
-        mp.delenv(key, raising=False)
 
 
 @pytest.fixture(scope="module")

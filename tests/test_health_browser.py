@@ -62,7 +62,7 @@ def server(pg, moto_server, tmp_path_factory):
     create_booking_db(pg, DATABASE, scale=300)
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("health_browser")
-    hs = build(pg, moto_server, root, days=12, database=DATABASE, now=SESSION_NOW)
+    hs = build(pg, moto_server, root, mp, days=12, database=DATABASE, now=SESSION_NOW)
     passwords = root / "passwords.json"
     passwords.write_text(json.dumps({u: f"{u}-pw" for u in USERS}))
     port = free_port()
