@@ -70,6 +70,16 @@ def write_pid(pid_file: Path, pid: int) -> None:
     tmp.replace(pid_file)
 
 
+def start_detached(argv: list[str], *, pid_file: Path, log_path: Path, env: dict[str, str], cwd: Path) -> int:
+    """Start ``argv`` in a session of its own (``make down`` stops the whole group), stdin closed,
+    output appended to ``log_path``; record its pid in ``pid_file`` and return it."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    write_pid(pid_file, proc.pid)
+    return proc.pid
+
+
 def _group_alive(pgid: int) -> bool:
     """Some member of process group ``pgid`` still runs (zombies awaiting their reaper do not count)."""
     try:

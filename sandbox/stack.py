@@ -29,7 +29,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -43,7 +42,7 @@ from backupkit.config import REPO_ROOT
 from backupkit.pgserver import LocalPostgres, free_port, make_traversable, port_free, server_user
 from sandbox import s3server, users as sandbox_users, walarchive
 from sandbox.procs import (_group_alive, group_members, pid_alive, proc_info, read_pid,  # noqa: F401 - re-exported
-                           running_pid, stop_group, write_pid)
+                           running_pid, start_detached, stop_group, write_pid)
 
 PREFERRED_PORTS = {"postgres": 5433, "s3": 5055, "airflow": 8080, "app": 8091, "frontend": 8092}
 APP_NAMESPACE = "default"  # restore.app.namespace of the configuration
@@ -312,16 +311,12 @@ def ensure_app(layout: Layout, ports: dict[str, int], say=print) -> int:
     if pid is not None:
         say(f"application supervisor already running (pid {pid})")
         return pid
-    log = open(layout.logs / "app.log", "ab")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", APP_PROCESS, "--control-dir", str(layout.app.resolve())],
-                            env=env, cwd=str(REPO_ROOT), stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    write_pid(layout.pid_file("app"), proc.pid)
-    say(f"booking application started (supervisor pid {proc.pid}): backend http://127.0.0.1:{ports['app']}, "
+    pid = start_detached([sys.executable, "-m", APP_PROCESS, "--control-dir", str(layout.app.resolve())],
+                         pid_file=layout.pid_file("app"), log_path=layout.logs / "app.log",
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT)
+    say(f"booking application started (supervisor pid {pid}): backend http://127.0.0.1:{ports['app']}, "
         f"frontend http://127.0.0.1:{ports['frontend']}")
-    return proc.pid
+    return pid
 
 
 def load_config_for_app():
@@ -429,14 +424,10 @@ def ensure_airflow(layout: Layout, ports: dict[str, int], say=print) -> tuple[in
     env = airflow_env(layout, ports)
     stamp_file.write_text(airflow_fingerprint(env) + "\n")
     full = {**os.environ, **env, "PATH": f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(layout.logs / "airflow.log", "ab")
-    proc = subprocess.Popen([str(venv_bin() / "airflow"), "standalone"], env=full, cwd=str(REPO_ROOT),
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, close_fds=True)
-    log.close()
-    write_pid(layout.pid_file("airflow"), proc.pid)
-    say(f"Airflow standalone started (pid {proc.pid}), log: {layout.logs / 'airflow.log'}")
-    return proc.pid, True
+    pid = start_detached([str(venv_bin() / "airflow"), "standalone"], pid_file=layout.pid_file("airflow"),
+                         log_path=layout.logs / "airflow.log", env=full, cwd=REPO_ROOT)
+    say(f"Airflow standalone started (pid {pid}), log: {layout.logs / 'airflow.log'}")
+    return pid, True
 
 
 def _log_tail(log: Path, lines: int = 30) -> str:

@@ -202,22 +202,19 @@ def ensure(config: Config, pg: LocalPostgres, client: Any, say=print) -> None:
 def start_writer(layout, ports: dict[str, int], say=print) -> int:
     """The writer (this module's ``main``), detached in its own session; its pid (reused when running)."""
     from backupkit.config import REPO_ROOT
-    from sandbox.procs import running_pid, write_pid
+    from sandbox.procs import running_pid, start_detached
 
     pid = running_pid(layout.pid_file("walwriter"), expect=WAL_PROCESS)
     if pid is not None:
         say(f"WAL marker writer already running (pid {pid})")
         return pid
-    log = open(layout.logs / "walwriter.log", "ab")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", WAL_PROCESS, "--data-dir", str(layout.pg_data.resolve()),
-                             "--port", str(ports["postgres"])], env=env, cwd=str(REPO_ROOT),
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    write_pid(layout.pid_file("walwriter"), proc.pid)
-    say(f"WAL marker writer started (pid {proc.pid}): a row a minute in {MARKERS_DB}.{MARKERS_TABLE}, "
+    pid = start_detached([sys.executable, "-m", WAL_PROCESS, "--data-dir", str(layout.pg_data.resolve()),
+                          "--port", str(ports["postgres"])], pid_file=layout.pid_file("walwriter"),
+                         log_path=layout.logs / "walwriter.log", env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                         cwd=REPO_ROOT)
+    say(f"WAL marker writer started (pid {pid}): a row a minute in {MARKERS_DB}.{MARKERS_TABLE}, "
         f"base backups nightly at 0{BASE_HOUR_UTC}:00 UTC")
-    return proc.pid
+    return pid
 
 
 def stop_writer(layout, say=print) -> bool:

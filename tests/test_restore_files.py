@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from _archive_helpers import snapshot
 from backupkit.restore.files import (
     DamagedArchive,
     ExistingFiles,
@@ -26,22 +27,6 @@ from backupkit.restore.files import (
 
 BIG = 1 << 30
 NOW = datetime(2025, 3, 3, 9, 0, tzinfo=timezone.utc)
-
-
-def snapshot(root: Path) -> dict:
-    """Everything under ``root`` (type and content), without following links."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            p = Path(dirpath) / n
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = ("link", os.readlink(p))
-            elif p.is_dir():
-                out[rel] = ("dir",)
-            else:
-                out[rel] = ("file", hashlib.sha256(p.read_bytes()).hexdigest())
-    return out
 
 
 def make_tree(root: Path) -> None:
