@@ -23,8 +23,17 @@ the project uses, with the API server's rules where they matter to the contract:
   ``DeadlineExceeded`` once ``activeDeadlineSeconds`` have passed, as the kubelet does;
 * deployments: the scale subresource reads and writes ``spec.replicas``; status follows at once,
   ready only when ``healthy_with`` accepts the pods' ``DATABASE_URL``;
-* ``watch=true`` streams events after ``resourceVersion``; one older than ``compacted_before``
-  gets the ERROR event with a 410 ``Expired`` Status, as etcd compaction makes the real server do;
+* ``watch=true`` streams ``{"type", "object"}`` lines (chunked) of the changes after
+  ``resourceVersion`` that match the selectors, until ``timeoutSeconds``; without a version
+  (or ``0``) it starts with an ADDED event per object, as the API server does. A version older
+  than ``compacted_before`` (what etcd compaction removed) gets 410 ``Expired``: as an ERROR event
+  with the Status (the watch cache's way) or, with ``expired_as = "status"``, as the HTTP status;
+  ``allowWatchBookmarks`` gets a BOOKMARK with the current version when the watch times out;
+  ``watch_end_after`` ends each watch after that many events (``watch_cut`` drops the connection
+  without the closing chunk), as an API server restart or a load balancer does; every watch's
+  query and the versions it sent are recorded (``watches``);
+* controllers move on while someone watches: the kubelet's pods, and the deployment controller,
+  which with ``rollout_step`` makes one more replica ready per step instead of all at once;
 * faults (status, headers such as ``Retry-After``, or a hang) are injected per verb and resource;
 * ``pods/NAME/portforward`` speaks the websocket port-forward protocol (v4.channel.k8s.io) and relays
   the port to a real TCP address of the test's choosing (``port_targets``), so a real PostgreSQL
@@ -83,6 +92,8 @@ class PodScript:
     waiting: tuple[str, str] | None = None  # (reason, message) of the container
     conditions: list = field(default_factory=list)
     events: list = field(default_factory=list)  # (reason, message, type)
+    ready: bool = False  # the containers' readiness (Running pods)
+    ip: str | None = None  # status.podIP
 
 
 def image_pull_back_off(image: str) -> PodScript:
@@ -150,6 +161,12 @@ def _selected(obj: dict, labels: str | None, fields: str | None) -> bool:
     return True
 
 
+def _flag(value: str | None) -> bool:
+    """A boolean query parameter as the API server parses it (Go's strconv.ParseBool): the Python
+    client sends ``watch=True``."""
+    return value in ("1", "t", "T", "TRUE", "true", "True")
+
+
 class ApiError(Exception):
     def __init__(self, code: int, reason: str, message: str, headers: dict | None = None, causes=None):
         super().__init__(message)
@@ -165,10 +182,17 @@ class KubeApi:
         self.content_types: list[tuple[str, str]] = []
         self.faults: list[Fault] = []
         self.pod_scripts: dict[str, PodScript] = {}  # pod name -> script (absent: normal start)
+        self.pod_timelines: dict[str, list[PodScript]] = {}  # pod name -> the next scripts, one per step
+        self.compact_before_watch = 0  # the next N watches find history compacted up to their start
         self.port_targets: dict[tuple[str, str, int], tuple[str, int]] = {}  # (ns, pod, port) -> a real TCP address
         self.ready_after = 1  # reads of a pod before it is Running and ready
         self.healthy_with: set[str] | None = None  # DATABASE_URL values of pods that get ready (None: any)
         self.compacted_before = 0  # watches from an older resourceVersion get 410 Expired
+        self.expired_as = "event"  # or "status": the 410 as the HTTP answer instead of an ERROR event
+        self.watch_end_after: int | None = None  # events per watch before the server ends it
+        self.watch_cut = False  # end it by dropping the connection (no closing chunk)
+        self.watches: list[dict] = []  # {"query": ..., "sent": [resourceVersion of each event]}
+        self.rollout_step: int | None = None  # ready replicas added per controller step (None: all)
         self.rv = itertools.count(1000)
         self.changes: list[tuple[int, str, str, dict]] = []  # (rv, type, resource, object)
         self.lock = threading.Condition()
@@ -204,13 +228,18 @@ class KubeApi:
         return {e["name"]: e.get("value") for e in c.get("env", [])}
 
     # -- state ------------------------------------------------------------------------------
-    def _store(self, resource: str, ns: str, obj: dict, event: str) -> dict:
+    def compact(self) -> None:
+        """What etcd compaction does: every version up to now is gone for watches."""
+        with self.lock:
+            self.compacted_before = next(self.rv)
+
+    def _store(self, resource: str, ns: str, obj: dict, event: str, *, spec_changed: bool = True) -> dict:
         meta = obj.setdefault("metadata", {})
         meta["namespace"] = ns
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", _now())
         meta["resourceVersion"] = str(next(self.rv))
-        if resource == "deployments":
+        if resource == "deployments" and spec_changed:
             meta["generation"] = int(meta.get("generation", 0)) + 1
         self.objects[(resource, ns, meta["name"])] = obj
         self.changes.append((int(meta["resourceVersion"]), event, resource, copy.deepcopy(obj)))
@@ -238,15 +267,19 @@ class KubeApi:
             self._event(ns, pod, "DeadlineExceeded", "Pod was active on the node longer than the specified deadline",
                         "Normal")
             return
+        if self.pod_timelines.get(name):
+            self.pod_scripts[name] = self.pod_timelines[name].pop(0)
         script = self.pod_scripts.get(name)
         containers = spec["containers"]
         if script is not None:
+            state = ({"waiting": {"reason": script.waiting[0], "message": script.waiting[1]}} if script.waiting
+                     else {"running": {"startedAt": _now()}} if script.phase == "Running" else None)
             pod["status"] = {"phase": script.phase, "conditions": script.conditions,
                              "containerStatuses": [
-                                 {"name": c["name"], "image": c["image"], "imageID": "", "ready": False,
-                                  "restartCount": 0, "state": {"waiting": {"reason": script.waiting[0],
-                                                                           "message": script.waiting[1]}}}
-                                 for c in containers] if script.waiting else []}
+                                 {"name": c["name"], "image": c["image"], "imageID": "", "ready": script.ready,
+                                  "restartCount": 0, "state": state} for c in containers] if state else []}
+            if script.ip:
+                pod["status"]["podIP"] = script.ip
             for reason, message, kind in script.events:
                 self._event(ns, pod, reason, message, kind)
             return
@@ -254,10 +287,11 @@ class KubeApi:
         if self._reads[name] >= self.ready_after:
             env = {e["name"]: e.get("value") for c in containers for e in c.get("env", [])}
             ready = self._healthy(env)
-            pod["status"] = {"phase": "Running", "podIP": "127.0.0.1", "startTime": _now(),
+            started = status.get("startTime") or _now()  # a running pod keeps its start time
+            pod["status"] = {"phase": "Running", "podIP": "127.0.0.1", "startTime": started,
                              "containerStatuses": [{"name": c["name"], "image": c["image"], "imageID": "",
                                                     "ready": ready, "restartCount": 0,
-                                                    "state": {"running": {"startedAt": _now()}}}
+                                                    "state": {"running": {"startedAt": started}}}
                                                    for c in containers]}
 
     def _healthy(self, env: dict) -> bool:
@@ -266,11 +300,16 @@ class KubeApi:
         return self.healthy_with is None or url is None or url in self.healthy_with
 
     def _deployment_status(self, dep: dict) -> None:
-        """The controller settles at once: pods as many as wanted, ready if they pass their probe."""
+        """One step of the controller: pods as many as wanted, ready if they pass their probe -- all at
+        once, or ``rollout_step`` more per step (a scale-up seen as it happens)."""
         want = int(dep["spec"].get("replicas", 1))
         (app,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] != "sidecar"][:1] or [{}]
         env = {e["name"]: e.get("value") for e in app.get("env", [])}
         ready = want if self._healthy(env) else 0
+        before = dep.get("status") or {}
+        have = int(before.get("readyReplicas") or 0)
+        if self.rollout_step is not None and ready > have:
+            ready = min(ready, have + self.rollout_step)
         dep["status"] = {"replicas": want, "updatedReplicas": want, "readyReplicas": ready,
                          "availableReplicas": ready, "observedGeneration": dep["metadata"]["generation"]}
 
@@ -282,7 +321,7 @@ class KubeApi:
         ns, resource, name, sub = m["ns"], m["resource"], m["name"], m["sub"]
         if resource not in KINDS or (sub and (resource, sub) != ("deployments", "scale")):
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
-        watch = query.get("watch") in ("true", "1")
+        watch = _flag(query.get("watch"))
         verb = {"GET": "watch" if watch else ("get" if name else "list"), "POST": "create", "PATCH": "patch",
                 "PUT": "update", "DELETE": "delete"}[method]
         what = f"{resource}/{sub}" if sub else resource
@@ -298,7 +337,18 @@ class KubeApi:
                 time.sleep(fault.hang)
             raise ApiError(fault.status, fault.reason, f"injected {fault.status} for {verb} {what}", fault.headers)
         if watch:
-            return 200, ("watch", resource, ns, query)
+            rv = int(query.get("resourceVersion") or 0)
+            record = {"query": dict(query), "sent": [], "expired": None}
+            with self.lock:
+                self.watches.append(record)
+                if self.compact_before_watch > 0:
+                    self.compact_before_watch -= 1
+                    self.compacted_before = next(self.rv)
+            if rv and rv < self.compacted_before:
+                record["expired"] = self.expired_as
+                if self.expired_as == "status":
+                    raise ApiError(410, "Gone", f"too old resource version: {rv} ({self.compacted_before})")
+            return 200, ("watch", resource, ns, query, record)
         with self.lock:
             return getattr(self, f"_{verb}")(resource, sub, ns, name, query, body, ctype)
 
@@ -330,10 +380,8 @@ class KubeApi:
         obj = self.objects.get((resource, ns, name))
         if obj is None:
             raise self._not_found(resource, name)
-        if resource == "pods":
-            self._pod_status(ns, obj)
+        self._advance(resource, ns, obj)
         if resource == "deployments":
-            self._deployment_status(obj)
             if sub == "scale":
                 return 200, self._scale(obj)
         return 200, obj
@@ -349,9 +397,8 @@ class KubeApi:
     def _list(self, resource, sub, ns, name, query, body, ctype):
         items = [o for (r, n, _), o in sorted(self.objects.items())
                  if r == resource and n == ns and _selected(o, query.get("labelSelector"), query.get("fieldSelector"))]
-        if resource == "pods":
-            for o in items:
-                self._pod_status(ns, o)
+        for o in items:
+            self._advance(resource, ns, o)
         api_version, kind = KINDS[resource]
         return 200, {"apiVersion": api_version, "kind": f"{kind}List", "items": items,
                      "metadata": {"resourceVersion": str(next(self.rv))}}
@@ -383,43 +430,67 @@ class KubeApi:
         obj = self.objects.pop((resource, ns, name), None)
         if obj is None:
             raise self._not_found(resource, name)
-        self.changes.append((next(self.rv), "DELETED", resource, obj))
+        obj["metadata"]["resourceVersion"] = str(next(self.rv))  # a deletion is a change of its own
+        self.changes.append((int(obj["metadata"]["resourceVersion"]), "DELETED", resource, obj))
         self.lock.notify_all()
         return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
                      "details": {"name": name, "kind": resource}}
 
-    def watch_events(self, resource: str, ns: str, query: dict[str, str]):
+    def watch_events(self, resource: str, ns: str, query: dict[str, str], record: dict):
         """Events after ``resourceVersion`` (or every object now, as ADDED), until ``timeoutSeconds``."""
         rv = int(query.get("resourceVersion") or 0)
-        if rv and rv < self.compacted_before:
-            yield {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
-                                               "reason": "Expired",
+        if record["expired"] == "event":
+            yield {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                               "status": "Failure", "code": 410, "reason": "Expired",
                                                "message": f"too old resource version: {rv} ({self.compacted_before})"}}
             return
-        end = time.monotonic() + float(query.get("timeoutSeconds") or 30)
+        end = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
         seen = rv
+        news: list = []
         with self.lock:
             if not rv:
                 for o in self._list(resource, None, ns, None, query, None, "")[1]["items"]:
                     seen = max(seen, int(o["metadata"]["resourceVersion"]))
-                    yield {"type": "ADDED", "object": copy.deepcopy(o)}
-        while time.monotonic() < end:
+                    news.append((seen, "ADDED", copy.deepcopy(o)))
+        while True:
+            for v, t, o in news:
+                seen = max(seen, v)
+                record["sent"].append(str(v))
+                yield {"type": t, "object": o}
+                if self.watch_end_after is not None and len(record["sent"]) >= self.watch_end_after:
+                    if self.watch_cut:
+                        raise ConnectionAbortedError("the server went away")
+                    return
+            if time.monotonic() >= end:
+                break
             with self.lock:
-                if resource == "pods":  # the kubelet moves pods on while someone watches
-                    for (r, n, _), o in list(self.objects.items()):
-                        if r == "pods" and n == ns:
-                            before = json.dumps(o.get("status"), sort_keys=True)
-                            self._pod_status(ns, o)
-                            if json.dumps(o.get("status"), sort_keys=True) != before:
-                                self._store("pods", ns, o, "MODIFIED")
-                news = [(v, t, o) for v, t, r, o in self.changes
+                self._controllers(resource, ns)
+                news = [(v, t, copy.deepcopy(o)) for v, t, r, o in self.changes
                         if v > seen and r == resource and o["metadata"].get("namespace") == ns
                         and _selected(o, query.get("labelSelector"), query.get("fieldSelector"))]
                 if not news:
                     self.lock.wait(0.05)
-            for v, t, o in news:
-                seen = max(seen, v)
-                yield {"type": t, "object": o}
+        if _flag(query.get("allowWatchBookmarks")):
+            with self.lock:
+                now = max(seen, max((v for v, *_ in self.changes), default=seen))
+            yield {"type": "BOOKMARK", "object": {"kind": KINDS[resource][1], "apiVersion": KINDS[resource][0],
+                                                  "metadata": {"resourceVersion": str(now)}}}
+
+    def _controllers(self, resource: str, ns: str) -> None:
+        """The kubelet and the deployment controller move their objects on while someone watches."""
+        for (r, n, _), o in list(self.objects.items()):
+            if r == resource and n == ns:
+                self._advance(r, ns, o)
+
+    def _advance(self, resource: str, ns: str, obj: dict) -> None:
+        """One step of the object's controller; a status that changed is a change (new resourceVersion,
+        a MODIFIED event), as the kubelet's and the controllers' status updates are."""
+        if resource not in ("pods", "deployments"):
+            return
+        before = json.dumps(obj.get("status"), sort_keys=True)
+        (self._pod_status(ns, obj) if resource == "pods" else self._deployment_status(obj))
+        if json.dumps(obj.get("status"), sort_keys=True) != before:
+            self._store(resource, ns, obj, "MODIFIED", spec_changed=False)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -467,17 +538,19 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._answer(code, payload)
 
-    def _stream(self, resource: str, ns: str, query: dict) -> None:
+    def _stream(self, resource: str, ns: str, query: dict, record: dict) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
-            for event in self.api.watch_events(resource, ns, query):
+            for event in self.api.watch_events(resource, ns, query, record):
                 line = json.dumps(event).encode() + b"\n"
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
+        except ConnectionAbortedError:  # watch_cut: the connection drops mid-stream
+            self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass
         self.close_connection = True

@@ -31,7 +31,7 @@ from backupkit.config.schema import RestoreSettings
 from backupkit.restore.conninfo import setting_database
 from backupkit.restore.journal import RestoreJournal
 from backupkit.restore.kubernetes import manifests as k8s
-from backupkit.restore.kubernetes import runtime
+from backupkit.restore.kubernetes import calls, runtime
 from backupkit.restore.kubernetes.runtime import KubernetesAppPlatform, KubernetesScratch, sweep_kubernetes
 from backupkit.restore.rollback import Retry
 from backupkit.restore.scratch import ScratchError
@@ -84,9 +84,9 @@ def test_scratch_pod_and_secret_are_created_read_and_deleted(api, clients):
     assert s.client_env()["PGPASSWORD"] not in json.dumps(pod)  # the password is only in the Secret
     s.teardown()
     assert api.get("pods", NS, s.pod_name) is None and api.get("secrets", NS, s.secret_name) is None
-    assert [r[:2] for r in api.requests] == [("create", "secrets"), ("create", "pods"), ("get", "pods"),
-                                              ("get", "pods"), ("get", "pods"), ("delete", "pods"),
-                                              ("delete", "secrets")]
+    # Waited for by list, then watch from the list's version (tests/test_k8s_watch.py for the rest).
+    assert [r[:2] for r in api.requests] == [("create", "secrets"), ("create", "pods"), ("list", "pods"),
+                                              ("watch", "pods"), ("delete", "pods"), ("delete", "secrets")]
 
 
 def test_teardown_of_objects_already_gone_is_quiet_404(api, clients):
@@ -151,9 +151,9 @@ def test_429_with_retry_after_is_waited_for_then_retried(api, clients):
 def test_429_on_a_read_is_retried_once_by_us_not_four_times_by_urllib3(api, clients):
     core, _ = clients
     s = scratch(core, sleep=lambda _: None)
-    api.faults.append(Fault("get", "pods", status=429, reason="TooManyRequests", headers={"Retry-After": "1"}))
+    api.faults.append(Fault("list", "pods", status=429, reason="TooManyRequests", headers={"Retry-After": "1"}))
     s.start()
-    assert [r[:2] for r in api.requests].count(("get", "pods")) == 2
+    assert [r[:2] for r in api.requests].count(("list", "pods")) == 2
     s.teardown()
 
 
@@ -309,13 +309,13 @@ def _teardown_pod(s: KubernetesScratch) -> None:
 def _operations(core, apps):
     s = scratch(core, sleep=lambda _: None)
     p = platform(core, apps)
-    p.request_timeout = runtime.REQUEST_TIMEOUT
+    p.request_timeout = calls.REQUEST_TIMEOUT
     yield "create secret", s.start
     yield "delete pod", lambda: _teardown_pod(s)
     yield "list pods", lambda: sweep_kubernetes(core, NS, now=clock.now(), run_id=RUN_ID)
     yield "get deployments/scale", lambda: p.get_replicas(APP_NS, "trixtech-backend")
     yield "patch deployments/scale", lambda: p.scale(APP_NS, "trixtech-backend", 0)
-    yield "get deployments", lambda: p.wait_for_replicas(APP_NS, "trixtech-backend", 0, 5)
+    yield "list deployments", lambda: p.wait_for_replicas(APP_NS, "trixtech-backend", 0, 5)
     yield "patch deployments", lambda: p.write_setting(APP_NS, "deployment/trixtech-backend/app", OLD_URL)
 
 
@@ -323,9 +323,9 @@ def test_every_call_has_a_request_timeout_and_one_attempt(api, clients, monkeypa
     """The API server answers nothing for 3 s; each call gives up after one read timeout (0.3 s),
     not after urllib3's four attempts, and not never."""
     core, apps = clients
-    monkeypatch.setattr(runtime, "REQUEST_TIMEOUT", (1.0, 0.3))
+    monkeypatch.setattr(calls, "REQUEST_TIMEOUT", (1.0, 0.3))
     for verb, resource in [("create", "secrets"), ("delete", "pods"), ("list", "pods"), ("get", "deployments/scale"),
-                           ("patch", "deployments/scale"), ("get", "deployments"), ("patch", "deployments")]:
+                           ("patch", "deployments/scale"), ("list", "deployments"), ("patch", "deployments")]:
         api.faults.append(Fault(verb, resource, hang=3.0, times=10))
     for name, op in _operations(core, apps):
         t0 = time.monotonic()
@@ -431,6 +431,7 @@ def test_the_roles_grant_exactly_the_verbs_the_project_uses(api, clients, tmp_pa
         stuck.start()  # reads the pod's events
     stuck.teardown()
     s.teardown()
+    api.rollout_step = 1  # pods get ready one by one: the rollout wait watches
     env_switch(api, core, apps, tmp_path)
     secret_switch(api, core, apps, tmp_path)
     observed = {("scratch" if ns == NS else "app", verb, res) for verb, res, ns, _ in api.requests}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -36,67 +35,16 @@ from backupkit.config import AppSwitch, RestoreSettings, SmokeCheck
 from backupkit.model import CheckResult
 from backupkit.restore.health import smoke_check as http_smoke_check
 from backupkit.restore.kubernetes import manifests as k8s
+from backupkit.restore.kubernetes.calls import (MAX_ATTEMPTS, MAX_RETRY_AFTER, REQUEST_TIMEOUT,  # noqa: F401
+                                                api_error, call, status_of)
+from backupkit.restore.kubernetes.waiting import Target, Verdict, wait_for
 from backupkit.restore.kubernetes.portforward import PortForwardRelay, api_port_forward
 from backupkit.restore.scratch import RESTORED_DB, ScratchDatabase, ScratchError, generate_password
 
 SCRATCH_PORT = 5432
 SCRATCH_USER = "postgres"
-# (connect, read) seconds for every API call: a hung API server raises (urllib3's timeout), it never
-# holds a switch, a rollback or a teardown forever.
-REQUEST_TIMEOUT = (10.0, 30.0)
-
-
-# Answers worth another attempt: throttled (429, after its Retry-After) or a server-side failure.
-RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
-MAX_ATTEMPTS = 4
-MAX_RETRY_AFTER = 30.0  # seconds: a Retry-After beyond this is capped, never obeyed blindly
 # Container waiting reasons that no amount of waiting fixes: reported at once.
 PERMANENT_WAITING = frozenset({"InvalidImageName", "ErrImageNeverPull"})
-
-
-def _status(exc: BaseException) -> int | None:
-    return getattr(exc, "status", None)
-
-
-def api_error(exc: BaseException) -> str:
-    """``CODE Reason: message`` of an API error, from the Status object the server answered."""
-    status = _status(exc)
-    if status is None:
-        return f"{type(exc).__name__}: {exc}"
-    try:
-        body = json.loads(getattr(exc, "body", None) or "{}")
-    except ValueError:
-        body = {}
-    body = body if isinstance(body, dict) else {}
-    reason = body.get("reason") or getattr(exc, "reason", None) or ""
-    message = body.get("message") or ""
-    return " ".join(f"{status} {reason}: {message}".split()).rstrip(":")[:1000]
-
-
-def _retry_after(exc: BaseException, attempt: int) -> float:
-    headers = getattr(exc, "headers", None) or {}
-    try:
-        wait = float(headers.get("Retry-After"))
-    except (TypeError, ValueError):
-        wait = 0.5 * 2 ** (attempt - 1)
-    return max(0.0, min(wait, MAX_RETRY_AFTER))
-
-
-def call(fn: Callable[..., Any], *args: Any, request_timeout: Any = None,
-         sleep: Callable[[float], None] = time.sleep, **kwargs: Any) -> Any:
-    """One API call with a request timeout; 429 (after Retry-After, capped) and 5xx answers are
-    retried up to MAX_ATTEMPTS. A create retried after a 5xx may meet its own object (409):
-    callers that create handle that (:func:`_create_own`)."""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            return fn(*args, _request_timeout=request_timeout or REQUEST_TIMEOUT, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - only API answers are retried
-            if _status(exc) not in RETRIED_STATUSES or attempt == MAX_ATTEMPTS:
-                raise
-            sleep(_retry_after(exc, attempt))
-    raise AssertionError("unreachable")
-
-
 class NotOurs(ScratchError):
     """An object of the name a run wanted exists and is someone else's: neither replaced nor deleted."""
 
@@ -112,7 +60,7 @@ def _create_own(core: Any, kind: str, namespace: str, body: dict, run_id: str,
         call(create, namespace, body, sleep=sleep)
         return
     except Exception as exc:  # noqa: BLE001
-        if _status(exc) != 409:
+        if status_of(exc) != 409:
             raise ScratchError(f"create {kind} {namespace}/{name}: {api_error(exc)}") from exc
     try:
         existing = call(getattr(core, f"read_namespaced_{kind}"), name, namespace, sleep=sleep)
@@ -156,29 +104,40 @@ def _pending_reasons(core: Any, pod: Any, name: str, namespace: str) -> list[str
     return reasons[:6]
 
 
-def _wait_pod_ready(core: Any, name: str, namespace: str, timeout: float, *, what: str, poll_interval: float,
-                    sleep: Callable[[float], None], clock: Callable[[], float]) -> str:
-    """The pod's IP once it runs and every container is ready; ScratchError if it ends, cannot start or
-    times out, with the reasons the API gives (scheduling, image pull, events)."""
-    deadline = clock() + timeout
-    while True:
-        pod = call(core.read_namespaced_pod, name, namespace, sleep=sleep)
+def _pod_verdict(core: Any, name: str, namespace: str, what: str) -> Callable[[Any], Verdict]:
+    """The judge of a pod: done with its IP once it runs and every container is ready; ScratchError if
+    it is gone, ended, or cannot start (reasons from the API: scheduling, image pull, events)."""
+    def judge(pod: Any) -> Verdict:
+        if pod is None:
+            raise ScratchError(f"{what} {namespace}/{name} is gone (deleted while it was awaited)")
         status = pod.status
         phase = getattr(status, "phase", None)
         if phase in ("Failed", "Succeeded"):
             raise ScratchError(f"{what} {namespace}/{name} ended ({phase}): "
                                f"{getattr(status, 'reason', None) or ''} {getattr(status, 'message', None) or ''}")
-        ready = [c for c in (getattr(status, "container_statuses", None) or [])]
-        if phase == "Running" and ready and all(c.ready for c in ready) and getattr(status, "pod_ip", None):
-            return status.pod_ip
-        last = f"phase {phase}, containers ready {[bool(c.ready) for c in ready]}"
-        stuck = [c for c in ready if getattr(getattr(getattr(c, "state", None), "waiting", None), "reason", None)
-                 in PERMANENT_WAITING]
-        if stuck or clock() >= deadline:
+        containers = list(getattr(status, "container_statuses", None) or [])
+        if phase == "Running" and containers and all(c.ready for c in containers) and getattr(status, "pod_ip", None):
+            return Verdict(True, status.pod_ip)
+        detail = f"phase {phase}, containers ready {[bool(c.ready) for c in containers]}"
+        if any(getattr(getattr(getattr(c, "state", None), "waiting", None), "reason", None) in PERMANENT_WAITING
+               for c in containers):
             why = "; ".join(_pending_reasons(core, pod, name, namespace)) or "no reason reported"
-            when = "cannot start" if stuck else f"not ready after {timeout:g}s"
-            raise ScratchError(f"{what} {namespace}/{name} {when} ({last}): {why}")
-        sleep(poll_interval)
+            raise ScratchError(f"{what} {namespace}/{name} cannot start ({detail}): {why}")
+        return Verdict(False, detail=detail)
+    return judge
+
+
+def _wait_pod_ready(core: Any, name: str, namespace: str, timeout: float, *, what: str, poll_interval: float,
+                    sleep: Callable[[float], None], clock: Callable[[], float]) -> str:
+    """The pod's IP once it is ready, by list-then-watch (:mod:`.waiting`); at the deadline a
+    ScratchError with the reasons the API gives for the last state seen."""
+    def timed_out(pod: Any, detail: str) -> ScratchError:
+        why = "; ".join(_pending_reasons(core, pod, name, namespace)) if pod is not None else ""
+        return ScratchError(f"{what} {namespace}/{name} not ready after {timeout:g}s ({detail}): "
+                            f"{why or 'no reason reported'}")
+
+    return wait_for(Target(core, "pod", namespace, name), _pod_verdict(core, name, namespace, what),
+                    timeout=timeout, clock=clock, sleep=sleep, poll_interval=poll_interval, on_timeout=timed_out)
 
 
 def _delete_quietly(core: Any, namespace: str, pod: str | None, secret: str | None) -> list[str]:
@@ -188,13 +147,13 @@ def _delete_quietly(core: Any, namespace: str, pod: str | None, secret: str | No
         try:
             call(core.delete_namespaced_pod, pod, namespace, grace_period_seconds=0)
         except Exception as exc:  # noqa: BLE001
-            if _status(exc) != 404:
+            if status_of(exc) != 404:
                 errors.append(f"pod {pod}: {api_error(exc)}")
     if secret:
         try:
             call(core.delete_namespaced_secret, secret, namespace)
         except Exception as exc:  # noqa: BLE001
-            if _status(exc) != 404:
+            if status_of(exc) != 404:
                 errors.append(f"secret {secret}: {api_error(exc)}")
     return errors
 
@@ -415,7 +374,7 @@ def sweep_kubernetes(core_v1: Any, namespace: str, *, now: datetime, run_id: str
                 call(deleter, name, namespace, **extra)
                 report[kind].append(name)
             except Exception as exc:  # noqa: BLE001 - try the others, fail at the end
-                if _status(exc) == 404:
+                if status_of(exc) == 404:
                     continue
                 report["failed"].append(f"{kind[:-1]} {name}: {api_error(exc)}")
     return report
@@ -457,15 +416,17 @@ class KubernetesAppPlatform:
         return observed >= generation and have == replicas and ready == replicas and updated == replicas, detail
 
     def wait_for_replicas(self, namespace: str, deployment: str, replicas: int, timeout: float) -> None:
-        deadline = self._clock() + timeout
-        while True:
-            dep = self._call(self.apps.read_namespaced_deployment, deployment, namespace)
+        """By list-then-watch (:mod:`.waiting`): returns once the rollout has settled at ``replicas``."""
+        def judge(dep: Any) -> Verdict:
+            if dep is None:
+                raise LookupError(f"deployment {namespace}/{deployment} not found")
             ok, detail = self._settled(dep, replicas)
-            if ok:
-                return
-            if self._clock() >= deadline:
-                raise TimeoutError(f"deployment {namespace}/{deployment}: {detail} after {timeout:g}s")
-            self._sleep(self.poll_interval)
+            return Verdict(ok, detail=detail)
+
+        wait_for(Target(self.apps, "deployment", namespace, deployment), judge, timeout=timeout, clock=self._clock,
+                 sleep=self._sleep, poll_interval=self.poll_interval, request_timeout=self.request_timeout,
+                 on_timeout=lambda dep, detail: TimeoutError(
+                     f"deployment {namespace}/{deployment}: {detail} after {timeout:g}s"))
 
     def _env(self, dep: Any, deployment: str) -> tuple[str, str] | None:
         """(container, value) of the database variable, or None when the deployment has none."""
