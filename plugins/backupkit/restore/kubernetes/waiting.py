@@ -103,7 +103,8 @@ def _poll(target: Target, judge: Judge, deadline: float, clock: Callable[[], flo
           state: "_Watcher") -> Any:
     """GET every ``poll_interval`` (where a watch is impossible)."""
     while True:
-        obj = calls.call(target.read_fn, target.name, target.namespace, sleep=sleep)
+        obj = calls.call(target.read_fn, target.name, target.namespace, sleep=sleep,
+                         request_timeout=state.request_timeout)
         verdict = judge(obj)
         if verdict.done:
             return verdict.value
@@ -118,6 +119,7 @@ class _Watcher:
     def __init__(self, target: Target, judge: Judge, deadline: float, clock: Callable[[], float],
                  sleep: Callable[[float], None], request_timeout: tuple[float, float]):
         self.target, self.judge, self.deadline, self.clock, self.sleep = target, judge, deadline, clock, sleep
+        self.request_timeout = request_timeout  # of the list and the polls; the watch's read timeout is its own
         self.connect_timeout = float(request_timeout[0])
         self.last: Any = None
         self.detail = "not seen yet"
@@ -134,7 +136,7 @@ class _Watcher:
     def _list(self) -> Verdict:
         """Judge the object as listed now; the watch goes on from the list's resourceVersion."""
         listed = calls.call(self.target.list_fn, self.target.namespace, field_selector=self.target.selector,
-                            sleep=self.sleep)
+                            sleep=self.sleep, request_timeout=self.request_timeout)
         items = [o for o in (listed.items or []) if o.metadata.name == self.target.name]
         verdict = self._judge(items[0] if items else None)
         self.version = listed.metadata.resource_version
