@@ -191,6 +191,7 @@ class KubeApi:
         self.watch_cut = False  # end it by dropping the connection (no closing chunk)
         self.watches: list[dict] = []  # {"query": ..., "sent": [resourceVersion of each event]}
         self.rollout_step: int | None = None  # ready replicas added per controller step (None: all)
+        self.watch_junk: list[bytes] = []  # lines sent first by the next watch (hostile-server tests)
         self.rv = itertools.count(1000)
         self.changes: list[tuple[int, str, str, dict]] = []  # (rv, type, resource, object)
         self.lock = threading.Condition()
@@ -542,6 +543,9 @@ class _Handler(PortForwardMixin, BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
+            while self.api.watch_junk:
+                line = self.api.watch_junk.pop(0) + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
             for event in self.api.watch_events(resource, ns, query, record):
                 line = json.dumps(event).encode() + b"\n"
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))

@@ -185,3 +185,17 @@ def test_a_scale_down_that_never_settles_times_out_with_the_state(api, clients):
     with pytest.raises(TimeoutError, match=r"deployment trixtech/trixtech-backend: 2/0 ready, 2 pods.* after 0.5s"):
         p.wait_for_replicas(APP_NS, "trixtech-backend", 0, timeout=0.5)
     assert ("watch", "deployments") in api.verbs()
+
+
+@pytest.mark.parametrize("junk", [b"not json at all", b"", b'{"type": "ERROR", "object": {"kind": "Status"}}',
+                                  b'{"type": "ERROR", "object": null}'])
+def test_a_hostile_watch_line_is_skipped_or_counted_never_a_traceback(api, clients, junk):
+    """A line that is not JSON is skipped (the client yields nothing for it); an ERROR event without
+    its Status ends that watch like a broken connection; the wait still gets the pod ready."""
+    core, _ = clients
+    s = scratch(core, sleep=lambda _: None)
+    api.watch_junk = [junk]
+    api.pod_timelines[s.pod_name] = [CREATING, STARTED, READY]
+    s.start()
+    assert s.pod_ip == "10.1.2.3"
+    s.teardown()

@@ -80,6 +80,10 @@ class WatchFailed(Exception):
     """Too many failures of the list/watch in a row: the last one is the cause."""
 
 
+class MalformedWatch(OSError):
+    """The stream said something that is not a watch event: counted like a broken connection."""
+
+
 def wait_for(target: Target, judge: Judge, *, timeout: float, clock: Callable[[], float],
              sleep: Callable[[float], None], poll_interval: float,
              on_timeout: Callable[[Any, str], BaseException],
@@ -193,8 +197,8 @@ class _Watcher:
             for event in stream:
                 events += 1
                 self.version = w.resource_version or self.version
-                if event.get("type") == "BOOKMARK":
-                    continue
+                if not isinstance(event, dict) or event.get("type") == "BOOKMARK":
+                    continue  # the client yields None for a line that is not JSON
                 self.failures = 0
                 verdict = self._judge(None if event.get("type") == "DELETED" else event["object"])
                 if verdict.done or self.clock() >= self.deadline:
@@ -202,6 +206,9 @@ class _Watcher:
         except calls.TRANSPORT_ERRORS:
             if not events:
                 raise
+        except (KeyError, TypeError) as exc:  # the client's reading of an ERROR event without its Status
+            raise MalformedWatch(f"watch {self.target.kind} {self.target.namespace}/{self.target.name}: "
+                                 f"an ERROR event without a Status ({type(exc).__name__}: {exc})") from exc
         finally:
             stream.close()
         return verdict
