@@ -96,6 +96,20 @@ def test_the_deadline_holds_when_no_event_ever_comes(api, clients):
     s.teardown()
 
 
+def test_the_deadline_is_the_injected_clocks(api, clients):
+    """Time is an input: once the injected clock is past the deadline, the wait ends after the list
+    (the last state judged), without a watch and without real waiting."""
+    core, _ = clients
+    ticks = iter([0.0])
+    s = scratch(core, replace(SETTINGS, ready_timeout_seconds=300), clock=lambda: next(ticks, 301.0))
+    api.pod_scripts[s.pod_name] = CREATING
+    t0 = time.monotonic()
+    with pytest.raises(ScratchError, match=r"not ready after 300s \(phase Pending"):
+        s.start()
+    assert time.monotonic() - t0 < 5 and api.watches == []
+    s.teardown()
+
+
 def test_a_watch_that_never_answers_is_cut_at_the_deadline(api, clients):
     """The API server takes the watch and says nothing (not even its headers): the client's read
     timeout, never longer than the time left, ends it."""

@@ -143,14 +143,14 @@ class _Watcher:
                             sleep=self.sleep, request_timeout=self.request_timeout)
         items = [o for o in (listed.items or []) if o.metadata.name == self.target.name]
         verdict = self._judge(items[0] if items else None)
-        self.version = listed.metadata.resource_version
+        self.version = getattr(listed.metadata, "resource_version", None) or ""  # "": from now, with ADDED
         return verdict
 
     def run(self) -> tuple[bool, Any]:
         """(True, value) when the judge says done; (False, None) at the deadline or when refused."""
         from kubernetes.client.exceptions import ApiException
 
-        while self.clock() < self.deadline:
+        while self.version is None or self.clock() < self.deadline:  # judged at least once, as listed
             try:
                 verdict = self._list() if self.version is None else self._watch()
                 if verdict is not None and verdict.done:
