@@ -6,6 +6,9 @@ holds when nothing comes; 429 on a watch waits for Retry-After; a refused watch 
 
 from __future__ import annotations
 
+import copy
+import json
+import random
 import time
 from dataclasses import replace
 
@@ -213,3 +216,54 @@ def test_a_hostile_watch_line_is_skipped_or_counted_never_a_traceback(api, clien
     s.start()
     assert s.pod_ip == "10.1.2.3"
     s.teardown()
+
+
+def _mutations(line: bytes, rng: random.Random, n: int) -> list[bytes]:
+    """Seeded mutations of a real watch line: truncations, flipped bytes, fields of the wrong type."""
+    event = json.loads(line)
+    out = [line[:rng.randrange(1, len(line))] for _ in range(n // 3)]
+    for _ in range(n // 3):
+        b = bytearray(line)
+        for _ in range(rng.randrange(1, 6)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        out.append(bytes(b))
+    wrong = [None, 5, "x", [], {}, True, -1]
+    paths = [("object", "status"), ("object", "status", "containerStatuses"), ("object", "status", "phase"),
+             ("object", "metadata"), ("object", "metadata", "resourceVersion"), ("object",), ("type",)]
+    for _ in range(n - len(out)):
+        e = copy.deepcopy(event)
+        path = rng.choice(paths)
+        node = e
+        for key in path[:-1]:
+            node = node.setdefault(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node[path[-1]] = rng.choice(wrong)
+        if rng.random() < 0.5 and isinstance(e.get("object"), dict):
+            for cs in ((e["object"].get("status") or {}).get("containerStatuses") or []):
+                if isinstance(cs, dict):
+                    cs.pop(rng.choice(["name", "image", "ready", "restartCount"]), None)
+        out.append(json.dumps(e).encode())
+    return out
+
+
+def test_fuzz_watch_lines_are_verdicts_never_tracebacks(api, clients):
+    """Seeded mutations of a real MODIFIED line (bounded: 24 cases): every wait ends with the pod's
+    IP (the junk was skipped or survived) or a ScratchError/WatchFailed naming the pod."""
+    core, _ = clients
+    s = scratch(core, sleep=lambda _: None)
+    api.pod_timelines[s.pod_name] = [READY]
+    s.start()
+    (line,) = [json.dumps({"type": "MODIFIED", "object": o}).encode()
+               for v, _, r, o in api.changes if r == "pods" and o["status"].get("podIP")][-1:]
+    s.teardown()
+    for junk in _mutations(line, random.Random(13), 24):
+        api.watch_junk = [junk]
+        s = scratch(core, replace(SETTINGS, ready_timeout_seconds=3), sleep=lambda _: None)
+        api.pod_timelines[s.pod_name] = [CREATING, READY]
+        try:
+            s.start()
+            assert s.pod_ip == "10.1.2.3"
+        except (ScratchError, waiting.WatchFailed) as exc:
+            assert s.pod_name in str(exc), junk
+        finally:
+            s.teardown()

@@ -206,9 +206,11 @@ class _Watcher:
         except calls.TRANSPORT_ERRORS:
             if not events:
                 raise
-        except (KeyError, TypeError) as exc:  # the client's reading of an ERROR event without its Status
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # What the client raises reading a line that is not a watch event of this kind (an ERROR
+            # event without its Status, an object its model refuses), or the judge reading one.
             raise MalformedWatch(f"watch {self.target.kind} {self.target.namespace}/{self.target.name}: "
-                                 f"an ERROR event without a Status ({type(exc).__name__}: {exc})") from exc
+                                 f"not a watch event ({type(exc).__name__}: {exc})"[:1000]) from exc
         finally:
             stream.close()
         return verdict
