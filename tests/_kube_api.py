@@ -31,7 +31,7 @@ the project uses, with the API server's rules where they matter to the contract:
   ``allowWatchBookmarks`` gets a BOOKMARK with the current version when the watch times out;
   ``watch_end_after`` ends each watch after that many events (``watch_cut`` drops the connection
   without the closing chunk), as an API server restart or a load balancer does; every watch's
-  query and the versions it sent are recorded (``watches``);
+  query and the versions it sent are recorded (``watches``); ``watch_junk`` lines go first (hostile-server tests);
 * controllers move on while someone watches: the kubelet's pods, and the deployment controller,
   which with ``rollout_step`` makes one more replica ready per step instead of all at once;
 * faults (status, headers such as ``Retry-After``, or a hang) are injected per verb and resource;
