@@ -123,6 +123,7 @@ class LocalPostgres:
     initdb_args: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
     password: str | None = field(default=None, repr=False)
+    env: dict[str, str] | None = field(default=None, repr=False)   # the server's environment (None: ours)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -201,7 +202,7 @@ class LocalPostgres:
         proc = subprocess.run(
             [pg_bin("pg_ctl"), "-D", str(self.data_dir), "-o", opts, "-l", str(log), "-w",
              "-t", str(int(timeout)), "start"],
-            capture_output=True, text=True, **self._server_identity(),
+            capture_output=True, text=True, env=self.env, **self._server_identity(),
         )
         if proc.returncode != 0:
             tail = log.read_text()[-2000:] if log.exists() else ""

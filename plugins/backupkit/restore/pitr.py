@@ -3,22 +3,29 @@
 For a ``wal_archives:`` source (docs/wal.md, "Point-in-time restore"):
 
 1. the target must lie inside the window the last daily verification found
-   (``<state_dir>/facts/pitr-SOURCE.json``); the base backup is the newest local one whose
-   end (STOP TIME of its ``.backup`` label in the archive) is before the target;
-2. it is copied into a new data directory under the scratch root; the backup's own
-   configuration is not used: ``postgresql.conf``, ``postgresql.auto.conf`` and ``pg_hba.conf``
-   are replaced (a backup's ``archive_command``, ``restore_command`` or preload libraries never
-   run), a backup with tablespaces is refused; the parameters hot standby needs at least the
-   primary's values of come from ``pg_controldata`` of the copy;
+   (``<state_dir>/facts/pitr-SOURCE.json``); the base backup is the newest one whose end
+   (STOP TIME of its ``.backup`` label in the archive) is before the target, on disk or in S3
+   (:mod:`backupkit.restore.pitr_base`); it is **leased** from retention for the restore
+   (:func:`lease_base_backup`), so a sweep meanwhile deletes neither it nor its WAL;
+2. it is verified (``pg_verifybackup``; downloaded first when it is in S3 only, after a
+   free-space check) and copied into a new data directory under the scratch root; the
+   backup's own configuration is not used: ``postgresql.conf``, ``postgresql.auto.conf`` and
+   ``pg_hba.conf`` are replaced (a backup's ``archive_command``, ``restore_command`` or preload
+   libraries never run), a backup with tablespaces is refused; the parameters hot standby
+   needs at least the primary's values of come from ``pg_controldata`` of the copy;
 3. the server starts with ``recovery.signal``, ``restore_command`` = our
-   :mod:`backupkit.wal.restore_command` over the archive, ``recovery_target_time``,
-   ``recovery_target_timeline`` (``latest`` by default) and ``recovery_target_action``
-   (``pause`` for inspection in verify_only, ``promote`` otherwise); it listens on its
-   private socket directory only (``local all all trust`` behind a 0700 directory, no TCP);
+   :mod:`backupkit.wal.restore_command`, which asks this process's
+   :class:`~backupkit.wal.fetcher.WalFetcher` (the archive in a directory or in S3; every file
+   checked before the server sees it; no credential leaves this process), an environment
+   without credentials, ``recovery_target_time``, ``recovery_target_timeline`` (``latest`` by
+   default) and ``recovery_target_action`` (``pause`` for inspection in verify_only,
+   ``promote`` otherwise); it listens on its private socket directory only (``local all all
+   trust`` behind a 0700 directory, no TCP);
 4. it has reached the target only when its log says ``recovery stopping before/after`` a
    transaction (PostgreSQL can end recovery early at a gap or a damaged record and carry
-   on); then the caller's checks run (marker rows: :func:`marker_checks`) and the server is
-   torn down, whatever happened.
+   on; the verdict then names the segment the fetcher refused or did not find); then the
+   caller's checks run (marker rows: :func:`marker_checks`) and the server is torn down,
+   whatever happened.
 """
 
 from __future__ import annotations
@@ -30,17 +37,23 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from backupkit import clock
-from backupkit.catalog import local_backups
 from backupkit.config import Config, Source
 from backupkit.model import CheckResult
 from backupkit.pgbin import pg_bin
 from backupkit.pgserver import LocalPostgres, free_port, make_traversable, server_user
+from backupkit.restore.pitr_base import (BaseBackupError, BaseChoice, base_backup_for, check_free_space,
+                                         download_base_backup, verify_download)
+from backupkit.storage.locks import Leases, LockBusy, SourceLock
+from backupkit.storage.objectstore import Bucket
+from backupkit.wal.archive import ArchiveUnavailable
+from backupkit.wal.fetcher import WalFetcher, magic_for
 
 ACTIONS = ("pause", "promote")
 EARLY_END = "recovery ended before configured recovery target was reached"
@@ -90,38 +103,58 @@ def parse_target_time(text: str) -> datetime:
 
 
 # -- choosing -----------------------------------------------------------------------------------------
-def base_backup_for(source: Source, target: datetime) -> tuple[str, Path, datetime]:
-    """(name, path, end time) of the newest local base backup that ended before ``target``."""
-    from backupkit.wal.archive import LocalArchive, read_small
-    from backupkit.wal.backups import BackupError, parse_label, read_base_backup
+SWEEP_WAIT = 600.0         # seconds a restore waits for a retention sweep already under way
+LEASE_SLACK = timedelta(hours=2)   # beyond the recovery timeout: download, start, checks
+# The server's environment: what PostgreSQL and our restore_command need, nothing more (no
+# AWS_*, no AIRFLOW_CONN_*, no tokens): what the server's processes could show or log.
+SERVER_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
+              "PYTHONHOME", "BACKUPKIT_PG_USER")
 
-    archive = LocalArchive(source.spec.archive_dir)
-    ends: dict[tuple[int, int], datetime] = {}
-    for e in archive.entries():
-        from backupkit.wal.naming import classify
 
-        c = classify(e.name)
-        if c is None or c.kind != "label":
-            continue
-        try:
-            label = parse_label(read_small(archive, e.name, c.compression, 64 << 10), e.name, c.tli)
-        except Exception:  # a damaged label: the daily verification names it; it is just not used here
-            continue
-        if label.stop_time is not None:
-            ends[(label.start_tli, label.start_lsn)] = label.stop_time
-    best = None
-    for b in local_backups(source):
-        try:
-            bb = read_base_backup(b.path)
-        except BackupError:
-            continue
-        end = ends.get((bb.start_tli, bb.start_lsn))
-        if end is not None and end < target and (best is None or end > best[2]):
-            best = (b.name, b.path, end)
-    if best is None:
-        raise PitrError(f"no base backup of {source.name} in {source.local_dir} ended before "
-                        f"{target.isoformat()} (with its .backup label in the archive)")
-    return best
+def archive_reader(source: Source, bucket: Bucket | None):
+    """The archive a restore replays: ``archive_dir`` when configured, else its S3 copy."""
+    from backupkit.wal.archive import LocalArchive
+
+    spec = source.spec
+    if spec.archive_dir is not None:
+        return LocalArchive(spec.archive_dir)
+    if bucket is None:
+        raise PitrError(f"{source.name}: the archive is kept in S3 only ({spec.archive_s3_prefix}) and no bucket "
+                        f"was given")
+    from backupkit.wal.s3 import S3Archive
+
+    return S3Archive(bucket, spec.archive_s3_prefix)
+
+
+def lease_base_backup(config: Config, source: Source, choose: Callable[[], BaseChoice], *, run_id: str,
+                      for_: timedelta) -> BaseChoice:
+    """Choose, lease, let a sweep that planned before the lease existed finish, choose again.
+
+    A sweep learns leases under its source lock, before it plans: one that starts after the
+    lease is written holds the backup; one already under way may still delete it, so we wait
+    for its lock, then check that the choice stands (else lease the new choice, and again)."""
+    leases = Leases(config.state_dir)
+    choice = choose()
+    for _ in range(3):
+        leases.take(source.name, choice.name, run_id=run_id, purpose="point-in-time restore", for_=for_)
+        with SourceLock(config.state_dir, source.name, "sweep", owner=run_id, timeout=SWEEP_WAIT):
+            pass
+        again = choose()
+        if again.name == choice.name:
+            return choice
+        leases.release(source.name, choice.name, run_id=run_id)
+        choice = again
+    raise PitrError(f"{source.name}: the base backup for the target kept changing while it was leased "
+                    f"(retention sweeps running): try again")
+
+
+def server_env() -> dict[str, str]:
+    import backupkit
+
+    env = {k: os.environ[k] for k in SERVER_ENV if k in os.environ}
+    plugins = str(Path(backupkit.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (plugins, os.environ.get("PYTHONPATH")) if p)
+    return env
 
 
 def check_in_window(config: Config, source: Source, target: datetime) -> dict:
@@ -163,11 +196,15 @@ def _controldata(data: Path) -> dict[str, str]:
     return out
 
 
-def prepare_copy(base: Path, data: Path, user: str | None) -> dict[str, str]:
-    """Copy the base backup into ``data`` without its configuration; the hot standby minimums."""
+def prepare_copy(base: Path, data: Path, user: str | None, *, move: bool = False) -> dict[str, str]:
+    """Copy (``move``: a download, renamed) the base backup into ``data`` without its configuration;
+    ``pg_controldata`` of the copy."""
     if (base / "pg_tblspc").is_dir() and any((base / "pg_tblspc").iterdir()):
         raise PitrError(f"{base} has tablespaces: the scratch restore does not map them (refused)")
-    shutil.copytree(base, data, symlinks=True)
+    if move:
+        os.rename(base, data)
+    else:
+        shutil.copytree(base, data, symlinks=True)
     for name in REPLACED_FILES:
         (data / name).unlink(missing_ok=True)
     (data / "postgresql.conf").write_text("# written by backupkit.restore.pitr; the backup's own is not used\n")
@@ -184,16 +221,27 @@ def prepare_copy(base: Path, data: Path, user: str | None) -> dict[str, str]:
             for f in files:
                 os.chown(os.path.join(root, f), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
     data.chmod(0o700)
-    control = _controldata(data)
+    return _controldata(data)
+
+
+def hot_standby_minimums(control: dict[str, str]) -> dict[str, str]:
     return {p: control[k] for p, k in HOT_STANDBY_PARAMS.items() if control.get(k, "").isdigit()}
 
 
-def server_settings(source: Source, target: PitrTarget, segment_size: int, minimums: dict[str, str]) -> dict:
-    archive = str(source.spec.archive_dir) if source.spec.archive_dir else None
-    if archive is None:
-        raise PitrError(f"{source.name}: restoring from an archive in S3 only is not built yet")
-    command = (f"{sys.executable} -m backupkit.wal.restore_command --archive {archive} "
-               f"--segment-size {segment_size} %f %p")
+def fetcher_for(archive, data: Path, control: dict[str, str], staging: Path, user: str | None) -> WalFetcher:
+    """The fetcher of the archive for the cluster in ``data`` (its system identifier, version, segment size)."""
+    try:
+        sysid = int(control["Database system identifier"])
+        segment_size = int(control["Bytes per WAL segment"])
+        magic = magic_for(int((data / "PG_VERSION").read_text().strip()))
+    except (KeyError, ValueError, OSError) as exc:
+        raise PitrError(f"pg_controldata of the copy cannot be read ({exc}): not a usable base backup") from None
+    return WalFetcher(archive, segment_size=segment_size, sysid=sysid, magic=magic, staging=staging, user=user)
+
+
+def server_settings(target: PitrTarget, fetcher: WalFetcher, minimums: dict[str, str]) -> dict:
+    command = (f"{sys.executable} -m backupkit.wal.restore_command --socket {fetcher.socket_path} "
+               f"--segment-size {fetcher.segment_size} %f %p")
     return {**minimums, "listen_addresses": "", "restore_command": command,
             "recovery_target_time": target.pg_time, "recovery_target_timeline": target.timeline,
             "recovery_target_action": target.action, "recovery_target_inclusive": "on", "archive_mode": "off",
@@ -236,32 +284,49 @@ def _state(server: PitrServer) -> str:
 # -- the whole restore ----------------------------------------------------------------------------------
 def pitr_restore(config: Config, source_name: str, target: PitrTarget, *,
                  checks: Callable[[PitrServer, PitrTarget], list[CheckResult]] | None = None,
-                 timeout: float = 600.0, role: str = "pitr", work_root: Path | None = None) -> dict:
+                 timeout: float = 600.0, role: str = "pitr", work_root: Path | None = None,
+                 bucket: Bucket | None = None, prefer: str = "local", run_id: str | None = None) -> dict:
     """Restore ``source_name`` to ``target`` on a scratch server, run ``checks``, tear it down.
 
     ``work_root``: where the scratch server lives (a run's scratch directory,
     :func:`backupkit.restore.scratch.run_scratch_dir`, so the run's teardown and the orphan sweep
-    find what a crash left); default ``<scratch root>/pitr``.
+    find what a crash left); default ``<scratch root>/pitr``. ``bucket``: where S3 copies of the
+    archive and the base backups are (needed when either is kept in S3 only); ``prefer="s3"``
+    restores from the S3 copy of the base backup even when a local one exists. ``run_id``: the
+    lease's owner (default: a new id).
 
     Returns ``{source, kind, backup, role, target_time, ok, duration_seconds, checks, problems, ...}``
     (the restore-test result shape); a problem is a check, never an exception.
     """
-    from backupkit.restore.scratch import local_scratch_root
-
     source = config.source(source_name)
     t0, started = time.monotonic(), clock.now()
+    run_id = run_id or f"pitr-{uuid.uuid4().hex[:12]}"
     base = {"source": source.name, "kind": source.kind, "backup": "", "role": role, "backend": "local",
             "target_time": target.time.isoformat(), "target_timeline": target.timeline,
             "started_at": started.isoformat(), "duration_seconds": None, "verified_rows": 0, "location": None}
-    out: list[CheckResult] = []
-    art = source.name
     try:
         check_in_window(config, source, target.time)
-        name, path, end = base_backup_for(source, target.time)
-    except (PitrError, OSError) as exc:
-        return _finish(base, [CheckResult(art, "pitr_target", False, str(exc))], t0)
-    art = f"{source.name}/{name}"
-    base.update(backup=name, location=str(path), base_backup_end=end.isoformat())
+        archive = archive_reader(source, bucket)
+        choice = lease_base_backup(config, source, lambda: base_backup_for(source, target.time, archive, bucket,
+                                                                           prefer=prefer),
+                                   run_id=run_id, for_=timedelta(seconds=timeout) + LEASE_SLACK)
+    except (PitrError, BaseBackupError, ArchiveUnavailable, LockBusy, OSError) as exc:
+        return _finish(base, [CheckResult(source.name, "pitr_target", False, str(exc))], t0)
+    base.update(backup=choice.name, location=choice.label, base_backup_end=choice.end.isoformat(),
+                base_backup_from="s3" if choice.from_s3 else "local")
+    try:
+        out = _restore(config, source, target, choice, archive, bucket, checks, timeout, work_root)
+    finally:
+        Leases(config.state_dir).release(source.name, choice.name, run_id=run_id)
+    base["restore_seconds"] = round(time.monotonic() - t0, 3)
+    return _finish(base, out, t0)
+
+
+def _restore(config: Config, source: Source, target: PitrTarget, choice: BaseChoice, archive, bucket,
+             checks, timeout: float, work_root: Path | None) -> list[CheckResult]:
+    from backupkit.restore.scratch import local_scratch_root
+
+    art = f"{source.name}/{choice.name}"
     root = Path(work_root) if work_root else local_scratch_root(config) / "pitr"
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pitr-", dir=root))
@@ -270,34 +335,57 @@ def pitr_restore(config: Config, source_name: str, target: PitrTarget, *,
     make_traversable(work, user)
     # The restore_command is this interpreter, run by the server's user (as root: an unprivileged one).
     make_traversable(Path(os.path.realpath(sys.executable)).parent, user)
-    server = PitrServer(work / "data", port=free_port())
+    server = PitrServer(work / "data", port=free_port(), env=server_env())
+    fetcher: WalFetcher | None = None
+    out: list[CheckResult] = []
     try:
-        from backupkit.wal.archive import LocalArchive
-        from backupkit.wal.inventory import sample_geometry
-
-        archive = LocalArchive(source.spec.archive_dir)
-        geometry, why = sample_geometry(list(archive.entries()), archive)
-        if geometry is None:
-            return _finish(base, [CheckResult(art, "pitr_target", False, f"archive unreadable: {why}")], t0)
-        minimums = prepare_copy(path, server.data_dir, user)
-        server.settings = server_settings(source, target, geometry.segment_size, minimums)
+        control = materialize(choice, bucket, server.data_dir, user)
+        fetcher = fetcher_for(archive, server.data_dir, control, work / "staging", user).start()
+        server.settings = server_settings(target, fetcher, hot_standby_minimums(control))
         try:
             server.start(timeout=120)
         except RuntimeError as exc:
-            return _finish(base, [CheckResult(art, "pitr_start", False, str(exc)[-3000:])], t0)
+            return [CheckResult(art, "pitr_start", False, str(exc)[-3000:])]
         reached, detail = wait_for_target(server, target, timeout)
+        if not reached:
+            detail = stopped_at(fetcher) + detail
         out.append(CheckResult(art, "pitr_reached", reached, f"target {target.pg_time}: {detail}"))
+        if reached and fetcher.problems:
+            out.append(CheckResult(art, "pitr_wal", False, "; ".join(f"{r.name} refused: {r.reason}"
+                                                                    for r in fetcher.problems[:5])))
         if reached and checks is not None:
             out += checks(server, target)
-    except PitrError as exc:
+    except (PitrError, BaseBackupError) as exc:
         out.append(CheckResult(art, "pitr_target", False, str(exc)))
     finally:
         try:
             server.stop()
         finally:
+            if fetcher is not None:
+                fetcher.stop()
             shutil.rmtree(work, ignore_errors=True)
-    base["restore_seconds"] = round(time.monotonic() - t0, 3)
-    return _finish(base, out, t0)
+    return out
+
+
+def materialize(choice: BaseChoice, bucket: Bucket | None, data: Path, user: str | None) -> dict[str, str]:
+    """The chosen base backup verified and in ``data`` (downloaded first when from S3); its control data."""
+    if choice.from_s3:
+        download = data.parent / "download"
+        download_base_backup(bucket, choice, download)
+        return prepare_copy(download, data, user, move=True)
+    check_free_space(data.parent, choice.backup.size, f"the copy of {choice.backup.path}")
+    verify_download(choice.backup.path, choice, str(choice.backup.path))
+    return prepare_copy(choice.backup.path, data, user)
+
+
+def stopped_at(fetcher: WalFetcher) -> str:
+    """Which file recovery stopped at, as the fetcher saw it: the first refused, else the first missing segment."""
+    if fetcher.problems:
+        r = fetcher.problems[0]
+        return f"recovery stopped at {r.name}, refused: {r.reason}; "
+    if fetcher.missing:
+        return f"recovery stopped at {fetcher.missing[0]}, which is not in {fetcher.reader.location}; "
+    return ""
 
 
 def _finish(base: dict, checks: list[CheckResult], t0: float) -> dict:
@@ -387,5 +475,5 @@ def database_answers(database: str | None) -> Callable[[PitrServer, PitrTarget],
 
 
 __all__ = ["PitrTarget", "PitrError", "PitrServer", "pitr_restore", "marker_checks", "parse_target_time",
-           "wal_source_for", "check_pitr_request", "database_answers",
-           "base_backup_for", "check_in_window", "server_settings", "prepare_copy"]
+           "wal_source_for", "check_pitr_request", "database_answers", "lease_base_backup", "archive_reader",
+           "base_backup_for", "check_in_window", "server_settings", "prepare_copy", "materialize", "server_env"]

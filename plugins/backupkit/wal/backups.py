@@ -125,24 +125,42 @@ def _manifest(path: Path) -> tuple[list[dict], int | None] | None:
         return None
     except OSError as exc:
         raise BackupError(f"{manifest}: cannot be read: {exc.strerror or exc}") from None
+    return manifest_ranges(head, tail, str(manifest))
+
+
+def manifest_ranges(head: bytes, tail: bytes, where: str) -> tuple[list[dict], int | None]:
+    """(WAL-Ranges, System-Identifier) from a manifest's first 4 KiB and last 64 KiB (a copy in S3
+    is read with two ranged GETs, :mod:`backupkit.restore.pitr_base`)."""
     text = tail.decode("utf-8", "replace")
     at = text.rfind('"WAL-Ranges"')
     colon = text.find(":", at)
     if at < 0 or colon < 0:
-        raise BackupError(f"{manifest}: no WAL-Ranges in its last {MANIFEST_TAIL} bytes")
+        raise BackupError(f"{where}: no WAL-Ranges in its last {MANIFEST_TAIL} bytes")
     start = colon + 1
     while start < len(text) and text[start].isspace():
         start += 1
     try:
         ranges, _ = json.JSONDecoder().raw_decode(text, start)
     except ValueError:
-        raise BackupError(f"{manifest}: WAL-Ranges is not a JSON list") from None
+        raise BackupError(f"{where}: WAL-Ranges is not a JSON list") from None
     if not isinstance(ranges, list) or not ranges or not all(
             isinstance(r, dict) and isinstance(r.get("Timeline"), int) and isinstance(r.get("Start-LSN"), str)
             and isinstance(r.get("End-LSN"), str) for r in ranges):
-        raise BackupError(f"{manifest}: WAL-Ranges must list {{Timeline, Start-LSN, End-LSN}} objects")
+        raise BackupError(f"{where}: WAL-Ranges must list {{Timeline, Start-LSN, End-LSN}} objects")
     m = _SYSID.search(head.decode("utf-8", "replace"))
     return ranges, int(m.group(1)) if m else None
+
+
+def from_ranges(ranges: list[dict], sysid: int | None, source: str, fmt: str) -> BaseBackup:
+    """The base backup a manifest's WAL-Ranges describe (first start to last end)."""
+    try:
+        first, last = ranges[0], ranges[-1]
+        start, stop = parse_lsn(first["Start-LSN"]), parse_lsn(last["End-LSN"])
+    except ValueError as exc:
+        raise BackupError(f"{source}/backup_manifest: {exc}") from None
+    if not (0 < first["Timeline"] <= last["Timeline"] <= 0xFFFFFFFF) or stop < start:
+        raise BackupError(f"{source}/backup_manifest: WAL-Ranges out of order")
+    return BaseBackup(source, start, first["Timeline"], stop, last["Timeline"], sysid=sysid, format=fmt)
 
 
 def read_base_backup(path: Path) -> BaseBackup:
@@ -153,15 +171,7 @@ def read_base_backup(path: Path) -> BaseBackup:
     fmt = "tar" if any((path / n).exists() for n in TAR_NAMES) else "plain"
     found = _manifest(path)
     if found is not None:
-        ranges, sysid = found
-        try:
-            first, last = ranges[0], ranges[-1]
-            start, stop = parse_lsn(first["Start-LSN"]), parse_lsn(last["End-LSN"])
-        except ValueError as exc:
-            raise BackupError(f"{path}/backup_manifest: {exc}") from None
-        if not (0 < first["Timeline"] <= last["Timeline"] <= 0xFFFFFFFF) or stop < start:
-            raise BackupError(f"{path}/backup_manifest: WAL-Ranges out of order")
-        return BaseBackup(str(path), start, first["Timeline"], stop, last["Timeline"], sysid=sysid, format=fmt)
+        return from_ranges(*found, str(path), fmt)
     label = path / "backup_label"
     if fmt == "plain" and label.is_file():
         data = label.read_bytes()[:MAX_LABEL_BYTES + 1]
@@ -195,5 +205,5 @@ def verify_files(backup: BaseBackup) -> str | None:
     return "; ".join(lines[:3]) or f"pg_verifybackup exited {proc.returncode}"
 
 
-__all__ = ["BaseBackup", "BackupError", "parse_label", "read_base_backup", "with_label", "verify_files",
+__all__ = ["BaseBackup", "BackupError", "parse_label", "read_base_backup", "manifest_ranges", "from_ranges", "with_label", "verify_files",
            "parse_time"]

@@ -1,16 +1,19 @@
 """The ``restore_command`` of a point-in-time restore: our code copies one archived file, nothing else runs.
 
-PostgreSQL runs ``python -m backupkit.wal.restore_command --archive LOCATION --segment-size N %f %p``
+PostgreSQL runs ``python -m backupkit.wal.restore_command --socket PATH --segment-size N %f %p``
 (:mod:`backupkit.restore.pitr` writes it; no shell command from a backup or a configuration
-file of one is ever used). Rules (docs/wal.md, "Point-in-time restore"):
+file of one is ever used): the file comes from the restore's :class:`~backupkit.wal.fetcher.WalFetcher`,
+which reads the archive (a directory or S3) and checks it; this process holds no credential.
+``--archive DIR`` instead copies from a local directory itself (by hand, or for tests).
+Rules (docs/wal.md, "Point-in-time restore"):
 
 - ``%f`` must be a name the archive holds (a segment, ``.partial``, ``.history`` or
   ``.backup``, :func:`backupkit.wal.naming.classify`); anything else is refused;
 - ``%p`` must be ``pg_wal/NAME`` relative to the server's data directory (its working
   directory), without ``..``;
-- the file is read through the verifier's readers (a directory or ``s3://bucket/prefix``),
-  the uncompressed copy first, then ``.zst``, then ``.gz``; a segment must inflate to exactly
-  the segment size, a history or label stays under its limit;
+- the file is read through the verifier's readers, the uncompressed copy first, then
+  ``.zst``, then ``.gz``; a segment must inflate to exactly the segment size, a history or
+  label stays under its limit (from the fetcher: what it sends must be exactly that long);
 - it is written to a temporary name beside ``%p`` and renamed, so the server never reads half.
 
 Exit 0: copied. 1: not in the archive (normal: recovery asks for files that do not exist
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from backupkit.wal.archive import LocalArchive, Unreadable, read_small, read_windows
@@ -32,12 +36,9 @@ COMPRESSIONS = ("", ".zst", ".gz")
 
 
 def open_reader(location: str):
+    """A local archive directory (S3 is read by the fetcher, never with credentials here)."""
     if location.startswith("s3://"):
-        from backupkit.storage.objectstore import Bucket, s3_client
-        from backupkit.wal.s3 import S3Archive, split_prefix
-
-        bucket, prefix = split_prefix(location)
-        return S3Archive(Bucket(s3_client(endpoint_url=os.environ.get("AWS_ENDPOINT_URL")), bucket), prefix)
+        raise ValueError("an archive in S3 is served through --socket (the restore's fetcher), not read here")
     return LocalArchive(Path(location))
 
 
@@ -48,8 +49,12 @@ def check_destination(dest: str) -> Path:
     return p
 
 
-def fetch(reader, name: str, dest: Path, segment_size: int) -> None:
-    """Copy archived ``name`` to ``dest`` (raises FileNotFoundError, ValueError or Unreadable)."""
+def fetch(reader, name: str, dest: Path, segment_size: int,
+          inspect: Callable[[str, memoryview | bytes], None] | None = None) -> None:
+    """Copy archived ``name`` to ``dest`` (raises FileNotFoundError, ValueError or Unreadable).
+
+    ``inspect(stored_name, chunk)`` sees every chunk before it is written (the fetcher's checks
+    of :mod:`backupkit.wal.fetcher`); it raises :class:`Unreadable` to refuse the file."""
     c = classify(name)
     if c is None or c.compression:
         raise ValueError(f"refusing {name!r}: not a WAL file name PostgreSQL asks for")
@@ -60,9 +65,14 @@ def fetch(reader, name: str, dest: Path, segment_size: int) -> None:
             with open(tmp, "wb") as out:
                 if c.kind == "segment":
                     for window in read_windows(reader, name + suffix, suffix, segment_size):
+                        if inspect is not None:
+                            inspect(name + suffix, window)
                         out.write(window)
                 else:
-                    out.write(read_small(reader, name + suffix, suffix, MAX_HISTORY_BYTES))
+                    data = read_small(reader, name + suffix, suffix, MAX_HISTORY_BYTES)
+                    if inspect is not None:
+                        inspect(name + suffix, data)
+                    out.write(data)
             os.replace(tmp, dest)
             return
         except Unreadable as exc:
@@ -73,9 +83,49 @@ def fetch(reader, name: str, dest: Path, segment_size: int) -> None:
     raise FileNotFoundError(f"{name} is not in {reader.location}") from last
 
 
+def receive(socket_path: str, name: str, dest: Path, segment_size: int, timeout: float = 3600.0) -> None:
+    """Ask the fetcher for ``name`` and write its answer to ``dest`` (same errors as :func:`fetch`)."""
+    import socket
+
+    c = classify(name)
+    if c is None or c.compression:
+        raise ValueError(f"refusing {name!r}: not a WAL file name PostgreSQL asks for")
+    expected = segment_size if c.kind == "segment" else None
+    limit = expected if expected is not None else MAX_HISTORY_BYTES
+    tmp = dest.with_name(f".{dest.name}.part")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+        sock.sendall(name.encode("ascii") + b"\n")
+        stream = sock.makefile("rb")
+        line = stream.readline(4097).decode("utf-8", "replace").rstrip("\n")
+        verdict, _, rest = line.partition(" ")
+        if verdict == "NO":
+            raise FileNotFoundError(rest)
+        if verdict != "OK" or not rest.isdigit():
+            raise ValueError(rest or "the fetcher gave no answer")
+        size = int(rest)
+        if size > limit or (expected is not None and size != expected):
+            raise ValueError(f"the fetcher announced {size} bytes, expected {expected or f'at most {limit}'}")
+        got = 0
+        try:
+            with open(tmp, "wb") as out:
+                while got < size:
+                    chunk = stream.read(min(1 << 20, size - got))
+                    if not chunk:
+                        raise ValueError(f"the fetcher sent {got} of {size} bytes")
+                    out.write(chunk)
+                    got += len(chunk)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m backupkit.wal.restore_command")
-    p.add_argument("--archive", required=True, help="the archive: a directory or s3://bucket/prefix")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", help="the restore's fetcher (backupkit.wal.fetcher)")
+    where.add_argument("--archive", help="a local archive directory")
     p.add_argument("--segment-size", type=int, required=True)
     p.add_argument("name")
     p.add_argument("dest")
@@ -83,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not valid_segment_size(args.segment_size):
             raise ValueError(f"segment size {args.segment_size} is not a power of two from 1 MB to 1 GB")
-        fetch(open_reader(args.archive), args.name, check_destination(args.dest), args.segment_size)
+        dest = check_destination(args.dest)
+        if args.socket:
+            receive(args.socket, args.name, dest, args.segment_size)
+        else:
+            fetch(open_reader(args.archive), args.name, dest, args.segment_size)
     except FileNotFoundError as exc:
         print(f"backupkit restore_command: {exc}", file=sys.stderr)
         return 1
