@@ -15,7 +15,8 @@ Rules (docs/wal.md, "Point-in-time restore from S3"):
   the running total never past what the free-space check allowed; then ``pg_verifybackup``
   against the downloaded ``backup_manifest`` (every file's checksum, no file missing or
   added, the manifest's own checksum) and its WAL range must be the one chosen. Only then is
-  it used.
+  it used. The empty directories a data directory needs (S3 keeps none) are made as initdb
+  makes them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ from backupkit.wal.backups import (MANIFEST_TAIL, BackupError, BaseBackup, from_
                                    parse_label, read_base_backup, verify_files)
 
 DISK_MARGIN = 256 << 20
+# The directories of a data directory as initdb makes them (src/bin/initdb/initdb.c, PostgreSQL 18):
+# S3 keeps no empty directory, and the server refuses to start without them.
+DATA_SUBDIRS = ("global", "pg_wal/archive_status", "pg_wal/summaries", "pg_commit_ts", "pg_dynshmem", "pg_notify",
+                "pg_serial", "pg_snapshots", "pg_subtrans", "pg_twophase", "pg_multixact", "pg_multixact/members",
+                "pg_multixact/offsets", "base", "pg_replslot", "pg_tblspc", "pg_stat", "pg_stat_tmp", "pg_xact",
+                "pg_logical", "pg_logical/snapshots", "pg_logical/mappings")
 
 
 class BaseBackupError(ValueError):
@@ -174,6 +181,8 @@ def download_base_backup(bucket: Bucket, choice: BaseChoice, dest: Path) -> int:
         total += n
         if n != size or total > allowed:
             raise BaseBackupError(f"{bucket.uri(key)} changed while it was downloaded ({n} bytes, listed {size})")
+    for sub in DATA_SUBDIRS:
+        (dest / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
     verify_download(dest, choice, bucket.uri(prefix))
     return total
 
