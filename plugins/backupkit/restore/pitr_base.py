@@ -149,7 +149,7 @@ def check_free_space(where: Path, needed: int, what: str) -> None:
 def member_path(root: Path, rel: str) -> Path:
     """Where object ``rel`` (relative to the backup's prefix) goes below ``root``; refuses odd keys."""
     parts = PurePosixPath(rel).parts
-    if not rel or "\\" in rel or rel.startswith("/") or any(p in ("", ".", "..") for p in rel.split("/")):
+    if not rel or "\\" in rel or "\x00" in rel or rel.startswith("/") or any(p in ("", ".", "..") for p in rel.split("/")):
         raise BaseBackupError(f"refusing object {rel!r}: not a relative file path of a base backup")
     return root.joinpath(*parts)
 

@@ -43,7 +43,8 @@ from backupkit.wal.scan import PAGE_MAGICS, Context, Walker
 
 MAX_REQUEST = 64
 ACCEPT_POLL = 0.5          # seconds between checks of the stop flag
-CLIENT_TIMEOUT = 60.0      # a client that connects and says nothing is dropped
+CLIENT_TIMEOUT = 10.0      # a client that connects and says nothing is dropped
+DRAIN = 1 << 16            # what is read (and ignored) after the answer of an over-long request
 
 
 def magic_for(pg_version: int) -> int:
@@ -90,6 +91,16 @@ class _Checks:
         scan = self.walker.scan
         if scan.problem:
             raise Unreadable(scan.problem, scan.detail)
+
+
+def _drain(conn: socket.socket) -> None:
+    """Close politely after the answer: unread input would make the close a reset the client may
+    see before the answer."""
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(1.0)
+    left = DRAIN
+    while left > 0 and (chunk := conn.recv(min(left, 8192))):
+        left -= len(chunk)
 
 
 class WalFetcher:
@@ -162,6 +173,7 @@ class WalFetcher:
                 try:
                     conn.settimeout(CLIENT_TIMEOUT)
                     self._answer(conn)
+                    _drain(conn)
                 except OSError:
                     continue   # the client went away (the server stopped): nothing to hand over
 
