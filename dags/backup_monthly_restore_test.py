@@ -126,7 +126,8 @@ def backup_monthly_restore_test():
             live = lambda sql: str(hook.get_first(sql)[0])  # noqa: E731
         from backupkit.restore.scratch import run_scratch_dir
 
-        result = pitr_test(config, target, live=live, work_root=run_scratch_dir(config, context["run_id"]))
+        result = pitr_test(config, target, live=live, work_root=run_scratch_dir(config, context["run_id"]),
+                           bucket=bucket(config), run_id=context["run_id"])
         context["ti"].xcom_push(key="result", value=result)
         if not result["ok"]:
             raise AirflowFailException(f"point-in-time restore test of {target['source_name']} to "

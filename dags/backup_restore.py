@@ -203,7 +203,8 @@ def backup_restore():
         with restore_lock(config, request["wal_source"], context["run_id"]):
             result = pitr_restore(config, request["wal_source"], target,
                                   checks=database_answers(config.source(request["source"]).database),
-                                  work_root=run_scratch_dir(config, context["run_id"]))
+                                  work_root=run_scratch_dir(config, context["run_id"]),
+                                  bucket=bucket(config), run_id=context["run_id"])
         context["ti"].xcom_push(key="result", value=result)
         _audit(request, context, "restore_verified" if result["ok"] else "restore_failed",
                detail=f"point in time {request['target_time']} from {result['backup']}: "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -156,16 +157,18 @@ def test_pitr_from_s3_only_reaches_the_target_without_credentials_anywhere(site,
     assert not Leases(config.state_dir).active(NAME)                 # lease released
 
 
-def test_prefer_s3_downloads_even_with_a_local_copy_and_a_damaged_download_is_refused(site, bucket):
+def test_the_monthly_test_of_an_s3_only_archive_uses_the_s3_base_backup_and_refuses_a_damaged_one(site, bucket):
+    from backupkit.jobs.restore_test import pitr_test
+
     root, pg, names, marks, segs, store = site
     config = _config(root, bucket)
     _verified(config, store)
-    key = f"basebackups/{names[0]}/global/pg_control"
-    store.put(key, b"\0" * 8192)    # a damaged object in the S3 copy (the local one is fine)
-    result = pitr_restore(config, NAME, PitrTarget(_between(marks, 1)), bucket=store, prefer="s3", timeout=120)
+    store.put(f"basebackups/{names[0]}/global/pg_control", b"\0" * 8192)   # the S3 copy damaged, the local one fine
+    target = {"source_name": NAME, "target_time": _between(marks, 1).isoformat(), "role": "pitr"}
+    result = pitr_test(config, target, live=lambda sql: pg.psql(sql), bucket=store)
     [problem] = result["problems"]
     assert problem["check"] == "pitr_target" and "pg_verifybackup refused it" in problem["detail"]
-    assert "global/pg_control" in problem["detail"]
+    assert f"basebackups/{names[0]}/" in problem["detail"] and "global/pg_control" in problem["detail"]
     assert not list((root / "scratch" / "pitr").iterdir())
 
 
@@ -250,3 +253,26 @@ def test_not_enough_disk_is_refused_before_anything_is_downloaded(site, bucket, 
     assert problem["check"] == "pitr_target" and "not enough free disk" in problem["detail"]
     assert f"basebackups/{names[0]}/" in problem["detail"]
     assert not list((root / "scratch" / "pitr").iterdir())
+
+
+def test_a_lease_waits_for_a_sweep_under_way_then_checks_its_choice_again(tmp_path):
+    """A sweep that planned before the lease existed may delete the choice: wait for it, choose again."""
+    from types import SimpleNamespace
+
+    from backupkit.restore.pitr import lease_base_backup
+    from backupkit.storage.locks import SourceLock
+
+    config = _config(tmp_path, "trixtech-backups")
+    source = config.source(NAME)
+    choices = iter(["base_a", "base_b", "base_b"])   # the sweep under way deleted base_a
+    lock = SourceLock(config.state_dir, NAME, "sweep", owner="sweep-under-way")
+    lock.acquire()
+    timer = threading.Timer(0.6, lock.release)
+    timer.start()
+    t0 = time.monotonic()
+    got = lease_base_backup(config, source, lambda: SimpleNamespace(name=next(choices)), run_id="r1",
+                            for_=timedelta(hours=1))
+    assert time.monotonic() - t0 >= 0.5                     # it waited for the sweep's lock
+    assert got.name == "base_b"
+    assert [lease.backup for lease in Leases(config.state_dir).active(NAME)] == ["base_b"]
+    timer.join()

@@ -90,10 +90,12 @@ def pitr_targets(config: Config, *, now: datetime, seed: str) -> list[dict]:
     return targets
 
 
-def pitr_test(config: Config, target: Mapping[str, Any], *, live: Any = None, work_root: Any = None) -> dict:
+def pitr_test(config: Config, target: Mapping[str, Any], *, live: Any = None, work_root: Any = None,
+              bucket: Bucket | None = None, run_id: str | None = None) -> dict:
     """Restore ``target`` (from :func:`pitr_targets`) to its time, promoted, and check the markers
     (``markers_table`` of the source, with ``live`` = psql on the source's server) or, without
-    markers, that the database answers."""
+    markers, that the database answers. An archive kept in S3 only (no ``archive_dir``) is
+    restored from S3 whole: its base backup's S3 copy too, as a site loss would leave it."""
     from backupkit.restore.pitr import PitrTarget, database_answers, marker_checks, parse_target_time, pitr_restore
 
     source = config.source(target["source_name"])
@@ -105,7 +107,8 @@ def pitr_test(config: Config, target: Mapping[str, Any], *, live: Any = None, wo
         db = config.source(source.spec.database).database if source.spec.database else None
         checks = database_answers(db)
     return pitr_restore(config, source.name, PitrTarget(parse_target_time(target["target_time"]), action="promote"),
-                        checks=checks, role="pitr", work_root=work_root)
+                        checks=checks, role="pitr", work_root=work_root, bucket=bucket, run_id=run_id,
+                        prefer="s3" if source.spec.archive_dir is None else "local")
 
 
 def summarize_restore_tests(results: Sequence[Mapping[str, Any]]) -> dict:
