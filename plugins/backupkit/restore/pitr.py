@@ -51,7 +51,7 @@ from backupkit.pgserver import LocalPostgres, free_port, make_traversable, serve
 from backupkit.restore.pitr_base import (BaseBackupError, BaseChoice, base_backup_for, check_free_space,
                                          download_base_backup, verify_download)
 from backupkit.storage.locks import Leases, LockBusy, SourceLock
-from backupkit.storage.objectstore import Bucket
+from backupkit.storage.objectstore import Bucket, client_errors
 from backupkit.wal.archive import ArchiveUnavailable
 from backupkit.wal.fetcher import WalFetcher, magic_for
 
@@ -310,7 +310,7 @@ def pitr_restore(config: Config, source_name: str, target: PitrTarget, *,
         choice = lease_base_backup(config, source, lambda: base_backup_for(source, target.time, archive, bucket,
                                                                            prefer=prefer),
                                    run_id=run_id, for_=timedelta(seconds=timeout) + LEASE_SLACK)
-    except (PitrError, BaseBackupError, ArchiveUnavailable, LockBusy, OSError) as exc:
+    except (PitrError, BaseBackupError, ArchiveUnavailable, LockBusy, OSError, *client_errors()) as exc:
         return _finish(base, [CheckResult(source.name, "pitr_target", False, str(exc))], t0)
     base.update(backup=choice.name, location=choice.label, base_backup_end=choice.end.isoformat(),
                 base_backup_from="s3" if choice.from_s3 else "local")
@@ -355,7 +355,7 @@ def _restore(config: Config, source: Source, target: PitrTarget, choice: BaseCho
                                                                     for r in fetcher.problems[:5])))
         if reached and checks is not None:
             out += checks(server, target)
-    except (PitrError, BaseBackupError) as exc:
+    except (PitrError, BaseBackupError, OSError) as exc:
         out.append(CheckResult(art, "pitr_target", False, str(exc)))
     finally:
         try:
