@@ -20,6 +20,7 @@ QUICK_ARGS = {
     "bench_retention_sweep.py": ["--objects", "5000", "--sample", "500"],
     "bench_restore.py": ["--size-gb", "0.05"],
     "bench_wal_verify.py": ["--quick"],
+    "bench_pitr_fetch.py": ["--quick"],
     "bench_health.py": ["--quick"],
     "bench_s3_soak.py": ["--quick"],
 }
