@@ -19,6 +19,7 @@ pay (recovery replays each segment after it is handed over, which is not measure
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import struct
 import subprocess
@@ -86,7 +87,7 @@ def main() -> int:
         print(f"  {k:20s} {v * 1000:8.1f} ms per segment")
     print(f"restore_command --socket / --archive = {per['--socket (fetcher)'] / per['--archive (copy)']:.2f}x; "
           f"checks in process: prepare / copyfile = {per['prepare'] / per['copyfile']:.1f}x "
-          f"({segment_size / per['prepare'] / 1e6:.0f} MB/s checked)")
+          f"({segment_size / per['prepare'] / 1e6:.0f} MB/s checked); load average {os.getloadavg()[0]:.1f}")
     return 0
 
 
