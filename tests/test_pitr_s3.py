@@ -276,3 +276,22 @@ def test_a_lease_waits_for_a_sweep_under_way_then_checks_its_choice_again(tmp_pa
     assert got.name == "base_b"
     assert [lease.backup for lease in Leases(config.state_dir).active(NAME)] == ["base_b"]
     timer.join()
+
+
+def test_a_refused_lease_leaves_no_lease_behind(tmp_path):
+    from types import SimpleNamespace
+
+    from backupkit.restore.pitr import PitrError, lease_base_backup
+
+    config = _config(tmp_path, "trixtech-backups")
+    answers = iter([SimpleNamespace(name="base_a")])
+
+    def choose():
+        try:
+            return next(answers)
+        except StopIteration:
+            raise PitrError("no base backup left") from None
+
+    with pytest.raises(PitrError, match="no base backup left"):
+        lease_base_backup(config, config.source(NAME), choose, run_id="r2", for_=timedelta(hours=1))
+    assert Leases(config.state_dir).active(NAME) == []

@@ -137,9 +137,13 @@ def lease_base_backup(config: Config, source: Source, choose: Callable[[], BaseC
     choice = choose()
     for _ in range(3):
         leases.take(source.name, choice.name, run_id=run_id, purpose="point-in-time restore", for_=for_)
-        with SourceLock(config.state_dir, source.name, "sweep", owner=run_id, timeout=SWEEP_WAIT):
-            pass
-        again = choose()
+        try:
+            with SourceLock(config.state_dir, source.name, "sweep", owner=run_id, timeout=SWEEP_WAIT):
+                pass
+            again = choose()
+        except BaseException:   # refused (a sweep too long, nothing left to choose): no lease stays behind
+            leases.release(source.name, choice.name, run_id=run_id)
+            raise
         if again.name == choice.name:
             return choice
         leases.release(source.name, choice.name, run_id=run_id)
