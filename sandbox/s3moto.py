@@ -25,6 +25,10 @@ found in moto's source (``moto/s3/models.py``, ``moto/core/common_models.py``):
 5. **Versions survive pickling.** ``_VersionedKeyStore`` (a bucket's keys) is a dict whose
    ``items()`` yields only each key's newest version, so pickling it dropped every noncurrent
    version and delete marker; it is pickled with its full lists here.
+6. **Listings cost the page, not the bucket.** moto walks, filters and sorts the whole bucket
+   for every ListObjectsV2 page and deep-copies every version for every ListObjectVersions
+   page; :mod:`sandbox.s3listing` answers both from a sorted index of the key names, with
+   moto's exact answers.
 
 State survives restarts (format and acceptance rules: docs/sandbox-s3-state.md): every request runs under the shared side of a lock; at most once
 a second after a change, the exclusive side pickles the S3 backends (metadata only; bodies
@@ -50,6 +54,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from sandbox import s3listing
 from sandbox.s3blobs import BlobBuffer, BlobStore
 
 MOTO_VERSION = "5.2.5"
@@ -233,11 +238,13 @@ def patch_moto(store: BlobStore) -> None:
     models.FakeKey.__del__ = lambda self: None  # disposing at garbage collection closed temp files; blobs need not
     models._VersionedKeyStore.__reduce__ = _versions_reduce
     models._VersionedKeyStore.__setstate__ = _versions_setstate
+    s3listing.patch_store(models._VersionedKeyStore)
     for cls in (models.FakeKey, models.FakeMultipart, models.FakeDeleteMarker):
         cls.__new__ = staticmethod(_untracked_new)
     backend = models.S3Backend
     backend.create_multipart_upload = _wrap_create_multipart(backend.create_multipart_upload)
     backend.complete_multipart_upload = _wrap_complete_multipart(backend.complete_multipart_upload)
+    s3listing.patch_backend(backend)
     models._sandbox_patched = True
 
 
