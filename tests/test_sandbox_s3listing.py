@@ -6,7 +6,9 @@ after each step every page of ListObjectsV2 and ListObjectVersions is asked of b
 indexed functions and moto's own (``.shipped``), on the same state, over prefixes,
 delimiters (one and several characters), start-after, continuation tokens, max-keys,
 key-marker and version-id-marker, following each side's own next markers. A page served
-through the real server process is compared with S3's rule written out plainly.
+through the real server process is compared with S3's rule written out plainly. Also the two
+response adaptations that listings and batch deletions meet: moto's timestamps parsed without
+dateutil, and Quiet DeleteObjects answering only the errors.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import copy
 import io
 import random
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -198,3 +201,43 @@ def test_the_server_pages_listings_by_s3s_rule(s3, bucket):
         live = keys - gone
         assert sorted(got) == _s3_rule(live, prefix, delimiter, start_after), (prefix, delimiter, start_after)
         assert len(got) == len(set(got))
+
+
+def test_quiet_delete_objects_answers_only_the_errors(s3, bucket, now):
+    """S3's Quiet mode: the answer lists only the keys that could not be deleted (moto listed
+    every key); without Quiet every deleted key is listed, as before."""
+    locked = s3.put_object(Bucket=bucket, Key="locked", Body=b"x", ChecksumAlgorithm="SHA256",
+                           ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=now + timedelta(days=3))["VersionId"]
+    for key in ("a", "b", "c"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    quiet = s3.delete_objects(Bucket=bucket, Delete={"Quiet": True, "Objects": [
+        {"Key": "a"}, {"Key": "locked", "VersionId": locked}]})
+    assert "Deleted" not in quiet
+    assert [(e["Key"], e["Code"]) for e in quiet["Errors"]] == [("locked", "AccessDenied")]
+    loud = s3.delete_objects(Bucket=bucket, Delete={"Quiet": False, "Objects": [{"Key": "b"}, {"Key": "c"}]})
+    assert sorted(d["Key"] for d in loud["Deleted"]) == ["b", "c"]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", ())] == ["locked"]
+
+
+def test_moto_timestamps_parse_as_botocore_parses_them():
+    """The serializer's fast path gives botocore's datetime for every string moto formats, and
+    leaves anything else (offsets, impossible dates, other formats) to botocore."""
+    from botocore.utils import parse_to_aware_datetime
+
+    fast = s3moto._fast_aware_datetime(parse_to_aware_datetime)
+    rng = random.Random(11)
+    for _ in range(2000):
+        when = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=rng.randrange(4_000_000_000),
+                                                                     microseconds=rng.randrange(10**6))
+        for text in (when.strftime("%Y-%m-%dT%H:%M:%S.000Z"), when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                     when.strftime("%Y-%m-%dT%H:%M:%SZ")):
+            assert fast(text) == parse_to_aware_datetime(text), text
+            assert fast(text).utcoffset() == timedelta(0)
+    for text in ("2026-02-30T00:00:00.000Z", "2026-12-01T10:00:00+02:00", "1764583200", "2026-12-01"):
+        try:
+            expected = parse_to_aware_datetime(text)
+        except ValueError:
+            with pytest.raises(ValueError):
+                fast(text)
+        else:
+            assert fast(text) == expected, text
