@@ -29,11 +29,9 @@ found in moto's source (``moto/s3/models.py``, ``moto/core/common_models.py``):
    for every ListObjectsV2 page and deep-copies every version for every ListObjectVersions
    page; :mod:`sandbox.s3listing` answers both from a sorted index of the key names, with
    moto's exact answers.
-7. **Timestamps without dateutil.** moto's response serializer turns every ``LastModified``
-   it formatted itself back into a datetime with botocore's general parser (dateutil), a third
-   of a ListObjectsV2 page's serialization; the one format moto writes is parsed directly.
-8. **DeleteObjects in Quiet mode answers only the errors**, as S3 does; moto listed every
-   deleted key anyway (1000 entries to serialize and for the client to parse per request).
+7. **Responses** (:mod:`sandbox.s3responses`): Quiet DeleteObjects answers only the errors,
+   as S3 does; ListObjectsV2's entries and moto's timestamps are written without moto's
+   generic serializer, byte for byte as it writes them.
 
 State survives restarts (format and acceptance rules: docs/sandbox-s3-state.md): every request runs under the shared side of a lock; at most once
 a second after a change, the exclusive side pickles the S3 backends (metadata only; bodies
@@ -51,17 +49,15 @@ import contextlib
 import io
 import os
 import pickle
-import re
 import shutil
 import signal
 import sys
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from sandbox import s3listing
+from sandbox import s3listing, s3responses
 from sandbox.s3blobs import BlobBuffer, BlobStore
 
 MOTO_VERSION = "5.2.5"
@@ -232,54 +228,6 @@ def parts_as_views(key: Any, multipart: Any, listed: list[int]) -> None:
         offset += size
 
 
-_MOTO_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
-
-
-def _fast_aware_datetime(original):
-    def parse_to_aware_datetime(value: Any) -> Any:
-        if isinstance(value, str) and _MOTO_TIMESTAMP.fullmatch(value):
-            from dateutil.tz import tzutc
-
-            try:
-                return datetime.fromisoformat(value[:-1]).replace(tzinfo=tzutc())
-            except ValueError:
-                pass  # e.g. a 31st of February: the general parser says what is wrong
-        return original(value)
-
-    return parse_to_aware_datetime
-
-
-def _quiet(body: Any) -> bool:
-    """Whether a DeleteObjects body asks for Quiet mode (``<Delete><Quiet>true</Quiet>``)."""
-    from xml.etree import ElementTree
-
-    try:
-        root = ElementTree.fromstring(body)
-    except (ElementTree.ParseError, TypeError, ValueError):
-        return False  # moto's own parser answers a malformed body
-    return any(child.tag.rpartition("}")[2] == "Quiet" and (child.text or "").strip() == "true" for child in root)
-
-
-def _wrap_delete_keys(original):
-    def delete_keys(self, *args: Any, **kwargs: Any):
-        from moto.core.responses import ActionResult
-
-        if not _quiet(self.body):
-            return original(self, *args, **kwargs)
-        serialized = self.serialized
-
-        def only_errors(action_result: Any) -> Any:
-            result = action_result.result
-            if isinstance(result, dict) and "Deleted" in result:
-                action_result = ActionResult({k: v for k, v in result.items() if k != "Deleted"})
-            return serialized(action_result)
-
-        self.serialized = only_errors  # this request's response object only
-        return original(self, *args, **kwargs)
-
-    return delete_keys
-
-
 def patch_moto(store: BlobStore) -> None:
     """Apply the adaptations (module docstring) to the imported moto; refuses another version."""
     import moto
@@ -305,9 +253,7 @@ def patch_moto(store: BlobStore) -> None:
     backend.create_multipart_upload = _wrap_create_multipart(backend.create_multipart_upload)
     backend.complete_multipart_upload = _wrap_complete_multipart(backend.complete_multipart_upload)
     s3listing.patch_backend(backend)
-    serialize.parse_to_aware_datetime = _fast_aware_datetime(serialize.parse_to_aware_datetime)
-    responses.S3Response._bucket_response_delete_keys = _wrap_delete_keys(
-        responses.S3Response._bucket_response_delete_keys)
+    s3responses.patch_responses(serialize, responses.S3Response)
     models._sandbox_patched = True
 
 
