@@ -6,8 +6,10 @@ separate sample for the baseline. A GFS policy (30 daily, 12 weekly, 12 monthly,
 yearly) deletes all but ~55 of them. Then, in one script:
 
 * baseline, the runbook's cleanup: ``list-objects-v2`` of the prefix, then one
-  DeleteObject per key. Run on a sample (``--sample``, default 2 000 keys) and
-  extrapolated to the D keys the sweep deletes (listing time measured on the full prefix);
+  DeleteObject per key. Run on a sample (``--sample``, default 2 000 keys), half of it
+  before the sweep and half after (alternated, so a change of the machine's load in
+  between weighs on both sides), and extrapolated to the D keys the sweep deletes
+  (listing time measured on the full prefix);
 * the sweep (:func:`backupkit.retention.sweep.sweep_source`, applied) in a fresh child
   process, so its peak RSS is its own: streamed listing, plan, DeleteObjects batches of
   1000, audit log (intent + deleted record per backup, fsynced, mirrored to the bucket).
@@ -17,7 +19,12 @@ The configuration users run (issue 14): a versioned bucket with object lock, the
 hold tag and the default hold discovery (the hold records under ``holds/``: one listing
 instead of a HeadObject and a GetObjectTagging per object to delete). What the per-object
 inspection (``hold_discovery: objects``) would cost is measured on the sample and printed
-apart. Temporary files (state, audit log, configuration) are removed at the end.
+apart. Temporary files (state, audit log, configuration, the S3 server's bodies) are removed
+at the end, and the script checks that they are gone.
+
+The loopback S3 is the sandbox's adapted moto (sandbox/s3moto.py): its listing, Quiet
+DeleteObjects and ListObjectsV2 serialization cost the page, as S3's do; a faster server
+speeds both sides. The ratio is printed with the listing both sides need and without it.
 
 Goals (issue 14): list requests <= ceil(N/1000) plus one for the hold records, delete
 requests <= ceil(D/1000), the holds' requests stated and small, the sweep >= 10x faster
@@ -55,7 +62,7 @@ from sandbox.s3server import REGION, SANDBOX_KEY, SANDBOX_SECRET, MotoServer  # 
 BUCKET = "bench-retention"
 SOURCE = "trixtech-db"
 PREFIX = "database/"
-BASELINE_PREFIX = "baseline/"
+BASELINE_PREFIXES = ("baseline/1/", "baseline/2/")  # before the sweep, after it
 PATTERN = "trixtech_%Y%m%d_%H%M%S.dump"
 START = datetime(2013, 1, 1, 2, 0, tzinfo=timezone.utc)
 NOW = START + timedelta(days=4200)
@@ -110,12 +117,12 @@ def record_verified(state_dir: Path, all_names: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def baseline(s3, sample: int) -> dict:
-    """The runbook's loop on the sample: list the prefix, then one DeleteObject per key."""
+def baseline(s3, prefix: str, sample: int) -> dict:
+    """The runbook's loop on one half of the sample: list the prefix, then one DeleteObject per key."""
     counter = RequestCounter()
     with Bucket(s3, BUCKET).counting(counter):
         t0 = time.perf_counter()
-        keys = [o.key for o in Bucket(s3, BUCKET).objects(BASELINE_PREFIX)]
+        keys = [o.key for o in Bucket(s3, BUCKET).objects(prefix)]
         t_list = time.perf_counter() - t0
         for key in keys:
             s3.delete_object(Bucket=BUCKET, Key=key)
@@ -123,6 +130,17 @@ def baseline(s3, sample: int) -> dict:
     assert len(keys) == sample, (len(keys), sample)
     return {"keys": len(keys), "seconds": elapsed, "list_seconds": t_list,
             "per_delete": (elapsed - t_list) / len(keys), "requests": counter.as_dict()}
+
+
+def combined(halves: list[dict]) -> dict:
+    keys = sum(h["keys"] for h in halves)
+    requests: dict = {}
+    for h in halves:
+        for k, v in h["requests"].items():
+            requests[k] = requests.get(k, 0) + v
+    return {"keys": keys, "seconds": sum(h["seconds"] for h in halves),
+            "per_delete": sum(h["per_delete"] * h["keys"] for h in halves) / keys,
+            "per_delete_halves": [h["per_delete"] for h in halves], "requests": requests}
 
 
 def tag_inspection(s3, sample: int, workers: int) -> dict:
@@ -211,7 +229,7 @@ def main() -> int:
     if args.child:
         return child(args)
 
-    n, sample = args.objects, min(args.sample, args.objects)
+    n, sample = args.objects, min(args.sample, args.objects) // 2 * 2
     work = Path(tempfile.mkdtemp(prefix="bench-retention-"))
     server = MotoServer().start()
     try:
@@ -220,8 +238,9 @@ def main() -> int:
         all_names = names(n)
         print(f"loopback S3 {server.endpoint_url}; uploading {n} backup objects + {sample} baseline objects ...",
               flush=True)
-        t_up = upload(s3, [PREFIX + x for x in all_names] + [BASELINE_PREFIX + x for x in all_names[:sample]],
-                      args.workers)
+        half = sample // 2
+        t_up = upload(s3, [PREFIX + x for x in all_names] + [p + x for p in BASELINE_PREFIXES
+                                                              for x in all_names[:half]], args.workers)
         print(f"  uploaded in {t_up:.1f} s ({(n + sample) / t_up:.0f} objects/s, {args.workers} threads)")
         config = write_config(work)
         t_state = record_verified(work / "state", all_names)
@@ -231,13 +250,17 @@ def main() -> int:
         assert listing["objects"] == n
         print(f"listing alone: {listing['seconds']:.1f} s, {listing['requests']}")
 
-        base = baseline(s3, sample)
-        print(f"baseline (runbook loop) on {sample} keys: {base['seconds']:.1f} s "
-              f"({base['per_delete'] * 1000:.2f} ms per DeleteObject), {base['requests']}")
+        before = baseline(s3, BASELINE_PREFIXES[0], half)
+        print(f"baseline (runbook loop) on {half} keys: {before['seconds']:.1f} s "
+              f"({before['per_delete'] * 1000:.2f} ms per DeleteObject), {before['requests']}")
         inspect = tag_inspection(s3, sample, args.workers)
 
         print("sweep (child process) ...", flush=True)
         sweep = run_child(server.endpoint_url, config, args.workers, args.tracemalloc)
+        after = baseline(s3, BASELINE_PREFIXES[1], half)
+        print(f"baseline (runbook loop) on {half} more keys, after the sweep: {after['seconds']:.1f} s "
+              f"({after['per_delete'] * 1000:.2f} ms per DeleteObject)")
+        base = combined([before, after])
         d = sweep["counts"]["deleted"]
         left = {o.key[len(PREFIX):] for o in Bucket(s3, BUCKET).objects(PREFIX)}
         assert left == set(sweep["kept"]), "the bucket does not hold exactly the kept backups"
@@ -251,6 +274,8 @@ def main() -> int:
         phases = sweep["phases"]
         delete_phase = phases.get("delete", 0.0)
         delete_ratio = loop_delete / max(delete_phase, 1e-9)
+        # The listing excluded on both sides: the loop's deletions against the rest of the sweep.
+        unlisted_ratio = loop_delete / max(sweep["seconds"] - phases.get("list", 0.0), 1e-9)
         # Both sides list the same N keys; the end-to-end ratio cannot exceed this on this endpoint.
         bound = (listing["seconds"] + loop_delete) / listing["seconds"]
         req = sweep["requests"]
@@ -275,22 +300,30 @@ def main() -> int:
               + (f", tracemalloc peak {sweep['tracemalloc_peak_mb']:.0f} MB" if sweep["tracemalloc_peak_mb"] else "")
               + f"; audit log {sweep['audit_bytes'] / MB:.0f} MB")
         print(f"loop:     {full_loop:8.1f} s   requests {loop_requests}  "
-              f"(extrapolated: {sample} deletes measured, {base['per_delete'] * 1000:.2f} ms each, "
+              f"(extrapolated: {sample} deletes measured, {base['per_delete'] * 1000:.2f} ms each "
+              f"[{' before, '.join(f'{x * 1000:.2f}' for x in base['per_delete_halves'])} after the sweep], "
               f"x {d} + the {listing['seconds']:.1f} s listing)")
         print(f"ratio:    {ratio:8.1f}x end to end; deletion alone: loop {loop_delete:.1f} s vs sweep "
               f"{delete_phase:.1f} s (intent + deleted audit records, fsyncs, DeleteObjects) = {delete_ratio:.0f}x")
+        print(f"          listing excluded on both sides: loop {loop_delete:.1f} s vs sweep "
+              f"{sweep['seconds'] - phases.get('list', 0.0):.1f} s (plan, deletion, audit) = {unlisted_ratio:.1f}x")
         print(f"requests: {sum(req.values())} vs {sum(loop_requests.values())} "
               f"({sum(loop_requests.values()) / max(1, sum(req.values())):.0f}x fewer)")
         print(f"not in the timed sweep: per-object hold inspection (hold_discovery: objects: HeadObject + "
               f"GetObjectTagging), {inspect['per_object'] * 1000:.2f} ms per object with {args.workers} threads "
               f"(measured on {inspect['keys']}): it would add {d * inspect['per_object']:.0f} s and {2 * d} requests")
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        cleaned = [p for p in (work, server.scratch) if p is not None and p.exists()]
+        checks[f"temporary files removed ({work}, {server.scratch})" + (f"; left: {cleaned}" if cleaned else "")] = \
+            not cleaned
         print()
         for text, ok in checks.items():
             print(f"  {'PASS' if ok else 'MISS'}  {text}")
         figures = {"objects": n, "deleted": d, "kept": len(left), "sweep": {k: v for k, v in sweep.items() if k != "kept"},
                    "listing": listing, "baseline_sample": base, "loop_extrapolated_seconds": full_loop,
                    "loop_requests": loop_requests, "ratio": ratio, "delete_ratio": delete_ratio,
-                   "ratio_bound": bound, "tag_inspection": inspect,
+                   "ratio_bound": bound, "unlisted_ratio": unlisted_ratio, "tag_inspection": inspect,
                    "upload_seconds": t_up, "checks": checks}
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ class MotoServer:
     log_path: Path | None = None
     data_dir: Path | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    scratch: Path | None = None  # without data_dir: the temporary directory the server deletes when it stops
 
     def __post_init__(self) -> None:
         if not self.port:
@@ -54,7 +55,8 @@ class MotoServer:
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "sandbox.s3moto", "--host", "127.0.0.1", "--port", str(self.port)]
         if self.data_dir is None:
-            return [*args, "--data", tempfile.mkdtemp(prefix="sandbox-s3-"), "--ephemeral"]
+            self.scratch = Path(tempfile.mkdtemp(prefix="sandbox-s3-"))
+            return [*args, "--data", str(self.scratch), "--ephemeral"]
         return [*args, "--data", str(Path(self.data_dir).resolve())]
 
     def start(self, timeout: float = 30) -> "MotoServer":
