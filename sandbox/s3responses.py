@@ -36,6 +36,7 @@ def _fast_aware_datetime(original):
                 pass  # e.g. a 31st of February: the general parser says what is wrong
         return original(value)
 
+    parse_to_aware_datetime.shipped = original
     return parse_to_aware_datetime
 
 
