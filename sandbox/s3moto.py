@@ -447,9 +447,10 @@ def serve(host: str, port: int, data_dir: Path, *, persist: bool = True, ephemer
     finally:
         stop.set()
         checkpoints.join(10)
-        state.checkpoint()
+        if persist:
+            state.checkpoint()
         log("sandbox S3 server stopped; state saved" if persist else "sandbox S3 server stopped")
-        if ephemeral:
+        if ephemeral:  # no last collection first: the bodies go with the directory
             shutil.rmtree(data_dir, ignore_errors=True)
     return 0
 

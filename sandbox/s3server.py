@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,8 @@ class MotoServer:
         raise TimeoutError(f"the S3 server on port {self.port} not ready after {timeout}s")
 
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM (the server saves its state and exits), SIGKILL only if it does not."""
+        """SIGTERM (the server saves its state and exits), SIGKILL only if it does not; then the
+        temporary directory is removed here too, in case the server could not (killed)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -87,6 +89,8 @@ class MotoServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.scratch is not None and self.proc is not None and self.proc.poll() is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def client(self) -> Any:
         return s3_client(self.endpoint_url)

@@ -298,3 +298,21 @@ def test_sync_never_uploads_over_a_copy_in_the_bucket(pg, moto_server, tmp_path,
     assert report.differing == [keys[1]]  # the same-size flip is the daily verification's to find
     assert report.deleted_in_s3 == [keys[2]]
     assert "DeleteMarkers" in client.list_object_versions(Bucket=config.bucket, Prefix=keys[2])
+
+
+def test_an_ephemeral_server_leaves_no_files_even_when_killed():
+    """Without a data directory the bodies live in a temporary one: gone after a clean stop, and
+    after a server that had to be killed (the benchmarks' 100,000 objects once outlasted the wait)."""
+    import signal
+
+    for kill in (False, True):
+        srv = MotoServer().start()
+        client = srv.client()
+        client.create_bucket(Bucket="scratch-check")
+        client.put_object(Bucket="scratch-check", Key="k", Body=b"x" * 1000)
+        assert srv.scratch is not None and any(srv.scratch.rglob("*"))
+        if kill:
+            srv.proc.send_signal(signal.SIGKILL)
+            srv.proc.wait(10)
+        srv.stop()
+        assert not srv.scratch.exists(), f"left behind (killed={kill}): {srv.scratch}"
