@@ -372,7 +372,20 @@ def _restore(config: Config, source: Source, target: PitrTarget, choice: BaseCho
 
 
 def materialize(choice: BaseChoice, bucket: Bucket | None, data: Path, user: str | None) -> dict[str, str]:
-    """The chosen base backup verified and in ``data`` (downloaded first when from S3); its control data."""
+    """The chosen base backup verified and in ``data`` (downloaded first when from S3; a tar-format
+    one unpacked, :mod:`backupkit.restore.pitr_tar`); its control data."""
+    if choice.format == "tar":
+        from backupkit.restore.pitr_tar import unpack_tar_backup
+
+        backup = choice.backup.path
+        if choice.from_s3:
+            backup = data.parent / "download"
+            download_base_backup(bucket, choice, backup)
+        unpacked = data.parent / "unpacked"
+        unpack_tar_backup(backup, unpacked, choice, choice.label)
+        if choice.from_s3:
+            shutil.rmtree(backup)
+        return prepare_copy(unpacked, data, user, move=True)
     if choice.from_s3:
         download = data.parent / "download"
         download_base_backup(bucket, choice, download)

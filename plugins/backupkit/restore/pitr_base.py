@@ -2,7 +2,7 @@
 
 Rules (docs/wal.md, "Point-in-time restore from S3"):
 
-- **Which**: the newest plain-format base backup whose end (STOP TIME of its ``.backup`` label
+- **Which**: the newest base backup (plain or tar format) whose end (STOP TIME of its ``.backup`` label
   in the archive, matched by start LSN and timeline) is before the target. Its start comes
   from ``backup_manifest``'s WAL-Ranges: read on disk, or, for a base backup kept in S3 only,
   from the manifest's first 4 KiB and last 64 KiB (two ranged GETs, nothing else downloaded
@@ -16,7 +16,8 @@ Rules (docs/wal.md, "Point-in-time restore from S3"):
   against the downloaded ``backup_manifest`` (every file's checksum, no file missing or
   added, the manifest's own checksum) and its WAL range must be the one chosen. Only then is
   it used. The empty directories a data directory needs (S3 keeps none) are made as initdb
-  makes them.
+  makes them. A tar-format one (:mod:`backupkit.restore.pitr_tar`) is downloaded without its
+  ``pg_wal.tar``, then unpacked and verified there.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from backupkit.config import Source
 from backupkit.model import Backup
 from backupkit.storage.objectstore import Bucket, client_errors, describe_error
 from backupkit.wal.backups import (MANIFEST_TAIL, BackupError, BaseBackup, from_ranges, manifest_ranges,
-                                   parse_label, read_base_backup, verify_files)
+                                   TAR_NAMES, parse_label, read_base_backup, verify_files)
 
 DISK_MARGIN = 256 << 20
 # The directories of a data directory as initdb makes them (src/bin/initdb/initdb.c, PostgreSQL 18):
@@ -54,6 +55,7 @@ class BaseChoice:
     start_tli: int
     end: datetime
     from_s3: bool
+    format: str = "plain"   # or "tar"
 
     @property
     def label(self) -> str:
@@ -81,10 +83,14 @@ def label_ends(archive) -> dict[tuple[int, int], datetime]:
 
 
 def s3_range(bucket: Bucket, key: str) -> BaseBackup | None:
-    """The WAL range of a base backup directory in S3 from its manifest's head and tail; None for
-    a tar-format one or one without a manifest (not restored to a point in time)."""
+    """The WAL range of a base backup directory in S3 (plain: ``PG_VERSION``, tar: a ``base.tar*``)
+    from its manifest's head and tail; None without a manifest (not restored to a point in time)."""
     prefix = key.rstrip("/") + "/"
-    if bucket.head(prefix + "PG_VERSION") is None:
+    if bucket.head(prefix + "PG_VERSION") is not None:
+        fmt = "plain"
+    elif any(bucket.head(prefix + n) is not None for n in TAR_NAMES):
+        fmt = "tar"
+    else:
         return None
     manifest = prefix + "backup_manifest"
     size = (bucket.head(manifest) or {}).get("ContentLength")
@@ -92,7 +98,7 @@ def s3_range(bucket: Bucket, key: str) -> BaseBackup | None:
         return None
     head = _ranged(bucket, manifest, f"bytes=0-{min(4096, int(size)) - 1}")
     tail = _ranged(bucket, manifest, f"bytes=-{min(MANIFEST_TAIL, int(size))}")
-    return from_ranges(*manifest_ranges(head, tail, bucket.uri(manifest)), bucket.uri(key), "plain")
+    return from_ranges(*manifest_ranges(head, tail, bucket.uri(manifest)), bucket.uri(key), fmt)
 
 
 def _ranged(bucket: Bucket, key: str, byte_range: str) -> bytes:
@@ -112,8 +118,7 @@ def _range_of(b: Backup, bucket: Bucket | None, prefer: str) -> tuple[BaseBackup
             return (found, True) if found is not None else None
         if b.path is None:
             return None
-        found = read_base_backup(b.path)
-        return (found, False) if found.format == "plain" else None
+        return read_base_backup(b.path), False
     except (BackupError, *client_errors()):
         return None   # the daily verification names a damaged manifest; it is just not used here
 
@@ -130,10 +135,10 @@ def base_backup_for(source: Source, target: datetime, archive, bucket: Bucket | 
         bb, from_s3 = found
         end = ends.get((bb.start_tli, bb.start_lsn))
         if end is not None and end < target and (best is None or end > best.end):
-            best = BaseChoice(b.name, b, bb.start_lsn, bb.start_tli, end, from_s3)
+            best = BaseChoice(b.name, b, bb.start_lsn, bb.start_tli, end, from_s3, bb.format)
     if best is None:
         where = f"{source.local_dir}" + (f" or s3://{bucket.name}/{source.s3_prefix}" if bucket is not None else "")
-        raise BaseBackupError(f"no plain-format base backup of {source.name} in {where} ended before "
+        raise BaseBackupError(f"no base backup of {source.name} in {where} ended before "
                               f"{target.isoformat()} (with its .backup label in the archive)")
     return best
 
@@ -155,14 +160,19 @@ def member_path(root: Path, rel: str) -> Path:
 
 
 def download_base_backup(bucket: Bucket, choice: BaseChoice, dest: Path) -> int:
-    """The S3 copy of ``choice`` into ``dest`` (new), checked; the bytes downloaded."""
+    """The S3 copy of ``choice`` into ``dest`` (new), checked (a tar-format one: when unpacked); the
+    bytes downloaded."""
     from backupkit.restore.fetch import download_object
+    from backupkit.restore.pitr_tar import tar_layout, wanted_object
 
     prefix = choice.backup.key.rstrip("/") + "/"
     try:
         objects = [(o.key[len(prefix):], o.key, o.size) for o in bucket.objects(prefix)]
     except client_errors() as exc:
         raise BaseBackupError(f"cannot list {bucket.uri(prefix)}: {describe_error(exc, bucket.uri(prefix))}") from None
+    if choice.format == "tar":
+        tar_layout([rel for rel, _, _ in objects], bucket.uri(prefix.rstrip("/")))
+        objects = [o for o in objects if wanted_object(o[0])]
     allowed = sum(size for _, _, size in objects)
     check_free_space(dest.parent, allowed, f"the base backup {bucket.uri(prefix)}")
     dest.mkdir(mode=0o700)
@@ -181,9 +191,10 @@ def download_base_backup(bucket: Bucket, choice: BaseChoice, dest: Path) -> int:
         total += n
         if n != size or total > allowed:
             raise BaseBackupError(f"{bucket.uri(key)} changed while it was downloaded ({n} bytes, listed {size})")
-    for sub in DATA_SUBDIRS:
-        (dest / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-    verify_download(dest, choice, bucket.uri(prefix))
+    if choice.format == "plain":
+        for sub in DATA_SUBDIRS:
+            (dest / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        verify_download(dest, choice, bucket.uri(prefix))
     return total
 
 

@@ -32,6 +32,7 @@ _TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ?(UTC|GMT|Z|[+-]\d\d(?::?
 _KEY = re.compile(r"^[A-Z][A-Z ]{0,40}$")
 _SYSID = re.compile(r'"System-Identifier"\s*:\s*(\d{1,20})')
 TAR_NAMES = ("base.tar", "base.tar.gz", "base.tar.zst", "base.tar.lz4")
+MAX_MANIFEST_BYTES = 512 << 20   # about 3 million files' entries
 
 
 class BackupError(ValueError):
@@ -181,6 +182,26 @@ def read_base_backup(path: Path) -> BaseBackup:
     raise BackupError(f"{path}: no backup_manifest (and no backup_label): its WAL range is unknown")
 
 
+def manifest_files(manifest: Path) -> tuple[int, int]:
+    """(files, bytes) a ``backup_manifest`` lists: what a tar-format backup extracts to, known
+    before anything is extracted. Read whole, refused past :data:`MAX_MANIFEST_BYTES`."""
+    try:
+        with open(manifest, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise BackupError(f"{manifest}: cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BackupError(f"{manifest}: larger than {MAX_MANIFEST_BYTES} bytes: refused")
+    try:
+        files = json.loads(data).get("Files")
+    except (ValueError, AttributeError):
+        raise BackupError(f"{manifest}: not a JSON backup manifest") from None
+    if not isinstance(files, list) or not all(
+            isinstance(e, dict) and type(e.get("Size")) is int and e["Size"] >= 0 for e in files):
+        raise BackupError(f"{manifest}: Files must list entries with a non-negative Size")
+    return len(files), sum(e["Size"] for e in files)
+
+
 def with_label(backup: BaseBackup, labels: list[BaseBackup]) -> BaseBackup:
     """``backup`` completed from the archive's label of the same start (stop LSN, stop time)."""
     for label in labels:
@@ -206,4 +227,5 @@ def verify_files(backup: BaseBackup) -> str | None:
 
 
 __all__ = ["BaseBackup", "BackupError", "parse_label", "read_base_backup", "manifest_ranges", "from_ranges", "with_label", "verify_files",
+           "manifest_files",
            "parse_time"]
