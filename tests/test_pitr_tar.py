@@ -18,6 +18,8 @@ from pathlib import Path
 import lz4.frame
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _config_helpers import short_dir
 from _wal_archive import wait_archived
@@ -27,10 +29,11 @@ from backupkit.jobs import daily
 from backupkit.pgbin import pg_bin
 from backupkit.pgserver import LocalPostgres
 from backupkit.restore.pitr import PitrTarget, marker_checks, parse_target_time, pitr_restore
-from backupkit.restore.pitr_base import BaseBackupError
-from backupkit.restore.pitr_tar import inflate, tar_layout
+from backupkit.restore.pitr import archive_reader
+from backupkit.restore.pitr_base import DISK_MARGIN, BaseBackupError, base_backup_for, download_base_backup
+from backupkit.restore.pitr_tar import TABLESPACE_TAR, inflate, tar_layout, unpack_tar_backup
 from backupkit.storage.objectstore import Bucket
-from backupkit.wal.backups import BackupError, manifest_files
+from backupkit.wal.backups import BackupError, manifest_files, read_base_backup
 from sandbox import walarchive
 
 NAME = "pitr-tar"
@@ -145,6 +148,16 @@ def test_pitr_from_a_tar_base_backup_in_s3(site, s3, bucket):
                           checks=marker_checks(lambda sql: pg.psql(sql)), timeout=120)
     _restored(result)
     assert result["base_backup_from"] == "s3" and backup.name in result["location"]
+    source = load_config(root / "s3.yaml").source(NAME)
+    choice = base_backup_for(source, _target(marks).time, archive_reader(source, store), store)
+    assert choice.format == "tar" and choice.from_s3
+    download_base_backup(store, choice, root / "dl")
+    assert sorted(p.name for p in (root / "dl").iterdir()) == ["backup_manifest", "base.tar.gz"]  # no pg_wal.tar.gz
+    shutil.rmtree(root / "dl")
+    store.upload(stash / "gz" / backup.name / "base.tar.gz", f"basebackups/{backup.name}/16385.tar.gz")
+    with pytest.raises(BaseBackupError, match="16385.tar.gz: a tablespace tar"):
+        download_base_backup(store, choice, root / "dl")
+    assert not (root / "dl").exists()                         # refused before anything was downloaded
 
 
 # -- refused before the server starts -----------------------------------------------------------------
@@ -242,6 +255,17 @@ def test_a_tar_larger_than_its_manifest_says_is_refused(site):
     assert str(tar) in detail and "exceed the limit" in detail
 
 
+def test_free_disk_is_checked_against_the_manifest_before_unpacking(site, monkeypatch):
+    root, pg, config, marks, stash = site
+    backup = _only(root, stash, "lz4")
+    _, total = manifest_files(backup / "backup_manifest")
+    real = shutil.disk_usage
+    # Room for the files the manifest lists, not for the inflated tar beside them as well.
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=total + DISK_MARGIN + 1))
+    detail = _refused(config, marks, pg)
+    assert "not enough free disk for unpacking" in detail and f"{backup}/base.tar.lz4" in detail
+
+
 # -- the rules, without a server ------------------------------------------------------------------------
 def test_layout_rules():
     assert tar_layout(["base.tar.zst", "backup_manifest", "pg_wal.tar.zst"], "x").compression == ".zst"
@@ -276,3 +300,58 @@ def test_manifest_files_counts_a_real_manifest(site):
         regular = [m for m in t.getmembers() if m.isfile()]
     assert files == len(regular) and total == sum(m.size for m in regular)
 
+
+
+# -- fuzz: hostile manifests, names and tars -------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | st.builds(lambda n: b"[" * n, st.integers(0, 200_000)))
+def test_manifest_files_fuzz(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("m") / "backup_manifest"
+    path.write_bytes(data)
+    try:
+        files, total = manifest_files(path)
+    except BackupError as exc:
+        assert "backup_manifest" in str(exc)
+        return
+    assert files >= 0 and total >= 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["base.tar", "base.tar.gz", "base.tar.lz4", "base.tar.zst", "backup_manifest",
+                                 "pg_wal.tar", "16385.tar", "1.tar.zst", "x.tar", "base.tar.bz2"]) | st.text(max_size=12),
+                max_size=6))
+def test_layout_fuzz(names):
+    try:
+        layout = tar_layout(names, "x")
+    except BaseBackupError as exc:
+        assert str(exc).startswith("x")
+        return
+    assert "backup_manifest" in names and f"base.tar{layout.compression}" in names
+    assert not any(TABLESPACE_TAR.match(n) for n in names)
+
+
+@pytest.mark.parametrize("kind", ["tar", "lz4", "zst"])
+def test_seeded_mutations_of_a_real_tar_are_refused_not_a_traceback(site, tmp_path, kind):
+    import random
+    from types import SimpleNamespace
+
+    stash = site[4]
+    [backup] = (stash / kind).iterdir()
+    bb = read_base_backup(backup)
+    choice = SimpleNamespace(start_tli=bb.start_tli, start_lsn=bb.start_lsn)
+    [tar] = backup.glob("base.tar*")
+    good = tar.read_bytes()
+    rng = random.Random(f"pitrtar/{kind}")
+    for i in range(6):
+        case = tmp_path / f"case{i}"
+        shutil.copytree(backup, case / "backup")
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 8)):
+            at = rng.randrange(len(data))
+            data[at:at + 4] = bytes(rng.randrange(256) for _ in range(4))
+        (case / "backup" / tar.name).write_bytes(bytes(data))
+        try:
+            unpack_tar_backup(case / "backup", case / "unpacked", choice, str(case / "backup"))
+        except BaseBackupError as exc:
+            assert str(case / "backup") in str(exc)
+        shutil.rmtree(case)

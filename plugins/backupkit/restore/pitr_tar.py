@@ -9,7 +9,8 @@ Rules (docs/wal.md, "Tar-format base backups"):
 - **Disk first**: the bytes unpacked are bounded by the manifest's file sizes (its ``Files``
   entries' ``Size``), known before anything is written; the free space must hold them (plus,
   for lz4 and zstd, the inflated tar) and the margin. The extraction itself refuses a tar whose
-  members add up to more than the manifest says, before writing, and stops while writing.
+  members add up to more than the manifest says, before writing, and stops while writing; the
+  tar stream itself may not be longer than those files with their headers.
 - **Extraction**: through the project's safe extraction (:func:`backupkit.restore.files.safe_extract`,
   docs/archive-rules.md): the whole tar is read and judged first (damage, members escaping, links
   out, limits), nothing is executed. gzip is read by it directly; lz4 and zstd are inflated first
@@ -26,10 +27,11 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from backupkit.checks.stream import StreamProblem, Tap, decoded_pieces
+from backupkit.checks.tarstream import DEFAULT_LIMITS
 from backupkit.restore.files import ExtractRefused, safe_extract
 from backupkit.restore.pitr_base import DATA_SUBDIRS, BaseBackupError, check_free_space, verify_download
 from backupkit.wal.backups import TAR_NAMES, BackupError, manifest_files
@@ -41,6 +43,7 @@ INFLATED = {".lz4": "lz4", ".zst": "zstd"}
 # fixed allowance for directory headers and the end-of-archive blocks.
 TAR_PER_FILE = 2048
 TAR_SLACK = 16 << 20
+MAX_DIRECTORIES = 100_000   # members beyond the manifest's files: directories, links
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,9 @@ def unpack_tar_backup(backup: Path, dest: Path, choice, where: str) -> None:
         if temp is not None:
             inflate(tar, temp, INFLATED[layout.compression], inflated_cap, label)
             tar = temp
-        safe_extract(tar, dest, max_total_bytes=total, max_files=files + 100_000, existing="fail")
+        limits = replace(DEFAULT_LIMITS, max_decompressed_bytes=inflated_cap, max_members=files + MAX_DIRECTORIES)
+        safe_extract(tar, dest, max_total_bytes=total, max_files=files + MAX_DIRECTORIES, existing="fail",
+                     limits=limits)
     except ExtractRefused as exc:
         raise BaseBackupError(str(exc).replace(str(tar), label)) from None
     finally:

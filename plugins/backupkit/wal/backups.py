@@ -194,7 +194,7 @@ def manifest_files(manifest: Path) -> tuple[int, int]:
         raise BackupError(f"{manifest}: larger than {MAX_MANIFEST_BYTES} bytes: refused")
     try:
         files = json.loads(data).get("Files")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):   # RecursionError: nesting a manifest never has
         raise BackupError(f"{manifest}: not a JSON backup manifest") from None
     if not isinstance(files, list) or not all(
             isinstance(e, dict) and type(e.get("Size")) is int and e["Size"] >= 0 for e in files):
