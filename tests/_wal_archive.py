@@ -14,6 +14,14 @@ real point-in-time recoveries of the plain base backup, promoted:
   its own directory: merged into ``tl2`` it is the split brain the verifier must name.
 
 Everything is made in a few seconds; tests damage copies, never these directories.
+
+Times: the archive's file mtimes are written by the kernel, its records' commit times by the
+servers, and checks ask :func:`backupkit.clock.now`. Under Debian's libfaketime the servers and
+this process share the faked clock, but the kernel does not, and libfaketime 0.9.10 does not wrap
+``stat64``/``fstatat64``/``statx`` (what Python 3.11 on glibc 2.33+ calls), so this process reads
+the kernel's real mtimes: a segment archived a second ago looks 30 days old. :func:`wait_archived`
+therefore puts the archived files' mtimes on the tests' clock (:func:`on_test_clock`; a no-op, to
+the millisecond, on the real clock), and :attr:`WalArchives.archived_at` is the archive's own "now".
 """
 
 from __future__ import annotations
@@ -27,11 +35,14 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+from backupkit import clock
 from backupkit.pgbin import pg_bin
 from backupkit.pgserver import LocalPostgres, server_user
+from sandbox import walarchive
 
 SEGMENT_SIZE = 1024 * 1024
 
@@ -47,6 +58,7 @@ class WalArchives:
     base_tar: Path      # pg_basebackup -Ft -X none taken later
     rp_a_lsn: str       # where restore points rp_a and rp_b were made on timeline 1
     rp_b_lsn: str
+    archived_at: datetime   # when the last file was archived, on the tests' clock: the archives' "now"
 
 
 def _give_to_server_user(path: Path) -> None:
@@ -74,17 +86,39 @@ def _archive_settings(archive: Path) -> dict[str, str]:
     }
 
 
-def wait_archived(server: LocalPostgres, timeout: float = 30) -> str:
-    """Switch to a new segment and wait until the archiver has archived the finished one."""
-    done = server.psql("SELECT pg_walfile_name(pg_switch_wal())").strip()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last = server.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").strip()
-        # Names compare in WAL order within a timeline; a .history may be "last" too.
-        if last.endswith(".history") is False and last[:8] == done[:8] and last >= done:
-            return done
-        time.sleep(0.05)
-    raise TimeoutError(f"segment {done} not archived after {timeout}s")
+def wait_archived(server: LocalPostgres, archive: Path | None = None, timeout: float = 60) -> None:
+    """Switch to a new segment, wait until the archiver has archived the finished one (the sandbox's
+    wait) and, given the ``archive`` directory, put its files' mtimes on the tests' clock."""
+    said: list[str] = []
+    if not walarchive.wait_archived(server, timeout=timeout, say=said.append):
+        raise TimeoutError(said[0])
+    if archive is not None:
+        on_test_clock(archive)
+
+
+_STAMPED: dict[Path, int] = {}   # file -> the mtime (ns) on_test_clock gave it
+
+
+def on_test_clock(directory: Path) -> None:
+    """Move the mtimes of the files in ``directory`` from the kernel's clock to :func:`clock.now`'s.
+
+    The offset is measured, not assumed: a probe file's mtime (the kernel's clock, as this process
+    reads it) against ``clock.now()`` at the same instant. A file already moved is left alone, so
+    files archived later can be moved by a later call.
+    """
+    fd, probe = tempfile.mkstemp(prefix=".clock-probe-", dir=directory)
+    try:
+        offset = clock.now().timestamp() * 1e9 - os.fstat(fd).st_mtime_ns
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+    for f in sorted(directory.iterdir()):
+        st = f.stat()
+        if _STAMPED.get(f) == st.st_mtime_ns:
+            continue
+        moved = st.st_mtime_ns + int(offset)
+        os.utime(f, ns=(st.st_atime_ns, moved))
+        _STAMPED[f] = moved
 
 
 def _run(*cmd: str) -> None:
@@ -149,7 +183,7 @@ def build_wal_archives(root: Path) -> WalArchives:
         _run(pg_bin("pg_basebackup"), *primary.conn_args()[:-2], "-D", str(base_tar), "-Ft",
              "-X", "none", "-c", "fast", "--no-sync")
         _writes(primary, 2000)
-        wait_archived(primary)
+        wait_archived(primary, archive)
     except Exception as exc:
         log = primary.data_dir / "server.log"
         raise RuntimeError(f"{exc}\n--- server log ---\n{log.read_text()[-3000:] if log.exists() else ''}") from exc
@@ -163,17 +197,17 @@ def build_wal_archives(root: Path) -> WalArchives:
     try:
         a.psql("INSERT INTO marks (at, payload) VALUES (clock_timestamp(), 'timeline 2')")
         _writes(a, 1500)
-        wait_archived(a)
+        wait_archived(a, archive)
     finally:
         a.destroy()
     b = _start_recovery(base_plain, root / "pitr-b", tl1, fork_dir, "rp_b")
     try:
         _writes(b, 1500)
-        wait_archived(b)
+        wait_archived(b, fork_dir)
     finally:
         b.destroy()
     return WalArchives(tl1=tl1, tl2=archive, fork_b=fork_dir, base_plain=base_plain, base_tar=base_tar,
-                       rp_a_lsn=rp_a, rp_b_lsn=rp_b)
+                       rp_a_lsn=rp_a, rp_b_lsn=rp_b, archived_at=clock.now())
 
 
 @contextmanager
@@ -220,5 +254,5 @@ def error_lsn(stderr: str) -> int | None:
     return int(found[-1][0], 16) << 32 | int(found[-1][1], 16) if found else None
 
 
-__all__ = ["WalArchives", "build_wal_archives", "wal_fixture_dir", "wait_archived", "SEGMENT_SIZE", "copy_archive", "waldump",
+__all__ = ["WalArchives", "build_wal_archives", "wal_fixture_dir", "wait_archived", "on_test_clock", "SEGMENT_SIZE", "copy_archive", "waldump",
            "records", "error_lsn"]

@@ -115,6 +115,13 @@ def wal_archives():
 
 
 @pytest.fixture(scope="session")
+def wal_now(wal_archives):
+    """The session archives' own "now" (when their last file was archived, on the tests' clock): their
+    mtimes and commit times lie just before it, whenever in the session they were made."""
+    return wal_archives.archived_at
+
+
+@pytest.fixture(scope="session")
 def now():
     """The session's one "now" (aware UTC): build histories and expectations from it."""
     from _clock import SESSION_NOW

@@ -55,7 +55,7 @@ def site():
     for i in range(6):
         time.sleep(1.2)
         marks.append(parse_target_time(walarchive.write_marker(pg, f"m{i}").replace(" ", "T")))
-    wait_archived(pg)
+    wait_archived(pg, root / "archive")
     results = daily.check_integrity(config, "pitr-wal")
     assert not [r for r in results if not r["ok"]], results
     yield root, pg, config, marks

@@ -58,7 +58,7 @@ def test_the_healthy_sandbox_archive_passes_and_a_wal_gap_breaks_it(archiving, s
     for i in range(3):   # the writer's markers, and segments archived after the base backup
         walarchive.write_marker(pg, f"marker {i}")
         pg.psql("SELECT pg_logical_emit_message(true, 'pad', repeat('x', 300000))")
-        wait_archived(pg)
+        wait_archived(pg, root / "wal" / "archive")
     assert walarchive.sync(config, s3, config.source("trixtech-wal")) > 0
     assert int(pg.psql(f"SELECT count(*) FROM {walarchive.MARKERS_TABLE}", walarchive.MARKERS_DB)) == 4
     results = _wal_checks(config, s3)
@@ -86,7 +86,7 @@ def test_an_older_sandbox_cluster_is_converted_to_archiving_with_1mb_segments(tm
         said = []
         walarchive.ensure_archiving(pg, say=said.append)
         assert walarchive.segment_size(pg) == 1 << 20 and pg.psql("SHOW archive_mode").strip() == "on"
-        wait_archived(pg)
+        wait_archived(pg, archive)
         assert any(len(p.name) == 24 and p.stat().st_size == 1 << 20 for p in archive.iterdir())
         walarchive.ensure_archiving(pg, say=said.append)   # done once: nothing more to do
         assert len(said) == 2
@@ -119,7 +119,7 @@ def test_the_daily_dag_verifies_the_archive_and_the_restore_dag_restores_to_a_ti
     generate_history(config, pg, now=SESSION_NOW, days=10, s3_client=s3, database="trixtech")
     walarchive.ensure(config, pg, s3, say=lambda _: None)
     walarchive.write_marker(pg)
-    wait_archived(pg)
+    wait_archived(pg, root / "wal" / "archive")
     walarchive.sync(config, s3, config.source("trixtech-wal"))
     bag = DagBag(dag_folder=str(airflow_env.DAGS))
     assert bag.import_errors == {}
@@ -145,7 +145,7 @@ def test_the_daily_dag_verifies_the_archive_and_the_restore_dag_restores_to_a_ti
     at = walarchive.write_marker(pg, "before the target").replace(" ", "T")
     time.sleep(0.5)
     walarchive.write_marker(pg, "after the target")
-    wait_archived(pg)
+    wait_archived(pg, root / "wal" / "archive")
     daily.check_integrity(config, "trixtech-wal")   # the window now reaches past both markers
     target = (datetime.fromisoformat(at) + timedelta(milliseconds=250)).isoformat()
     restore = DagBag(dag_folder=str(airflow_env.DAGS / "backup_restore.py")).dags["backup_restore"]

@@ -136,11 +136,11 @@ verification: {{state_dir: {root}/state}}
 
 
 @pytest.fixture
-def site(wal_archives, now, s3, bucket):
+def site(wal_archives, wal_now, s3, bucket):
     root = short_dir("bk-walret-")
     copy_archive(wal_archives.tl1, root / "archive")
     (root / "bases").mkdir()
-    names = [(now - timedelta(days=d)).strftime("base_%Y%m%d_%H%M%S") for d in (2, 1)]
+    names = [(wal_now - timedelta(days=d)).strftime("base_%Y%m%d_%H%M%S") for d in (2, 1)]
     shutil.copytree(wal_archives.base_plain, root / "bases" / names[0])   # older: taken first
     shutil.copytree(wal_archives.base_tar, root / "bases" / names[1])
     for f in sorted((root / "archive").iterdir()):
@@ -169,13 +169,11 @@ def _wal_keys(s3, bucket) -> set[str]:
     return {o["Key"][4:] for o in s3.list_objects_v2(Bucket=bucket, Prefix="wal/").get("Contents", [])}
 
 
-def test_deleting_a_base_backup_frees_its_wal_up_to_the_next_ones_start(site, s3, bucket, now):
+def test_deleting_a_base_backup_frees_its_wal_up_to_the_next_ones_start(site, s3, bucket, wal_now):
     root, names = site
     cfg = _config(root, bucket)
-    # The session's archive may be made after the session's "now": sweep after its newest file.
-    newest = max(datetime.fromtimestamp(p.stat().st_mtime, timezone.utc) for p in (root / "archive").iterdir())
-    later = max(now, newest) + timedelta(minutes=5)
-    assert not [r for r in daily.check_integrity(cfg, "booking-wal", now=now) if not r["ok"]]
+    later = wal_now + timedelta(minutes=5)
+    assert not [r for r in daily.check_integrity(cfg, "booking-wal", now=wal_now) if not r["ok"]]
     before = set(p.name for p in (root / "archive").iterdir())
     dry = _sweep(cfg, s3, later, dry_run=True)
     assert dry.would_delete == [names[0]] and dry.wal["would_delete"], (dry.protected, dry.held, dry.kept, dry.wal)
@@ -200,23 +198,23 @@ def test_deleting_a_base_backup_frees_its_wal_up_to_the_next_ones_start(site, s3
     assert not [r for r in results if not r["ok"]], [r for r in results if not r["ok"]]
 
 
-def test_keep_pitr_window_holds_the_base_backup_and_its_wal(site, s3, bucket, now):
+def test_keep_pitr_window_holds_the_base_backup_and_its_wal(site, s3, bucket, wal_now):
     root, names = site
     cfg = _config(root, bucket, window="3d")
-    daily.check_integrity(cfg, "booking-wal", now=now)
+    daily.check_integrity(cfg, "booking-wal", now=wal_now)
     before = set(p.name for p in (root / "archive").iterdir())
-    report = _sweep(cfg, s3, now + timedelta(minutes=5), dry_run=False)
+    report = _sweep(cfg, s3, wal_now + timedelta(minutes=5), dry_run=False)
     assert report.deleted == [] and [h["name"] for h in report.held] == [names[0]]
     assert "keep_pitr_window 3d" in report.held[0]["reason"]
     assert set(p.name for p in (root / "archive").iterdir()) == before
 
 
-def test_a_base_backup_without_readable_start_keeps_all_wal(site, s3, bucket, now):
+def test_a_base_backup_without_readable_start_keeps_all_wal(site, s3, bucket, wal_now):
     root, names = site
     cfg = _config(root, bucket)
-    daily.check_integrity(cfg, "booking-wal", now=now)
+    daily.check_integrity(cfg, "booking-wal", now=wal_now)
     (root / "bases" / names[1] / "backup_manifest").write_text("{}")
     before = set(p.name for p in (root / "archive").iterdir())
-    report = _sweep(cfg, s3, now + timedelta(minutes=5), dry_run=False)
+    report = _sweep(cfg, s3, wal_now + timedelta(minutes=5), dry_run=False)
     assert "cannot be read" in report.wal["reason"]
     assert set(p.name for p in (root / "archive").iterdir()) == before

@@ -40,12 +40,12 @@ def write_config(root: Path, *, bucket: str = "trixtech-backups", archive_dir: s
 
 
 @pytest.fixture
-def site(wal_archives, now):
+def site(wal_archives, wal_now):
     """A WAL source on copies of the session's timeline-1 archive and its plain base backup."""
     root = short_dir("bk-walsrc-")
     copy_archive(wal_archives.tl1, root / "archive")
     (root / "bases").mkdir()
-    name = (now - timedelta(hours=3)).strftime("base_%Y%m%d_%H%M%S")
+    name = (wal_now - timedelta(hours=3)).strftime("base_%Y%m%d_%H%M%S")
     shutil.copytree(wal_archives.base_plain, root / "bases" / name)
     yield root
     shutil.rmtree(root, ignore_errors=True)
@@ -90,16 +90,16 @@ def _problems(results):
     return [r for r in results if not r["ok"]]
 
 
-def test_healthy_archive_passes_and_unchanged_segments_are_not_read_again(site, now):
+def test_healthy_archive_passes_and_unchanged_segments_are_not_read_again(site, wal_now):
     cfg = load_config(write_config(site))
-    first = daily.check_integrity(cfg, "booking-wal", now=now)
+    first = daily.check_integrity(cfg, "booking-wal", now=wal_now)
     assert _problems(first) == []
     window = next(r for r in first if r["check"] == "pitr_window")
     assert window["ok"] and "recoverable from" in window["detail"]
     summary = next(r for r in first if r["check"] == "wal_archive")["detail"]
     segments = len([p for p in (site / "archive").iterdir() if len(p.name) == 24])
     assert f"of {segments} segments (0 unchanged" in summary
-    second = daily.check_integrity(cfg, "booking-wal", now=now + timedelta(minutes=10))
+    second = daily.check_integrity(cfg, "booking-wal", now=wal_now + timedelta(minutes=10))
     assert _problems(second) == []
     again = next(r for r in second if r["check"] == "wal_archive")["detail"]
     read = int(again.split("read ")[1].split(" of")[0])
@@ -111,9 +111,9 @@ def test_healthy_archive_passes_and_unchanged_segments_are_not_read_again(site, 
     assert "point-in-time recovery: recoverable from" in report["table"]
 
 
-def test_a_bit_flip_in_a_remembered_segment_is_found_next_run(site, now):
+def test_a_bit_flip_in_a_remembered_segment_is_found_next_run(site, wal_now):
     cfg = load_config(write_config(site, extra="    max_age: 30d\n"))
-    assert _problems(daily.check_integrity(cfg, "booking-wal", now=now)) == []
+    assert _problems(daily.check_integrity(cfg, "booking-wal", now=wal_now)) == []
     segs = sorted(p for p in (site / "archive").iterdir() if len(p.name) == 24)
     victim = segs[len(segs) // 2]
     st = os.stat(victim)
@@ -123,50 +123,50 @@ def test_a_bit_flip_in_a_remembered_segment_is_found_next_run(site, now):
         f.seek(5000)
         f.write(bytes([b[0] ^ 0xFF]))
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))   # mtime put back: the ctime still differs
-    bad = _problems(daily.check_integrity(cfg, "booking-wal", now=now + timedelta(days=1)))
+    bad = _problems(daily.check_integrity(cfg, "booking-wal", now=wal_now + timedelta(days=1)))
     # Reported where the damaged record starts (a segment before it when the record crosses segments).
     assert [r["check"] for r in bad if r["check"].startswith("wal_")] == ["wal_corrupt"], bad
     assert bad[0]["artifact"] <= f"booking-wal/{victim.name}"
 
 
-def test_gap_stale_and_rolling_reread(site, now):
+def test_gap_stale_and_rolling_reread(site, wal_now):
     cfg = load_config(write_config(site, extra="    max_age: 1h\n", fraction=1.0))
     segs = sorted(p for p in (site / "archive").iterdir() if len(p.name) == 24)
     segs[len(segs) // 2].unlink()
-    results = daily.check_integrity(cfg, "booking-wal", now=now + timedelta(days=2))
+    results = daily.check_integrity(cfg, "booking-wal", now=wal_now + timedelta(days=2))
     kinds = {r["check"] for r in _problems(results)}
     assert {"wal_gap", "wal_stale"} <= kinds, kinds
     # reread_fraction 1: every remembered segment is read again the next run.
-    results = daily.check_integrity(cfg, "booking-wal", now=now + timedelta(days=3))
+    results = daily.check_integrity(cfg, "booking-wal", now=wal_now + timedelta(days=3))
     detail = next(r for r in results if r["check"] == "wal_archive")["detail"]
     assert "(0 unchanged since they passed)" in detail
 
 
-def test_base_backup_verdicts_are_remembered_for_retention(site, now):
+def test_base_backup_verdicts_are_remembered_for_retention(site, wal_now):
     cfg = load_config(write_config(site))
-    daily.check_integrity(cfg, "booking-wal", now=now)
+    daily.check_integrity(cfg, "booking-wal", now=wal_now)
     name = next((site / "bases").iterdir()).name
     with VerificationState(cfg.state_dir) as st:
         assert st.verdict(f"booking-wal/{name}") == "passed"
     # Its WAL removed from the archive: the base backup is no longer restorable.
     for p in sorted((site / "archive").iterdir())[:3]:
         p.unlink()
-    results = daily.check_integrity(cfg, "booking-wal", now=now + timedelta(days=1))
+    results = daily.check_integrity(cfg, "booking-wal", now=wal_now + timedelta(days=1))
     assert any(r["check"] == "wal_base_backup_wal_missing" for r in _problems(results))
     with VerificationState(cfg.state_dir) as st:
         assert st.verdict(f"booking-wal/{name}") == "failed"
 
 
-def test_pitr_gauges_and_rpo(site, now):
+def test_pitr_gauges_and_rpo(site, wal_now):
     cfg = load_config(write_config(site))
-    results = daily.check_integrity(cfg, "booking-wal", now=now)
-    later = now + timedelta(hours=5)
+    results = daily.check_integrity(cfg, "booking-wal", now=wal_now)
+    later = wal_now + timedelta(hours=5)
     text = daily.run_metrics(cfg, results, ["booking-wal"], now=later).text()
     values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
               if line.startswith("backup_pitr")}
     start = values[f'{PITR_WINDOW_START}{{source="booking-wal"}}']
     end = values[f'{PITR_WINDOW_END}{{source="booking-wal"}}']
-    assert start < end   # (the session's archive is written at the real time, after the session's "now")
+    assert start < end
     assert values[f'{PITR_RPO}{{source="booking-wal"}}'] == pytest.approx(later.timestamp() - end)
 
 
@@ -176,7 +176,7 @@ def _upload(s3, bucket_name: str, archive: Path, prefix: str = "wal/") -> None:
         s3.upload_file(str(f), bucket_name, prefix + f.name)
 
 
-def test_s3_copy_compared_and_tampering_found(site, s3, bucket, now):
+def test_s3_copy_compared_and_tampering_found(site, s3, bucket, wal_now):
     cfg = load_config(write_config(site, bucket=bucket, extra="    archive_s3_prefix: wal/\n"))
     _upload(s3, bucket, site / "archive")
     b = Bucket(s3, bucket)
@@ -186,19 +186,19 @@ def test_s3_copy_compared_and_tampering_found(site, s3, bucket, now):
     segs = sorted(p.name for p in (site / "archive").iterdir() if len(p.name) == 24)
     s3.put_object(Bucket=bucket, Key=f"wal/{segs[3]}", Body=b"\0" * (1 << 20))  # same size, other bytes
     s3.delete_object(Bucket=bucket, Key=f"wal/{segs[5]}")
-    old = now - timedelta(hours=2)
+    old = wal_now - timedelta(hours=2)
     os.utime(site / "archive" / segs[5], (old.timestamp(), old.timestamp()))
     bad = {r["check"]: r for r in _problems(daily.check_cloud_copies(cfg, "booking-wal", b))}
     assert bad["wal_s3_checksum"]["artifact"] == f"booking-wal/{segs[3]}"
     assert bad["wal_s3_present"]["artifact"] == f"booking-wal/{segs[5]}"
 
 
-def test_archive_in_s3_only_is_verified_there(site, s3, bucket, now):
+def test_archive_in_s3_only_is_verified_there(site, s3, bucket, wal_now):
     _upload(s3, bucket, site / "archive")
     path = write_config(site, bucket=bucket, extra="    archive_s3_prefix: wal/\n")
     path.write_text(path.read_text().replace(f"    archive_dir: {site}/archive\n", ""))
     cfg = load_config(path)
-    assert "kept in S3 only" in daily.check_integrity(cfg, "booking-wal", now=now)[0]["detail"]
+    assert "kept in S3 only" in daily.check_integrity(cfg, "booking-wal", now=wal_now)[0]["detail"]
     segs = sorted(p.name for p in (site / "archive").iterdir() if len(p.name) == 24)
     s3.delete_object(Bucket=bucket, Key=f"wal/{segs[len(segs) // 2]}")
     results = daily.check_cloud_copies(cfg, "booking-wal", Bucket(s3, bucket))
@@ -233,21 +233,21 @@ def test_verdicts_with_remembered_segments_equal_a_full_read(wal_archives, tmp_p
         assert len(quick.read) < len(full.read), victim
 
 
-def test_window_reaches_the_weekly_report_and_the_health_page(site, now):
+def test_window_reaches_the_weekly_report_and_the_health_page(site, wal_now):
     from backupkit.health_cache import read_metrics
     from backupkit.jobs.weekly import collect_trends
     from backupkit.reports.weekly import weekly_doc
 
     cfg = load_config(write_config(site))
-    results = daily.check_integrity(cfg, "booking-wal", now=now)
-    later = now + timedelta(hours=2)
+    results = daily.check_integrity(cfg, "booking-wal", now=wal_now)
+    later = wal_now + timedelta(hours=2)
     trends = collect_trends(cfg, now=later)
     w = trends["sources"]["booking-wal"]["pitr_window"]
     end = datetime.fromisoformat(w["end"])
     assert w["start"] < w["end"] and w["rpo_seconds"] == pytest.approx((later - end).total_seconds(), abs=0.01)
-    doc = weekly_doc(report_date=now.date(), trends=trends, failures=None, storage=None, encryption=None)
+    doc = weekly_doc(report_date=wal_now.date(), trends=trends, failures=None, storage=None, encryption=None)
     assert "Point-in-time recovery window" in doc.markdown()
-    daily.run_metrics(cfg, results, ["booking-wal"], now=now).publish(
+    daily.run_metrics(cfg, results, ["booking-wal"], now=wal_now).publish(
         job="backup_daily_verification", textfile=cfg.state.metrics_textfile("daily"))
     metrics = read_metrics(cfg.state.metrics_dir, [])
     from backupkit.health import _pitr
@@ -255,14 +255,14 @@ def test_window_reaches_the_weekly_report_and_the_health_page(site, now):
     assert pitr is not None and pitr["start"][:16] == w["start"][:16]
 
 
-def test_drill_reports_the_archive_rpo_against_the_dumps(site, now):
+def test_drill_reports_the_archive_rpo_against_the_dumps(site, wal_now):
     """The database-corruption scenario's note: RPO with the archive (disaster minus the window's end)
     beside the dumps' (disaster minus the newest restorable dump)."""
     from backupkit.jobs.drill import Targets, _Run, archive_rpo
     from backupkit.wal.source import load_window
 
     cfg = load_config(write_config(site))
-    daily.check_integrity(cfg, "booking-wal", now=now)
+    daily.check_integrity(cfg, "booking-wal", now=wal_now)
     end = load_window(cfg, cfg.source("booking-wal"))["end"]
     disaster = end + timedelta(minutes=7)
     run = _Run("database_corruption", cfg, Targets(3600, 90000), lambda: 0.0, disaster, 0.0, disaster)
@@ -332,14 +332,14 @@ def test_a_window_file_with_naive_or_reversed_times_is_ignored(tmp_path):
     assert load_window(cfg, cfg.source("booking-wal"))["timeline"] == 1
 
 
-def test_base_backups_are_re_verified_in_rolling_turns(site, wal_archives, now):
+def test_base_backups_are_re_verified_in_rolling_turns(site, wal_archives, wal_now):
     """Two base backups, reread_fraction 0.5: each run pg_verifybackup-reads one, the one read longest ago."""
-    shutil.copytree(wal_archives.base_tar, site / "bases" / (now - timedelta(hours=1)).strftime("base_%Y%m%d_%H%M%S"))
+    shutil.copytree(wal_archives.base_tar, site / "bases" / (wal_now - timedelta(hours=1)).strftime("base_%Y%m%d_%H%M%S"))
     cfg = load_config(write_config(site, extra="    max_age: 30d\n", fraction=0.5))
     names = sorted(p.name for p in (site / "bases").iterdir())
     stamps = []
     for day in range(1, 4):
-        daily.check_integrity(cfg, "booking-wal", now=now + timedelta(days=day))
+        daily.check_integrity(cfg, "booking-wal", now=wal_now + timedelta(days=day))
         with VerificationState(cfg.state_dir) as st:
             stamps.append(tuple(st.get(f"booking-wal/{n}").verified_at for n in names))
     # Day 1 reads both (new); then they take turns: each later day refreshes exactly one, alternating.

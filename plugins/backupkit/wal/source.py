@@ -24,7 +24,7 @@ from backupkit.state import FileIdentity, VerificationState
 from backupkit.wal import memory
 from backupkit.wal.archive import ArchiveUnavailable, LocalArchive
 from backupkit.wal.backups import BackupError, BaseBackup, read_base_backup, verify_files
-from backupkit.wal.verify import WalReport, verify_archive
+from backupkit.wal.verify import CLOCK_SKEW, WalReport, verify_archive
 
 WINDOW_CHECK = "pitr_window"
 
@@ -130,6 +130,11 @@ def window_result(source: Source, report: WalReport, now: datetime) -> CheckResu
         why = ("no base backup's WAL is archived whole" if report.base_backups else "no base backup is known")
         return CheckResult(source.name, WINDOW_CHECK, False, f"no point-in-time recovery window: {why}")
     rpo = now - w.end.time
+    if -rpo > CLOCK_SKEW:   # a commit "after now": the database server's clock and this host's disagree
+        return CheckResult(source.name, WINDOW_CHECK, False,
+                           f"the window ends at {_iso(w.end.time)}, {_hours(-rpo)} after this host's time "
+                           f"({_iso(now)}): the database server's clock and this host's disagree by more than "
+                           f"{_hours(CLOCK_SKEW)}, so the RPO cannot be judged")
     return CheckResult(source.name, WINDOW_CHECK, True,
                        f"recoverable from {_iso(w.start.time)} to {_iso(w.end.time)} (timeline {w.end.timeline}); "
                        f"the last commit is {_hours(rpo)} old (RPO)")

@@ -24,6 +24,10 @@ from backupkit.wal.scanning import MAX_RECORD, Chunk, make_chunks, scan_chunks
 
 KINDS = ("gap", "truncated", "corrupt", "missing_history", "timeline_fork", "stale", "base_backup_wal_missing")
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+# Archive times (file mtime, S3 LastModified) and commit times come from other hosts' clocks than
+# backupkit.clock.now(): this far ahead of now is skew between synchronised clocks; further ahead,
+# the clocks disagree and freshness (or the RPO) cannot be judged, which is reported (docs/wal.md).
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -448,6 +452,14 @@ class _Judge:
         newest = self.inv.newest
         if max_age is None or now is None or newest is None or newest.mtime is None:
             return
+        ahead = newest.mtime - now
+        if ahead > CLOCK_SKEW:
+            self.add("stale", newest.name, newest.tli,
+                     f"the newest segment, {newest.name}, was archived {_age(ahead)} in the future "
+                     f"({newest.mtime.isoformat().replace('+00:00', 'Z')}): the archive's clock (file mtime or "
+                     f"S3 LastModified) and this host's disagree by more than {_age(CLOCK_SKEW)}, so freshness "
+                     f"cannot be judged; check both hosts' time synchronisation")
+            return
         age = now - newest.mtime
         if age > max_age:
             self.add("stale", newest.name, newest.tli,
@@ -539,5 +551,5 @@ def verify_archive(entries, reader: ArchiveReader, *, base_backups: list[BaseBac
     return report
 
 
-__all__ = ["verify_archive", "WalReport", "Problem", "Point", "Window", "TimelineReport", "KINDS", "pg_time",
+__all__ = ["verify_archive", "CLOCK_SKEW", "WalReport", "Problem", "Point", "Window", "TimelineReport", "KINDS", "pg_time",
            "parse_age"]
