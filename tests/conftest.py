@@ -25,12 +25,16 @@ BUCKET = "trixtech-backups"
 
 
 def pytest_configure(config):
-    """A temporary directory of this session's own (unless ``--basetemp`` is given).
+    """A temporary directory of this session's own (unless ``--basetemp`` is given), and under
+    ``faketime`` the wrapper's shared clock state opened to PostgreSQL's user (tests/_faketime.py).
 
     pytest's default keeps the newest three ``/tmp/pytest-of-USER/pytest-N`` and deletes the
     rest when a session starts: a second session running at the same time (another checkout,
     a benchmark) would delete this one's PostgreSQL data directories under it.
     """
+    from _faketime import share_with_server_user
+
+    share_with_server_user()
     if config.option.basetemp is None and not hasattr(config, "workerinput"):
         import tempfile
 

@@ -3,8 +3,8 @@
 ``check_integrity`` verifies the archive where ``archive_command`` writes it (``archive_dir``)
 with the base backups of ``local_dir``; ``check_cloud_copies`` checks the archive's copy
 under ``archive_s3_prefix`` (every local segment older than ``max_age`` there, same size,
-same MD5 where S3's ETag is one) or, for an archive kept in S3 only, verifies that copy in
-full. Segments and base backups that passed and are unchanged are not read again
+same bytes by the strongest evidence S3 stored, as for dumps: :mod:`backupkit.checks.s3copy`)
+or, for an archive kept in S3 only, verifies that copy in full. Segments and base backups that passed and are unchanged are not read again
 (:mod:`backupkit.wal.memory`), except for the rolling re-read. The recoverable window of
 the last verification is kept in ``<state_dir>/facts/pitr-SOURCE.json`` for the metrics,
 the summary, the weekly report and the health page.
@@ -12,9 +12,9 @@ the summary, the weekly report and the health page.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from collections import Counter
 from datetime import datetime, timedelta
 
 from backupkit.catalog import local_backups
@@ -179,14 +179,6 @@ def load_window(config: Config, source: Source) -> dict | None:
 
 
 # -- the copy in S3 -------------------------------------------------------------------------------
-def _md5(path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_s3_copy(config: Config, source: Source, bucket, *, now: datetime | None,
                   state: VerificationState) -> list[CheckResult]:
     """The archive's copy under ``archive_s3_prefix`` (see the module doc)."""
@@ -209,13 +201,18 @@ def check_s3_copy(config: Config, source: Source, bucket, *, now: datetime | Non
         entries = list(local.entries())
     except ArchiveUnavailable as exc:
         return [CheckResult(source.name, "wal_s3_copy", False, str(exc))]
-    return _compare(source, spec, local, entries, objects, remote.location, state, now)
+    return _compare(source, spec, remote, entries, objects, state, now)
 
 
-def _compare(source, spec, local, entries, objects, where: str, st: VerificationState, now) -> list[CheckResult]:
+def _compare(source, spec, remote, entries, objects, st: VerificationState, now) -> list[CheckResult]:
+    """Each archived file against its copy: present once older than ``max_age``, the same size, and
+    the same bytes by the strongest evidence S3 stored (:mod:`backupkit.checks.s3copy`, as for dumps).
+    A copy proved for this ETag and this local file (size, mtime, ctime, inode) is not compared again."""
+    from backupkit.checks.s3copy import s3_copy_report
     from backupkit.wal.naming import classify
 
-    results, missing, proved, hashed = [], [], 0, 0
+    where = remote.location
+    results, missing, evidence, compared = [], [], Counter(), 0
     cache = st.checksum_cache
     for e in sorted(entries, key=lambda e: e.name):
         if classify(e.name) is None:
@@ -230,33 +227,33 @@ def _compare(source, spec, local, entries, objects, where: str, st: Verification
             results.append(CheckResult(art, "wal_s3_size", False, f"{where}{e.name} is {obj.size} bytes, "
                                                                   f"the archived file {e.size}"))
             continue
-        etag = (obj.etag or "").strip('"')
-        if len(etag) != 32 or not all(c in "0123456789abcdef" for c in etag):
-            continue  # multipart or SSE-KMS: the size is the evidence (see docs/wal.md)
+        path = spec.archive_dir / e.name
         try:
-            ident = FileIdentity.of(spec.archive_dir / e.name)
-            key = f"wal-copy:{art}:{etag}:{ident.size}:{ident.token}"
-            if key in cache:
-                proved += 1
-                continue
-            hashed += 1
-            digest = _md5(spec.archive_dir / e.name)
+            ident = FileIdentity.of(path)
         except OSError:
             continue  # removed since the listing (retention): nothing to compare
-        if digest != etag:
-            results.append(CheckResult(art, "wal_s3_checksum", False,
-                                       f"{where}{e.name} has other bytes than the archived file (MD5 differs "
-                                       f"from its ETag {etag})"))
+        key = f"wal-copy:{art}:{(obj.etag or '').strip(chr(34))}:{ident.size}:{ident.token}"
+        if key in cache:
+            evidence[f"remembered ({cache[key].split()[0]})"] += 1
             continue
-        cache[key] = "md5"
-        proved += 1
+        compared += 1
+        report = s3_copy_report(remote.bucket, remote.prefix + e.name, local_size=ident.size, local_sha256=None,
+                                local_path=path, artifact=art)
+        failed = [r for r in report.results if not r.ok]
+        if failed:
+            r = failed[-1]
+            results.append(CheckResult(art, "wal_s3_checksum" if r.check == "s3_checksum" else f"wal_{r.check}",
+                                       False, r.detail))
+        elif report.compared:
+            cache[key] = f"{report.method} {now:%Y-%m-%d}"
+            evidence[report.method] += 1
     if missing:
         results.append(CheckResult(f"{source.name}/{missing[0]}", "wal_s3_present", False,
                                    f"{len(missing)} archived file(s) older than {_hours(spec.max_age)} are not in "
                                    f"{where}: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"))
+    proved = ", ".join(f"{n} by {how}" for how, n in sorted(evidence.items())) or "none"
     results.append(CheckResult(source.name, "wal_s3_copy", True,
-                               f"{where}: {len(objects)} objects; {proved} copies proved by ETag MD5 "
-                               f"({hashed} hashed now), the rest compared by size"))
+                               f"{where}: {len(objects)} objects; copies proved: {proved} ({compared} compared now)"))
     return results
 
 
