@@ -228,6 +228,22 @@ def test_an_old_newest_segment_is_stale(wal_archives, tmp_path, now):
     assert verify(arch, max_age=timedelta(hours=4), now=now).ok
 
 
+def test_a_newest_segment_from_the_future_is_reported_not_fresh(wal_archives, tmp_path, now):
+    """Archive times come from another clock (the archiving host's, S3's): within CLOCK_SKEW ahead of
+    now is fresh; further ahead, the clocks disagree and freshness cannot be judged: ``stale``."""
+    from backupkit.wal.verify import CLOCK_SKEW
+
+    arch = copy_archive(wal_archives.tl1, tmp_path / "a")
+    for ahead, problems in ((CLOCK_SKEW - timedelta(seconds=30), []),
+                            (CLOCK_SKEW + timedelta(minutes=5), [("stale", segments(arch)[-1])])):
+        t = (now + ahead).timestamp()
+        for f in arch.iterdir():
+            os.utime(f, (t, t))
+        report = verify(arch, max_age=timedelta(hours=1), now=now)
+        assert kinds(report) == problems, ahead
+    assert "10 min in the future" in report.problems[0].detail and "disagree" in report.problems[0].detail
+
+
 def test_a_base_backup_whose_wal_is_gone(wal_archives, tmp_path):
     arch = copy_archive(wal_archives.tl1, tmp_path / "a")
     tar = read_base_backup(wal_archives.base_tar)

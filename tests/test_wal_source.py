@@ -157,6 +157,18 @@ def test_base_backup_verdicts_are_remembered_for_retention(site, wal_now):
         assert st.verdict(f"booking-wal/{name}") == "failed"
 
 
+def test_clocks_that_disagree_are_reported_not_a_fresh_archive(site, wal_now):
+    """This host's clock an hour behind the archive's mtimes and the server's commit times: the newest
+    segment "from the future" is stale and the window's RPO cannot be judged; 2 minutes behind is skew."""
+    cfg = load_config(write_config(site))
+    results = daily.check_integrity(cfg, "booking-wal", now=wal_now - timedelta(hours=1))
+    behind = {r["check"]: r for r in _problems(results)}
+    assert set(behind) == {"wal_stale", "pitr_window"}, behind
+    assert "in the future" in behind["wal_stale"]["detail"]
+    assert "the RPO cannot be judged" in behind["pitr_window"]["detail"]
+    assert _problems(daily.check_integrity(cfg, "booking-wal", now=wal_now - timedelta(minutes=2))) == []
+
+
 def test_pitr_gauges_and_rpo(site, wal_now):
     cfg = load_config(write_config(site))
     results = daily.check_integrity(cfg, "booking-wal", now=wal_now)

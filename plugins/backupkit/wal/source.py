@@ -4,8 +4,9 @@
 with the base backups of ``local_dir``; ``check_cloud_copies`` checks the archive's copy
 under ``archive_s3_prefix`` (every local segment older than ``max_age`` there, same size,
 same bytes by the strongest evidence S3 stored, as for dumps: :mod:`backupkit.checks.s3copy`)
-or, for an archive kept in S3 only, verifies that copy in full. Segments and base backups that passed and are unchanged are not read again
-(:mod:`backupkit.wal.memory`), except for the rolling re-read. The recoverable window of
+or, for an archive kept in S3 only, verifies that copy in full. Segments and base backups
+that passed and are unchanged are not read again (:mod:`backupkit.wal.memory`), except for
+the rolling re-read. The recoverable window of
 the last verification is kept in ``<state_dir>/facts/pitr-SOURCE.json`` for the metrics,
 the summary, the weekly report and the health page.
 """
