@@ -124,6 +124,17 @@ def test_label_times():
     assert parse_time("yesterday") is None
 
 
+def test_a_label_ended_by_the_second_after_its_stop_time():
+    """STOP TIME is truncated to the second: a backup that ended at 18:03:54.9 prints 18:03:54, so a
+    target of 18:03:54.4 must not be judged after its end (it was before)."""
+    good = (b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
+            b"STOP WAL LOCATION: 0/2000100 (file 000000010000000000000002)\nSTOP TIME: 2026-12-01 18:03:54 UTC\n")
+    b = parse_label(good, "l")
+    assert b.stop_time == datetime(2026, 12, 1, 18, 3, 54, tzinfo=timezone.utc)
+    assert b.ended_by == datetime(2026, 12, 1, 18, 3, 55, tzinfo=timezone.utc)
+    assert parse_label(good.replace(b"STOP TIME", b"STOP_TIME"), "l").ended_by is None   # unknown stays unknown
+
+
 @FAST
 @given(st.binary(max_size=400))
 def test_any_label_bytes_give_a_label_or_a_reason(data):

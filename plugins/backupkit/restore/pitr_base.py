@@ -3,7 +3,8 @@
 Rules (docs/wal.md, "Point-in-time restore from S3"):
 
 - **Which**: the newest base backup (plain or tar format) whose end (STOP TIME of its ``.backup`` label
-  in the archive, matched by start LSN and timeline) is before the target. Its start comes
+  in the archive, matched by start LSN and timeline, plus the label's one-second resolution) is not
+  after the target. Its start comes
   from ``backup_manifest``'s WAL-Ranges: read on disk, or, for a base backup kept in S3 only,
   from the manifest's first 4 KiB and last 64 KiB (two ranged GETs, nothing else downloaded
   to choose). A local copy is preferred; ``prefer="s3"`` uses the S3 copy when there is one.
@@ -64,7 +65,9 @@ class BaseChoice:
 
 # -- choosing ------------------------------------------------------------------------------------------
 def label_ends(archive) -> dict[tuple[int, int], datetime]:
-    """(start timeline, start LSN) -> STOP TIME of every readable ``.backup`` label in the archive."""
+    """(start timeline, start LSN) -> when each readable ``.backup`` label's backup had surely ended
+    (:attr:`BaseBackup.ended_by`: a backup ending 0.4 s after the target, its STOP TIME truncated to
+    the second before it, would otherwise be chosen, and recovery would start past the target)."""
     from backupkit.wal.archive import read_small
     from backupkit.wal.naming import classify
 
@@ -77,8 +80,8 @@ def label_ends(archive) -> dict[tuple[int, int], datetime]:
             label = parse_label(read_small(archive, e.name, c.compression, 64 << 10), e.name, c.tli)
         except Exception:  # a damaged label: the daily verification names it; it is just not used here
             continue
-        if label.stop_time is not None:
-            ends[(label.start_tli, label.start_lsn)] = label.stop_time
+        if label.ended_by is not None:   # STOP TIME plus its one-second resolution
+            ends[(label.start_tli, label.start_lsn)] = label.ended_by
     return ends
 
 
@@ -134,7 +137,7 @@ def base_backup_for(source: Source, target: datetime, archive, bucket: Bucket | 
             continue
         bb, from_s3 = found
         end = ends.get((bb.start_tli, bb.start_lsn))
-        if end is not None and end < target and (best is None or end > best.end):
+        if end is not None and end <= target and (best is None or end > best.end):
             best = BaseChoice(b.name, b, bb.start_lsn, bb.start_tli, end, from_s3, bb.format)
     if best is None:
         where = f"{source.local_dir}" + (f" or s3://{bucket.name}/{source.s3_prefix}" if bucket is not None else "")

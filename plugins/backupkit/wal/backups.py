@@ -39,6 +39,9 @@ class BackupError(ValueError):
     """A label or base backup that cannot be read; the message names it and the reason."""
 
 
+LABEL_TIME_RESOLUTION = timedelta(seconds=1)   # STOP TIME in a .backup label: whole seconds
+
+
 @dataclass(frozen=True)
 class BaseBackup:
     """What the verifier needs of one base backup."""
@@ -51,6 +54,13 @@ class BaseBackup:
     stop_time: datetime | None = None
     sysid: int | None = None
     format: str = "label"       # "label" (archive), "plain", "tar"
+
+    @property
+    def ended_by(self) -> datetime | None:
+        """The first instant known to be after the backup ended: a label's STOP TIME is printed in
+        whole seconds, truncated, so the backup may have ended up to a second after it. A point-in-time
+        target (and the recovery window's start) must not be earlier than this."""
+        return None if self.stop_time is None else self.stop_time + LABEL_TIME_RESOLUTION
 
 
 def parse_time(text: str) -> datetime | None:

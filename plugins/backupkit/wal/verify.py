@@ -424,7 +424,7 @@ class _Judge:
                 continue
             end = self.replay(tli, b.start_tli, segment_of(b.start_lsn, self.size))
             if end is not None and end.lsn >= b.stop_lsn:
-                return Window(Point(b.stop_lsn, b.stop_time, stop_tli), end)
+                return Window(Point(b.stop_lsn, b.ended_by, stop_tli), end)   # whole seconds: ended_by
         return None
 
     def path_start(self, tli: int):
