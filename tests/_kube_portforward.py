@@ -72,7 +72,7 @@ class PortForwardMixin:
                 while data := upstream.recv(65536):
                     send(2, b"\x00" + data)
                 send(8, b"\x03\xe8")
-            except OSError:
+            except (OSError, ValueError):   # the client hung up first: the handler closed wfile (ValueError)
                 pass
 
         threading.Thread(target=downstream, daemon=True).start()
