@@ -256,3 +256,23 @@ def error_lsn(stderr: str) -> int | None:
 
 __all__ = ["WalArchives", "build_wal_archives", "wal_fixture_dir", "wait_archived", "on_test_clock", "SEGMENT_SIZE", "copy_archive", "waldump",
            "records", "error_lsn"]
+
+
+PITR_YAML = """bucket: {{name: {bucket}}}
+wal_archives:
+  - name: {name}
+    local_dir: {root}/base
+    s3_prefix: basebackups/
+    pattern: base_%Y%m%d_%H%M%S
+    archive_dir: {root}/archive
+    max_age: 30d
+    markers_table: postgres.public.pitr_markers
+verification: {{state_dir: {root}/state}}
+restore: {{scratch_dir: {root}/scratch}}
+"""
+
+
+def pitr_yaml(name: str, root: Path, bucket: str = "trixtech-backups") -> str:
+    """The configuration of one WAL source with a local archive and base backups under ``root``
+    (the PITR tests' site; markers in ``postgres.public.pitr_markers``)."""
+    return PITR_YAML.format(name=name, root=root, bucket=bucket)

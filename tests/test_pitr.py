@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _config_helpers import short_dir
-from _wal_archive import wait_archived
+from _wal_archive import pitr_yaml, wait_archived
 from backupkit.config import load_config
 from backupkit.jobs import daily
 from backupkit.pgserver import LocalPostgres
@@ -23,18 +23,6 @@ from backupkit.restore.pitr import PitrError, PitrTarget, marker_checks, parse_t
 from backupkit.wal.restore_command import check_destination
 from sandbox import walarchive
 
-YAML = """bucket: {{name: trixtech-backups}}
-wal_archives:
-  - name: pitr-wal
-    local_dir: {root}/base
-    s3_prefix: basebackups/
-    pattern: base_%Y%m%d_%H%M%S
-    archive_dir: {root}/archive
-    max_age: 30d
-    markers_table: postgres.public.pitr_markers
-verification: {{state_dir: {root}/state}}
-restore: {{scratch_dir: {root}/scratch}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +32,7 @@ def site():
     walarchive.prepare_dirs(root / "archive", root / "base")
     pg = LocalPostgres(root / "pg", initdb_args=["--wal-segsize=1"],
                        settings=walarchive.archive_settings(root / "archive")).start()
-    (root / "backups.yaml").write_text(YAML.format(root=root))
+    (root / "backups.yaml").write_text(pitr_yaml("pitr-wal", root))
     config = load_config(root / "backups.yaml")
     source = config.source("pitr-wal")
     walarchive.ensure_markers(pg)

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _config_helpers import short_dir
-from _wal_archive import wait_archived
+from _wal_archive import pitr_yaml, wait_archived
 from backupkit import clock
 from backupkit.config import load_config
 from backupkit.jobs import daily
@@ -37,18 +37,6 @@ from backupkit.wal.backups import BackupError, manifest_files, read_base_backup
 from sandbox import walarchive
 
 NAME = "pitr-tar"
-YAML = """bucket: {{name: {bucket}}}
-wal_archives:
-  - name: pitr-tar
-    local_dir: {root}/base
-    s3_prefix: basebackups/
-    pattern: base_%Y%m%d_%H%M%S
-    archive_dir: {root}/archive
-    max_age: 30d
-    markers_table: postgres.public.pitr_markers
-verification: {{state_dir: {root}/state}}
-restore: {{scratch_dir: {root}/scratch}}
-"""
 
 
 def _tar_backup(pg: LocalPostgres, out: Path, *args: str) -> Path:
@@ -79,7 +67,7 @@ def site():
     walarchive.prepare_dirs(root / "archive", root / "base")
     pg = LocalPostgres(root / "pg", initdb_args=["--wal-segsize=1"],
                        settings=walarchive.archive_settings(root / "archive")).start()
-    (root / "backups.yaml").write_text(YAML.format(bucket="unused", root=root))
+    (root / "backups.yaml").write_text(pitr_yaml(NAME, root, bucket="unused"))
     source = load_config(root / "backups.yaml").source(NAME)
     walarchive.ensure_markers(pg)
     now = clock.now()
@@ -143,7 +131,7 @@ def test_pitr_from_a_tar_base_backup_in_s3(site, s3, bucket):
         store.upload(f, f"basebackups/{backup.name}/{f.name}")
     shutil.rmtree(root / "base")
     (root / "base").mkdir()                                   # kept in S3 only
-    (root / "s3.yaml").write_text(YAML.format(bucket=bucket, root=root))
+    (root / "s3.yaml").write_text(pitr_yaml(NAME, root, bucket=bucket))
     result = pitr_restore(load_config(root / "s3.yaml"), NAME, _target(marks), bucket=store,
                           checks=marker_checks(lambda sql: pg.psql(sql)), timeout=120)
     _restored(result)
