@@ -159,9 +159,8 @@ def sync(config: Config, client: Any, source: Source) -> int:
             key = f"{source.s3_prefix}{b.name}/{f.relative_to(b.path).as_posix()}"
             if key not in known:
                 items.append((f, key))
-    for path, key in items:
-        bucket.upload(path, key)  # with S3's SHA-256: the object-lock bucket refuses uploads without a checksum
-    return len(items)
+    # With S3's SHA-256 (the object-lock bucket refuses uploads without a checksum), several at a time.
+    return bucket.upload_many(items)
 
 
 def wait_archived(pg: LocalPostgres, timeout: float = 60.0, say=print) -> bool:
@@ -171,7 +170,11 @@ def wait_archived(pg: LocalPostgres, timeout: float = 60.0, say=print) -> bool:
     a daily run that starts before the archiver copied it finds "no base backup's WAL archived
     whole" on a healthy sandbox (a fixed one-second sleep lost that race under load).
     """
-    done = pg.psql("SELECT pg_walfile_name(pg_switch_wal())").strip()
+    # pg_switch_wal() returns the end of its switch record (inside the segment it finished), or, when
+    # nothing was written since the last switch, the current segment's first byte: that segment is
+    # not finished and never archived (a 60 s wait for nothing). One byte before is the finished
+    # segment in both cases.
+    done = pg.psql("SELECT pg_walfile_name(pg_switch_wal() - 1)").strip()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         last = pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").strip()

@@ -5,11 +5,11 @@ retention sweep during a restore deletes neither its base backup nor its WAL (th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from sandbox import walarchive
 from sandbox.s3server import SANDBOX_KEY, SANDBOX_SECRET
 
 NAME = "pitr-s3"
+BUCKET = "trixtech-backups"
 MB = 1 << 20
 YAML = """bucket: {{name: {bucket}}}
 wal_archives:
@@ -77,20 +78,53 @@ def server_site():
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def uploaded(server_site, moto_server):
+    """The archive and both base backups uploaded once for the module (two thousand small objects):
+    key -> (local file, MD5). Each test starts from exactly these current objects (:func:`site`)."""
+    from sandbox.s3server import create_production_bucket, reset
+
+    src, _pg, names, _marks, _segs = server_site
+    reset(moto_server.endpoint_url)
+    client = moto_server.client()
+    create_production_bucket(client, BUCKET)
+    items = [(f, "wal/" + f.name) for f in sorted((src / "archive").iterdir())]
+    for name in names:
+        items += [(f, f"basebackups/{name}/{f.relative_to(src / 'base' / name).as_posix()}")
+                  for f in sorted((src / "base" / name).rglob("*")) if f.is_file()]
+    Bucket(client, BUCKET).upload_many(items)
+    return {key: (f, hashlib.md5(f.read_bytes()).hexdigest()) for f, key in items}
+
+
 @pytest.fixture
-def site(server_site, s3, bucket):
-    """A fresh copy per test: local base backups, the archive and both base backups uploaded to S3."""
+def s3(uploaded, moto_server):
+    """This module's client: the bucket is not reset between its tests (see :func:`site`)."""
+    return moto_server.client()
+
+
+@pytest.fixture
+def bucket(s3):
+    return BUCKET
+
+
+def _as_uploaded(store: Bucket, uploaded: dict) -> None:
+    """Put back what an earlier test of the module changed: every current object as uploaded (same
+    MD5 ETag: single-part uploads), nothing more under the module's prefixes."""
+    seen = {o.key: (o.etag or "").strip('"') for p in ("wal/", "basebackups/") for o in store.objects(p)}
+    for key in seen.keys() - uploaded.keys():
+        store.client.delete_object(Bucket=store.name, Key=key)
+    store.upload_many([(f, key) for key, (f, md5) in uploaded.items() if seen.get(key) != md5])
+
+
+@pytest.fixture
+def site(server_site, uploaded, s3, bucket):
+    """A fresh local copy per test (base backups, the archive), the bucket as uploaded."""
     src, pg, names, marks, segs = server_site
     root = short_dir("bk-pitrs3t-")
     shutil.copytree(src / "base", root / "base", symlinks=True)
     copy_archive(src / "archive", root / "archive")
     store = Bucket(s3, bucket)
-    items = [(f, "wal/" + f.name) for f in sorted((root / "archive").iterdir())]
-    for name in names:
-        items += [(f, f"basebackups/{name}/{f.relative_to(root / 'base' / name).as_posix()}")
-                  for f in sorted((root / "base" / name).rglob("*")) if f.is_file()]
-    with ThreadPoolExecutor(8) as pool:   # ~2000 small objects: uploads in parallel
-        list(pool.map(lambda item: store.upload(*item), items))
+    _as_uploaded(store, uploaded)
     yield root, pg, names, marks, segs, store
     shutil.rmtree(root, ignore_errors=True)
 

@@ -158,3 +158,20 @@ def test_the_daily_dag_verifies_the_archive_and_the_restore_dag_restores_to_a_ti
     assert result["ok"] and "recovery stopped before commit" in result["checks"][0]["detail"]
     finished = [r for r in RestoreJournal(config.state_dir).records() if r["run_id"] == dr.run_id]
     assert finished[-1]["outcome"] == "verified"
+
+
+def test_waiting_for_the_archive_when_nothing_was_written_since_the_last_switch(tmp_path):
+    """pg_switch_wal() after a switch is a no-op that returns the first byte of the current, unfinished
+    segment: the wait must mean the finished one before it (it used to wait its whole timeout)."""
+    root = short_dir("bk-sbwalsw-")
+    try:
+        archive = root / "archive"
+        walarchive.prepare_dirs(archive, root / "base")
+        pg = LocalPostgres(root / "pg", initdb_args=["--wal-segsize=1"],
+                           settings=walarchive.archive_settings(archive)).start()
+        said: list[str] = []
+        assert walarchive.wait_archived(pg, timeout=20, say=said.append)   # a switch, archived
+        assert walarchive.wait_archived(pg, timeout=5, say=said.append), said   # nothing written since
+        pg.destroy()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -143,12 +143,11 @@ def site(wal_archives, wal_now, s3, bucket):
     names = [(wal_now - timedelta(days=d)).strftime("base_%Y%m%d_%H%M%S") for d in (2, 1)]
     shutil.copytree(wal_archives.base_plain, root / "bases" / names[0])   # older: taken first
     shutil.copytree(wal_archives.base_tar, root / "bases" / names[1])
-    for f in sorted((root / "archive").iterdir()):
-        s3.upload_file(str(f), bucket, "wal/" + f.name)
+    items = [(f, "wal/" + f.name) for f in sorted((root / "archive").iterdir())]
     for name in names:
-        for f in sorted((root / "bases" / name).rglob("*")):
-            if f.is_file():
-                s3.upload_file(str(f), bucket, f"basebackups/{name}/{f.relative_to(root / 'bases' / name)}")
+        items += [(f, f"basebackups/{name}/{f.relative_to(root / 'bases' / name)}")
+                  for f in sorted((root / "bases" / name).rglob("*")) if f.is_file()]
+    Bucket(s3, bucket).upload_many(items)
     yield root, names
     shutil.rmtree(root, ignore_errors=True)
 

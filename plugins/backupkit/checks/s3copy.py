@@ -214,7 +214,8 @@ def _pair_key(bucket: Bucket, key: str, head: dict, size: int, local_sha256: str
 def s3_copy_report(bucket: Bucket, key: str, *, local_size: int, local_sha256: str | None,
                    local_path: Path | None, artifact: str,
                    composite_cache: MutableMapping[str, str] | None = None,
-                   allow_download: bool = True, local_sha256_origin: str = "the local backup") -> S3CopyReport:
+                   allow_download: bool = True, local_sha256_origin: str = "the local backup",
+                   head: dict | None | Exception | str = "ask") -> S3CopyReport:
     """Check the S3 copy ``key`` in ``bucket`` of a local backup; see the module doc.
 
     :param local_sha256: the local backup's SHA-256 (hex) when known; saves reading it
@@ -223,10 +224,15 @@ def s3_copy_report(bucket: Bucket, key: str, *, local_size: int, local_sha256: s
     :param allow_download: False never downloads the object (a cheap inventory)
     :param local_sha256_origin: where ``local_sha256`` comes from, for messages ("the sidecar", "the
         last verified read of the local backup"): a remembered digest is not the file as it is now
+    :param head: the object's HeadObject (with checksums) when the caller asked already
+        (:meth:`Bucket.heads` for the files of a directory backup): the answer, None or the error
     """
     uri = bucket.uri(key)
     try:
-        head = bucket.head(key, checksums=True)
+        if head == "ask":
+            head = bucket.head(key, checksums=True)
+        elif isinstance(head, Exception):
+            raise head
     except client_errors() as exc:
         return S3CopyReport((CheckResult(artifact, "s3_present", False, describe_error(exc, uri)),))
     if head is None:

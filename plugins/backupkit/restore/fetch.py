@@ -181,14 +181,24 @@ def pick_version(bucket: Bucket, key: str, version: str) -> tuple[str | None, st
     return first.version_id, note, first.last_modified
 
 
-def download_object(bucket: Bucket, key: str, version_id: str | None, dest: Path) -> tuple[str, int, str | None]:
-    """Stream one object (version) to ``dest``, hashing it: (hex SHA-256, bytes, version id)."""
+def download_object(bucket: Bucket, key: str, version_id: str | None, dest: Path, *,
+                    limit: int | None = None) -> tuple[str, int, str | None]:
+    """Stream one object (version) to ``dest``, hashing it: (hex SHA-256, bytes, version id).
+
+    :param limit: the most bytes it may have (what a listing said): more is refused while
+        streaming, before they are written (an object replaced by a bigger one since)
+    """
     answer = bucket.get(key, version_id=version_id)
     body, h, n = answer["Body"], hashlib.sha256(), 0
+    if limit is not None and int(answer.get("ContentLength", 0)) > limit:
+        body.close()
+        raise OSError(f"{bucket.uri(key)} is {answer.get('ContentLength')} bytes, more than the {limit} expected")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(dest, "wb") as out:
             for chunk in body.iter_chunks(CHUNK):
+                if limit is not None and n + len(chunk) > limit:
+                    raise OSError(f"{bucket.uri(key)}: more than the {limit} bytes expected")
                 out.write(chunk)
                 h.update(chunk)
                 n += len(chunk)

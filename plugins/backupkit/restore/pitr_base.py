@@ -12,8 +12,9 @@ Rules (docs/wal.md, "Point-in-time restore from S3"):
   filesystem must hold the backup plus :data:`DISK_MARGIN` (the WAL staged one segment at a
   time, the server's own files); else a clear refusal naming both figures.
 - **Download**: every object under ``s3_prefix + NAME/`` (relative keys only: no empty, ``.``
-  or ``..`` part, no backslash, no key below another file), each as long as the listing said,
-  the running total never past what the free-space check allowed; then ``pg_verifybackup``
+  or ``..`` part, no backslash, no key below another file; all judged before the first byte is
+  fetched), each no longer than the listing said (refused while streaming), so the total never
+  passes what the free-space check allowed; several objects at a time; then ``pg_verifybackup``
   against the downloaded ``backup_manifest`` (every file's checksum, no file missing or
   added, the manifest's own checksum) and its WAL range must be the one chosen. Only then is
   it used. The empty directories a data directory needs (S3 keeps none) are made as initdb
@@ -31,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from backupkit.catalog import Catalog
 from backupkit.config import Source
 from backupkit.model import Backup
-from backupkit.storage.objectstore import Bucket, client_errors, describe_error
+from backupkit.storage.objectstore import TRANSFER_WORKERS, Bucket, client_errors, describe_error, pooled
 from backupkit.wal.backups import (MANIFEST_TAIL, BackupError, BaseBackup, from_ranges, manifest_ranges,
                                    TAR_NAMES, parse_label, read_base_backup, verify_files)
 
@@ -178,22 +179,27 @@ def download_base_backup(bucket: Bucket, choice: BaseChoice, dest: Path) -> int:
         objects = [o for o in objects if wanted_object(o[0])]
     allowed = sum(size for _, _, size in objects)
     check_free_space(dest.parent, allowed, f"the base backup {bucket.uri(prefix)}")
-    dest.mkdir(mode=0o700)
-    total = 0
-    for rel, key, size in objects:
-        path = member_path(dest, rel)
-        if path.parent.exists() and not path.parent.is_dir():
+    files = {rel for rel, _, _ in objects}
+    for rel, _, _ in objects:
+        member_path(dest, rel)
+        if any(parent.as_posix() in files for parent in PurePosixPath(rel).parents):
             raise BaseBackupError(f"refusing object {rel!r}: below another object that is a file")
-        try:
-            n = download_object(bucket, key, None, path)[1]
+    dest.mkdir(mode=0o700)
+
+    def fetch(item: tuple[str, str, int]) -> int:
+        rel, key, size = item
+        try:   # each no longer than listed: the total never passes what the free-space check allowed
+            n = download_object(bucket, key, None, member_path(dest, rel), limit=size)[1]
         except client_errors() as exc:
             raise BaseBackupError(f"download of {bucket.uri(key)} failed: {describe_error(exc, bucket.uri(key))}") \
                 from None
         except (OSError, ValueError) as exc:
             raise BaseBackupError(f"download of {bucket.uri(key)} failed: {exc}") from None
-        total += n
-        if n != size or total > allowed:
+        if n != size:
             raise BaseBackupError(f"{bucket.uri(key)} changed while it was downloaded ({n} bytes, listed {size})")
+        return n
+
+    total = sum(pooled(fetch, objects, TRANSFER_WORKERS))   # a thousand small files: several at a time
     if choice.format == "plain":
         for sub in DATA_SUBDIRS:
             (dest / sub).mkdir(mode=0o700, parents=True, exist_ok=True)

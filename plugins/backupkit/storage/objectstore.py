@@ -58,6 +58,9 @@ from backupkit.storage.s3records import (
 )
 
 MAX_BATCH = 1000  # S3's limit of keys per DeleteObjects request and per listing page
+# Requests in flight for many small objects (a base backup is a thousand files): one at a time
+# spends its time on round trips. Below botocore's default pool of 10 connections.
+TRANSFER_WORKERS = 8
 CHUNK = 1 << 20  # streamed reads: memory stays at about this much
 HOLD_TAG = "backupkit-hold"
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})  # must be restored before they can be read
@@ -175,6 +178,17 @@ class Bucket:
                 return None
             raise
 
+    def heads(self, keys: Sequence[str], *, checksums: bool = False,
+              workers: int = TRANSFER_WORKERS) -> dict[str, dict | None | Exception]:
+        """:meth:`head` of each key, ``workers`` at a time: key -> the answer, None (absent) or the
+        client error it raised (the caller judges errors per key, as it would one at a time)."""
+        def one(key: str) -> dict | None | Exception:
+            try:
+                return self.head(key, checksums=checksums)
+            except client_errors() as exc:
+                return exc
+        return dict(zip(keys, pooled(one, keys, workers)))
+
     def attributes(self, key: str, attributes: Sequence[str], *, version_id: str | None = None,
                    max_parts: int | None = None, part_marker: int | None = None) -> dict:
         """GetObjectAttributes (``Checksum``, ``ObjectParts``, ``ObjectSize``, ``ETag``, ...)."""
@@ -285,6 +299,12 @@ class Bucket:
     def upload(self, path: Path, key: str, **extra: Any) -> None:
         """Upload a file (multipart when large) with S3's SHA-256 checksum."""
         self.client.upload_file(str(path), self.name, key, ExtraArgs={"ChecksumAlgorithm": "SHA256", **extra})
+
+    def upload_many(self, items: Sequence[tuple[Path, str]], *, workers: int = TRANSFER_WORKERS) -> int:
+        """:meth:`upload` of each (file, key), ``workers`` at a time; how many. The first failure
+        raises once the uploads under way end (the rest are not started)."""
+        pooled(lambda item: self.upload(*item), items, workers)
+        return len(items)
 
     # -- deletion --------------------------------------------------------------------------------
     def delete_batch(self, refs: Sequence[ObjectRef], *, attempts: int = 4, backoff: float = 0.5,
@@ -506,6 +526,22 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def pooled(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> list[Any]:
+    """``[fn(item) for item in items]`` in a thread pool; on the first exception the items not yet
+    started are cancelled and it is raised."""
+    if len(items) <= 1 or workers <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
 __all__ = ["s3_client", "client_errors", "REGION", "MAX_BATCH", "CHUNK", "HOLD_TAG", "ARCHIVE_CLASSES",
            "error_code", "is_not_found", "describe_error", "ObjectInfo", "Version", "ObjectRef", "BatchResult",
-           "StoredChecksum", "stored_checksums", "etag_parts", "RequestCounter", "Bucket", "split_s3_uri"]
+           "StoredChecksum", "stored_checksums", "etag_parts", "RequestCounter", "Bucket", "split_s3_uri", "pooled",
+           "TRANSFER_WORKERS"]
