@@ -344,3 +344,38 @@ def test_scan_counts_everything_but_keeps_a_bounded_list(s3, config, monkeypatch
     assert out["objects"]["counts"]["unencrypted"] == 7 and len(out["objects"]["unencrypted"]) == 3
     assert out["problems"][1].startswith("7 backup object(s) without server-side encryption: db/plain-0.dump")
     assert out["problems"][1].endswith("(+4 more)")
+
+
+WAL_CONFIG = CONFIG.replace("logs:", """wal_archives:
+  - name: wal
+    local_dir: {root}/wal/base
+    s3_prefix: basebackups/
+    pattern: base_%Y%m%d_%H%M%S
+    archive_dir: {root}/wal/archive
+    archive_s3_prefix: wal/
+logs:""")
+
+
+def test_a_wal_archives_directory_and_prefix_are_counted_and_scanned(s3, tmp_path):
+    """The archive lives outside local_dir and s3_prefix: the storage and encryption sections count it too."""
+    import os
+
+    config = write_config(tmp_path, WAL_CONFIG)
+    archive = tmp_path / "wal" / "archive"
+    archive.mkdir(parents=True)
+    (tmp_path / "wal" / "base").mkdir()
+    for i, days in enumerate((9, 2)):
+        seg = archive / f"0000000100000000000000{i:02X}"
+        seg.write_bytes(b"\0" * 1000)
+        t = (NOW - timedelta(days=days)).timestamp()
+        os.utime(seg, (t, t))
+    rows = [r for r in weekly.local_usage(config, now=NOW, weeks=2) if r["source"] == "wal"]
+    assert [(r["path"], r["wal"]) for r in rows] == [(str(tmp_path / "wal" / "base"), False), (str(archive), True)]
+    assert rows[1]["bytes"] == 2000 and rows[1]["files"] == 2
+    assert list(rows[1]["added_per_week"].values()) == [1000, 1000]   # one segment in each of the two weeks
+    s3.create_bucket(Bucket="unit-backups")
+    s3.put_object(Bucket="unit-backups", Key="wal/000000010000000000000001", Body=b"x")   # unencrypted
+    s3.put_object(Bucket="unit-backups", Key="basebackups/base_1/PG_VERSION", Body=b"18", ServerSideEncryption="AES256")
+    out = weekly.encryption_report(config, Bucket(s3, config.bucket))
+    assert out["objects"]["unencrypted"] == ["wal/000000010000000000000001"]
+    assert out["objects"]["objects"] == 2

@@ -108,6 +108,18 @@ class Source:
     def is_database(self) -> bool:
         return self.kind == "database"
 
+    @property
+    def s3_prefixes(self) -> tuple[str, ...]:
+        """Every prefix of the bucket this source's backups live under: ``s3_prefix`` and what its
+        kind keeps elsewhere (a WAL archive's ``archive_s3_prefix``)."""
+        return (self.s3_prefix, *self.kind_impl.storage_places(self)[1])
+
+    @property
+    def local_dirs(self) -> tuple[Path, ...]:
+        """Every local directory of this source's backups: ``local_dir`` and its kind's others
+        (a WAL archive's ``archive_dir``)."""
+        return (self.local_dir, *self.kind_impl.storage_places(self)[0])
+
     # Typed accessors of the common kinds' specs (None / empty where the kind has no such field).
     @property
     def dump_format(self) -> str | None:

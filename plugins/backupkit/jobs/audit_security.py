@@ -69,7 +69,7 @@ def security_controls(config: Config, store: Bucket) -> list[Control]:
     """Encryption, deletion protection, public access, TLS-only policy and replication of the bucket."""
     bucket = store.name
     expected = config.reports.sse_algorithm
-    prefixes = sorted({s.s3_prefix for s in config.sources})
+    prefixes = sorted({p for s in config.sources for p in s.s3_prefixes})
     pab, pab_err = _setting(store, "public_access_block")
     flags = (pab or {}).get("PublicAccessBlockConfiguration") or {}
     owner, _ = _setting(store, "ownership_controls")

@@ -35,7 +35,7 @@ import os
 import re
 import shutil
 from collections import Counter, defaultdict
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -286,18 +286,33 @@ def local_usage(config: Config, *, now: datetime, weeks: int) -> list[dict]:
     labels = week_labels(now, weeks)
     rows = []
     for src in config.sources:
-        row: dict[str, Any] = {"source": src.name, "path": str(src.local_dir), "exists": src.local_dir.is_dir()}
-        if row["exists"]:
-            row["bytes"], row["files"] = _dir_usage(src.local_dir)
-            du = shutil.disk_usage(src.local_dir)
-            row.update(fs_size=du.total, fs_free=du.free, fs_used_fraction=(du.total - du.free) / du.total
-                       if du.total else None)
-            added: Counter = Counter()
-            for b in local_backups(src):
-                added[week_label(b.timestamp)] += b.size
-            row["added_per_week"] = {label: added.get(label, 0) for label in labels}
-        rows.append(row)
+        for path in src.local_dirs:   # a WAL archive's archive_dir too, on a row of its own
+            row: dict[str, Any] = {"source": src.name, "path": str(path), "exists": path.is_dir(),
+                                   "wal": path != src.local_dir}
+            if row["exists"]:
+                row["bytes"], row["files"] = _dir_usage(path)
+                du = shutil.disk_usage(path)
+                row.update(fs_size=du.total, fs_free=du.free, fs_used_fraction=(du.total - du.free) / du.total
+                           if du.total else None)
+                added: Counter = Counter()
+                if path == src.local_dir:
+                    for b in local_backups(src):
+                        added[week_label(b.timestamp)] += b.size
+                else:
+                    for f in _dated_files(path):
+                        added[week_label(f[0])] += f[1]
+                row["added_per_week"] = {label: added.get(label, 0) for label in labels}
+            rows.append(row)
     return rows
+
+
+def _dated_files(path: Path) -> Iterator[tuple[datetime, int]]:
+    """(mtime, size) of each file directly in ``path`` (a WAL archive: what it grew by, per week)."""
+    with os.scandir(path) as it:
+        for e in it:
+            if e.is_file(follow_symlinks=False):
+                st = e.stat(follow_symlinks=False)
+                yield datetime.fromtimestamp(st.st_mtime, timezone.utc), st.st_size
 
 
 class StorageHistory:
@@ -406,7 +421,7 @@ def encryption_report(config: Config, bucket: Bucket, *, scan: bool = True) -> d
     """Bucket default encryption and the backup objects' server-side encryption."""
     expected = config.reports.sse_algorithm
     default = bucket_encryption(bucket, expected)
-    prefixes = sorted({s.s3_prefix for s in config.sources})
+    prefixes = sorted({p for s in config.sources for p in s.s3_prefixes})
     objects = scan_objects(bucket, prefixes, expected) if scan else None
     problems = []
     if not default["ok"]:

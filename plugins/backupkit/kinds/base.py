@@ -59,6 +59,12 @@ class SourceKind:
         """Checks of what the backup holds beyond its format (run after the format check); none by default."""
         return []
 
+    def storage_places(self, source: Any) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+        """(local directories, S3 prefixes) where this kind keeps backups beyond the source's
+        ``local_dir`` and ``s3_prefix``: counted by the weekly storage report and scanned for
+        encryption by the weekly report and the audit. None by default."""
+        return (), ()
+
     def coverage_paths(self, source: Any) -> tuple[str, ...]:
         """Paths the newest backup must contain (the audit's coverage control); none by default."""
         return ()

@@ -109,6 +109,11 @@ class WalArchiveKind(SourceKind):
                               max_age=max_age,
                               keep_pitr_window=_duration(r, "keep_pitr_window", WalArchiveSpec.keep_pitr_window))
 
+    def storage_places(self, source):
+        spec = source.spec
+        return ((spec.archive_dir,) if spec.archive_dir else (),
+                (spec.archive_s3_prefix,) if spec.archive_s3_prefix else ())
+
     # -- the daily run (backupkit.jobs.daily calls these) ---------------------------------------
     def verify_source(self, config, source, now, state):
         from backupkit.wal.source import verify_local

@@ -117,7 +117,8 @@ def weekly_doc(*, report_date: date, trends: dict | None, failures: dict | None,
                    for r in storage["local"]])
         doc.heading("Growth per week", 3)
         weeks = list(b["uploaded_per_week"])
-        doc.table(["Week", "Uploaded to S3", *[f"New local ({r['source']})" for r in storage["local"] if r["exists"]]],
+        doc.table(["Week", "Uploaded to S3", *[f"New local ({r['source']}{', WAL' if r.get('wal') else ''})" for r in storage["local"]
+                                                if r["exists"]]],
                   [[w, human_bytes(b["uploaded_per_week"][w]),
                     *[human_bytes(r["added_per_week"][w]) for r in storage["local"] if r["exists"]]] for w in weeks])
         doc.chart("uploads-per-week", bar_chart("Bytes uploaded per week", [(w, b["uploaded_per_week"][w])
