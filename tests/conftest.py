@@ -25,8 +25,9 @@ BUCKET = "trixtech-backups"
 
 
 def pytest_configure(config):
-    """A temporary directory of this session's own (unless ``--basetemp`` is given), and under
-    ``faketime`` the wrapper's shared clock state opened to PostgreSQL's user (tests/_faketime.py).
+    """A temporary directory of this session's own (unless ``--basetemp`` is given), the initdb
+    template directory in it, and under ``faketime`` the wrapper's shared clock state opened to
+    PostgreSQL's user (tests/_faketime.py).
 
     pytest's default keeps the newest three ``/tmp/pytest-of-USER/pytest-N`` and deletes the
     rest when a session starts: a second session running at the same time (another checkout,
@@ -40,6 +41,12 @@ def pytest_configure(config):
 
         config.option.basetemp = tempfile.mkdtemp(prefix="backupkit-tests-")
         config._backupkit_basetemp = config.option.basetemp
+    if not hasattr(config, "workerinput"):
+        # Servers without initdb arguments are copies of one initdb'ed cluster (backupkit.pgserver);
+        # the workers inherit the variable.
+        from backupkit.pgserver import INITDB_TEMPLATE_ENV
+
+        os.environ.setdefault(INITDB_TEMPLATE_ENV, str(Path(config.option.basetemp).resolve() / "initdb-templates"))
 
 
 def pytest_unconfigure(config):

@@ -10,11 +10,20 @@ lies (a ``mktemp -d`` directory or ``/root`` is 0700): :func:`make_traversable` 
 place that adds exactly the search bit it needs, and says so; every entry point that starts
 a server (tests, ``backupctl``, the DAGs' local scratch servers, the sandbox, the benchmarks)
 goes through :class:`LocalPostgres`, which calls it.
+
+initdb takes a second or two; a test session starts a hundred servers. With
+``$BACKUPKIT_INITDB_TEMPLATE`` set to a directory (the test suite sets it, as PostgreSQL's own
+TAP tests set ``INITDB_TEMPLATE``), a server made with no extra ``initdb_args`` is a copy of a
+cluster initdb'ed once there for its user, password and server user (made under a temporary
+name and renamed, so parallel workers agree on one). Copies share a database system
+identifier, which is why a server with ``initdb_args`` (the WAL archives' 1 MB segments, whose
+checks compare system identifiers) is always initdb'ed afresh.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import pwd
@@ -22,6 +31,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +39,9 @@ from pathlib import Path
 from backupkit.pgbin import bin_dir, pg_bin
 
 log = logging.getLogger(__name__)
+
+
+INITDB_TEMPLATE_ENV = "BACKUPKIT_INITDB_TEMPLATE"
 
 
 def free_port() -> int:
@@ -161,25 +174,53 @@ class LocalPostgres:
     def init(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._chown(self.data_dir)
-        os.chmod(self.data_dir, 0o700)
-        with self._pwfile() as auth:
+        templates = os.environ.get(INITDB_TEMPLATE_ENV)
+        if templates and not self.initdb_args:
+            self._copy_of_template(Path(templates))
+        else:
+            self._initdb(self.data_dir)
+
+    def _initdb(self, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        self._chown(target)
+        os.chmod(target, 0o700)
+        with self._pwfile(target.parent) as auth:
             proc = subprocess.run(
-                [pg_bin("initdb"), "-D", str(self.data_dir), "-U", self.user, *auth,
+                [pg_bin("initdb"), "-D", str(target), "-U", self.user, *auth,
                  "-E", "UTF8", "--locale=C", "--no-sync", *self.initdb_args],
                 capture_output=True, text=True, **self._server_identity(),
             )
         if proc.returncode != 0:
-            raise RuntimeError(f"initdb of {self.data_dir} failed: {proc.stderr.strip()}")
+            raise RuntimeError(f"initdb of {target} failed: {proc.stderr.strip()}")
+
+    def _copy_of_template(self, templates: Path) -> None:
+        """``data_dir`` as a copy of the template cluster for this server (see the module doc)."""
+        key = hashlib.sha256("\0".join((pg_bin("initdb"), self.user, self.password or "", self._run_as or ""))
+                             .encode()).hexdigest()[:16]
+        template = templates / key
+        if not (template / "PG_VERSION").exists():
+            templates.mkdir(parents=True, exist_ok=True)
+            tmp = templates / f".{key}.{os.getpid()}.{threading.get_ident()}"
+            self._initdb(tmp)
+            try:
+                os.rename(tmp, template)
+            except OSError:   # another process renamed its own first: use that one
+                shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(template, self.data_dir, symlinks=True, dirs_exist_ok=True)
+        if self._run_as:
+            pw = pwd.getpwnam(self._run_as)
+            for path in (self.data_dir, *self.data_dir.rglob("*")):
+                os.chown(path, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+        os.chmod(self.data_dir, 0o700)
+        self._reach(self.data_dir)
 
     @contextlib.contextmanager
-    def _pwfile(self):
+    def _pwfile(self, where: Path):
         """initdb's authentication arguments; with a password, a file holding it for the call only."""
         if self.password is None:
             yield ["--auth=trust"]
             return
-        fd, name = tempfile.mkstemp(prefix=".pw-", dir=self.data_dir.parent)
+        fd, name = tempfile.mkstemp(prefix=".pw-", dir=where)
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(self.password + "\n")
