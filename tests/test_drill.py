@@ -347,6 +347,25 @@ def test_database_corruption_restores_the_newest_backups_from_disk_and_matches_t
     assert not list(sandbox.scratch.glob("backupkit-scratch-*"))  # the scratch server is gone
 
 
+def test_each_backup_is_leased_from_retention_while_the_drill_restores_it(sandbox, monkeypatch):
+    from backupkit.storage.locks import Leases
+
+    leases, seen = Leases(sandbox.config.state_dir), []
+    real = drill.restore_backup
+
+    def restoring(job, *args, **kwargs):
+        seen.append((job.source.name, job.backup.name, leases.held(job.source.name)))
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(drill, "restore_backup", restoring)
+    result = run(sandbox, "database_corruption")
+    assert result["ok"], result["reasons"]
+    assert {source for source, _, _ in seen} == {"trixtech-db", "trixtech-db-sql"}
+    for source, backup, held in seen:   # what the retention plan reads: the backup under restore is held
+        assert list(held) == [backup] and "in use by disaster-recovery drill" in held[backup], held
+    assert leases.active() == []        # released when the drill is done
+
+
 def test_datacenter_loss_recovers_from_s3_alone(sandbox, tmp_path):
     """BACKUP_ROOT points at an empty directory: every source still recovers, from the bucket."""
     empty = tmp_path / "lost-site"

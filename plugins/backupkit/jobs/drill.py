@@ -43,6 +43,10 @@ and on-demand restores run (fetch with sidecar and S3 checksums, restore, row co
 the manifest; never against a live database: in a disaster there is none). A directory-format
 dump in the bucket is the objects under ``NAME/`` and is recovered from them.
 
+Each candidate is **leased** from retention while it is restored (as restore tests and
+point-in-time restores are), after a sweep already under way has finished: a sweep during the
+drill keeps it (:func:`_leased`).
+
 A backup that fails its checks or its restore is a problem of the scenario, and the next
 older one is tried (up to :data:`MAX_ATTEMPTS`), as one would in a real disaster: the RTO
 then includes the failed attempt and the RPO is that of the backup that did restore. A
@@ -59,10 +63,11 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from backupkit.catalog import Catalog
 from backupkit.clock import now as utc_now
@@ -77,6 +82,7 @@ from backupkit.restore.health import smoke_check
 from backupkit.restore.pipeline import RestoreJob, restore_backup
 from backupkit.restore.scratch import ScratchDatabase
 from backupkit.restore.selection import parse_form_time, restorable
+from backupkit.storage.locks import Leases, LockBusy, SourceLock
 from backupkit.storage.objectstore import Bucket
 
 SCENARIOS = ("database_corruption", "datacenter_loss", "ransomware", "failed_deployment")
@@ -98,6 +104,8 @@ PROVES = {
                          "check afterwards.",
 }
 MAX_ATTEMPTS = 3  # the newest backup and up to two older ones per source
+LEASE_FOR = timedelta(hours=6)  # a drill's restore of one backup; a killed drill's lease expires by itself
+SWEEP_WAIT = 600.0               # seconds to wait for a retention sweep already under way
 LAST_SUCCESS_KEY = "dr_drill"
 
 
@@ -259,8 +267,9 @@ def _recover(run: "_Run", sources: Sequence[Source], *, bucket: Bucket, tmp: Pat
             run.problems.append(CheckResult(source.name, "present", False, f"no backup{when} in {where}"))
             continue
         for n, cand in enumerate(order):
-            rec = _attempt(run, source, cand, n, f"drill_s{i}_a{n}", bucket=bucket, tmp=tmp, scratch=scratch,
-                           s3_only=s3_only, trust=trust)
+            with _leased(run, source, cand):
+                rec = _attempt(run, source, cand, n, f"drill_s{i}_a{n}", bucket=bucket, tmp=tmp, scratch=scratch,
+                               s3_only=s3_only, trust=trust)
             run.restores.append(rec)
             if rec["ok"]:
                 run.backup_times[source.name] = cand.timestamp
@@ -268,6 +277,25 @@ def _recover(run: "_Run", sources: Sequence[Source], *, bucket: Bucket, tmp: Pat
                     run.notes.append(f"{source.name}: recovered from {cand.name}, {n} newer backup(s) did not "
                                      f"restore; the RPO is that of {cand.name}")
                 break
+
+
+@contextmanager
+def _leased(run: "_Run", source: Source, backup: Backup) -> Iterator[None]:
+    """Hold ``backup`` from retention while it is restored. A sweep learns leases before it plans,
+    so one that started earlier may still delete it: wait for its lock first (a sweep longer than
+    :data:`SWEEP_WAIT` is noted; the fetch then says whether the backup is still there)."""
+    owner = f"dr-drill-{run.name}-{run.started_at:%Y%m%dT%H%M%S}"
+    leases = Leases(run.config.state_dir)
+    leases.take(source.name, backup.name, run_id=owner, purpose="disaster-recovery drill", for_=LEASE_FOR)
+    try:
+        try:
+            with SourceLock(run.config.state_dir, source.name, "sweep", owner=owner, timeout=SWEEP_WAIT):
+                pass
+        except LockBusy as exc:
+            run.notes.append(f"{source.name}: {exc}; restoring {backup.name} anyway (it is leased now)")
+        yield
+    finally:
+        leases.release(source.name, backup.name, run_id=owner)
 
 
 # -- one scenario's bookkeeping -------------------------------------------------------------------------
