@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 from airflow.sdk import CronTriggerTimetable, Param, TaskGroup, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from backup_airflow.common import VerificationFailed, dag_tags, default_args
+from backup_airflow.common import VerificationFailed, dag_tags, default_args, triggered_by
 from backup_airflow.hooks import backup_config, bucket
 from backup_airflow.restore_operators import ScratchCleanupOperator, make_scratch
 from backupkit import clock
@@ -203,7 +203,8 @@ def backup_annual_dr_drill():
             if plan.get("targets_overridden"):
                 detail = f"targets overridden {plan['targets_overridden']}; {detail}".rstrip("; ")
             record_dr_drill(config.state_dir, ok=summary["ok"], scenarios=drill.audit_scenarios(results),
-                            run_id=context["run_id"], now=clock.now(), detail=detail)
+                            run_id=context["run_id"], now=clock.now(), detail=detail,
+                            triggered_by=triggered_by(context))
         else:
             log.info("partial drill (%s): reported, not recorded as the annual drill", ", ".join(plan["scenarios"]))
         log.info("DR drill report written to %s (HTML: %s, local copy: %s)\n\n%s\n\n%s", where["uri"], where["html"],

@@ -152,7 +152,7 @@ def backup_monthly_restore_test():
                            outcome="passed" if r.get("ok") else "failed", location=r.get("location"),
                            changes=["nothing: restored into a scratch target that was torn down"])
         # The quarterly audit's recoverability control reads these records.
-        record_restore_tests(config.state_dir, results, run_id=context["run_id"], now=clock.now())
+        record_restore_tests(config.state_dir, results, run_id=context["run_id"], now=clock.now(), triggered_by=who)
         context["ti"].xcom_push(key="report", value=report)
         if not report["ok"]:
             failed = sorted(n for n, s in report["sources"].items() if not s["ok"])

@@ -156,6 +156,7 @@ def test_the_annual_drill_passes_and_reports_rto_and_rpo_for_every_scenario(sand
     # Recorded for the quarterly audit, which now passes its drill control.
     records = drills(sandbox)
     assert len(records) == before + 1 and records[-1]["ok"] is True
+    assert isinstance(records[-1]["triggered_by"], str) and records[-1]["triggered_by"]   # who started it
     assert [s["name"] for s in records[-1]["scenarios"]] == list(drill.SCENARIOS)
     assert dr_drill_control(sandbox.config, now=clock.now()).status == "pass"
 

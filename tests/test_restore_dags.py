@@ -419,6 +419,8 @@ def test_monthly_restore_test_end_to_end(sandbox):
     recorded = [json.loads(line) for line in config.state.restore_tests.read_text().splitlines()]
     assert [(r["source"], r["backup"], r["ok"]) for r in recorded if r["run_id"] == dr.run_id] == [
         (t["source_name"], t["backup"], i != 0) for i, t in enumerate(targets)]
+    who = {r["triggered_by"] for r in records(sandbox, dr.run_id)}   # the journal's, in the results too
+    assert len(who) == 1 and {r["triggered_by"] for r in recorded if r["run_id"] == dr.run_id} == who
     assert not (config.restore.scratch_dir / "runs" / run_dir_name(dr.run_id)).exists()  # teardown_scratch
     no_leftover_scratch(sandbox)
     assert Leases(config.state_dir).active() == []  # the four backups were held until summarize

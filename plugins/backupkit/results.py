@@ -10,6 +10,7 @@ in a test run::
 
     {"time": "2026-11-02T09:41:07+00:00", "source": "trixtech-db", "ok": true,
      "run_id": "scheduled__2026-11-02T09:00:00+00:00",    # optional: groups a run's lines
+     "triggered_by": "alice",                             # optional: who started the run
      "backup": "trixtech_20261102_020000.dump",          # optional
      "duration_seconds": 42.1, "detail": "",              # optional: download + restore
      "restore_seconds": 30.2, "bytes": 52428800, "mb_per_s": 1.245,   # optional
@@ -20,7 +21,7 @@ by calendar month of ``time``); it passed when every line is ``ok``.
 
 ``dr_drills.jsonl`` (written with :func:`record_dr_drill`), one line per drill::
 
-    {"time": "...", "ok": true, "run_id": "...",
+    {"time": "...", "ok": true, "run_id": "...", "triggered_by": "alice",   # optional
      "scenarios": [{"name": "database_corruption", "ok": true, "rto_seconds": 310,
                     "rto_target_seconds": 3600, "rpo_seconds": 25200, "rpo_target_seconds": 86400}]}
 
@@ -60,7 +61,7 @@ def _append_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> int:
 
 
 def record_restore_tests(state_dir: Path, results: Iterable[Mapping[str, Any]], *, run_id: str,
-                         now: datetime) -> int:
+                         now: datetime, triggered_by: str | None = None) -> int:
     """Append one restore-test run's results (one per restored backup: ``source``, ``ok``, and
     optionally ``backup``, ``role``, ``duration_seconds``, ``restore_seconds``, ``bytes``, ``mb_per_s``,
     ``target_seconds``, ``verified_rows``, ``files``, ``problems``) to ``restore_tests.jsonl`` (the health
@@ -71,7 +72,7 @@ def record_restore_tests(state_dir: Path, results: Iterable[Mapping[str, Any]], 
         detail = r.get("detail") or "; ".join(f"{p.get('check')}: {p.get('detail')}" for p in problems
                                               if isinstance(p, Mapping))
         rows.append({"time": _utc(now).isoformat(), "run_id": run_id, "source": str(r["source"]),
-                     "ok": bool(r.get("ok")),
+                     "ok": bool(r.get("ok")), **({"triggered_by": triggered_by} if triggered_by else {}),
                      **{k: r[k] for k in ("backup", "role", "duration_seconds", "restore_seconds", "bytes",
                                           "mb_per_s", "target_seconds", "verified_rows", "files")
                         if r.get(k) is not None},
@@ -80,11 +81,12 @@ def record_restore_tests(state_dir: Path, results: Iterable[Mapping[str, Any]], 
 
 
 def record_dr_drill(state_dir: Path, *, ok: bool, scenarios: Sequence[Mapping[str, Any]], run_id: str,
-                    now: datetime, detail: str = "") -> int:
+                    now: datetime, detail: str = "", triggered_by: str | None = None) -> int:
     """Append one DR drill (scenarios with ``name``, ``ok``, ``rto_seconds``, ``rto_target_seconds``,
     ``rpo_seconds``, ``rpo_target_seconds``) to ``dr_drills.jsonl``."""
     return _append_jsonl(StateDir(state_dir).dr_drills, [{
         "time": _utc(now).isoformat(), "run_id": run_id, "ok": bool(ok), "detail": detail,
+        **({"triggered_by": triggered_by} if triggered_by else {}),
         "scenarios": [dict(s) for s in scenarios]}])
 
 
