@@ -45,14 +45,27 @@ def test_copies_are_clusters_of_their_own_and_initdb_args_get_a_fresh_one(templa
             s.destroy()
 
 
-def test_a_password_server_gets_its_own_template_and_its_password(templates):
+def test_a_password_server_is_a_copy_that_wants_its_password_and_no_other(templates):
+    import subprocess
+
+    from backupkit.pgbin import pg_bin
+
     trust = LocalPostgres(templates / "trust").start()
-    secret = LocalPostgres(templates / "secret", password="s3cret-pw").start()
+    secret = LocalPostgres(templates / "secret", password="s3cr'et-pw").start()
+    other = LocalPostgres(templates / "other", password="another-one").start()
     try:
-        assert len([p for p in (templates / "templates").iterdir() if not p.name.startswith(".")]) == 2
+        assert len([p for p in (templates / "templates").iterdir() if not p.name.startswith(".")]) == 1
         assert secret.psql("SELECT 1").strip() == "1"   # psql gets PGPASSWORD from client_env
-        assert "scram-sha-256" in (secret.data_dir / "pg_hba.conf").read_text()
+        hba = [ln.split() for ln in (secret.data_dir / "pg_hba.conf").read_text().splitlines()
+               if ln.strip() and not ln.lstrip().startswith("#")]
+        assert hba and {fields[-1] for fields in hba} == {"scram-sha-256"}
         assert "trust" in (trust.data_dir / "pg_hba.conf").read_text()
+        for server, password in ((secret, "wrong"), (secret, "another-one"), (other, "s3cr'et-pw")):
+            env = {**server.client_env(), "PGPASSWORD": password}
+            proc = subprocess.run([pg_bin("psql"), *server.conn_args("postgres"), "-X", "-c", "SELECT 1"],
+                                  capture_output=True, text=True, env=env)
+            assert proc.returncode != 0 and "password authentication failed" in proc.stderr
+        assert "s3cr'et-pw" not in (secret.data_dir / "server.log").read_text()
     finally:
-        trust.destroy()
-        secret.destroy()
+        for s in (trust, secret, other):
+            s.destroy()

@@ -14,8 +14,9 @@ goes through :class:`LocalPostgres`, which calls it.
 initdb takes a second or two; a test session starts a hundred servers. With
 ``$BACKUPKIT_INITDB_TEMPLATE`` set to a directory (the test suite sets it, as PostgreSQL's own
 TAP tests set ``INITDB_TEMPLATE``), a server made with no extra ``initdb_args`` is a copy of a
-cluster initdb'ed once there for its user, password and server user (made under a temporary
-name and renamed, so parallel workers agree on one). Copies share a database system
+cluster initdb'ed once there (``trust``) for its user and server user (made under a temporary
+name and renamed, so parallel workers agree on one); a server with a password then gets
+``scram-sha-256`` lines and its password set in single-user mode, as initdb would have. Copies share a database system
 identifier, which is why a server with ``initdb_args`` (the WAL archives' 1 MB segments, whose
 checks compare system identifiers) is always initdb'ed afresh.
 """
@@ -42,6 +43,18 @@ log = logging.getLogger(__name__)
 
 
 INITDB_TEMPLATE_ENV = "BACKUPKIT_INITDB_TEMPLATE"
+
+
+def _require_scram(hba: Path) -> None:
+    """Every ``trust`` line of initdb's pg_hba.conf as ``scram-sha-256``: what initdb writes with
+    ``--auth-local=scram-sha-256 --auth-host=scram-sha-256`` (its sample has one method per line)."""
+    out = []
+    for line in hba.read_text().splitlines():
+        fields = line.split()
+        if fields and not fields[0].startswith("#") and fields[-1] == "trust":
+            line = line[:line.rstrip().rfind("trust")] + "scram-sha-256"
+        out.append(line)
+    hba.write_text("\n".join(out) + "\n")
 
 
 def free_port() -> int:
@@ -195,24 +208,41 @@ class LocalPostgres:
 
     def _copy_of_template(self, templates: Path) -> None:
         """``data_dir`` as a copy of the template cluster for this server (see the module doc)."""
-        key = hashlib.sha256("\0".join((pg_bin("initdb"), self.user, self.password or "", self._run_as or ""))
-                             .encode()).hexdigest()[:16]
+        key = hashlib.sha256("\0".join((pg_bin("initdb"), self.user, self._run_as or "")).encode()).hexdigest()[:16]
         template = templates / key
         if not (template / "PG_VERSION").exists():
             templates.mkdir(parents=True, exist_ok=True)
             tmp = templates / f".{key}.{os.getpid()}.{threading.get_ident()}"
-            self._initdb(tmp)
+            LocalPostgres(tmp, port=self.port, user=self.user)._initdb(tmp)   # trust: no password in it
             try:
                 os.rename(tmp, template)
             except OSError:   # another process renamed its own first: use that one
                 shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(template, self.data_dir, symlinks=True, dirs_exist_ok=True)
+        if self.password is not None:
+            _require_scram(self.data_dir / "pg_hba.conf")
         if self._run_as:
             pw = pwd.getpwnam(self._run_as)
             for path in (self.data_dir, *self.data_dir.rglob("*")):
                 os.chown(path, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
         os.chmod(self.data_dir, 0o700)
         self._reach(self.data_dir)
+        if self.password is not None:
+            self._set_password()
+
+    def _set_password(self) -> None:
+        """The superuser's password, as initdb's ``--pwfile`` sets it: in single-user mode, the SQL
+        on stdin (never in argv or a file), no statement logged, nothing of it in an error."""
+        quoted = self.password.replace("'", "''")
+        proc = subprocess.run(
+            [pg_bin("postgres"), "--single", "-F", "-D", str(self.data_dir), "-c", "log_min_error_statement=panic",
+             "-c", "password_encryption=scram-sha-256", "postgres"],
+            input=f"ALTER ROLE \"{self.user}\" PASSWORD '{quoted}';\n", capture_output=True, text=True,
+            **self._server_identity())
+        errors = [ln for ln in proc.stderr.splitlines() if "ERROR" in ln or "FATAL" in ln]
+        if proc.returncode != 0 or errors:
+            why = "; ".join(errors[:2]).replace(self.password, "***") or f"exit {proc.returncode}"
+            raise RuntimeError(f"setting the password of the server in {self.data_dir} failed: {why}")
 
     @contextlib.contextmanager
     def _pwfile(self, where: Path):
