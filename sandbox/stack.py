@@ -170,6 +170,15 @@ def airflow_fingerprint(env: dict[str, str]) -> str:
     return h.hexdigest()
 
 
+SQLITE_LOCK_WAIT = 60   # seconds a connection waits for another's write (sqlite3's ``timeout``)
+
+
+def airflow_db_url(layout: Layout) -> str:
+    """The sandbox's Airflow metadata database: SQLite in AIRFLOW_HOME, waiting
+    :data:`SQLITE_LOCK_WAIT` for a lock (SQLAlchemy's pysqlite and aiosqlite read ``timeout``)."""
+    return f"sqlite:///{(layout.airflow_home / 'airflow.db').resolve()}?timeout={SQLITE_LOCK_WAIT}"
+
+
 def airflow_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
     """:func:`sandbox_env` plus what Airflow and a hand-run shell need (written to env.sh)."""
     env = sandbox_env(layout.root, ports["postgres"], f"http://127.0.0.1:{ports['s3']}", ports.get("app"), wal=True)
@@ -178,6 +187,9 @@ def airflow_env(layout: Layout, ports: dict[str, int]) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # SQLite's default 5 s wait for a lock: under load (a test run beside the sandbox) the
+        # scheduler's write hit "database is locked" and the scheduler exited for good. 60 s.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db_url(layout),
         **sandbox_users.auth_env(layout.root),  # named users, not "every visitor is an admin"
         "AIRFLOW__API__PORT": str(ports["airflow"]),
         # New DAG files show up within 30 s instead of the default 5 minutes.

@@ -78,6 +78,29 @@ def test_airflow_env_points_airflow_at_the_repo_with_named_users(tmp_path):
     assert moved["AIRFLOW__API__BASE_URL"] == "http://localhost:18080"
 
 
+def test_the_sandbox_metadata_database_waits_a_minute_for_a_lock(tmp_path):
+    """The scheduler exited for good on "database is locked" under load (SQLite's 5 s default):
+    both engines Airflow makes from the URL (pysqlite, aiosqlite) wait 60 s and open the sandbox's file."""
+    import sqlite3
+
+    from airflow.settings import _get_async_conn_uri_from_sync
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = airflow_env(Layout(tmp_path), {"postgres": 5433, "s3": 5055, "airflow": 8080})[
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    for engine in (create_engine(url), create_async_engine(_get_async_conn_uri_from_sync(url)).sync_engine):
+        args, kwargs = engine.dialect.create_connect_args(make_url(url))
+        assert args == [str(tmp_path.resolve() / "airflow" / "airflow.db")] and kwargs["timeout"] == 60.0
+    (tmp_path / "airflow").mkdir()
+    writer = sqlite3.connect(tmp_path / "airflow" / "airflow.db", isolation_level=None)
+    writer.execute("CREATE TABLE t (x int)")
+    with create_engine(url).connect() as conn:   # a real connection through the URL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
+    writer.close()
+
+
 def test_env_sh_round_trips_through_bash(tmp_path):
     env = airflow_env(Layout(tmp_path), {"postgres": 5433, "s3": 5055, "airflow": 8080})
     env["WEIRD"] = "it's \"quoted\" $HOME `x`"
