@@ -93,6 +93,21 @@ def _group_alive(pgid: int) -> bool:
     return any((info := proc_info(p)) is not None and info[0] not in ("Z", "X") for p in group_members(pgid))
 
 
+def dead_children(pid: int) -> list[int]:
+    """Children of ``pid`` that exited and were not reaped (zombies): a supervisor such as
+    ``airflow standalone`` whose scheduler died keeps running without it. Empty without /proc."""
+    dead = []
+    for d in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if int(fields[1]) == pid and fields[0] in ("Z", "X"):
+                dead.append(int(d.name))
+    return dead
+
+
 def group_members(pgid: int) -> list[int]:
     members = []
     for d in Path("/proc").iterdir():

@@ -41,7 +41,7 @@ from backupkit import clock
 from backupkit.config import REPO_ROOT
 from backupkit.pgserver import LocalPostgres, free_port, make_traversable, port_free, server_user
 from sandbox import s3server, users as sandbox_users, walarchive
-from sandbox.procs import (_group_alive, group_members, pid_alive, proc_info, read_pid,  # noqa: F401 - re-exported
+from sandbox.procs import (_group_alive, dead_children, group_members, pid_alive, proc_info, read_pid,  # noqa: F401 - re-exported
                            running_pid, start_detached, stop_group, write_pid)
 
 PREFERRED_PORTS = {"postgres": 5433, "s3": 5055, "airflow": 8080, "app": 8091, "frontend": 8092}
@@ -423,12 +423,19 @@ def ensure_airflow(layout: Layout, ports: dict[str, int], say=print) -> tuple[in
     stamp_file = layout.run / "airflow.fingerprint"
     if pid is not None:
         ports.setdefault("airflow", PREFERRED_PORTS["airflow"])
-        if stamp_file.is_file() and stamp_file.read_text().strip() == airflow_fingerprint(airflow_env(layout, ports)):
+        same = stamp_file.is_file() and stamp_file.read_text().strip() == airflow_fingerprint(airflow_env(layout, ports))
+        dead = dead_children(pid)
+        if same and not dead:
             say(f"Airflow already running (pid {pid}) on port {ports['airflow']}")
             return pid, False
-        # Started by an older checkout or another configuration (users, approvers, plugins): a reused
-        # process would serve yesterday's rules, e.g. all-admins after named users were configured.
-        say(f"Airflow (pid {pid}) runs with another configuration or plugin code than this checkout: restarting it")
+        if dead:   # `airflow standalone` does not restart a component that exited (the scheduler, say)
+            say(f"Airflow (pid {pid}) lost {len(dead)} of its components (see {layout.logs / 'airflow.log'}): "
+                "restarting it")
+        else:
+            # Started by an older checkout or another configuration (users, approvers, plugins): a reused
+            # process would serve yesterday's rules, e.g. all-admins after named users were configured.
+            say(f"Airflow (pid {pid}) runs with another configuration or plugin code than this checkout: "
+                "restarting it")
         stop_group(pid, timeout=60)
         with contextlib.suppress(FileNotFoundError):
             layout.pid_file("airflow").unlink()

@@ -323,3 +323,33 @@ def test_a_running_airflow_is_reused_only_with_the_same_environment_and_plugin_c
     before = stack.airflow_fingerprint(env)
     (fake / "plugins" / "p" / "m.py").write_text("X = 2\n")
     assert stack.airflow_fingerprint(env) != before
+
+
+def test_an_airflow_that_lost_a_component_is_restarted_not_reused(tmp_path, monkeypatch):
+    """`airflow standalone` keeps running when its scheduler exits (a zombie child): `make up` restarts it."""
+    from sandbox.procs import dead_children
+
+    # A stand-in supervisor named like Airflow: one child alive, one exited and never reaped.
+    code = ("import subprocess, time; subprocess.Popen(['sleep', '60']); p = subprocess.Popen(['true']); "
+            "time.sleep(60)  # airflow")
+    parent = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not dead_children(parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(dead_children(parent.pid)) == 1
+        layout = Layout(tmp_path)
+        layout.create()
+        stack.write_pid(layout.pid_file("airflow"), parent.pid)
+        ports = {"postgres": 5433, "s3": 5055, "airflow": 8080}
+        (layout.run / "airflow.fingerprint").write_text(stack.airflow_fingerprint(airflow_env(layout, ports)) + "\n")
+        started = []
+        monkeypatch.setattr(stack, "start_detached", lambda argv, **kw: started.append(argv) or 424242)
+        said = []
+        assert stack.ensure_airflow(layout, ports, say=said.append) == (424242, True)
+        assert "lost 1 of its components" in said[0] and started[0][-1] == "standalone"
+        parent.wait(timeout=30)   # the old one was stopped, its whole group
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()
