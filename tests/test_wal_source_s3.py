@@ -2,7 +2,8 @@
 wal/s3_backups.py, wal/manifest.py): the session's real archive and real base backups (tests/_wal_archive.py)
 uploaded to the loopback S3, local copies gone or pruned. The window is found from S3; a file missing or of the
 wrong size, a manifest over the limit or not JSON, and the base backup's WAL gone are each named; an unchanged S3
-base backup is not read in full again; the streaming manifest reader survives seeded mutations."""
+base backup is not read in full again; the streaming manifest reader survives seeded mutations. And tar base
+backups on disk whose base.tar is lz4 or zstd (the real base.tar recompressed) pass, or are named when damaged."""
 
 from __future__ import annotations
 
@@ -10,16 +11,21 @@ import json
 import random
 import shutil
 import subprocess
+import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
+import lz4.frame
 import pytest
+import zstandard
 
 from _config_helpers import short_dir
+from _wal_archive import copy_archive
 from backupkit.config import load_config
 from backupkit.jobs import daily
 from backupkit.pgbin import pg_bin
+from backupkit.restore.scratch import local_scratch_root
 from backupkit.state import VerificationState
 from backupkit.storage.objectstore import Bucket
 from backupkit.wal import s3_backups
@@ -300,3 +306,57 @@ def test_the_limit_applies_while_streaming(wal_archives):
     with pytest.raises(BackupError, match="larger than 5000 bytes"):
         read_manifest(chunks(), "m", 5000, lambda p, s: None)
     assert len(pulled) <= 6   # stopped at the limit, not after reading the rest
+
+
+# -- tar base backups compressed with lz4 or zstd, on disk --------------------------------------------------------
+LOCAL_YAML = YAML.replace("    archive_s3_prefix: wal/\n", "    archive_dir: {root}/archive\n")
+RECOMPRESS = {"lz4": (".lz4", lambda b: lz4.frame.compress(b)),
+              "zst": (".zst", lambda b: zstandard.ZstdCompressor().compress(b))}
+
+
+@pytest.fixture
+def tar_site(wal_archives, wal_now):
+    """The timeline-1 archive on disk, no base backup yet."""
+    root = short_dir("bk-walz-")
+    copy_archive(wal_archives.tl1, root / "archive")
+    (root / "bases").mkdir()
+    (root / "local.yaml").write_text(LOCAL_YAML.format(bucket="unused", root=root, state="state"))
+    yield root, load_config(root / "local.yaml")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _recompressed(wal_archives, dest: Path, kind: str, damage: bool = False) -> str:
+    """The real base.tar of the session's -Ft backup, compressed as lz4/zstd (the bundled pg_basebackup has
+    zlib only); ``damage``: one byte of a relation file inside the tar flipped first."""
+    data = bytearray((wal_archives.base_tar / "base.tar").read_bytes())
+    victim = None
+    if damage:
+        with tarfile.open(wal_archives.base_tar / "base.tar") as t:
+            victim = next(m for m in t.getmembers() if m.isfile() and m.name.startswith("base/") and m.size > 8192)
+        data[victim.offset_data + 100] ^= 0xFF
+    dest.mkdir()
+    shutil.copy(wal_archives.base_tar / "backup_manifest", dest / "backup_manifest")
+    suffix, compress = RECOMPRESS[kind]
+    (dest / f"base.tar{suffix}").write_bytes(compress(bytes(data)))
+    return victim.name if victim else ""
+
+
+@pytest.mark.parametrize("kind", ["lz4", "zst"])
+def test_a_sound_lz4_or_zstd_tar_passes_the_daily_check(tar_site, wal_archives, wal_now, kind):
+    root, cfg = tar_site
+    name = (wal_now - timedelta(hours=1)).strftime("base_%Y%m%d_%H%M%S")
+    _recompressed(wal_archives, root / "bases" / name, kind)
+    results = daily.check_integrity(cfg, NAME, now=wal_now)
+    assert _bad(results) == [], _bad(results)
+    assert "1 base backup(s)" in _one(results, "wal_archive")["detail"]
+    assert _verdict(cfg, name) == "passed"
+    assert not list((local_scratch_root(cfg) / "wal-verify").iterdir())   # the inflated tar is gone
+
+
+def test_a_damaged_zstd_tar_is_named(tar_site, wal_archives, wal_now):
+    root, cfg = tar_site
+    name = (wal_now - timedelta(hours=1)).strftime("base_%Y%m%d_%H%M%S")
+    victim = _recompressed(wal_archives, root / "bases" / name, "zst", damage=True)
+    bad = _bad(daily.check_integrity(cfg, NAME, now=wal_now))
+    assert any(victim in r["detail"] and "checksum mismatch" in r["detail"] and name in r["detail"] for r in bad), bad
+    assert _verdict(cfg, name) == "failed"

@@ -70,7 +70,7 @@ def base_backups(config: Config, source: Source, st: VerificationState, now: dat
         try:
             if b.path is not None:
                 backup = read_base_backup(b.path)
-                complaint = verify_files(backup) if key in due else None
+                complaint = verify_files(backup, _scratch(config)) if key in due else None
                 what = "pg_verifybackup"
             else:
                 backup = s3_range(bucket, b.key, heads[key])
@@ -87,6 +87,13 @@ def base_backups(config: Config, source: Source, st: VerificationState, now: dat
             continue
         found.append((key, backup))
     return found, problems, ids, due
+
+
+def _scratch(config: Config):
+    """Where an lz4/zstd tar base backup is inflated to be verified (the restores' scratch root)."""
+    from backupkit.restore.scratch import local_scratch_root
+
+    return local_scratch_root(config) / "wal-verify"
 
 
 def _catalog(source: Source, bucket, problems: list[tuple[str, str]]) -> dict:
