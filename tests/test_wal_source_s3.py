@@ -31,6 +31,7 @@ from backupkit.storage.objectstore import Bucket
 from backupkit.wal import s3_backups
 from backupkit.wal.backups import BackupError
 from backupkit.wal.manifest import read_manifest
+from backupkit.wal.source import load_window
 
 NAME = "s3-wal"
 YAML = """bucket: {{name: {bucket}}}
@@ -70,10 +71,9 @@ def _config(root: Path, store: Bucket, state: str = "state"):
     return load_config(path)
 
 
-def _run(cfg, store: Bucket) -> dict[str, dict]:
+def _run(cfg, store: Bucket) -> list[dict]:
     """check_cloud_copies of the source: the archive in S3 verified with the catalog's base backups."""
-    results = daily.check_cloud_copies(cfg, NAME, store)
-    return results
+    return daily.check_cloud_copies(cfg, NAME, store)
 
 
 def _bad(results) -> list[dict]:
@@ -109,8 +109,6 @@ def test_base_backups_only_in_s3_are_verified_and_give_the_window(site, wal_arch
 
 def _window_start(cfg, store) -> str | None:
     """The LSN the window starts at (the oldest usable base backup's stop), as the run saved it."""
-    from backupkit.wal.source import load_window
-
     assert _one(_run(cfg, store), "pitr_window")["ok"]
     return load_window(cfg, cfg.source(NAME))["start_lsn"]
 
@@ -127,8 +125,8 @@ def test_a_pruned_local_copy_does_not_shrink_the_window(site, wal_archives):
     store.client.delete_object(Bucket=store.name, Key=f"basebackups/{names['plain']}/backup_manifest")
     cfg = _config(root, store, state="state-newer")
     daily.check_cloud_copies(cfg, NAME, store)
-    from backupkit.wal.source import load_window
     assert load_window(cfg, cfg.source(NAME))["start_lsn"] != both   # the control: the tar one starts later
+    assert _verdict(cfg, names["plain"]) == "failed"   # no manifest: not a verified base backup
 
 
 # -- damage ---------------------------------------------------------------------------------------------------

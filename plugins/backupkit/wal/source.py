@@ -5,8 +5,8 @@ with the base backups of ``local_dir``; ``check_cloud_copies`` checks the archiv
 under ``archive_s3_prefix`` (every local segment older than ``max_age`` there, same size,
 same bytes by the strongest evidence S3 stored, as for dumps: :mod:`backupkit.checks.s3copy`)
 or, for an archive kept in S3 only, verifies that copy in full with every base backup of the
-catalog, those kept only in S3 read there without a download (:mod:`backupkit.wal.s3_backups`). Segments and base backups
-that passed and are unchanged are not read again (:mod:`backupkit.wal.memory`), except for
+catalog, those kept only in S3 read there without a download (:mod:`backupkit.wal.s3_backups`).
+Segments and base backups that passed and are unchanged are not read again (:mod:`backupkit.wal.memory`), except for
 the rolling re-read. The recoverable window of
 the last verification is kept in ``<state_dir>/facts/pitr-SOURCE.json`` for the metrics,
 the summary, the weekly report and the health page.
@@ -55,7 +55,8 @@ def base_backups(config: Config, source: Source, st: VerificationState, now: dat
         try:
             if b.path is not None:
                 ids[key] = FileIdentity.of(b.path)
-            elif (head := probe(bucket, b.key)) is None:
+            elif (head := probe(bucket, b.key)) is None:   # remembered as failed, not left as it was
+                ids[key] = s3_identity(b, {})
                 problems.append((key, f"{bucket.uri(b.key)}: no backup_manifest (or neither PG_VERSION nor "
                                       f"a base.tar): not a base backup whose WAL range can be read"))
             else:
@@ -67,6 +68,8 @@ def base_backups(config: Config, source: Source, st: VerificationState, now: dat
     due = set(st.select_full_reads(ids, fraction=config.reread_fraction, now=now))
     for key in sorted(ids):
         b = backups[key]
+        if b.path is None and key not in heads:
+            continue
         try:
             if b.path is not None:
                 backup = read_base_backup(b.path)
