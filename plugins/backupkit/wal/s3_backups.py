@@ -117,6 +117,14 @@ def check_s3_files(bucket: Bucket, backup: BaseBackup, key: str, *, limit: int |
         summary = read_manifest(body.iter_chunks(CHUNK), bucket.uri(manifest), limit, on_file)
     finally:
         body.close()
+    try:
+        whole = from_ranges(summary.ranges, summary.sysid, backup.source, backup.format)
+    except (BackupError, KeyError, TypeError, IndexError, AttributeError):
+        raise BackupError(f"{bucket.uri(manifest)}: WAL-Ranges must list {{Timeline, Start-LSN, End-LSN}} "
+                          f"objects") from None
+    if (whole.start_lsn, whole.start_tli, whole.stop_lsn) != (backup.start_lsn, backup.start_tli, backup.stop_lsn):
+        raise BackupError(f"{bucket.uri(manifest)}: its WAL-Ranges read whole differ from its last "
+                          f"{MANIFEST_TAIL} bytes read before (replaced while it was read?)")
     if backup.format == "tar":
         return _tar_complaint(bucket, prefix, objects, summary)
     extra = sorted(rel for rel in objects if rel not in seen and not _ignored(rel))
