@@ -23,6 +23,7 @@ from backupkit.wal.backups import BackupError
 MAX_ITEM = 1 << 20        # one Files entry, or any other member's value, and one line
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 _WS = " \t\r\n"
+_DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class _Stream:
     def value(self):
         self.skip_ws()
         try:
-            value, end = json.JSONDecoder().raw_decode(self.buf, self.pos)
+            value, end = _DECODER.raw_decode(self.buf, self.pos)
         except (ValueError, RecursionError):
             raise self.fail("not a JSON backup manifest (a value that does not parse, or longer than "
                             f"{MAX_ITEM} bytes)") from None
