@@ -9,9 +9,9 @@ alternated for --rounds rounds in this process:
 * **baseline**: ``json.loads`` of the whole manifest (what reading it at once costs: what
   ``wal.backups.manifest_files`` does for a restore).
 
-Printed per round: peak traced memory (tracemalloc) and wall time of each, and the ratios. Goal: the streamed
-read's peak stays a few MiB whatever N (the 1 MiB window, its piece and the decoder), where the baseline grows
-with the manifest; the time is printed, not a goal.
+Printed per round: peak traced memory (tracemalloc) and wall time of each, and the ratios. Goal (exit 1 when
+missed): the streamed read's peak at most 16 MiB whatever N (the 1 MiB window, its piece and the decoder), where
+the baseline grows with the manifest; the time is printed, not a goal.
 
     .venv/bin/python bench/bench_manifest_stream.py                  # 500,000 files (~75 MB), 3 rounds
     .venv/bin/python bench/bench_manifest_stream.py --files 50000 --rounds 1
@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "plugins"))
 from backupkit.wal.manifest import read_manifest  # noqa: E402
 
 PIECE = 1 << 20
+GOAL_MIB = 16   # the streamed read's peak, whatever the manifest's size
 
 
 def make_manifest(files: int) -> bytes:
@@ -73,12 +74,13 @@ def whole(data: bytes) -> int:
     return len(json.loads(data)["Files"])
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=500_000)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     data = make_manifest(args.files)
+    worst = 0.0
     print(f"manifest: {args.files} files, {len(data) / 1e6:.1f} MB")
     for r in range(args.rounds):
         order = (("streamed", streamed), ("baseline", whole)) if r % 2 == 0 else (("baseline", whole),
@@ -89,9 +91,14 @@ def main() -> None:
             got[name] = measure(lambda fn=fn: fn(data))
             assert got[name][2] == args.files, (name, got[name][2])
         s, b = got["streamed"], got["baseline"]
+        worst = max(worst, s[0])
         print(f"round {r + 1}: streamed peak {s[0]:.1f} MiB in {s[1]:.2f} s; json.loads peak {b[0]:.1f} MiB in "
               f"{b[1]:.2f} s; memory {s[0] / b[0]:.3f}x, time {s[1] / b[1]:.2f}x")
 
 
+    print(f"goal: streamed peak <= {GOAL_MIB} MiB: {'met' if worst <= GOAL_MIB else 'MISSED'} ({worst:.1f} MiB)")
+    return 0 if worst <= GOAL_MIB else 1
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
