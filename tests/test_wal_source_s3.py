@@ -161,6 +161,15 @@ def test_a_file_of_the_wrong_size_and_an_unexpected_object_are_named(site, wal_a
                   "the manifest does not list: base/1/99999")
 
 
+def test_a_truncated_base_tar_and_a_tablespace_tar_in_s3_are_named(site, wal_archives):
+    root, store, names = site
+    prefix = f"basebackups/{names['tar']}/"
+    store.put(prefix + "base.tar", (wal_archives.base_tar / "base.tar").read_bytes()[:1 << 20])
+    _damage_named(_config(root, store), store, names["tar"], "base.tar is 1048576 bytes", "truncated")
+    store.put(prefix + "16385.tar", b"x")
+    _damage_named(_config(root, store, state="state-2"), store, names["tar"], "16385.tar: a tablespace tar")
+
+
 def test_a_manifest_over_the_limit_is_refused_naming_it(site, monkeypatch):
     root, store, names = site
     monkeypatch.setattr(s3_backups, "MANIFEST_LIMIT", 4096)
