@@ -12,7 +12,6 @@ import random
 import shutil
 import subprocess
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -59,8 +58,7 @@ def site(wal_archives, wal_now, s3, bucket):
     for kind, src in (("plain", wal_archives.base_plain), ("tar", wal_archives.base_tar)):
         items += [(f, f"basebackups/{names[kind]}/{f.relative_to(src).as_posix()}")
                   for f in sorted(src.rglob("*")) if f.is_file()]
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda item: store.upload(*item), items))
+    store.upload_many(items)
     yield root, store, names
     shutil.rmtree(root, ignore_errors=True)
 
