@@ -7,7 +7,7 @@ Rules (docs/wal.md, "Point-in-time restore from S3"):
   after the target. Its start comes
   from ``backup_manifest``'s WAL-Ranges: read on disk, or, for a base backup kept in S3 only,
   from the manifest's first 4 KiB and last 64 KiB (two ranged GETs, nothing else downloaded
-  to choose). A local copy is preferred; ``prefer="s3"`` uses the S3 copy when there is one.
+  to choose: :func:`backupkit.wal.s3_backups.s3_range`, which the daily verification uses too). A local copy is preferred; ``prefer="s3"`` uses the S3 copy when there is one.
 - **Disk first**: before anything is copied or downloaded, the free space of the scratch
   filesystem must hold the backup plus :data:`DISK_MARGIN` (the WAL staged one segment at a
   time, the server's own files); else a clear refusal naming both figures.
@@ -33,8 +33,8 @@ from backupkit.catalog import Catalog
 from backupkit.config import Source
 from backupkit.model import Backup
 from backupkit.storage.objectstore import TRANSFER_WORKERS, Bucket, client_errors, describe_error, pooled
-from backupkit.wal.backups import (MANIFEST_TAIL, BackupError, BaseBackup, from_ranges, manifest_ranges,
-                                   TAR_NAMES, parse_label, read_base_backup, verify_files)
+from backupkit.wal.backups import BackupError, BaseBackup, parse_label, read_base_backup, verify_files
+from backupkit.wal.s3_backups import s3_range
 
 DISK_MARGIN = 256 << 20
 # The directories of a data directory as initdb makes them (src/bin/initdb/initdb.c, PostgreSQL 18):
@@ -84,33 +84,6 @@ def label_ends(archive) -> dict[tuple[int, int], datetime]:
         if label.ended_by is not None:   # STOP TIME plus its one-second resolution
             ends[(label.start_tli, label.start_lsn)] = label.ended_by
     return ends
-
-
-def s3_range(bucket: Bucket, key: str) -> BaseBackup | None:
-    """The WAL range of a base backup directory in S3 (plain: ``PG_VERSION``, tar: a ``base.tar*``)
-    from its manifest's head and tail; None without a manifest (not restored to a point in time)."""
-    prefix = key.rstrip("/") + "/"
-    if bucket.head(prefix + "PG_VERSION") is not None:
-        fmt = "plain"
-    elif any(bucket.head(prefix + n) is not None for n in TAR_NAMES):
-        fmt = "tar"
-    else:
-        return None
-    manifest = prefix + "backup_manifest"
-    size = (bucket.head(manifest) or {}).get("ContentLength")
-    if size is None:
-        return None
-    head = _ranged(bucket, manifest, f"bytes=0-{min(4096, int(size)) - 1}")
-    tail = _ranged(bucket, manifest, f"bytes=-{min(MANIFEST_TAIL, int(size))}")
-    return from_ranges(*manifest_ranges(head, tail, bucket.uri(manifest)), bucket.uri(key), fmt)
-
-
-def _ranged(bucket: Bucket, key: str, byte_range: str) -> bytes:
-    body = bucket.body(key, byte_range=byte_range)
-    try:
-        return body.read(MANIFEST_TAIL + 1)
-    finally:
-        body.close()
 
 
 def _range_of(b: Backup, bucket: Bucket | None, prefer: str) -> tuple[BaseBackup, bool] | None:

@@ -10,7 +10,8 @@ a point in time). Where those come from (rules in docs/wal.md):
   plain format's ``backup_label`` (start only; the stop then comes from the archive's label).
 
 ``pg_verifybackup`` checks the files against the manifest (plain and, since PostgreSQL 18,
-tar format; WAL parsing only for a plain backup that carries its own ``pg_wal``).
+tar format; WAL parsing only for a plain backup that carries its own ``pg_wal``); an lz4 or
+zstd tar is inflated first, the bundled build reading neither.
 """
 
 from __future__ import annotations
@@ -221,19 +222,61 @@ def with_label(backup: BaseBackup, labels: list[BaseBackup]) -> BaseBackup:
     return backup
 
 
-def verify_files(backup: BaseBackup) -> str | None:
-    """pg_verifybackup's complaint about the backup's files, or None when it passes."""
+INFLATED_TARS = {"base.tar.lz4": "lz4", "base.tar.zst": "zstd"}
+
+
+def verify_files(backup: BaseBackup, scratch: Path | None = None) -> str | None:
+    """pg_verifybackup's complaint about the backup's files, or None when it passes. A tar whose
+    base.tar is lz4 or zstd is inflated under ``scratch`` first (:func:`_verify_inflated`)."""
     path = Path(backup.source)
+    if backup.format == "tar":
+        inflated = [n for n in INFLATED_TARS if (path / n).is_file()]
+        if inflated:
+            return _verify_inflated(path, inflated[0], scratch)
     args = [pg_bin("pg_verifybackup"), "--quiet", "--exit-on-error"]
     wal = path / "pg_wal"
     own_wal = wal.is_dir() and any((c := classify(p.name)) and c.kind == "segment" for p in wal.iterdir())
     if backup.format == "tar" or not own_wal:
         args.append("--no-parse-wal")  # the archive's WAL is what the verifier itself reads
-    proc = subprocess.run([*args, str(path)], capture_output=True, text=True)
+    return _complaint(subprocess.run([*args, str(path)], capture_output=True, text=True))
+
+
+def _complaint(proc: subprocess.CompletedProcess, shown: tuple[str, str] = ("", "")) -> str | None:
     if proc.returncode == 0:
         return None
     lines = [ln.removeprefix("pg_verifybackup: ").removeprefix("error: ") for ln in proc.stderr.splitlines() if ln]
-    return "; ".join(lines[:3]) or f"pg_verifybackup exited {proc.returncode}"
+    text = "; ".join(lines[:3]) or f"pg_verifybackup exited {proc.returncode}"
+    return text.replace(*shown) if shown[0] else text
+
+
+def _verify_inflated(path: Path, name: str, scratch: Path | None) -> str | None:
+    """The bundled pg_verifybackup reads no lz4 or zstd (zlib only): the base tar is inflated into
+    a new directory under ``scratch`` as the restore inflates it (bounded by the manifest's files,
+    the free space checked first), verified there as an uncompressed tar, and removed."""
+    import tempfile
+
+    from backupkit.restore.pitr_base import BaseBackupError, check_free_space
+    from backupkit.restore.pitr_tar import TAR_PER_FILE, TAR_SLACK, inflate, tar_layout
+
+    try:
+        tar_layout([p.name for p in path.iterdir()], str(path))
+        files, total = manifest_files(path / "backup_manifest")
+    except (BaseBackupError, BackupError) as exc:
+        return str(exc)
+    cap = total + files * TAR_PER_FILE + TAR_SLACK
+    root = Path(scratch or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="wal-verify-", dir=root) as tmp:
+        work = Path(tmp)
+        try:
+            check_free_space(work, cap, f"inflating {path / name} to verify it")
+            inflate(path / name, work / "base.tar", INFLATED_TARS[name], cap, str(path / name))
+        except BaseBackupError as exc:
+            return str(exc)
+        (work / "backup_manifest").write_bytes((path / "backup_manifest").read_bytes())
+        proc = subprocess.run([pg_bin("pg_verifybackup"), "--quiet", "--exit-on-error", "--no-parse-wal", tmp],
+                              capture_output=True, text=True)
+        return _complaint(proc, (f"{tmp}/base.tar", str(path / name)))
 
 
 __all__ = ["BaseBackup", "BackupError", "parse_label", "read_base_backup", "manifest_ranges", "from_ranges", "with_label", "verify_files",

@@ -4,8 +4,9 @@
 with the base backups of ``local_dir``; ``check_cloud_copies`` checks the archive's copy
 under ``archive_s3_prefix`` (every local segment older than ``max_age`` there, same size,
 same bytes by the strongest evidence S3 stored, as for dumps: :mod:`backupkit.checks.s3copy`)
-or, for an archive kept in S3 only, verifies that copy in full. Segments and base backups
-that passed and are unchanged are not read again (:mod:`backupkit.wal.memory`), except for
+or, for an archive kept in S3 only, verifies that copy in full with every base backup of the
+catalog, those kept only in S3 read there without a download (:mod:`backupkit.wal.s3_backups`).
+Segments and base backups that passed and are unchanged are not read again (:mod:`backupkit.wal.memory`), except for
 the rolling re-read. The recoverable window of
 the last verification is kept in ``<state_dir>/facts/pitr-SOURCE.json`` for the metrics,
 the summary, the weekly report and the health page.
@@ -18,13 +19,15 @@ import os
 from collections import Counter
 from datetime import datetime, timedelta
 
-from backupkit.catalog import local_backups
+from backupkit.catalog import Catalog
 from backupkit.config import Config, Source
 from backupkit.model import CheckResult, backup_id
 from backupkit.state import FileIdentity, VerificationState
+from backupkit.storage.objectstore import client_errors, describe_error
 from backupkit.wal import memory
 from backupkit.wal.archive import ArchiveUnavailable, LocalArchive
 from backupkit.wal.backups import BackupError, BaseBackup, read_base_backup, verify_files
+from backupkit.wal.s3_backups import check_s3_files, probe, s3_identity, s3_range
 from backupkit.wal.verify import CLOCK_SKEW, WalReport, verify_archive
 
 WINDOW_CHECK = "pitr_window"
@@ -39,32 +42,73 @@ def _iso(t: datetime | None) -> str | None:
 
 
 # -- base backups ---------------------------------------------------------------------------------
-def base_backups(config: Config, source: Source, st: VerificationState, now: datetime
+def base_backups(config: Config, source: Source, st: VerificationState, now: datetime, bucket=None
                  ) -> tuple[list[tuple[str, BaseBackup]], list[tuple[str, str]], dict[str, FileIdentity], set[str]]:
-    """(key, base backup) of every local base backup whose WAL range can be read, the problems
-    found (key, detail), their identities, and the keys read in full now: pg_verifybackup runs on
-    new, changed or failed ones and the rolling share (the others passed it unchanged)."""
-    found, problems, ids = [], [], {}
-    backups = {backup_id(source.name, b.name): b for b in local_backups(source)}
+    """(key, base backup) of every base backup of the catalog (on disk, and in ``bucket`` when
+    given) whose WAL range can be read, the problems found (key, detail), their identities, and
+    the keys read in full now. A local copy is read as it is on disk (pg_verifybackup); one only
+    in S3 from S3, without downloading it (:mod:`backupkit.wal.s3_backups`). The full read runs
+    on new, changed or failed ones and the rolling share (the others passed it unchanged)."""
+    found, problems, ids, heads = [], [], {}, {}
+    backups = _catalog(source, bucket, problems)
     for key, b in backups.items():
         try:
-            ids[key] = FileIdentity.of(b.path)
+            if b.path is not None:
+                ids[key] = FileIdentity.of(b.path)
+            elif (head := probe(bucket, b.key)) is None:   # remembered as failed, not left as it was
+                ids[key] = s3_identity(b, {})
+                problems.append((key, f"{bucket.uri(b.key)}: no backup_manifest (or neither PG_VERSION nor "
+                                      f"a base.tar): not a base backup whose WAL range can be read"))
+            else:
+                heads[key], ids[key] = head, s3_identity(b, head[1])
         except OSError as exc:
             problems.append((key, f"cannot be read: {exc.strerror or exc}"))
+        except client_errors() as exc:
+            problems.append((key, f"cannot be read: {describe_error(exc, bucket.uri(b.key))}"))
     due = set(st.select_full_reads(ids, fraction=config.reread_fraction, now=now))
     for key in sorted(ids):
+        b = backups[key]
+        if b.path is None and key not in heads:
+            continue
         try:
-            backup = read_base_backup(backups[key].path)
+            if b.path is not None:
+                backup = read_base_backup(b.path)
+                complaint = verify_files(backup, _scratch(config)) if key in due else None
+                what = "pg_verifybackup"
+            else:
+                backup = s3_range(bucket, b.key, heads[key])
+                complaint = check_s3_files(bucket, backup, b.key) if key in due else None
+                what = "its objects in S3"
         except BackupError as exc:
             problems.append((key, str(exc)))
             continue
-        if key in due:
-            complaint = verify_files(backup)
-            if complaint:
-                problems.append((key, f"pg_verifybackup: {complaint}"))
-                continue
+        except client_errors() as exc:
+            problems.append((key, f"cannot be read: {describe_error(exc, bucket.uri(b.key))}"))
+            continue
+        if complaint:
+            problems.append((key, f"{what}: {complaint}"))
+            continue
         found.append((key, backup))
     return found, problems, ids, due
+
+
+def _scratch(config: Config):
+    """Where an lz4/zstd tar base backup is inflated to be verified (the restores' scratch root)."""
+    from backupkit.restore.scratch import local_scratch_root
+
+    return local_scratch_root(config) / "wal-verify"
+
+
+def _catalog(source: Source, bucket, problems: list[tuple[str, str]]) -> dict:
+    """key -> catalog entry: every base backup on disk and in the bucket; local ones only (and a
+    problem) when the bucket cannot be listed."""
+    try:
+        listed = Catalog(source, bucket).backups()
+    except client_errors() as exc:
+        where = bucket.uri(source.s3_prefix)
+        problems.append((source.name, f"the base backups in {where} cannot be listed: {describe_error(exc, where)}"))
+        listed = Catalog(source).local()
+    return {backup_id(source.name, b.name): b for b in listed}
 
 
 def _backup_verdicts(st: VerificationState, report: WalReport, found, problems, ids, due: set[str],
@@ -84,9 +128,9 @@ def _backup_verdicts(st: VerificationState, report: WalReport, found, problems, 
 
 # -- the archive ----------------------------------------------------------------------------------
 def _verify(config: Config, source: Source, reader, directory, now: datetime, st: VerificationState,
-            entries) -> list[CheckResult]:
+            entries, bucket=None) -> list[CheckResult]:
     spec = source.spec
-    found, problems, ids, due = base_backups(config, source, st, now)
+    found, problems, ids, due = base_backups(config, source, st, now, bucket)
     seg_ids = memory.identities(entries, directory)
     known = memory.remembered(st, source.name, seg_ids, fraction=config.reread_fraction, now=now)
     report = verify_archive(entries, reader, base_backups=[b for _, b in found],
@@ -196,7 +240,7 @@ def check_s3_copy(config: Config, source: Source, bucket, *, now: datetime | Non
     except ArchiveUnavailable as exc:
         return [CheckResult(source.name, "wal_s3_copy", False, str(exc))]
     if spec.archive_dir is None:
-        return _verify(config, source, remote, None, now, state, list(objects.values()))
+        return _verify(config, source, remote, None, now, state, list(objects.values()), bucket)
     local = LocalArchive(spec.archive_dir)
     try:
         entries = list(local.entries())
