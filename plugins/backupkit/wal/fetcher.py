@@ -26,11 +26,10 @@ name). What was refused or missing is kept (:attr:`WalFetcher.problems`, :attr:`
 restore's verdict can name the segment recovery stopped at.
 
 Stopping needs no timed wakeup: :meth:`WalFetcher.stop` shuts the listening socket down, which
-ends the blocked ``accept`` at once, and waits for the thread by polling with ``time.sleep`` up
-to a deadline. A design polling a stop flag from ``accept`` timeouts, or a ``Thread.join(timeout)``,
-depends on a timed wait firing; Python's lock waits (``join``, ``Event.wait``) time out on an
-absolute ``CLOCK_MONOTONIC`` deadline, which a faked or stepped clock (Debian's libfaketime in
-``make test-dates``) can put years away: the stop then never returned (docs/wal.md, "Clocks").
+ends the blocked ``accept`` at once (no stop flag polled every half second), and waits for the
+thread by polling with ``time.sleep`` up to a deadline, not with ``Thread.join(timeout)``: Python's
+lock waits time out at an absolute ``CLOCK_MONOTONIC`` deadline, which a faked or stepped clock
+(Debian's libfaketime in ``make test-dates``) can put decades away (docs/wal.md, "Point-in-time restore from S3").
 """
 
 from __future__ import annotations
