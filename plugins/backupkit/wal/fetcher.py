@@ -29,7 +29,8 @@ Stopping needs no timed wakeup: :meth:`WalFetcher.stop` shuts the listening sock
 ends the blocked ``accept`` at once (no stop flag polled every half second), and waits for the
 thread by polling with ``time.sleep`` up to a deadline, not with ``Thread.join(timeout)``: Python's
 lock waits time out at an absolute ``CLOCK_MONOTONIC`` deadline, which a faked or stepped clock
-(Debian's libfaketime in ``make test-dates``) can put decades away (docs/wal.md, "Point-in-time restore from S3").
+(Debian's libfaketime in ``make test-dates``) can put decades away (docs/wal.md, "Point-in-time
+restore from S3").
 """
 
 from __future__ import annotations
