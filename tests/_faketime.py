@@ -10,12 +10,22 @@ exits 1 before its ``main``: an ``initdb`` or ``pg_ctl`` fails, or a ``restore_c
 "finds no file", so recovery ends before its target (FATAL, "server closed the connection
 unexpectedly"). Given to the server's user, the wrapper's pair is shared by every process of the run,
 as libfaketime intends; the clock itself is the same either way (the wrapper passes an offset).
+
+Timed waits: under the wrapper ``CLOCK_MONOTONIC`` reads the faked date (about 1.8e9 s), and Python
+3.11's lock waits (``Event.wait``, ``Lock.acquire``, ``Thread.join`` and ``Queue.get`` with a timeout,
+``threading.Timer``) sleep until an absolute monotonic deadline through ``sem_clockwait``, which
+libfaketime 0.9.10 does not wrap: the kernel reads that deadline as decades away, and the wait never
+times out (a ``Timer`` never fires). ``time.sleep`` and socket/``selectors`` timeouts (relative
+``poll``) work. So tests schedule with :func:`after`, and wait by polling with ``time.sleep``.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from backupkit.pgserver import server_user
@@ -45,4 +55,15 @@ def share_with_server_user() -> None:
             pass   # not there (another libfaketime set-up): nothing to share
 
 
-__all__ = ["share_with_server_user", "shared_objects"]
+def after(seconds: float, action: Callable[[], object]) -> threading.Thread:
+    """``action()`` on a daemon thread after ``seconds``: a ``threading.Timer`` that fires under faketime."""
+    def run() -> None:
+        time.sleep(seconds)
+        action()
+
+    thread = threading.Thread(target=run, name="after", daemon=True)
+    thread.start()
+    return thread
+
+
+__all__ = ["share_with_server_user", "shared_objects", "after"]

@@ -248,6 +248,28 @@ def records(archive: Path, segment: str) -> list[tuple[int, int]]:
     return [(int(m.group(3), 16) << 32 | int(m.group(4), 16), int(m.group(2))) for m in _RECORD.finditer(out)]
 
 
+_XACT_END = re.compile(r"tx:\s*(\d+), lsn: ([0-9A-F]+)/([0-9A-F]+),.*desc: (?:COMMIT|ABORT) "
+                       r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+
+
+def first_stop_after(archive: Path, target: datetime, *, tli: int = 1) -> tuple[str, int]:
+    """(segment, xid) of the first commit or abort recorded after ``target`` in ``archive`` (pg_waldump,
+    the oracle): where recovery to ``target`` stops, so the segment holding that record's end is
+    one the recovery cannot do without (whatever else was written around it)."""
+    from backupkit.wal.naming import segment_name
+
+    segs = sorted(p.name for p in archive.iterdir() if len(p.name) == 24 and int(p.name[:8], 16) == tli)
+    out = subprocess.run([pg_bin("pg_waldump"), "-p", str(archive), "-t", str(tli), "-r", "Transaction",
+                          segs[0], segs[-1]], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "LC_ALL": "C", "TZ": "UTC"}).stdout
+    for line in out.splitlines():
+        m = _XACT_END.search(line) if (rec := _RECORD.search(line)) else None
+        if m and datetime.fromisoformat(m.group(4) + "+00:00") > target:
+            end = (int(m.group(2), 16) << 32 | int(m.group(3), 16)) + int(rec.group(2))
+            return segment_name(tli, (end - 1) // SEGMENT_SIZE, SEGMENT_SIZE), int(m.group(1))
+    raise AssertionError(f"no commit after {target} in {archive}")
+
+
 def error_lsn(stderr: str) -> int | None:
     """The LSN pg_waldump's error message names last (the failing record or page)."""
     found = _ERROR_LSN.findall(stderr)
@@ -255,7 +277,7 @@ def error_lsn(stderr: str) -> int | None:
 
 
 __all__ = ["WalArchives", "build_wal_archives", "wal_fixture_dir", "wait_archived", "on_test_clock", "SEGMENT_SIZE", "copy_archive", "waldump",
-           "records", "error_lsn"]
+           "records", "error_lsn", "first_stop_after"]
 
 
 PITR_YAML = """bucket: {{name: {bucket}}}

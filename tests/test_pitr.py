@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _config_helpers import short_dir
-from _wal_archive import pitr_yaml, wait_archived
+from _wal_archive import first_stop_after, pitr_yaml, wait_archived
 from backupkit.config import load_config
 from backupkit.jobs import daily
 from backupkit.pgserver import LocalPostgres
@@ -72,17 +72,25 @@ def test_a_target_outside_the_verified_window_is_refused(site):
 
 def test_a_gap_makes_the_restore_fail_not_pass_silently(site, tmp_path):
     root, pg, config, marks = site
-    segs = sorted(p for p in (root / "archive").iterdir() if len(p.name) == 24)
-    victim = segs[-1]     # the last segment: the markers' commits are in it or before
+    target = PitrTarget(marks[-1] - timedelta(milliseconds=500))
+    # The live server goes on writing (timed checkpoints, archive_timeout): a later segment without
+    # any marker is archived, as here on purpose. Removing the archive's last file then removed
+    # nothing the restore needed, and it passed (the test failed once in a long 2-worker run).
+    pg.psql("CHECKPOINT")
+    wait_archived(pg, root / "archive")
+    # The segment recovery must read to stop: where the first commit after the target ends (m5's).
+    segment, xid = first_stop_after(root / "archive", target.time)
+    assert segment < max(p.name for p in (root / "archive").iterdir() if len(p.name) == 24)
+    victim = root / "archive" / segment
     stash = tmp_path / victim.name
     shutil.move(victim, stash)
     try:
-        result = pitr_restore(config, "pitr-wal", PitrTarget(marks[-1] - timedelta(milliseconds=500)),
-                              checks=marker_checks(lambda sql: pg.psql(sql)), timeout=120)
+        result = pitr_restore(config, "pitr-wal", target, checks=marker_checks(lambda sql: pg.psql(sql)), timeout=120)
     finally:
         shutil.move(stash, victim)
     [problem] = result["problems"]
     assert problem["check"] == "pitr_reached" and "recovery ended before the target time" in problem["detail"]
+    assert f"recovery stopped at {segment}, which is not in" in problem["detail"], (xid, problem["detail"])
 
 
 def test_target_parsing_rules():

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from _config_helpers import short_dir
+from _faketime import after
 from _wal_archive import copy_archive, wait_archived
 from backupkit import clock
 from backupkit.config import load_config
@@ -301,15 +301,14 @@ def test_a_lease_waits_for_a_sweep_under_way_then_checks_its_choice_again(tmp_pa
     choices = iter(["base_a", "base_b", "base_b"])   # the sweep under way deleted base_a
     lock = SourceLock(config.state_dir, NAME, "sweep", owner="sweep-under-way")
     lock.acquire()
-    timer = threading.Timer(0.6, lock.release)
-    timer.start()
+    releaser = after(0.6, lock.release)   # not threading.Timer: it never fires under faketime (tests/_faketime.py)
     t0 = time.monotonic()
     got = lease_base_backup(config, source, lambda: SimpleNamespace(name=next(choices)), run_id="r1",
                             for_=timedelta(hours=1))
     assert time.monotonic() - t0 >= 0.5                     # it waited for the sweep's lock
     assert got.name == "base_b"
     assert [lease.backup for lease in Leases(config.state_dir).active(NAME)] == ["base_b"]
-    timer.join()
+    releaser.join()
 
 
 def test_a_refused_lease_leaves_no_lease_behind(tmp_path):

@@ -59,6 +59,20 @@ def test_a_real_segment_and_history_are_served_whole(wal_archives, identity, tmp
     assert not f.socket_path.exists() and not (tmp_path / "staging").exists()
 
 
+def test_stop_ends_a_blocked_accept_without_a_timed_wakeup(wal_archives, identity, tmp_path):
+    """accept() blocks with no timeout (no poll of a stop flag, no join(timeout): neither fires under a
+    faked clock, tests/_faketime.py); stop() wakes it, and a request after the stop gets no answer."""
+    f = _fetcher(wal_archives.tl1, tmp_path, *identity).start()
+    assert f._sock.gettimeout() is None
+    assert _ask(f, _segments(wal_archives.tl1)[0].name, tmp_path).returncode == 0
+    thread = f._thread
+    f.stop()
+    assert not thread.is_alive()
+    assert not f.socket_path.exists() and not (tmp_path / "staging").exists()
+    late = _ask(f, _segments(wal_archives.tl1)[1].name, tmp_path)
+    assert late.returncode == 1 and "Traceback" not in late.stderr
+
+
 @pytest.mark.parametrize("damage", ["other_system", "page_header", "record_bytes", "short"])
 def test_a_damaged_segment_is_refused_before_the_server_sees_it(wal_archives, identity, tmp_path, damage):
     archive = tmp_path / "archive"

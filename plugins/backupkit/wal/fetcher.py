@@ -24,6 +24,13 @@ Protocol: one request per connection, ``NAME\\n`` (at most 64 bytes); the answer
 asks for files that do not exist yet) or ``BAD <reason>\\n`` (refused: damaged or not a WAL
 name). What was refused or missing is kept (:attr:`WalFetcher.problems`, :attr:`missing`) so the
 restore's verdict can name the segment recovery stopped at.
+
+Stopping needs no timed wakeup: :meth:`WalFetcher.stop` shuts the listening socket down, which
+ends the blocked ``accept`` at once (no stop flag polled every half second), and waits for the
+thread by polling with ``time.sleep`` up to a deadline, not with ``Thread.join(timeout)``: Python's
+lock waits time out at an absolute ``CLOCK_MONOTONIC`` deadline, which a faked or stepped clock
+(Debian's libfaketime in ``make test-dates``) can put decades away (docs/wal.md, "Point-in-time
+restore from S3").
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +50,9 @@ from backupkit.wal.naming import classify, segment_number
 from backupkit.wal.scan import PAGE_MAGICS, Context, Walker
 
 MAX_REQUEST = 64
-ACCEPT_POLL = 0.5          # seconds between checks of the stop flag
 CLIENT_TIMEOUT = 10.0      # a client that connects and says nothing is dropped
+STOP_WAIT = CLIENT_TIMEOUT + 2.0   # seconds stop() waits for the request being answered
+STOP_POLL = 0.02
 DRAIN = 1 << 16            # what is read (and ignored) after the answer of an over-long request
 
 
@@ -103,6 +112,22 @@ def _drain(conn: socket.socket) -> None:
         left -= len(chunk)
 
 
+def _wake(sock: socket.socket, path: Path) -> None:
+    """End a blocked ``accept`` on ``sock``: Linux fails it when the socket is shut down; elsewhere
+    a connection of our own makes it return (the loop then sees the stop flag)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+        return
+    except OSError:
+        pass
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(1.0)   # a socket timeout is a poll(): it fires under a faked clock
+            c.connect(str(path))
+    except OSError:
+        pass   # not listening any more: nothing blocks
+
+
 class WalFetcher:
     """Serves the files of ``reader`` on a Unix socket until :meth:`stop` (a daemon thread).
 
@@ -140,16 +165,20 @@ class WalFetcher:
             os.chown(self.socket_path, pw.pw_uid, pw.pw_gid)
             self._dir.chmod(0o711)
         sock.listen(4)
-        sock.settimeout(ACCEPT_POLL)
         self._sock = sock
         self._thread = threading.Thread(target=self._serve, name="wal-fetcher", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """End the service: ``accept`` woken by a shutdown, the request under way given ``STOP_WAIT``."""
         self._stop.set()
+        if self._sock is not None:
+            _wake(self._sock, self.socket_path)
         if self._thread is not None:
-            self._thread.join(timeout=ACCEPT_POLL * 4 + CLIENT_TIMEOUT)
+            deadline = time.monotonic() + STOP_WAIT
+            while self._thread.is_alive() and time.monotonic() < deadline:
+                time.sleep(STOP_POLL)   # not join(timeout): see the module docstring
         if self._sock is not None:
             self._sock.close()
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -165,9 +194,10 @@ class WalFetcher:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except (TimeoutError, socket.timeout):
-                continue
             except OSError:
+                return   # shut down by stop()
+            if self._stop.is_set():   # the wake-up connection of _wake, or a late client
+                conn.close()
                 return
             with conn:
                 try:
