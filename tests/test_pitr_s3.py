@@ -5,7 +5,6 @@ retention sweep during a restore deletes neither its base backup nor its WAL (th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from _config_helpers import short_dir
+from _s3_state import as_uploaded, upload_once
 from _faketime import after
 from _wal_archive import copy_archive, wait_archived
 from backupkit import clock
@@ -80,20 +80,13 @@ def server_site():
 
 @pytest.fixture(scope="module")
 def uploaded(server_site, moto_server):
-    """The archive and both base backups uploaded once for the module (two thousand small objects):
-    key -> (local file, MD5). Each test starts from exactly these current objects (:func:`site`)."""
-    from sandbox.s3server import create_production_bucket, reset
-
+    """The archive and both base backups uploaded once for the module (tests/_s3_state.py)."""
     src, _pg, names, _marks, _segs = server_site
-    reset(moto_server.endpoint_url)
-    client = moto_server.client()
-    create_production_bucket(client, BUCKET)
     items = [(f, "wal/" + f.name) for f in sorted((src / "archive").iterdir())]
     for name in names:
         items += [(f, f"basebackups/{name}/{f.relative_to(src / 'base' / name).as_posix()}")
                   for f in sorted((src / "base" / name).rglob("*")) if f.is_file()]
-    Bucket(client, BUCKET).upload_many(items)
-    return {key: (f, hashlib.md5(f.read_bytes()).hexdigest()) for f, key in items}
+    return upload_once(moto_server, BUCKET, items)
 
 
 @pytest.fixture
@@ -107,15 +100,6 @@ def bucket(s3):
     return BUCKET
 
 
-def _as_uploaded(store: Bucket, uploaded: dict) -> None:
-    """Put back what an earlier test of the module changed: every current object as uploaded (same
-    MD5 ETag: single-part uploads), nothing more under the module's prefixes."""
-    seen = {o.key: (o.etag or "").strip('"') for p in ("wal/", "basebackups/") for o in store.objects(p)}
-    for key in seen.keys() - uploaded.keys():
-        store.client.delete_object(Bucket=store.name, Key=key)
-    store.upload_many([(f, key) for key, (f, md5) in uploaded.items() if seen.get(key) != md5])
-
-
 @pytest.fixture
 def site(server_site, uploaded, s3, bucket):
     """A fresh local copy per test (base backups, the archive), the bucket as uploaded."""
@@ -124,7 +108,7 @@ def site(server_site, uploaded, s3, bucket):
     shutil.copytree(src / "base", root / "base", symlinks=True)
     copy_archive(src / "archive", root / "archive")
     store = Bucket(s3, bucket)
-    _as_uploaded(store, uploaded)
+    as_uploaded(store, uploaded, ("wal/", "basebackups/"))
     yield root, pg, names, marks, segs, store
     shutil.rmtree(root, ignore_errors=True)
 

@@ -20,6 +20,7 @@ import pytest
 import zstandard
 
 from _config_helpers import short_dir
+from _s3_state import as_uploaded, upload_once
 from _wal_archive import copy_archive
 from backupkit.config import load_config
 from backupkit.jobs import daily
@@ -45,21 +46,45 @@ verification: {{state_dir: {root}/{state}, reread_fraction: 0}}
 """
 
 
-@pytest.fixture
-def site(wal_archives, wal_now, s3, bucket):
-    """The timeline-1 archive under wal/, the plain (older) and tar (newer) base backups under basebackups/;
-    nothing on disk. Yields (root, bucket, {"plain": name, "tar": name})."""
-    root = short_dir("bk-wals3-")
-    (root / "bases").mkdir()
-    store = Bucket(s3, bucket)
-    names = {"plain": (wal_now - timedelta(hours=3)).strftime("base_%Y%m%d_%H%M%S"),
-             "tar": (wal_now - timedelta(hours=1)).strftime("base_%Y%m%d_%H%M%S")}
+BUCKET = "trixtech-backups"
+
+
+def _names(wal_now) -> dict[str, str]:
+    return {"plain": (wal_now - timedelta(hours=3)).strftime("base_%Y%m%d_%H%M%S"),
+            "tar": (wal_now - timedelta(hours=1)).strftime("base_%Y%m%d_%H%M%S")}
+
+
+@pytest.fixture(scope="module")
+def uploaded(wal_archives, wal_now, moto_server):
+    """The timeline-1 archive under wal/, the plain (older) and tar (newer) base backups under
+    basebackups/, uploaded once for the module (tests/_s3_state.py)."""
+    names = _names(wal_now)
     items = [(f, "wal/" + f.name) for f in sorted(wal_archives.tl1.iterdir())]
     for kind, src in (("plain", wal_archives.base_plain), ("tar", wal_archives.base_tar)):
         items += [(f, f"basebackups/{names[kind]}/{f.relative_to(src).as_posix()}")
                   for f in sorted(src.rglob("*")) if f.is_file()]
-    store.upload_many(items)
-    yield root, store, names
+    return upload_once(moto_server, BUCKET, items)
+
+
+@pytest.fixture
+def s3(uploaded, moto_server):
+    """This module's client: the bucket is not reset between its tests (see :func:`site`)."""
+    return moto_server.client()
+
+
+@pytest.fixture
+def bucket(s3):
+    return BUCKET
+
+
+@pytest.fixture
+def site(uploaded, wal_now, s3, bucket):
+    """The bucket as uploaded; nothing on disk. Yields (root, bucket, {"plain": name, "tar": name})."""
+    root = short_dir("bk-wals3-")
+    (root / "bases").mkdir()
+    store = Bucket(s3, bucket)
+    as_uploaded(store, uploaded, ("wal/", "basebackups/"))
+    yield root, store, _names(wal_now)
     shutil.rmtree(root, ignore_errors=True)
 
 
