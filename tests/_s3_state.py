@@ -1,9 +1,10 @@
 """A bucket filled once per test module and put back before each test (many small objects: a WAL
 archive and base backups are two thousand files, seconds to upload each time on two cores).
 
-A module using it overrides the ``s3`` and ``bucket`` fixtures so the loopback S3 is not reset
-between its tests (tests/test_pitr_s3.py shows the three fixtures); each test then starts from
-exactly the current objects uploaded, whatever the test before it deleted, damaged or added.
+A module using it defines a module-scoped ``uploaded`` fixture (:func:`upload_once`) and imports
+:func:`s3` and :func:`bucket` from here, which replace conftest's so the loopback S3 is not reset
+between its tests; each test calls :func:`as_uploaded` first and so starts from exactly the
+current objects uploaded, whatever the test before it deleted, damaged or added.
 """
 
 from __future__ import annotations
@@ -11,8 +12,24 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from backupkit.storage.objectstore import Bucket
 from sandbox.s3server import create_production_bucket, reset
+
+
+BUCKET = "trixtech-backups"
+
+
+@pytest.fixture
+def s3(uploaded, moto_server):
+    """The module's client: its bucket, filled once (``uploaded``), is not reset between its tests."""
+    return moto_server.client()
+
+
+@pytest.fixture
+def bucket(s3):
+    return BUCKET
 
 
 def upload_once(moto_server, bucket: str, items: list[tuple[Path, str]]) -> dict[str, tuple[Path, str]]:

@@ -86,6 +86,13 @@ def _archive_settings(archive: Path) -> dict[str, str]:
     }
 
 
+def archiving_server(archive: Path, base: Path, data: Path) -> LocalPostgres:
+    """A started server with 1 MB segments archiving into ``archive`` as the sandbox's does
+    (``base`` made ready for its base backups)."""
+    walarchive.prepare_dirs(archive, base)
+    return LocalPostgres(data, initdb_args=["--wal-segsize=1"], settings=walarchive.archive_settings(archive)).start()
+
+
 def wait_archived(server: LocalPostgres, archive: Path | None = None, timeout: float = 60) -> None:
     """Switch to a new segment, wait until the archiver has archived the finished one (the sandbox's
     wait) and, given the ``archive`` directory, put its files' mtimes on the tests' clock."""

@@ -15,10 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _config_helpers import short_dir
-from _wal_archive import first_stop_after, pitr_yaml, wait_archived
+from _wal_archive import archiving_server, first_stop_after, pitr_yaml, wait_archived
 from backupkit.config import load_config
 from backupkit.jobs import daily
-from backupkit.pgserver import LocalPostgres
 from backupkit.restore.pitr import PitrError, PitrTarget, marker_checks, parse_target_time, pitr_restore
 from backupkit.wal.restore_command import check_destination
 from sandbox import walarchive
@@ -29,9 +28,7 @@ from sandbox import walarchive
 def site():
     """A server archiving 1 MB segments, one base backup, then 6 markers a second apart, all archived."""
     root = short_dir("bk-pitr-")
-    walarchive.prepare_dirs(root / "archive", root / "base")
-    pg = LocalPostgres(root / "pg", initdb_args=["--wal-segsize=1"],
-                       settings=walarchive.archive_settings(root / "archive")).start()
+    pg = archiving_server(root / "archive", root / "base", root / "pg")
     (root / "backups.yaml").write_text(pitr_yaml("pitr-wal", root))
     config = load_config(root / "backups.yaml")
     source = config.source("pitr-wal")

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 
 from _config_helpers import short_dir
-from _s3_state import as_uploaded, upload_once
+from _s3_state import BUCKET, as_uploaded, bucket, s3, upload_once  # noqa: F401  (bucket, s3: fixtures)
 from _faketime import after
-from _wal_archive import copy_archive, wait_archived
+from _wal_archive import archiving_server, copy_archive, wait_archived
 from backupkit import clock
 from backupkit.config import load_config
 from backupkit.jobs import daily
 from backupkit.model import CheckResult
-from backupkit.pgserver import LocalPostgres
 from backupkit.restore import pitr_base
 from backupkit.restore.pitr import PitrTarget, marker_checks, parse_target_time, pitr_restore
 from backupkit.retention.audit import AuditLog
@@ -35,7 +34,6 @@ from sandbox import walarchive
 from sandbox.s3server import SANDBOX_KEY, SANDBOX_SECRET
 
 NAME = "pitr-s3"
-BUCKET = "trixtech-backups"
 MB = 1 << 20
 YAML = """bucket: {{name: {bucket}}}
 wal_archives:
@@ -58,9 +56,7 @@ def server_site():
 
     ``segs[i]`` is the segment marker i was written to."""
     root = short_dir("bk-pitrs3-")
-    walarchive.prepare_dirs(root / "archive", root / "base")
-    pg = LocalPostgres(root / "pg", initdb_args=["--wal-segsize=1"],
-                       settings=walarchive.archive_settings(root / "archive")).start()
+    pg = archiving_server(root / "archive", root / "base", root / "pg")
     (root / "backups.yaml").write_text(YAML.format(bucket="unused", root=root, archive_dir=""))
     source = load_config(root / "backups.yaml").source(NAME)
     walarchive.ensure_markers(pg)
@@ -87,17 +83,6 @@ def uploaded(server_site, moto_server):
         items += [(f, f"basebackups/{name}/{f.relative_to(src / 'base' / name).as_posix()}")
                   for f in sorted((src / "base" / name).rglob("*")) if f.is_file()]
     return upload_once(moto_server, BUCKET, items)
-
-
-@pytest.fixture
-def s3(uploaded, moto_server):
-    """This module's client: the bucket is not reset between its tests (see :func:`site`)."""
-    return moto_server.client()
-
-
-@pytest.fixture
-def bucket(s3):
-    return BUCKET
 
 
 @pytest.fixture

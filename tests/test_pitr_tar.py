@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _config_helpers import short_dir
-from _wal_archive import pitr_yaml, wait_archived
+from _wal_archive import archiving_server, pitr_yaml, wait_archived
 from backupkit import clock
 from backupkit.config import load_config
 from backupkit.jobs import daily
@@ -64,9 +64,7 @@ COMPRESS = {"lz4": (".lz4", lambda b: lz4.frame.compress(b)),
 def site():
     """A server archiving 1 MB segments; a -Ft -X none backup and a -Ft -z -X stream one; then 4 markers."""
     root = short_dir("bk-pitrtar-")
-    walarchive.prepare_dirs(root / "archive", root / "base")
-    pg = LocalPostgres(root / "pg", initdb_args=["--wal-segsize=1"],
-                       settings=walarchive.archive_settings(root / "archive")).start()
+    pg = archiving_server(root / "archive", root / "base", root / "pg")
     (root / "backups.yaml").write_text(pitr_yaml(NAME, root, bucket="unused"))
     source = load_config(root / "backups.yaml").source(NAME)
     walarchive.ensure_markers(pg)

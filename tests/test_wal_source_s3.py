@@ -20,7 +20,7 @@ import pytest
 import zstandard
 
 from _config_helpers import short_dir
-from _s3_state import as_uploaded, upload_once
+from _s3_state import BUCKET, as_uploaded, bucket, s3, upload_once  # noqa: F401  (bucket, s3: fixtures)
 from _wal_archive import copy_archive
 from backupkit.config import load_config
 from backupkit.jobs import daily
@@ -46,9 +46,6 @@ verification: {{state_dir: {root}/{state}, reread_fraction: 0}}
 """
 
 
-BUCKET = "trixtech-backups"
-
-
 def _names(wal_now) -> dict[str, str]:
     return {"plain": (wal_now - timedelta(hours=3)).strftime("base_%Y%m%d_%H%M%S"),
             "tar": (wal_now - timedelta(hours=1)).strftime("base_%Y%m%d_%H%M%S")}
@@ -64,17 +61,6 @@ def uploaded(wal_archives, wal_now, moto_server):
         items += [(f, f"basebackups/{names[kind]}/{f.relative_to(src).as_posix()}")
                   for f in sorted(src.rglob("*")) if f.is_file()]
     return upload_once(moto_server, BUCKET, items)
-
-
-@pytest.fixture
-def s3(uploaded, moto_server):
-    """This module's client: the bucket is not reset between its tests (see :func:`site`)."""
-    return moto_server.client()
-
-
-@pytest.fixture
-def bucket(s3):
-    return BUCKET
 
 
 @pytest.fixture
